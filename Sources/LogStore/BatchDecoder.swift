@@ -1,0 +1,193 @@
+import CLZ4
+public import SensorLogCore
+
+/// A decoded batch, column-wise: what a reader hands out. Strings exist once per distinct
+/// (sensor, type, location) in the batch, not once per reading.
+public struct DecodedBatch: Sendable {
+    public internal(set) var header: BatchHeader
+    /// Readings: per tuple, its sensor_id. Deletions: per record, the deleted sensor_id.
+    public internal(set) var sensorIDs: [String] = []
+    /// Per tuple, an index into `types`.
+    public internal(set) var tupleTypes: [Int32] = []
+    /// Per tuple, an index into `locations`.
+    public internal(set) var tupleLocations: [Int32] = []
+    public internal(set) var types: [String] = []
+    public internal(set) var locations: [String] = []
+    /// Per record, an index into the tuple columns.
+    public internal(set) var recordTuples: [Int32] = []
+    /// Per record, nanoseconds since the epoch.
+    public internal(set) var timestamps: [Int64] = []
+    /// Per record (readings only).
+    public internal(set) var values: [Double] = []
+
+    public init() {
+        header = BatchHeader(
+            baseOffset: 0, length: 0, crc: 0, version: BatchHeader.formatVersion, kind: .readings, codec: .none,
+            recordCount: 0, minTimestamp: 0, maxTimestamp: 0, appendTime: 0, uncompressedLength: 0)
+    }
+
+    public var kind: RecordKind { header.kind }
+    public var count: Int { recordTuples.count }
+    public var baseOffset: Int64 { header.baseOffset }
+
+    /// The offset of record `i`.
+    public func offset(at i: Int) -> Int64 { header.baseOffset + Int64(i) }
+
+    /// Record `i` of a readings batch.
+    public func reading(at i: Int) -> Reading {
+        precondition(kind == .readings)
+        let t = Int(recordTuples[i])
+        return Reading(
+            sensorID: sensorIDs[t], type: types[Int(tupleTypes[t])], value: values[i],
+            location: locations[Int(tupleLocations[t])], timestamp: timestamps[i])
+    }
+
+    /// The sensor of record `i` (either kind).
+    public func sensorID(at i: Int) -> String { sensorIDs[Int(recordTuples[i])] }
+
+    /// Every record of a readings batch.
+    public var readings: [Reading] { (0..<count).map(reading(at:)) }
+
+    mutating func removeAll() {
+        sensorIDs.removeAll(keepingCapacity: true)
+        tupleTypes.removeAll(keepingCapacity: true)
+        tupleLocations.removeAll(keepingCapacity: true)
+        types.removeAll(keepingCapacity: true)
+        locations.removeAll(keepingCapacity: true)
+        recordTuples.removeAll(keepingCapacity: true)
+        timestamps.removeAll(keepingCapacity: true)
+        values.removeAll(keepingCapacity: true)
+    }
+}
+
+/// Decodes the payload `BatchEncoder` writes. Every field of the payload is checked against the
+/// header and its own bounds, so a batch that passed its CRC but was written by a buggy or hostile
+/// writer still cannot make the decoder trap or over-allocate.
+final class BatchDecoder {
+    private let scratch = GrowableBuffer(capacity: 64 << 10)
+    private var idBytes: [UInt8] = []
+
+    init() {}
+
+    /// Decodes a whole, CRC-checked batch into `batch`, reusing its storage.
+    func decode(_ raw: UnsafeRawBufferPointer, header: BatchHeader, into batch: inout DecodedBatch) throws(DecodeError) {
+        batch.removeAll()
+        batch.header = header
+        let stored = UnsafeRawBufferPointer(rebasing: raw[BatchHeader.size..<header.length])
+        let payload: UnsafeRawBufferPointer
+        switch header.codec {
+        case .none:
+            guard stored.count == header.uncompressedLength else { throw DecodeError("payload length differs from header") }
+            payload = stored
+        case .lz4:
+            scratch.removeAll()
+            scratch.reserve(header.uncompressedLength)
+            let n = LZ4_decompress_safe(
+                stored.baseAddress!.assumingMemoryBound(to: CChar.self), scratch.base.assumingMemoryBound(to: CChar.self),
+                Int32(stored.count), Int32(header.uncompressedLength))
+            guard n == header.uncompressedLength else { throw DecodeError("LZ4 payload does not decompress to its stated length") }
+            payload = UnsafeRawBufferPointer(start: scratch.base, count: Int(n))
+        }
+        var reader = ByteReader(payload)
+        switch header.kind {
+        case .readings: try decodeReadings(&reader, header: header, into: &batch)
+        case .sensorDeletions: try decodeDeletions(&reader, header: header, into: &batch)
+        }
+        guard reader.remaining == 0 else { throw DecodeError("\(reader.remaining) bytes after the last column") }
+    }
+
+    private func readString(_ reader: inout ByteReader) throws(DecodeError) -> String {
+        let n = try reader.readCount(max: reader.remaining)
+        return String(decoding: try reader.readBytes(n), as: UTF8.self)
+    }
+
+    private func decodeDeletions(_ reader: inout ByteReader, header: BatchHeader, into batch: inout DecodedBatch) throws(DecodeError) {
+        for i in 0..<header.recordCount {
+            batch.sensorIDs.append(try readString(&reader))
+            batch.recordTuples.append(Int32(i))
+            batch.timestamps.append(header.minTimestamp)
+        }
+    }
+
+    private func decodeReadings(_ reader: inout ByteReader, header: BatchHeader, into batch: inout DecodedBatch) throws(DecodeError) {
+        let count = header.recordCount
+        // Each record costs at least 3 payload bytes (ref, timestamp, value); reject claims the
+        // payload cannot back before reserving anything.
+        guard count <= reader.remaining else { throw DecodeError("record count exceeds what the payload can hold") }
+
+        let typeCount = try reader.readCount(max: reader.remaining)
+        for _ in 0..<typeCount { batch.types.append(try readString(&reader)) }
+        let locationCount = try reader.readCount(max: reader.remaining)
+        for _ in 0..<locationCount { batch.locations.append(try readString(&reader)) }
+
+        let tupleCount = try reader.readCount(max: min(count, reader.remaining))
+        idBytes.removeAll(keepingCapacity: true)
+        for _ in 0..<tupleCount {
+            let shared = try reader.readCount(max: idBytes.count)
+            let suffixLength = try reader.readCount(max: reader.remaining)
+            let suffix = try reader.readBytes(suffixLength)
+            idBytes.removeSubrange(shared...)
+            idBytes.append(contentsOf: suffix)
+            batch.sensorIDs.append(String(decoding: idBytes, as: UTF8.self))
+            let type = try reader.readCount(max: typeCount - 1)
+            let location = try reader.readCount(max: locationCount - 1)
+            batch.tupleTypes.append(Int32(type))
+            batch.tupleLocations.append(Int32(location))
+        }
+
+        batch.recordTuples.reserveCapacity(count)
+        var introduced = 0
+        for _ in 0..<count {
+            let ref = try reader.readCount(max: introduced)
+            if ref == 0 {
+                guard introduced < tupleCount else { throw DecodeError("record refers to a tuple beyond the dictionary") }
+                batch.recordTuples.append(Int32(introduced))
+                introduced += 1
+            } else {
+                batch.recordTuples.append(Int32(ref - 1))
+            }
+        }
+        guard introduced == tupleCount else { throw DecodeError("dictionary holds tuples no record uses") }
+
+        let unit = try reader.readVarint()
+        guard unit >= 1, unit <= 1_000_000_000 else { throw DecodeError("timestamp unit \(unit) out of range") }
+        batch.timestamps.reserveCapacity(count)
+        var previous = header.minTimestamp
+        var seenMin = Int64.max
+        var seenMax = Int64.min
+        for _ in 0..<count {
+            let delta = try reader.readZigZag()
+            let (scaled, overflow) = delta.multipliedReportingOverflow(by: Int64(unit))
+            guard !overflow else { throw DecodeError("timestamp delta overflows") }
+            previous = previous &+ scaled
+            seenMin = min(seenMin, previous)
+            seenMax = max(seenMax, previous)
+            batch.timestamps.append(previous)
+        }
+        guard seenMin == header.minTimestamp, seenMax == header.maxTimestamp else {
+            throw DecodeError("timestamps disagree with the header's bounds")
+        }
+
+        batch.values.reserveCapacity(count)
+        let mode = try reader.readByte()
+        switch mode {
+        case 0:
+            for _ in 0..<count { batch.values.append(Double(bitPattern: try reader.readLittleEndian(UInt64.self))) }
+        case 1:
+            let exponent = try reader.readCount(max: BatchEncoder.maxScaleExponent)
+            let power = BatchEncoder.powersOfTen[exponent]
+            var typeMin: [Int64] = []
+            for _ in 0..<typeCount { typeMin.append(try reader.readZigZag()) }
+            for i in 0..<count {
+                let t = Int(batch.tupleTypes[Int(batch.recordTuples[i])])
+                let (integer, overflow) = typeMin[t].addingReportingOverflow(Int64(bitPattern: try reader.readVarint()))
+                guard !overflow, abs(Double(integer)) < BatchEncoder.exactIntegerLimit else {
+                    throw DecodeError("scaled value out of range")
+                }
+                batch.values.append(exponent == 0 ? Double(integer) : Double(integer) / power)
+            }
+        default:
+            throw DecodeError("unknown value encoding \(mode)")
+        }
+    }
+}

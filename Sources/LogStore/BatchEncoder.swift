@@ -1,0 +1,301 @@
+import CLZ4
+public import SensorLogCore
+
+/// Encodes readings into one batch: header, then a column-wise payload, LZ4-compressed when that
+/// is smaller. The layout is specified in docs/storage-format.md; `BatchDecoder` is its inverse.
+///
+/// An encoder keeps its dictionaries and buffers between batches, so steady-state encoding does
+/// not allocate. It is not thread-safe: the log keeps a pool of them.
+final class BatchEncoder {
+    private struct TupleKey: Hashable {
+        var sensorID: String
+        var type: String
+        var location: String
+    }
+
+    /// Largest scale exponent tried for values (10^9).
+    static let maxScaleExponent = 9
+    static let powersOfTen: [Double] = [1, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9]
+    /// Doubles up to 2^53 are exact integers.
+    static let exactIntegerLimit = 9_007_199_254_740_992.0
+
+    let payload = GrowableBuffer(capacity: 64 << 10)
+    let output = GrowableBuffer(capacity: 64 << 10)
+
+    private var tupleBySensor: [String: Int32] = [:]
+    private var tupleByKey: [TupleKey: Int32] = [:]
+    private var tupleSensorIDs: [String] = []
+    private var tupleTypeNames: [String] = []
+    private var tupleLocationNames: [String] = []
+    private var tupleTypes: [Int32] = []
+    private var tupleLocations: [Int32] = []
+    private var typeIndex: [String: Int32] = [:]
+    private var types: [String] = []
+    private var locationIndex: [String: Int32] = [:]
+    private var locations: [String] = []
+    /// Per record: 0 for "the next new tuple", else tuple index + 1 (what is stored).
+    private var refs: [Int32] = []
+    /// Per record: its tuple index.
+    private var recordTuple: [Int32] = []
+    private var scaled: [Int64] = []
+
+    init() {}
+
+    /// Encodes `readings` as one batch with base offset 0; the log patches the offset in (it is
+    /// outside the CRC) once it knows it.
+    /// - Returns: the batch bytes, valid until the next call.
+    /// - Complexity: O(n) in the number of readings, plus LZ4.
+    func encode(_ readings: UnsafeBufferPointer<Reading>, appendTime: Int64, maxBatchBytes: Int) throws(LogError) -> UnsafeRawBufferPointer {
+        precondition(!readings.isEmpty)
+        resetDictionaries()
+        payload.removeAll()
+
+        // Timestamps: bounds, then the largest power-of-1000 unit that divides every distance
+        // from the minimum (readings stamped to the second, millisecond or microsecond cost less).
+        var minTimestamp = Int64.max
+        var maxTimestamp = Int64.min
+        for r in readings {
+            minTimestamp = min(minTimestamp, r.timestamp)
+            maxTimestamp = max(maxTimestamp, r.timestamp)
+        }
+        var unit: Int64 = 1_000_000_000
+        if maxTimestamp.subtractingReportingOverflow(minTimestamp).overflow {
+            unit = 1
+        } else {
+            for r in readings where unit > 1 {
+                while (r.timestamp - minTimestamp) % unit != 0 { unit /= 1000 }
+            }
+        }
+
+        // Dictionaries: each distinct (sensor, type, location) is one tuple, in first-seen order.
+        refs.reserveCapacity(readings.count)
+        recordTuple.reserveCapacity(readings.count)
+        for r in readings {
+            if let t = tupleBySensor[r.sensorID] {
+                let ti = Int(t)
+                if tupleTypeNames[ti] == r.type && tupleLocationNames[ti] == r.location {
+                    refs.append(t + 1)
+                    recordTuple.append(t)
+                    continue
+                }
+                // The sensor moved or changed type inside this batch: its own tuple.
+                let key = TupleKey(sensorID: r.sensorID, type: r.type, location: r.location)
+                if let other = tupleByKey[key] {
+                    refs.append(other + 1)
+                    recordTuple.append(other)
+                } else {
+                    let added = addTuple(r)
+                    tupleByKey[key] = added
+                    refs.append(0)
+                    recordTuple.append(added)
+                }
+            } else {
+                let t = addTuple(r)
+                tupleBySensor[r.sensorID] = t
+                tupleByKey[TupleKey(sensorID: r.sensorID, type: r.type, location: r.location)] = t
+                refs.append(0)
+                recordTuple.append(t)
+            }
+        }
+
+        writeStrings(types)
+        writeStrings(locations)
+        writeTuples()
+        for ref in refs { payload.appendVarint(UInt64(ref)) }
+
+        payload.appendVarint(UInt64(unit))
+        var previous = minTimestamp
+        for r in readings {
+            payload.appendZigZag((r.timestamp &- previous) / unit)
+            previous = r.timestamp
+        }
+
+        writeValues(readings)
+
+        return try finish(
+            kind: .readings, count: readings.count, minTimestamp: minTimestamp, maxTimestamp: maxTimestamp,
+            appendTime: appendTime, maxBatchBytes: maxBatchBytes)
+    }
+
+    /// Encodes sensor deletions: one record per sensor_id, stamped with the append time.
+    func encodeDeletions(_ sensorIDs: [String], appendTime: Int64, maxBatchBytes: Int) throws(LogError) -> UnsafeRawBufferPointer {
+        precondition(!sensorIDs.isEmpty)
+        payload.removeAll()
+        for id in sensorIDs { writeString(id) }
+        return try finish(
+            kind: .sensorDeletions, count: sensorIDs.count, minTimestamp: appendTime, maxTimestamp: appendTime,
+            appendTime: appendTime, maxBatchBytes: maxBatchBytes)
+    }
+
+    private func resetDictionaries() {
+        tupleBySensor.removeAll(keepingCapacity: true)
+        tupleByKey.removeAll(keepingCapacity: true)
+        tupleSensorIDs.removeAll(keepingCapacity: true)
+        tupleTypeNames.removeAll(keepingCapacity: true)
+        tupleLocationNames.removeAll(keepingCapacity: true)
+        tupleTypes.removeAll(keepingCapacity: true)
+        tupleLocations.removeAll(keepingCapacity: true)
+        typeIndex.removeAll(keepingCapacity: true)
+        types.removeAll(keepingCapacity: true)
+        locationIndex.removeAll(keepingCapacity: true)
+        locations.removeAll(keepingCapacity: true)
+        refs.removeAll(keepingCapacity: true)
+        recordTuple.removeAll(keepingCapacity: true)
+        scaled.removeAll(keepingCapacity: true)
+    }
+
+    private func addTuple(_ r: Reading) -> Int32 {
+        let type: Int32
+        if let t = typeIndex[r.type] {
+            type = t
+        } else {
+            type = Int32(types.count)
+            typeIndex[r.type] = type
+            types.append(r.type)
+        }
+        let location: Int32
+        if let l = locationIndex[r.location] {
+            location = l
+        } else {
+            location = Int32(locations.count)
+            locationIndex[r.location] = location
+            locations.append(r.location)
+        }
+        let index = Int32(tupleSensorIDs.count)
+        tupleSensorIDs.append(r.sensorID)
+        tupleTypeNames.append(r.type)
+        tupleLocationNames.append(r.location)
+        tupleTypes.append(type)
+        tupleLocations.append(location)
+        return index
+    }
+
+    private func writeString(_ s: String) {
+        var copy = s
+        copy.withUTF8 { utf8 in
+            payload.appendVarint(UInt64(utf8.count))
+            payload.append(UnsafeRawBufferPointer(utf8))
+        }
+    }
+
+    private func writeStrings(_ strings: [String]) {
+        payload.appendVarint(UInt64(strings.count))
+        for s in strings { writeString(s) }
+    }
+
+    /// Tuples: sensor_id front-coded against the previous tuple's (ids of one fleet share long
+    /// prefixes), then the type and location dictionary indexes.
+    private func writeTuples() {
+        payload.appendVarint(UInt64(tupleSensorIDs.count))
+        var previous = ""
+        for i in tupleSensorIDs.indices {
+            var id = tupleSensorIDs[i]
+            id.withUTF8 { current in
+                previous.withUTF8 { prior in
+                    var shared = 0
+                    let limit = min(current.count, prior.count)
+                    while shared < limit && current[shared] == prior[shared] { shared += 1 }
+                    payload.appendVarint(UInt64(shared))
+                    payload.appendVarint(UInt64(current.count - shared))
+                    payload.append(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(current)[shared...]))
+                }
+            }
+            payload.appendVarint(UInt64(tupleTypes[i]))
+            payload.appendVarint(UInt64(tupleLocations[i]))
+            previous = id
+        }
+    }
+
+    /// Values as decimal-scaled integers when every one round-trips bit for bit at a common
+    /// scale 10^k (k <= 9), stored as the distance from their type's minimum; raw doubles otherwise.
+    private func writeValues(_ readings: UnsafeBufferPointer<Reading>) {
+        var exponent = 0
+        var exact = true
+        for r in readings {
+            while Self.scaledInteger(r.value, exponent) == nil {
+                exponent += 1
+                if exponent > Self.maxScaleExponent {
+                    exact = false
+                    break
+                }
+            }
+            if !exact { break }
+        }
+        if exact {
+            scaled.reserveCapacity(readings.count)
+            var typeMin = [Int64](repeating: .max, count: types.count)
+            for (i, r) in readings.enumerated() {
+                guard let v = Self.scaledInteger(r.value, exponent) else {
+                    exact = false
+                    break
+                }
+                scaled.append(v)
+                let type = Int(tupleTypes[Int(recordTuple[i])])
+                typeMin[type] = min(typeMin[type], v)
+            }
+            if exact {
+                payload.append(1)
+                payload.appendVarint(UInt64(exponent))
+                for m in typeMin { payload.appendZigZag(m == .max ? 0 : m) }
+                for i in readings.indices {
+                    let type = Int(tupleTypes[Int(recordTuple[i])])
+                    payload.appendVarint(UInt64(scaled[i] - typeMin[type]))
+                }
+                return
+            }
+        }
+        payload.append(0)
+        payload.reserve(readings.count * 8)
+        for r in readings { payload.appendLittleEndian(r.value.bitPattern) }
+    }
+
+    /// `value * 10^exponent` as an integer, if dividing it back gives `value` bit for bit.
+    @inline(__always)
+    static func scaledInteger(_ value: Double, _ exponent: Int) -> Int64? {
+        let product = value * powersOfTen[exponent]
+        guard abs(product) < exactIntegerLimit else { return nil }  // also false for NaN
+        let integer = Int64(product.rounded())
+        let back = exponent == 0 ? Double(integer) : Double(integer) / powersOfTen[exponent]
+        return back.bitPattern == value.bitPattern ? integer : nil
+    }
+
+    /// Writes header + (maybe compressed) payload into `output` and fills in the CRC.
+    private func finish(
+        kind: RecordKind, count: Int, minTimestamp: Int64, maxTimestamp: Int64, appendTime: Int64, maxBatchBytes: Int
+    ) throws(LogError) -> UnsafeRawBufferPointer {
+        output.removeAll()
+        _ = output.appendZeros(BatchHeader.size)
+        let raw = payload.bytes
+        var codec = BatchCodec.none
+        if raw.count >= 64 {
+            let bound = Int(LZ4_compressBound(Int32(raw.count)))
+            output.reserve(bound)
+            let written = LZ4_compress_default(
+                raw.baseAddress!.assumingMemoryBound(to: CChar.self),
+                (output.base + BatchHeader.size).assumingMemoryBound(to: CChar.self),
+                Int32(raw.count), Int32(bound))
+            if written > 0 && Int(written) < raw.count {
+                output.count = BatchHeader.size + Int(written)
+                codec = .lz4
+            }
+        }
+        if codec == .none { output.append(raw) }
+        let length = output.count
+        guard length <= maxBatchBytes else {
+            throw LogError(.invalidArgument, "batch of \(count) readings encodes to \(length) bytes, more than the \(maxBatchBytes)-byte limit")
+        }
+        output.storeLittleEndian(Int64(0), at: 0)
+        output.storeLittleEndian(UInt32(length), at: 8)
+        output.base.storeBytes(of: BatchHeader.formatVersion, toByteOffset: 16, as: UInt8.self)
+        output.base.storeBytes(of: kind.rawValue, toByteOffset: 17, as: UInt8.self)
+        output.base.storeBytes(of: codec.rawValue, toByteOffset: 18, as: UInt8.self)
+        output.storeLittleEndian(UInt32(count), at: 20)
+        output.storeLittleEndian(minTimestamp, at: 24)
+        output.storeLittleEndian(maxTimestamp, at: 32)
+        output.storeLittleEndian(appendTime, at: 40)
+        output.storeLittleEndian(UInt32(raw.count), at: 48)
+        let crc = BatchHeader.checksum(output.bytes)
+        output.storeLittleEndian(crc, at: 12)
+        return output.bytes
+    }
+}

@@ -1,0 +1,284 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+public import SensorLogCore
+
+/// How to open a log for writing.
+public struct LogConfiguration: Sendable {
+    public var limits: Limits
+    public var fsync: FsyncPolicy
+    /// The seam for write and fdatasync (tests inject ENOSPC and EIO here).
+    public var fileOperations: FileOperations
+    /// Called after each background fdatasync: partition, duration in nanoseconds.
+    public var onSync: (@Sendable (_ partition: Int, _ nanoseconds: Int64) -> Void)?
+
+    public init(limits: Limits = Limits(), fsync: FsyncPolicy = .interval, fileOperations: FileOperations = .system,
+                onSync: (@Sendable (Int, Int64) -> Void)? = nil) {
+        self.limits = limits
+        self.fsync = fsync
+        self.fileOperations = fileOperations
+        self.onSync = onSync
+    }
+}
+
+/// The log's metadata file, `meta.json`: fixed when the log is created.
+public struct LogMetadata: Codable, Sendable, Equatable {
+    public static let currentVersion = 1
+    public static let fileName = "meta.json"
+
+    public var format = "sensorlog"
+    public var formatVersion = LogMetadata.currentVersion
+    public var partitions: Int
+    public var partitionHash = "fnv1a64"
+    public var createdAt: Int64
+
+    enum CodingKeys: String, CodingKey {
+        case format, formatVersion = "format_version", partitions, partitionHash = "partition_hash", createdAt = "created_at_ns"
+    }
+
+    /// Reads and checks `meta.json` in `dataDirectory`; nil when there is none.
+    static func read(_ dataDirectory: String, maxPartitions: Int) throws(LogError) -> LogMetadata? {
+        let path = dataDirectory + "/" + fileName
+        guard let bytes = SegmentFiles.readWholeFile(path) else { return nil }
+        let meta: LogMetadata
+        do {
+            meta = try JSONDecoder().decode(LogMetadata.self, from: Data(bytes))
+        } catch {
+            throw LogError(.invalidLog, "unreadable metadata file", path: fileName)
+        }
+        guard meta.format == "sensorlog" else { throw LogError(.invalidLog, "not a sensorlog data directory", path: fileName) }
+        guard meta.formatVersion == currentVersion else {
+            throw LogError(.invalidLog, "log format version \(meta.formatVersion); this build reads version \(currentVersion)", path: fileName)
+        }
+        guard meta.partitionHash == "fnv1a64" else { throw LogError(.invalidLog, "unknown partition hash \(meta.partitionHash)", path: fileName) }
+        guard (1...maxPartitions).contains(meta.partitions) else {
+            throw LogError(.invalidLog, "partition count \(meta.partitions) out of range", path: fileName)
+        }
+        return meta
+    }
+
+    func write(_ dataDirectory: String) throws(LogError) {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        let data: Data
+        do { data = try encoder.encode(self) } catch { fatalError("metadata always encodes") }
+        try SegmentFiles.writeAtomically([UInt8](data) + [0x0A], to: dataDirectory + "/" + Self.fileName,
+                                         directory: dataDirectory, displayPath: Self.fileName)
+    }
+}
+
+/// Where partition `p`'s directory is, relative to the data directory.
+func partitionDirectoryName(_ partition: Int) -> String {
+    let digits = String(partition)
+    return "log/partition-" + String(repeating: "0", count: max(0, 3 - digits.count)) + digits
+}
+
+/// The exclusive lock on a data directory: `flock` on `LOCK`, which holds the owner's pid.
+final class DirectoryLock: Sendable {
+    static let fileName = "LOCK"
+    let fd: Int32
+
+    init(dataDirectory: String) throws(LogError) {
+        let path = dataDirectory + "/" + Self.fileName
+        let fd = Glibc.open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw LogError.system("cannot open lock file", errno: errno, path: Self.fileName) }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            var buffer = [UInt8](repeating: 0, count: 32)
+            let n = pread(fd, &buffer, 32, 0)
+            _ = Glibc.close(fd)
+            let pid = n > 0 ? String(decoding: buffer[0..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) : "unknown"
+            throw LogError(.locked, "data directory \(dataDirectory) is in use by another process (pid \(pid)); stop it first")
+        }
+        let pid = Array("\(getpid())\n".utf8)
+        _ = ftruncate(fd, 0)
+        _ = pid.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }
+        self.fd = fd
+    }
+
+    /// The pid written in `LOCK` if some process holds the lock now, else nil.
+    static func holder(dataDirectory: String) -> Int32? {
+        let fd = Glibc.open(dataDirectory + "/" + fileName, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { _ = Glibc.close(fd) }
+        if flock(fd, LOCK_SH | LOCK_NB) == 0 {
+            _ = flock(fd, LOCK_UN)
+            return nil
+        }
+        var buffer = [UInt8](repeating: 0, count: 32)
+        let n = pread(fd, &buffer, 32, 0)
+        guard n > 0 else { return -1 }
+        return Int32(String(decoding: buffer[0..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
+    }
+
+    func release() {
+        _ = flock(fd, LOCK_UN)
+        _ = Glibc.close(fd)
+    }
+}
+
+/// A pool of batch encoders, so concurrent appends encode in parallel outside the partition lock.
+final class EncoderPool: @unchecked Sendable {
+    private let lock = NSLock()
+    private var free: [BatchEncoder] = []
+
+    func take() -> BatchEncoder {
+        lock.lock()
+        defer { lock.unlock() }
+        return free.popLast() ?? BatchEncoder()
+    }
+
+    func give(_ encoder: BatchEncoder) {
+        lock.lock()
+        defer { lock.unlock() }
+        if free.count < 64 { free.append(encoder) }
+    }
+}
+
+/// The partitioned, segmented, append-only log, opened for writing by one process.
+///
+/// Open with `Log.open`; append with `append(_:toPartition:)`; read with `reader(partition:from:)`;
+/// close with `close()`.
+public final class Log: Sendable {
+    public let dataDirectory: String
+    public let metadata: LogMetadata
+    public let partitions: [Partition]
+    public let configuration: LogConfiguration
+    private let lock: DirectoryLock
+    private let encoders = EncoderPool()
+
+    private init(dataDirectory: String, metadata: LogMetadata, partitions: [Partition], configuration: LogConfiguration, lock: DirectoryLock) {
+        self.dataDirectory = dataDirectory
+        self.metadata = metadata
+        self.partitions = partitions
+        self.configuration = configuration
+        self.lock = lock
+    }
+
+    /// Opens the log in `dataDirectory`, creating it (with `configuration.limits.partitions`
+    /// partitions) when empty, and runs recovery on every partition.
+    /// - Throws: `.locked` when another process holds the directory; `.corruptBatch` when a
+    ///   partition has damage recovery must not cut away; `.invalidLog` for a foreign directory.
+    public static func open(dataDirectory: String, configuration: LogConfiguration = LogConfiguration()) throws(LogError) -> Log {
+        do { try configuration.limits.validate() } catch { throw LogError(.invalidArgument, error.description) }
+        let directory = URL(fileURLWithPath: dataDirectory).standardizedFileURL.path
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        } catch {
+            throw LogError(.io, "cannot create data directory \(directory)")
+        }
+        let lock = try DirectoryLock(dataDirectory: directory)
+        var partitions: [Partition] = []
+        do {
+            var metadata = try LogMetadata.read(directory, maxPartitions: configuration.limits.maxPartitions)
+            if metadata == nil {
+                let created = LogMetadata(partitions: configuration.limits.partitions, createdAt: WallClock.nowNanoseconds())
+                try created.write(directory)
+                metadata = created
+            }
+            let meta = metadata!
+            for p in 0..<meta.partitions {
+                let name = partitionDirectoryName(p)
+                var onSync: (@Sendable (Int64) -> Void)?
+                if let hook = configuration.onSync { onSync = { hook(p, $0) } }
+                let partition = try Partition(
+                    id: p, directory: directory + "/" + name, displayDirectory: name, limits: configuration.limits,
+                    policy: configuration.fsync, fileOperations: configuration.fileOperations, onSync: onSync)
+                partitions.append(partition)
+            }
+            return Log(dataDirectory: directory, metadata: meta, partitions: partitions, configuration: configuration, lock: lock)
+        } catch {
+            for p in partitions { try? p.close() }
+            lock.release()
+            throw error
+        }
+    }
+
+    /// The partition `sensorID` belongs to.
+    public func partition(for sensorID: String) -> Int {
+        PartitionHash.partition(of: sensorID, partitions: partitions.count)
+    }
+
+    /// Encodes `readings` outside the partition lock, then writes them under it.
+    private func encodeAndWrite(_ readings: UnsafeBufferPointer<Reading>, partition: Int) throws(LogError) -> (AppendResult, DurabilityWaiter?) {
+        guard partitions.indices.contains(partition) else { throw LogError(.invalidArgument, "no partition \(partition)") }
+        guard !readings.isEmpty else { throw LogError(.invalidArgument, "empty batch") }
+        guard readings.count <= configuration.limits.maxBatchRecords else {
+            throw LogError(.invalidArgument, "batch of \(readings.count) readings exceeds the limit of \(configuration.limits.maxBatchRecords)")
+        }
+        assert(readings.allSatisfy { self.partition(for: $0.sensorID) == partition }, "reading appended to the wrong partition")
+        let encoder = encoders.take()
+        defer { encoders.give(encoder) }
+        let appendTime = WallClock.nowNanoseconds()
+        let bytes = try encoder.encode(readings, appendTime: appendTime, maxBatchBytes: configuration.limits.maxBatchBytes)
+        let maxTimestamp = Int64(littleEndian: bytes.loadUnaligned(fromByteOffset: 32, as: Int64.self))
+        return try partitions[partition].write(encoded: bytes, count: readings.count, maxTimestamp: maxTimestamp, appendTime: appendTime)
+    }
+
+    /// Appends `readings` (all of one partition) as one batch and returns once they are durable
+    /// under the fsync policy.
+    /// - Returns: the offsets given to the readings, in order.
+    public func append(_ readings: [Reading], toPartition partition: Int) async throws(LogError) -> AppendResult {
+        var outcome: Result<(AppendResult, DurabilityWaiter?), LogError>!
+        readings.withUnsafeBufferPointer { buffer in
+            do throws(LogError) { outcome = .success(try encodeAndWrite(buffer, partition: partition)) } catch { outcome = .failure(error) }
+        }
+        let (result, waiter) = try outcome.get()
+        if let waiter { try await partitions[partition].wait(waiter) }
+        return result
+    }
+
+    /// The blocking form of `append(_:toPartition:)`, for tools, tests and benchmarks.
+    public func appendBlocking(_ readings: UnsafeBufferPointer<Reading>, toPartition partition: Int) throws(LogError) -> AppendResult {
+        let (result, waiter) = try encodeAndWrite(readings, partition: partition)
+        if let waiter { try partitions[partition].wait(waiter) }
+        return result
+    }
+
+    /// The blocking form of `append(_:toPartition:)` for an array.
+    public func appendBlocking(_ readings: [Reading], toPartition partition: Int) throws(LogError) -> AppendResult {
+        var outcome: Result<AppendResult, LogError>!
+        readings.withUnsafeBufferPointer { buffer in
+            do throws(LogError) { outcome = .success(try appendBlocking(buffer, toPartition: partition)) } catch { outcome = .failure(error) }
+        }
+        return try outcome.get()
+    }
+
+    /// Appends a sensor-deletion record for each of `sensorIDs` (all of one partition).
+    public func appendDeletions(_ sensorIDs: [String], toPartition partition: Int) throws(LogError) -> AppendResult {
+        guard partitions.indices.contains(partition), !sensorIDs.isEmpty else { throw LogError(.invalidArgument, "bad deletion batch") }
+        let encoder = encoders.take()
+        defer { encoders.give(encoder) }
+        let appendTime = WallClock.nowNanoseconds()
+        let bytes = try encoder.encodeDeletions(sensorIDs, appendTime: appendTime, maxBatchBytes: configuration.limits.maxBatchBytes)
+        let (result, waiter) = try partitions[partition].write(encoded: bytes, count: sensorIDs.count, maxTimestamp: appendTime, appendTime: appendTime)
+        if let waiter { try partitions[partition].wait(waiter) }
+        return result
+    }
+
+    /// A reader of `partition` from `offset`.
+    public func reader(partition: Int, from offset: Int64) -> PartitionReader {
+        partitions[partition].reader(from: offset)
+    }
+
+    /// The first offset of `partition` whose batch holds a reading at or after `timestamp`, via the
+    /// time index; the partition's end offset when there is none.
+    public func offset(partition: Int, atOrAfter timestamp: Int64) throws(LogError) -> Int64 {
+        try PartitionReader.offset(atOrAfter: timestamp, in: partitions[partition])
+    }
+
+    /// Makes every appended batch durable now.
+    public func flush() throws(LogError) {
+        for p in partitions { try p.flush() }
+    }
+
+    /// Syncs and closes every partition and releases the directory lock.
+    public func close() throws(LogError) {
+        var firstError: LogError?
+        for p in partitions {
+            do throws(LogError) { try p.close() } catch { firstError = firstError ?? error }
+        }
+        lock.release()
+        if let firstError { throw firstError }
+    }
+}

@@ -1,0 +1,77 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+public import SensorLogCore
+
+/// A partition read from files alone, by a process that does not own the log (the CLI): it takes
+/// no lock, never writes, and reads up to the last complete batch.
+final class ReadOnlyPartition: PartitionView, @unchecked Sendable {
+    let directory: String
+    let displayDirectory: String
+    let limits: Limits
+
+    init(directory: String, displayDirectory: String, limits: Limits) {
+        self.directory = directory
+        self.displayDirectory = displayDirectory
+        self.limits = limits
+    }
+
+    func segmentBases() throws(LogError) -> [Int64] {
+        try SegmentFiles.list(directory, displayPath: displayDirectory)
+    }
+
+    func visibleEnd() -> Int64? { nil }
+
+    func index(forSegment base: Int64) -> SegmentIndex? {
+        let path = directory + "/" + SegmentFiles.name(base) + SegmentFiles.logSuffix
+        var st = stat()
+        guard stat(path, &st) == 0 else { return nil }
+        return loadIndexFiles(directory: directory, base: base, size: Int64(st.st_size), records: Int64(UInt32.max) + 1)
+    }
+
+    func maxTimestamp(ofSegment base: Int64) -> Int64? {
+        index(forSegment: base)?.maxTimestamp
+    }
+}
+
+/// Read-only access to a data directory, safe while sensorlogd writes to it.
+public final class LogDirectory: Sendable {
+    public let dataDirectory: String
+    public let metadata: LogMetadata
+    let views: [ReadOnlyPartition]
+
+    /// Opens `dataDirectory` for reading.
+    /// - Throws: `.invalidLog` when it holds no log.
+    public init(dataDirectory: String, limits: Limits = Limits()) throws(LogError) {
+        let directory = URL(fileURLWithPath: dataDirectory).standardizedFileURL.path
+        guard let metadata = try LogMetadata.read(directory, maxPartitions: limits.maxPartitions) else {
+            throw LogError(.invalidLog, "no sensorlog data in \(directory) (\(LogMetadata.fileName) missing)")
+        }
+        self.dataDirectory = directory
+        self.metadata = metadata
+        self.views = (0..<metadata.partitions).map {
+            ReadOnlyPartition(directory: directory + "/" + partitionDirectoryName($0), displayDirectory: partitionDirectoryName($0), limits: limits)
+        }
+    }
+
+    public var partitionCount: Int { views.count }
+
+    /// A reader of `partition` from `offset`.
+    public func reader(partition: Int, from offset: Int64) -> PartitionReader {
+        PartitionReader(view: views[partition], startOffset: offset)
+    }
+
+    /// Base offsets of `partition`'s segments.
+    public func segmentBases(partition: Int) throws(LogError) -> [Int64] {
+        try views[partition].segmentBases()
+    }
+
+    /// The pid of the process holding the data directory, if any.
+    public var lockHolder: Int32? { DirectoryLock.holder(dataDirectory: dataDirectory) }
+
+    /// See `Log.offset(partition:atOrAfter:)`.
+    public func offset(partition: Int, atOrAfter timestamp: Int64) throws(LogError) -> Int64 {
+        try PartitionReader.offset(atOrAfter: timestamp, in: views[partition])
+    }
+}

@@ -1,0 +1,64 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An error of the storage engine, with the file and byte position it concerns.
+///
+/// `code` is stable and meant for callers (an HTTP layer maps `.diskFull` to 503); `message` is
+/// for operators. `path` is relative to the data directory when the log knows it.
+public struct LogError: Error, Sendable, CustomStringConvertible {
+    public struct Code: Sendable, Hashable, CustomStringConvertible {
+        public let rawValue: String
+        init(_ rawValue: String) { self.rawValue = rawValue }
+        public var description: String { rawValue }
+
+        /// A read or write failed for a reason other than a full disk.
+        public static let io = Code("io_error")
+        /// The file system is full (ENOSPC, EDQUOT); appends work again once space is freed.
+        public static let diskFull = Code("disk_full")
+        /// A batch failed its checks (CRC, length, offsets) where a torn write cannot explain it.
+        public static let corruptBatch = Code("corrupt_batch")
+        /// Another process holds the data directory.
+        public static let locked = Code("locked")
+        /// The data directory is not a usable log (bad metadata, missing segments, wrong version).
+        public static let invalidLog = Code("invalid_log")
+        /// The caller passed something out of range (empty batch, unknown partition, too many records).
+        public static let invalidArgument = Code("invalid_argument")
+        /// The log was closed.
+        public static let closed = Code("closed")
+    }
+
+    public var code: Code
+    public var message: String
+    /// The file concerned, relative to the data directory.
+    public var path: String?
+    /// The byte position in `path`.
+    public var position: Int64?
+    /// The `errno` of the failed system call.
+    public var errno: Int32?
+
+    public init(_ code: Code, _ message: String, path: String? = nil, position: Int64? = nil, errno: Int32? = nil) {
+        self.code = code
+        self.message = message
+        self.path = path
+        self.position = position
+        self.errno = errno
+    }
+
+    public var description: String {
+        var text = message
+        if let path {
+            text += " (\(path)"
+            if let position { text += " at byte \(position)" }
+            text += ")"
+        }
+        if let errno { text += ": \(String(cString: strerror(errno)))" }
+        return text
+    }
+
+    /// The error for a failed system call, `.diskFull` when the errno says so.
+    static func system(_ what: String, errno: Int32, path: String? = nil) -> LogError {
+        let code: Code = (errno == ENOSPC || errno == EDQUOT) ? .diskFull : .io
+        return LogError(code, what, path: path, errno: errno)
+    }
+}

@@ -1,0 +1,637 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+public import SensorLogCore
+
+/// When an append counts as durable.
+public enum FsyncPolicy: String, Sendable, Equatable, CaseIterable, CustomStringConvertible {
+    /// The append returns after fdatasync; concurrent appends share one fdatasync (group commit).
+    case always
+    /// A background fdatasync every `Limits.fsyncInterval`; the append returns after the write.
+    case interval
+    /// Only on segment roll and close; the OS decides the rest.
+    case never
+
+    public var description: String { rawValue }
+}
+
+/// Where an append landed.
+public struct AppendResult: Sendable, Equatable {
+    public var partition: Int
+    public var baseOffset: Int64
+    public var count: Int
+    /// The offsets of the appended records, in order.
+    public var offsets: Range<Int64> { baseOffset..<(baseOffset + Int64(count)) }
+}
+
+/// What opening a partition found and did.
+public struct PartitionRecovery: Sendable, Equatable {
+    public var partition: Int
+    public var segments: Int
+    public var startOffset: Int64
+    public var endOffset: Int64
+    public var bytes: Int64
+    /// Bytes cut from the active segment's torn tail (0 when the tail was clean).
+    public var truncatedBytes: Int64
+    /// Where the tail was cut, relative to the data directory, with the byte position.
+    public var truncatedSegment: String?
+    public var truncatedAtPosition: Int64?
+    /// Why the tail was cut.
+    public var truncationReason: String?
+    /// Segments whose index files were missing or corrupt and were rebuilt.
+    public var rebuiltIndexes: Int
+}
+
+/// A closed (immutable) segment, as the partition remembers it: its index stays on disk.
+struct ClosedSegment {
+    var baseOffset: Int64
+    var nextOffset: Int64
+    var size: Int64
+    var maxTimestamp: Int64
+}
+
+/// The segment being appended to.
+final class ActiveSegment {
+    let baseOffset: Int64
+    let file: SharedFile
+    var size: Int64
+    var nextOffset: Int64
+    var index: SegmentIndex
+    /// Append time of its first batch; the age roll counts from here.
+    var firstAppendTime: Int64?
+
+    init(baseOffset: Int64, file: SharedFile, size: Int64, nextOffset: Int64, index: SegmentIndex, firstAppendTime: Int64?) {
+        self.baseOffset = baseOffset
+        self.file = file
+        self.size = size
+        self.nextOffset = nextOffset
+        self.index = index
+        self.firstAppendTime = firstAppendTime
+    }
+}
+
+/// One append's wait for durability, completed by the sync thread.
+final class DurabilityWaiter: @unchecked Sendable {
+    let target: Int64
+    var result: Result<Void, LogError>?
+    var continuation: CheckedContinuation<Result<Void, LogError>, Never>?
+
+    init(target: Int64) { self.target = target }
+}
+
+/// Read access a `PartitionReader` needs, from the writer in this process or from files alone.
+protocol PartitionView: AnyObject, Sendable {
+    var directory: String { get }
+    var displayDirectory: String { get }
+    var limits: Limits { get }
+    /// Base offsets of the segments, ascending.
+    func segmentBases() throws(LogError) -> [Int64]
+    /// Records at or beyond this offset are not to be read yet; nil reads whatever is complete on disk.
+    func visibleEnd() -> Int64?
+    /// The sparse index of a segment, or nil to scan it from the start.
+    func index(forSegment base: Int64) -> SegmentIndex?
+    /// Max timestamp of a segment, when known without a scan.
+    func maxTimestamp(ofSegment base: Int64) -> Int64?
+}
+
+/// One partition of the log: a directory of segments, the single writer and its sync thread.
+///
+/// All mutable state is guarded by `condition` (an `NSCondition`, not a `Mutex`, because the sync
+/// thread and blocking appenders wait on it).
+public final class Partition: PartitionView, @unchecked Sendable {
+    public let id: Int
+    let directory: String
+    let displayDirectory: String
+    let limits: Limits
+    let policy: FsyncPolicy
+    let fileOperations: FileOperations
+
+    private let condition = NSCondition()
+    private var closedSegments: [ClosedSegment] = []
+    private var active: ActiveSegment
+    /// Next offset to be written.
+    private var writtenEnd: Int64
+    /// Offsets below this are on stable storage (fdatasync returned).
+    private var durableEnd: Int64
+    /// File position in the active segment that `durableEnd` corresponds to.
+    private var durablePosition: Int64
+    private var waiters: [DurabilityWaiter] = []
+    private var isClosed = false
+    private var syncThreadDone = true
+    private var lastSyncError: LogError?
+    private var syncCount = 0
+    /// Called after each fdatasync with its duration in nanoseconds (metrics hook).
+    let onSync: (@Sendable (_ nanoseconds: Int64) -> Void)?
+
+    public let recovery: PartitionRecovery
+
+    init(
+        id: Int, directory: String, displayDirectory: String, limits: Limits, policy: FsyncPolicy,
+        fileOperations: FileOperations, onSync: (@Sendable (Int64) -> Void)?
+    ) throws(LogError) {
+        self.id = id
+        self.directory = directory
+        self.displayDirectory = displayDirectory
+        self.limits = limits
+        self.policy = policy
+        self.fileOperations = fileOperations
+        self.onSync = onSync
+
+        if !FileManager.default.fileExists(atPath: directory) {
+            do {
+                try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            } catch {
+                throw LogError(.io, "cannot create partition directory", path: displayDirectory)
+            }
+            syncDirectory((directory as NSString).deletingLastPathComponent)
+        }
+        // Leftovers of an interrupted atomic write.
+        if let names = try? FileManager.default.contentsOfDirectory(atPath: directory) {
+            for name in names where name.hasSuffix(".tmp") { unlink(directory + "/" + name) }
+        }
+
+        var bases = try SegmentFiles.list(directory, displayPath: displayDirectory)
+        if bases.isEmpty {
+            let fd = try FileDescriptor.open(
+                directory + "/" + SegmentFiles.name(0) + SegmentFiles.logSuffix, flags: O_RDWR | O_CREAT,
+                displayPath: displayDirectory + "/" + SegmentFiles.name(0) + SegmentFiles.logSuffix)
+            fd.close()
+            syncDirectory(directory)
+            bases = [0]
+        }
+
+        var rebuilt = 0
+        var closed: [ClosedSegment] = []
+        for (i, base) in bases.dropLast().enumerated() {
+            let (segment, didRebuild) = try Self.inspectClosedSegment(
+                base: base, directory: directory, displayDirectory: displayDirectory, limits: limits)
+            if didRebuild { rebuilt += 1 }
+            guard segment.nextOffset == bases[i + 1] else {
+                throw LogError(
+                    .invalidLog,
+                    "segment ends at offset \(segment.nextOffset) but the next segment starts at \(bases[i + 1])",
+                    path: displayDirectory + "/" + SegmentFiles.name(base) + SegmentFiles.logSuffix)
+            }
+            closed.append(segment)
+        }
+
+        let activeBase = bases.last!
+        let (activeSegment, truncation) = try Self.recoverActiveSegment(
+            base: activeBase, directory: directory, displayDirectory: displayDirectory, limits: limits)
+        self.closedSegments = closed
+        self.active = activeSegment
+        self.writtenEnd = activeSegment.nextOffset
+        // What a killed process wrote sits in the page cache; make it durable before promising anything.
+        if fileOperations.sync(activeSegment.file.fd) != 0 {
+            throw LogError.system("fsync failed during recovery", errno: errno, path: activeSegment.file.displayPath)
+        }
+        self.durableEnd = activeSegment.nextOffset
+        self.durablePosition = activeSegment.size
+
+        let bytes = closed.reduce(Int64(0)) { $0 + $1.size } + activeSegment.size
+        self.recovery = PartitionRecovery(
+            partition: id, segments: bases.count, startOffset: bases.first!, endOffset: activeSegment.nextOffset,
+            bytes: bytes, truncatedBytes: truncation?.bytes ?? 0,
+            truncatedSegment: truncation.map { _ in activeSegment.file.displayPath },
+            truncatedAtPosition: truncation?.position, truncationReason: truncation?.reason, rebuiltIndexes: rebuilt)
+
+        if policy != .never {
+            syncThreadDone = false
+            let thread = Thread { [self] in self.syncLoop() }
+            thread.name = "sensorlog-sync-\(id)"
+            thread.start()
+        }
+    }
+
+    // MARK: Opening
+
+    /// Checks a closed segment cheaply through the tail of its indexes (rebuilding them when
+    /// missing or inconsistent) and returns what the partition keeps of it.
+    static func inspectClosedSegment(base: Int64, directory: String, displayDirectory: String, limits: Limits)
+        throws(LogError) -> (ClosedSegment, rebuilt: Bool)
+    {
+        let stem = directory + "/" + SegmentFiles.name(base)
+        let display = displayDirectory + "/" + SegmentFiles.name(base) + SegmentFiles.logSuffix
+        let fd = try FileDescriptor.open(stem + SegmentFiles.logSuffix, flags: O_RDONLY, displayPath: display)
+        let file = SharedFile(fd, displayPath: display)
+        let size = try file.size()
+        let scanner = SegmentScanner(file: file, size: size, buffer: GrowableBuffer(capacity: 4096), maxBatchBytes: limits.maxBatchBytes)
+
+        if let offsets = SegmentFiles.readWholeFile(stem + SegmentFiles.offsetIndexSuffix),
+           let times = SegmentFiles.readWholeFile(stem + SegmentFiles.timeIndexSuffix),
+           offsets.count >= SegmentIndex.offsetEntrySize, offsets.count % SegmentIndex.offsetEntrySize == 0,
+           times.count >= SegmentIndex.timeEntrySize, times.count % SegmentIndex.timeEntrySize == 0
+        {
+            let lastOffset = offsets.withUnsafeBytes { raw in
+                (UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: raw.count - 8, as: UInt32.self)),
+                 UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: raw.count - 4, as: UInt32.self)))
+            }
+            let maxTimestamp = times.withUnsafeBytes { raw in
+                Int64(littleEndian: raw.loadUnaligned(fromByteOffset: raw.count - 12, as: Int64.self))
+            }
+            // Walk the headers after the last entry: they must chain exactly to the end of the file.
+            var position = Int64(lastOffset.1)
+            var expected = base + Int64(lastOffset.0)
+            var walkedMax = Int64.min
+            var consistent = position < size
+            while consistent {
+                switch try scanner.probe(at: position, expectedOffset: expected, verifyCRC: false) {
+                case .batch(let header):
+                    position += Int64(header.length)
+                    expected = header.nextOffset
+                    walkedMax = max(walkedMax, header.maxTimestamp)
+                    continue
+                case .end:
+                    break
+                case .incomplete, .invalid:
+                    consistent = false
+                }
+                break
+            }
+            if consistent && walkedMax <= maxTimestamp {
+                return (ClosedSegment(baseOffset: base, nextOffset: expected, size: size, maxTimestamp: maxTimestamp), false)
+            }
+        }
+        let (index, next) = try rebuildIndex(scanner: scanner, base: base, limits: limits, display: display)
+        try SegmentFiles.writeAtomically(index.offsetFileBytes(), to: stem + SegmentFiles.offsetIndexSuffix,
+                                         directory: directory, displayPath: display)
+        try SegmentFiles.writeAtomically(index.timeFileBytes(), to: stem + SegmentFiles.timeIndexSuffix,
+                                         directory: directory, displayPath: display)
+        return (ClosedSegment(baseOffset: base, nextOffset: next, size: size, maxTimestamp: index.maxTimestamp), true)
+    }
+
+    /// Scans a closed segment with CRCs and builds its index; any bad batch is corruption.
+    static func rebuildIndex(scanner: SegmentScanner, base: Int64, limits: Limits, display: String)
+        throws(LogError) -> (SegmentIndex, nextOffset: Int64)
+    {
+        var index = SegmentIndex()
+        var position: Int64 = 0
+        var expected = base
+        while true {
+            switch try scanner.probe(at: position, expectedOffset: expected, verifyCRC: true) {
+            case .batch(let header):
+                index.add(relative: UInt32(header.baseOffset - base), position: position, length: header.length,
+                          maxTimestamp: header.maxTimestamp, interval: limits.indexIntervalBytes)
+                position += Int64(header.length)
+                expected = header.nextOffset
+            case .end:
+                index.seal()
+                return (index, expected)
+            case .incomplete(let why), .invalid(let why):
+                throw LogError(.corruptBatch, "corrupt batch in a closed segment: \(why)", path: display, position: position)
+            }
+        }
+    }
+
+    /// Checks the active segment batch by batch, truncating a torn tail and refusing corruption
+    /// that has valid batches after it.
+    static func recoverActiveSegment(base: Int64, directory: String, displayDirectory: String, limits: Limits)
+        throws(LogError) -> (ActiveSegment, truncation: (position: Int64, bytes: Int64, reason: String)?)
+    {
+        let stem = directory + "/" + SegmentFiles.name(base)
+        let display = displayDirectory + "/" + SegmentFiles.name(base) + SegmentFiles.logSuffix
+        // The active segment's indexes live in memory; files left by an earlier close are stale.
+        unlink(stem + SegmentFiles.offsetIndexSuffix)
+        unlink(stem + SegmentFiles.timeIndexSuffix)
+        let fd = try FileDescriptor.open(stem + SegmentFiles.logSuffix, flags: O_RDWR, displayPath: display)
+        let file = SharedFile(fd, displayPath: display)
+        let size = try file.size()
+        let scanner = SegmentScanner(file: file, size: size, buffer: GrowableBuffer(capacity: 64 << 10), maxBatchBytes: limits.maxBatchBytes)
+        var index = SegmentIndex()
+        var position: Int64 = 0
+        var expected = base
+        var firstAppend: Int64?
+        var truncation: (position: Int64, bytes: Int64, reason: String)?
+        scan: while true {
+            switch try scanner.probe(at: position, expectedOffset: expected, verifyCRC: true) {
+            case .batch(let header):
+                index.add(relative: UInt32(header.baseOffset - base), position: position, length: header.length,
+                          maxTimestamp: header.maxTimestamp, interval: limits.indexIntervalBytes)
+                if firstAppend == nil { firstAppend = header.appendTime }
+                position += Int64(header.length)
+                expected = header.nextOffset
+            case .end:
+                break scan
+            case .incomplete(let why):
+                truncation = (position, size - position, "incomplete last batch: \(why)")
+                break scan
+            case .invalid(let why):
+                if let later = try scanner.findValidBatch(after: position, minOffset: expected) {
+                    throw LogError(
+                        .corruptBatch,
+                        "corrupt batch (\(why)) with a valid batch after it at byte \(later); not a torn write, so nothing was truncated: run `sensorlog verify --repair`",
+                        path: display, position: position)
+                }
+                truncation = (position, size - position, "torn last batch: \(why)")
+                break scan
+            }
+        }
+        if let truncation {
+            guard ftruncate(file.fd, off_t(truncation.position)) == 0 else {
+                throw LogError.system("cannot truncate torn tail", errno: errno, path: display)
+            }
+            _ = fsync(file.fd)
+        }
+        return (ActiveSegment(baseOffset: base, file: file, size: position, nextOffset: expected, index: index,
+                              firstAppendTime: firstAppend), truncation)
+    }
+
+    // MARK: Appending
+
+    /// Writes an encoded batch (its base offset is patched in here) and returns where it landed,
+    /// plus the waiter to await when the policy is `always`.
+    func write(encoded batch: UnsafeRawBufferPointer, count: Int, maxTimestamp: Int64, appendTime: Int64)
+        throws(LogError) -> (AppendResult, DurabilityWaiter?)
+    {
+        condition.lock()
+        defer { condition.unlock() }
+        guard !isClosed else { throw LogError(.closed, "the log is closed") }
+
+        if active.size > 0 {
+            let tooBig = active.size + Int64(batch.count) > Int64(limits.segmentBytes)
+            let tooOld = active.firstAppendTime.map { appendTime - $0 > Int64(limits.segmentMaxAge / .nanoseconds(1)) } ?? false
+            let offsetsFull = writtenEnd + Int64(count) - active.baseOffset > Int64(UInt32.max)
+            if tooBig || tooOld || offsetsFull { try roll() }
+        }
+
+        let base = writtenEnd
+        let mutable = UnsafeMutableRawBufferPointer(mutating: batch)
+        mutable.storeBytes(of: base.littleEndian, toByteOffset: 0, as: Int64.self)
+        let position = active.size
+        do {
+            try writeAll(fileOperations, fd: active.file.fd, batch, at: position, displayPath: active.file.displayPath)
+        } catch {
+            // Leave the file as it was; the next append overwrites from `position` anyway.
+            _ = ftruncate(active.file.fd, off_t(position))
+            throw error
+        }
+        active.size += Int64(batch.count)
+        active.index.add(relative: UInt32(base - active.baseOffset), position: position, length: batch.count,
+                         maxTimestamp: maxTimestamp, interval: limits.indexIntervalBytes)
+        if active.firstAppendTime == nil { active.firstAppendTime = appendTime }
+        writtenEnd = base + Int64(count)
+        active.nextOffset = writtenEnd
+
+        let result = AppendResult(partition: id, baseOffset: base, count: count)
+        guard policy == .always else { return (result, nil) }
+        let waiter = DurabilityWaiter(target: writtenEnd)
+        waiters.append(waiter)
+        condition.broadcast()
+        return (result, waiter)
+    }
+
+    /// Closes the active segment and starts a new one at `writtenEnd`. Called with the lock held.
+    private func roll() throws(LogError) {
+        let old = active
+        guard fileOperations.sync(old.file.fd) == 0 else {
+            throw LogError.system("fsync failed while rolling the segment", errno: errno, path: old.file.displayPath)
+        }
+        var index = old.index
+        index.seal()
+        let stem = directory + "/" + SegmentFiles.name(old.baseOffset)
+        try SegmentFiles.writeAtomically(index.offsetFileBytes(), to: stem + SegmentFiles.offsetIndexSuffix,
+                                         directory: directory, displayPath: old.file.displayPath)
+        try SegmentFiles.writeAtomically(index.timeFileBytes(), to: stem + SegmentFiles.timeIndexSuffix,
+                                         directory: directory, displayPath: old.file.displayPath)
+        let name = SegmentFiles.name(writtenEnd) + SegmentFiles.logSuffix
+        let display = displayDirectory + "/" + name
+        let fd = try FileDescriptor.open(directory + "/" + name, flags: O_RDWR | O_CREAT | O_TRUNC, displayPath: display)
+        syncDirectory(directory)
+        closedSegments.append(ClosedSegment(baseOffset: old.baseOffset, nextOffset: writtenEnd, size: old.size,
+                                            maxTimestamp: index.maxTimestamp))
+        active = ActiveSegment(baseOffset: writtenEnd, file: SharedFile(fd, displayPath: display), size: 0,
+                               nextOffset: writtenEnd, index: SegmentIndex(), firstAppendTime: nil)
+        durableEnd = writtenEnd
+        durablePosition = 0
+        completeWaiters()
+    }
+
+    /// Blocks until `waiter` completes.
+    func wait(_ waiter: DurabilityWaiter) throws(LogError) {
+        condition.lock()
+        while waiter.result == nil { condition.wait() }
+        let result = waiter.result!
+        condition.unlock()
+        try result.get()
+    }
+
+    /// Suspends until `waiter` completes.
+    func wait(_ waiter: DurabilityWaiter) async throws(LogError) {
+        let result: Result<Void, LogError> = await withCheckedContinuation { continuation in
+            condition.lock()
+            if let result = waiter.result {
+                condition.unlock()
+                continuation.resume(returning: result)
+            } else {
+                waiter.continuation = continuation
+                condition.unlock()
+            }
+        }
+        try result.get()
+    }
+
+    /// Completes every waiter whose records are durable. Called with the lock held; resumes
+    /// continuations directly (they only enqueue their task).
+    private func completeWaiters() {
+        var done = 0
+        for waiter in waiters {
+            guard waiter.target <= durableEnd else { break }
+            waiter.result = .success(())
+            waiter.continuation?.resume(returning: .success(()))
+            waiter.continuation = nil
+            done += 1
+        }
+        if done > 0 { waiters.removeFirst(done) }
+        condition.broadcast()
+    }
+
+    private func failWaiters(_ error: LogError) {
+        for waiter in waiters {
+            waiter.result = .failure(error)
+            waiter.continuation?.resume(returning: .failure(error))
+            waiter.continuation = nil
+        }
+        waiters.removeAll()
+        condition.broadcast()
+    }
+
+    /// The sync thread: group commit under `always`, a timer under `interval`.
+    private func syncLoop() {
+        condition.lock()
+        var deadline = Date().addingTimeInterval(Self.seconds(limits.fsyncInterval))
+        while true {
+            if policy == .always {
+                while !isClosed && writtenEnd == durableEnd { condition.wait() }
+            } else {
+                while !isClosed && Date() < deadline { _ = condition.wait(until: deadline) }
+                deadline = Date().addingTimeInterval(Self.seconds(limits.fsyncInterval))
+            }
+            if writtenEnd == durableEnd {
+                if isClosed { break }
+                continue
+            }
+            let target = writtenEnd
+            let targetPosition = active.size
+            let file = active.file
+            condition.unlock()
+            let started = DispatchTime.now().uptimeNanoseconds
+            let rc = fileOperations.sync(file.fd)
+            let failure = rc == 0 ? nil : errno
+            onSync?(Int64(DispatchTime.now().uptimeNanoseconds - started))
+            condition.lock()
+            syncCount += 1
+            if let failure {
+                let error = LogError.system("fsync failed", errno: failure, path: file.displayPath)
+                lastSyncError = error
+                if policy == .always && file === active.file {
+                    rollBackToDurable()
+                    failWaiters(error)
+                }
+            } else {
+                lastSyncError = nil
+                if target > durableEnd {
+                    durableEnd = target
+                    if file === active.file { durablePosition = targetPosition }
+                }
+                completeWaiters()
+            }
+        }
+        syncThreadDone = true
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    /// After a failed fdatasync under `always`: nothing past the last durable point was
+    /// acknowledged, and none of it may become visible, so cut it off. Lock held.
+    private func rollBackToDurable() {
+        _ = ftruncate(active.file.fd, off_t(durablePosition))
+        active.size = durablePosition
+        writtenEnd = durableEnd
+        active.nextOffset = durableEnd
+        var index = SegmentIndex()
+        var position: Int64 = 0
+        let scanner = SegmentScanner(file: active.file, size: durablePosition, buffer: GrowableBuffer(capacity: 4096),
+                                     maxBatchBytes: limits.maxBatchBytes)
+        while case .batch(let header)? = try? scanner.probe(at: position, expectedOffset: nil, verifyCRC: false) {
+            index.add(relative: UInt32(header.baseOffset - active.baseOffset), position: position, length: header.length,
+                      maxTimestamp: header.maxTimestamp, interval: limits.indexIntervalBytes)
+            position += Int64(header.length)
+        }
+        active.index = index
+    }
+
+    static func seconds(_ d: Duration) -> Double {
+        Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
+    }
+
+    /// Makes everything written so far durable now, whatever the policy.
+    public func flush() throws(LogError) {
+        condition.lock()
+        defer { condition.unlock() }
+        guard fileOperations.sync(active.file.fd) == 0 else {
+            throw LogError.system("fsync failed", errno: errno, path: active.file.displayPath)
+        }
+        durableEnd = writtenEnd
+        durablePosition = active.size
+        completeWaiters()
+    }
+
+    /// Stops the sync thread, syncs and closes. Appends after this throw `.closed`.
+    func close() throws(LogError) {
+        condition.lock()
+        isClosed = true
+        condition.broadcast()
+        while !syncThreadDone { condition.wait() }
+        condition.unlock()
+        try flush()
+    }
+
+    // MARK: State
+
+    /// First offset still in the log.
+    public var startOffset: Int64 {
+        condition.lock()
+        defer { condition.unlock() }
+        return closedSegments.first?.baseOffset ?? active.baseOffset
+    }
+
+    /// The next offset to be written that readers may see (under `always`: the durable end).
+    public var endOffset: Int64 {
+        condition.lock()
+        defer { condition.unlock() }
+        return policy == .always ? durableEnd : writtenEnd
+    }
+
+    /// Bytes of all segment files.
+    public var bytes: Int64 {
+        condition.lock()
+        defer { condition.unlock() }
+        return closedSegments.reduce(Int64(0)) { $0 + $1.size } + active.size
+    }
+
+    public var segmentCount: Int {
+        condition.lock()
+        defer { condition.unlock() }
+        return closedSegments.count + 1
+    }
+
+    /// The last fdatasync failure, until a later one succeeds.
+    public var syncError: LogError? {
+        condition.lock()
+        defer { condition.unlock() }
+        return lastSyncError
+    }
+
+    /// Number of fdatasync calls made by the sync thread (group commit makes it lower than the
+    /// number of appends).
+    public var syncs: Int {
+        condition.lock()
+        defer { condition.unlock() }
+        return syncCount
+    }
+
+    // MARK: PartitionView
+
+    func segmentBases() throws(LogError) -> [Int64] {
+        condition.lock()
+        defer { condition.unlock() }
+        return closedSegments.map(\.baseOffset) + [active.baseOffset]
+    }
+
+    func visibleEnd() -> Int64? { endOffset }
+
+    func index(forSegment base: Int64) -> SegmentIndex? {
+        condition.lock()
+        if base == active.baseOffset {
+            let index = active.index
+            condition.unlock()
+            return index
+        }
+        let segment = closedSegments.first { $0.baseOffset == base }
+        condition.unlock()
+        guard let segment else { return nil }
+        return loadIndexFiles(directory: directory, base: base, size: segment.size, records: segment.nextOffset - base)
+    }
+
+    func maxTimestamp(ofSegment base: Int64) -> Int64? {
+        condition.lock()
+        defer { condition.unlock() }
+        if base == active.baseOffset { return active.index.maxTimestamp }
+        return closedSegments.first { $0.baseOffset == base }?.maxTimestamp
+    }
+
+    /// A reader from `offset` (clamped to the log's start) that sees what this process appended.
+    public func reader(from offset: Int64) -> PartitionReader {
+        PartitionReader(view: self, startOffset: offset)
+    }
+}
+
+/// Loads and validates a closed segment's index files; nil when missing or inconsistent.
+func loadIndexFiles(directory: String, base: Int64, size: Int64, records: Int64) -> SegmentIndex? {
+    let stem = directory + "/" + SegmentFiles.name(base)
+    guard let offsets = SegmentFiles.readWholeFile(stem + SegmentFiles.offsetIndexSuffix),
+          let times = SegmentFiles.readWholeFile(stem + SegmentFiles.timeIndexSuffix)
+    else { return nil }
+    return SegmentIndex.parse(offsetFile: offsets, timeFile: times, segmentSize: size, recordCount: records)
+}

@@ -1,0 +1,155 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+public import SensorLogCore
+
+/// Streams the batches of one partition from an offset, a batch at a time, with memory bounded
+/// by the largest batch. Every batch's CRC is checked before it is decoded.
+///
+/// A reader works on the writer's partition in this process (it stops at the visible end) or on
+/// files alone from another process (it stops at the last complete batch).
+public final class PartitionReader {
+    let view: any PartitionView
+    /// The offset the caller asked for; records below it in the first batch are skipped.
+    public private(set) var nextOffset: Int64
+    private var segmentBase: Int64?
+    private var file: SharedFile?
+    private var position: Int64 = 0
+    /// Base offset the batch at `position` must carry.
+    private var expectedBase: Int64 = 0
+    private let buffer = GrowableBuffer(capacity: 64 << 10)
+    private let decoder = BatchDecoder()
+    private var scratch = DecodedBatch()
+
+    init(view: any PartitionView, startOffset: Int64) {
+        self.view = view
+        self.nextOffset = startOffset
+    }
+
+    /// The next batch, or nil when the reader has caught up. Records before the requested offset
+    /// are excluded through `firstIndex`.
+    /// - Returns: the batch and the index of its first record at or after the reader's offset.
+    public func next() throws(LogError) -> (batch: DecodedBatch, firstIndex: Int)? {
+        var batch = DecodedBatch()
+        guard let first = try next(into: &batch) else { return nil }
+        return (batch, first)
+    }
+
+    /// Decodes the next batch into `batch`, reusing its storage (the allocation-free form).
+    /// - Returns: the index of the first record at or after the reader's offset, or nil when caught up.
+    public func next(into batch: inout DecodedBatch) throws(LogError) -> Int? {
+        guard let header = try nextVerifiedBatch() else { return nil }
+        do {
+            try decoder.decode(buffer.bytes, header: header, into: &batch)
+        } catch {
+            throw LogError(.corruptBatch, "batch does not decode: \(error.message)", path: file?.displayPath,
+                           position: position - Int64(header.length))
+        }
+        let first = Int(max(0, nextOffset - header.baseOffset))
+        nextOffset = header.nextOffset
+        return first
+    }
+
+    /// The next batch's header and raw bytes (CRC checked), without decoding: for tools that
+    /// copy or inspect batches.
+    public func nextRaw() throws(LogError) -> (header: BatchHeader, bytes: UnsafeRawBufferPointer, segment: String, position: Int64)? {
+        guard let header = try nextVerifiedBatch() else { return nil }
+        nextOffset = header.nextOffset
+        return (header, buffer.bytes, file!.displayPath, position - Int64(header.length))
+    }
+
+    private func nextVerifiedBatch() throws(LogError) -> BatchHeader? {
+        let end = view.visibleEnd()
+        if let end, nextOffset >= end { return nil }
+        if file == nil { guard try seek() else { return nil } }
+        while true {
+            let size = try file!.size()
+            let scanner = SegmentScanner(file: file!, size: size, buffer: buffer, maxBatchBytes: view.limits.maxBatchBytes)
+            let probe = try scanner.probe(at: position, expectedOffset: expectedBase, verifyCRC: true)
+            switch probe {
+            case .batch(let header):
+                if let end, header.baseOffset >= end { return nil }
+                position += Int64(header.length)
+                expectedBase = header.nextOffset
+                if header.nextOffset <= nextOffset { continue }  // still before the requested offset
+                return header
+            case .end, .incomplete:
+                let bases = try view.segmentBases()
+                guard let later = bases.first(where: { $0 > segmentBase! }) else { return nil }
+                if case .incomplete(let why) = probe {
+                    throw LogError(.corruptBatch, "closed segment ends inside a batch: \(why)", path: file!.displayPath, position: position)
+                }
+                guard later == expectedBase else {
+                    throw LogError(.invalidLog, "segment ends at offset \(expectedBase) but the next one starts at \(later)",
+                                   path: file!.displayPath)
+                }
+                try open(base: later)
+                position = 0
+            case .invalid(let why):
+                // From another process, the last segment's tail may be a write in progress.
+                let bases = try view.segmentBases()
+                let isLast = bases.last == segmentBase
+                if end == nil && isLast, try scanner.findValidBatch(after: position, minOffset: expectedBase) == nil {
+                    return nil
+                }
+                throw LogError(.corruptBatch, "corrupt batch: \(why)", path: file!.displayPath, position: position)
+            }
+        }
+    }
+
+    private func open(base: Int64) throws(LogError) {
+        let display = view.displayDirectory + "/" + SegmentFiles.name(base) + SegmentFiles.logSuffix
+        let fd = try FileDescriptor.open(view.directory + "/" + SegmentFiles.name(base) + SegmentFiles.logSuffix,
+                                         flags: O_RDONLY, displayPath: display)
+        file = SharedFile(fd, displayPath: display)
+        segmentBase = base
+        expectedBase = base
+    }
+
+    /// Positions on the batch holding `nextOffset`, through the segment's sparse index.
+    /// - Returns: false when the log is empty.
+    private func seek() throws(LogError) -> Bool {
+        let bases = try view.segmentBases()
+        guard let firstBase = bases.first else { return false }
+        if nextOffset < firstBase { nextOffset = firstBase }  // retention removed the start
+        let base = bases.last(where: { $0 <= nextOffset })!
+        try open(base: base)
+        position = 0
+        if let entry = view.index(forSegment: base)?.floor(relative: UInt32(clamping: nextOffset - base)) {
+            position = Int64(entry.position)
+            expectedBase = base + Int64(entry.relativeOffset)
+        }
+        return true
+    }
+
+    /// Seeks to the first batch whose max timestamp is at or after `timestamp`.
+    /// - Returns: that batch's base offset, or the end of the log when no batch qualifies.
+    static func offset(atOrAfter timestamp: Int64, in view: any PartitionView) throws(LogError) -> Int64 {
+        let bases = try view.segmentBases()
+        let end = view.visibleEnd()
+        for (i, base) in bases.enumerated() {
+            let isLast = i == bases.count - 1
+            if !isLast, let max = view.maxTimestamp(ofSegment: base), max < timestamp { continue }
+            let display = view.displayDirectory + "/" + SegmentFiles.name(base) + SegmentFiles.logSuffix
+            let fd = try FileDescriptor.open(view.directory + "/" + SegmentFiles.name(base) + SegmentFiles.logSuffix,
+                                             flags: O_RDONLY, displayPath: display)
+            let file = SharedFile(fd, displayPath: display)
+            let scanner = SegmentScanner(file: file, size: try file.size(), buffer: GrowableBuffer(capacity: 4096),
+                                         maxBatchBytes: view.limits.maxBatchBytes)
+            var position: Int64 = 0
+            var expected = base
+            if let entry = view.index(forSegment: base)?.scanStart(forTimestamp: timestamp) {
+                position = Int64(entry.position)
+                expected = base + Int64(entry.relativeOffset)
+            }
+            while case .batch(let header) = try scanner.probe(at: position, expectedOffset: expected, verifyCRC: false) {
+                if let end, header.baseOffset >= end { return end }
+                if header.maxTimestamp >= timestamp { return header.baseOffset }
+                position += Int64(header.length)
+                expected = header.nextOffset
+            }
+            if isLast { return end ?? expected }
+        }
+        return end ?? 0
+    }
+}

@@ -1,0 +1,160 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+
+/// Names and listing of segment files: `<20-digit base offset>.log|.index|.timeindex`.
+enum SegmentFiles {
+    static let logSuffix = ".log"
+    static let offsetIndexSuffix = ".index"
+    static let timeIndexSuffix = ".timeindex"
+
+    static func name(_ baseOffset: Int64) -> String {
+        let digits = String(baseOffset)
+        return String(repeating: "0", count: max(0, 20 - digits.count)) + digits
+    }
+
+    /// Base offsets of the `.log` files in `directory`, ascending.
+    static func list(_ directory: String, displayPath: String) throws(LogError) -> [Int64] {
+        let names: [String]
+        do {
+            names = try FileManager.default.contentsOfDirectory(atPath: directory)
+        } catch {
+            throw LogError(.io, "cannot list partition directory", path: displayPath)
+        }
+        var bases: [Int64] = []
+        for name in names where name.hasSuffix(logSuffix) {
+            let stem = name.dropLast(logSuffix.count)
+            guard stem.count == 20, stem.allSatisfy(\.isASCII), let base = Int64(stem), base >= 0 else { continue }
+            bases.append(base)
+        }
+        return bases.sorted()
+    }
+
+    static func readWholeFile(_ path: String) -> [UInt8]? {
+        guard let data = FileManager.default.contents(atPath: path) else { return nil }
+        return [UInt8](data)
+    }
+
+    /// Writes `bytes` to `path` atomically: a temporary file, fsync, rename, directory fsync.
+    static func writeAtomically(_ bytes: [UInt8], to path: String, directory: String, displayPath: String) throws(LogError) {
+        let temporary = path + ".tmp"
+        let fd = Glibc.open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw LogError.system("cannot create file", errno: errno, path: displayPath) }
+        var failure: LogError?
+        bytes.withUnsafeBytes { raw in
+            do throws(LogError) {
+                try writeAll(.system, fd: fd, raw, at: 0, displayPath: displayPath)
+                if fsync(fd) != 0 { failure = LogError.system("fsync failed", errno: errno, path: displayPath) }
+            } catch {
+                failure = error
+            }
+        }
+        _ = Glibc.close(fd)
+        if let failure {
+            unlink(temporary)
+            throw failure
+        }
+        guard rename(temporary, path) == 0 else {
+            let e = errno
+            unlink(temporary)
+            throw LogError.system("cannot rename file into place", errno: e, path: displayPath)
+        }
+        syncDirectory(directory)
+    }
+}
+
+/// What is at a position of a segment file.
+enum BatchProbe {
+    /// A complete batch that passed every check.
+    case batch(BatchHeader)
+    /// The position is exactly the end of the file.
+    case end
+    /// The file ends inside the batch: a write that did not finish.
+    case incomplete(String)
+    /// Bytes are there but fail a check (CRC, header field, offset).
+    case invalid(String)
+}
+
+/// Sequential and random access to the batches of one segment file.
+struct SegmentScanner {
+    let file: SharedFile
+    let size: Int64
+    let buffer: GrowableBuffer
+    let maxBatchBytes: Int
+
+    /// Checks the batch at `position`.
+    /// - Parameters:
+    ///   - expectedOffset: the base offset the batch must have, when known.
+    ///   - verifyCRC: read the whole batch and check its CRC (otherwise only the header).
+    /// - Returns: the probe; on `.batch` with `verifyCRC`, `buffer` holds the whole batch.
+    func probe(at position: Int64, expectedOffset: Int64?, verifyCRC: Bool) throws(LogError) -> BatchProbe {
+        let remaining = size - position
+        if remaining == 0 { return .end }
+        if remaining < Int64(BatchHeader.size) { return .incomplete("\(remaining) bytes, less than a batch header") }
+        buffer.removeAll()
+        buffer.reserve(BatchHeader.size)
+        let n = try file.read(into: buffer.base, count: BatchHeader.size, at: position)
+        guard n == BatchHeader.size else { return .incomplete("file shrank while reading") }
+        buffer.count = n
+        let header: BatchHeader
+        do {
+            header = try BatchHeader.parse(buffer.bytes, maxBatchBytes: maxBatchBytes)
+        } catch {
+            // A length beyond the file with an otherwise plausible header is a torn write.
+            return .invalid(error.message)
+        }
+        if Int64(header.length) > remaining {
+            return .incomplete("batch of \(header.length) bytes, only \(remaining) in the file")
+        }
+        if let expectedOffset, header.baseOffset != expectedOffset {
+            return .invalid("batch base offset \(header.baseOffset), expected \(expectedOffset)")
+        }
+        if verifyCRC {
+            buffer.reserve(header.length - BatchHeader.size)
+            let body = try file.read(into: buffer.base + BatchHeader.size, count: header.length - BatchHeader.size,
+                                     at: position + Int64(BatchHeader.size))
+            guard body == header.length - BatchHeader.size else { return .incomplete("file shrank while reading") }
+            buffer.count = header.length
+            let crc = BatchHeader.checksum(buffer.bytes)
+            if crc != header.crc {
+                return .invalid(String(format: "CRC32C mismatch: stored %08x, computed %08x", header.crc, crc))
+            }
+        }
+        return .batch(header)
+    }
+
+    /// Looks for a valid batch (CRC checked) starting anywhere after `position`, with a base offset
+    /// of at least `minOffset`: evidence that damage at `position` is not a torn tail.
+    /// - Returns: the position of the first such batch.
+    func findValidBatch(after position: Int64, minOffset: Int64) throws(LogError) -> Int64? {
+        let chunk = 1 << 20
+        let window = GrowableBuffer(capacity: chunk + BatchHeader.size)
+        let probeBuffer = GrowableBuffer(capacity: 4096)
+        let prober = SegmentScanner(file: file, size: size, buffer: probeBuffer, maxBatchBytes: maxBatchBytes)
+        var start = position + 1
+        while start + Int64(BatchHeader.size) <= size {
+            let want = Int(min(Int64(chunk + BatchHeader.size), size - start))
+            window.removeAll()
+            window.reserve(want)
+            let got = try file.read(into: window.base, count: want, at: start)
+            window.count = got
+            let raw = window.bytes
+            var i = 0
+            while i + BatchHeader.size <= got {
+                // Cheap filters before a CRC: version byte, known kind and codec, zero reserved byte.
+                if raw[i + 16] == BatchHeader.formatVersion, raw[i + 17] <= 1, raw[i + 18] <= 1, raw[i + 19] == 0,
+                   let header = try? BatchHeader.parse(UnsafeRawBufferPointer(rebasing: raw[i..<(i + BatchHeader.size)]), maxBatchBytes: maxBatchBytes),
+                   header.baseOffset >= minOffset
+                {
+                    if case .batch = try prober.probe(at: start + Int64(i), expectedOffset: nil, verifyCRC: true) {
+                        return start + Int64(i)
+                    }
+                }
+                i += 1
+            }
+            start += Int64(max(1, got - BatchHeader.size + 1))
+        }
+        return nil
+    }
+}

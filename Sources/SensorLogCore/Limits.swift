@@ -1,0 +1,71 @@
+/// Every bound sensorlog enforces, in one place. The servers, the log and the tool read their
+/// limits from here; `validate()` runs at start-up so a bad flag fails before anything opens.
+public struct Limits: Sendable, Equatable {
+    /// Longest sensor_id, in UTF-8 bytes.
+    public var maxSensorIDBytes = 128
+    /// Longest location, in UTF-8 bytes.
+    public var maxLocationBytes = 128
+    /// Longest type name, in UTF-8 bytes.
+    public var maxTypeBytes = 64
+
+    /// Most readings in one batch (one append).
+    public var maxBatchRecords = 65_536
+    /// Largest encoded batch, header included. A reader refuses a batch header that claims more,
+    /// so a corrupt length can never make it allocate without bound.
+    public var maxBatchBytes = 32 << 20
+
+    /// Number of partitions of a new log. Fixed once the log exists.
+    public var partitions = 8
+    /// Most partitions a log may have.
+    public var maxPartitions = 1024
+
+    /// The active segment rolls once it holds this many bytes.
+    public var segmentBytes = 64 << 20
+    /// Smallest `segmentBytes` accepted.
+    public var minSegmentBytes = 64 << 10
+    /// The active segment rolls once its first batch is this old.
+    public var segmentMaxAge: Duration = .seconds(24 * 3600)
+
+    /// An offset- and time-index entry is added every time this many log bytes were written.
+    public var indexIntervalBytes = 4096
+
+    /// Fsync period under the `interval` policy.
+    public var fsyncInterval: Duration = .milliseconds(100)
+
+    public init() {}
+
+    /// Checks the bounds against each other.
+    /// - Throws: `LimitsError` naming the first bound that is out of range.
+    public func validate() throws(LimitsError) {
+        guard (1...maxPartitions).contains(partitions) else {
+            throw LimitsError("partitions must be between 1 and \(maxPartitions), got \(partitions)")
+        }
+        guard segmentBytes >= minSegmentBytes else {
+            throw LimitsError("segment bytes must be at least \(minSegmentBytes) (64 KiB), got \(segmentBytes)")
+        }
+        guard segmentBytes <= Int(UInt32.max) else {
+            throw LimitsError("segment bytes must be below 4 GiB, got \(segmentBytes)")
+        }
+        guard maxBatchRecords >= 1, maxBatchRecords <= 1 << 20 else {
+            throw LimitsError("max batch records must be between 1 and 1048576, got \(maxBatchRecords)")
+        }
+        guard maxBatchBytes >= 64 << 10 else {
+            throw LimitsError("max batch bytes must be at least 64 KiB, got \(maxBatchBytes)")
+        }
+        guard indexIntervalBytes >= 64 else {
+            throw LimitsError("index interval must be at least 64 bytes, got \(indexIntervalBytes)")
+        }
+        guard fsyncInterval > .zero else {
+            throw LimitsError("fsync interval must be positive")
+        }
+        guard segmentMaxAge > .zero else {
+            throw LimitsError("segment max age must be positive")
+        }
+    }
+}
+
+/// A bound that is out of range, with a message for the operator.
+public struct LimitsError: Error, CustomStringConvertible, Sendable {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}

@@ -1,0 +1,130 @@
+/// One sensor reading: the unit producers send, the log stores and the aggregator folds.
+///
+/// A reading is identified by (sensorID, timestamp). `timestamp` is nanoseconds since the Unix
+/// epoch, UTC.
+public struct Reading: Sendable, Hashable {
+    public var sensorID: String
+    public var type: String
+    public var value: Double
+    public var location: String
+    public var timestamp: Int64
+
+    public init(sensorID: String, type: String, value: Double, location: String, timestamp: Int64) {
+        self.sensorID = sensorID
+        self.type = type
+        self.value = value
+        self.location = location
+        self.timestamp = timestamp
+    }
+
+    /// Bitwise equality, so that -0.0 and 0.0 differ and a NaN equals itself: what "stored
+    /// unchanged" means for the log.
+    public func isIdentical(to other: Reading) -> Bool {
+        sensorID == other.sensorID && type == other.type && location == other.location
+            && timestamp == other.timestamp && value.bitPattern == other.value.bitPattern
+    }
+}
+
+/// The types a log accepts, each with its optional valid range.
+public struct SensorTypes: Sendable, Equatable {
+    /// Valid range per type name; `nil` accepts any finite value.
+    public var ranges: [String: ClosedRange<Double>?]
+
+    /// `temperature`, `humidity` (0–100) and `pressure`: the embedded default.
+    public static let standard = SensorTypes(ranges: [
+        "temperature": nil,
+        "humidity": 0...100,
+        "pressure": nil,
+    ])
+
+    public init(ranges: [String: ClosedRange<Double>?]) {
+        self.ranges = ranges
+    }
+
+    public func contains(_ type: String) -> Bool { ranges[type] != nil }
+}
+
+/// Why a reading was refused, with the field at fault. `code` is stable: metrics and HTTP errors
+/// carry it.
+public struct ReadingError: Error, Sendable, Equatable, CustomStringConvertible {
+    public struct Code: Sendable, Hashable, CustomStringConvertible {
+        public let rawValue: String
+        init(_ rawValue: String) { self.rawValue = rawValue }
+        public var description: String { rawValue }
+
+        public static let missingField = Code("missing_field")
+        public static let invalidSensorID = Code("invalid_sensor_id")
+        public static let unknownType = Code("unknown_type")
+        public static let nonFiniteValue = Code("non_finite_value")
+        public static let outOfRange = Code("out_of_range")
+        public static let invalidLocation = Code("invalid_location")
+        public static let invalidTimestamp = Code("invalid_timestamp")
+    }
+
+    public var code: Code
+    public var field: String
+    public var message: String
+
+    public init(_ code: Code, field: String, _ message: String) {
+        self.code = code
+        self.field = field
+        self.message = message
+    }
+
+    public var description: String { "\(field): \(message)" }
+}
+
+/// The one validation of a reading, shared by every way in (line protocol, HTTP, the tool).
+public struct ReadingValidator: Sendable {
+    public var types: SensorTypes
+    public var limits: Limits
+
+    public init(types: SensorTypes = .standard, limits: Limits = Limits()) {
+        self.types = types
+        self.limits = limits
+    }
+
+    /// Checks every field of `reading`.
+    /// - Throws: the first `ReadingError` found, in field order sensor_id, type, value, location.
+    public func validate(_ reading: Reading) throws(ReadingError) {
+        try Self.checkText(reading.sensorID, field: "sensor_id", maxBytes: limits.maxSensorIDBytes, code: .invalidSensorID)
+        guard let range = types.ranges[reading.type] else {
+            throw ReadingError(.unknownType, field: "type", "unknown type '\(Self.prefix(reading.type))'")
+        }
+        guard reading.value.isFinite else {
+            throw ReadingError(.nonFiniteValue, field: "value", "value must be a finite number")
+        }
+        if let range, !range.contains(reading.value) {
+            throw ReadingError(
+                .outOfRange, field: "value",
+                "\(reading.type) value \(reading.value) is outside \(range.lowerBound)...\(range.upperBound)")
+        }
+        try Self.checkText(reading.location, field: "location", maxBytes: limits.maxLocationBytes, code: .invalidLocation)
+    }
+
+    /// A name field: 1...maxBytes UTF-8 bytes, no control characters.
+    static func checkText(_ text: String, field: String, maxBytes: Int, code: ReadingError.Code) throws(ReadingError) {
+        let count = text.utf8.count
+        guard count > 0 else { throw ReadingError(code, field: field, "\(field) is empty") }
+        guard count <= maxBytes else {
+            throw ReadingError(code, field: field, "\(field) is \(count) bytes, more than \(maxBytes)")
+        }
+        var ascii = true
+        for byte in text.utf8 {
+            if byte < 0x20 || byte == 0x7F {
+                throw ReadingError(code, field: field, "\(field) contains a control character")
+            }
+            if byte >= 0x80 { ascii = false }
+        }
+        if !ascii {
+            for scalar in text.unicodeScalars where scalar.properties.generalCategory == .control {
+                throw ReadingError(code, field: field, "\(field) contains a control character")
+            }
+        }
+    }
+
+    /// The start of an untrusted string, for error messages.
+    public static func prefix(_ text: String, maxCharacters: Int = 40) -> String {
+        text.count <= maxCharacters ? text : String(text.prefix(maxCharacters)) + "…"
+    }
+}

@@ -1,0 +1,22 @@
+import ArgumentParser
+import Foundation
+import LogStore
+import SensorLogCore
+
+/// Options every subcommand shares.
+struct CommonOptions: ParsableArguments {
+    @Option(help: "Data directory of the log.")
+    var dataDir = "./data"
+
+    @Flag(help: "Write one JSON document to stdout.")
+    var json = false
+}
+
+/// The operator tool.
+@main
+struct SensorLogTool: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sensorlog",
+        abstract: "Inspect and maintain a sensorlog data directory.",
+        subcommands: [Stats.self])
+}

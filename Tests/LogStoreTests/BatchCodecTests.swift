@@ -1,0 +1,168 @@
+import Foundation
+import PropertyBased
+import SensorLogCore
+import Testing
+
+@testable import LogStore
+
+/// Encodes and decodes through the real header parse and CRC check.
+func roundTrip(_ readings: [Reading]) throws -> [Reading] {
+    let encoder = BatchEncoder()
+    let decoder = BatchDecoder()
+    let bytes = try readings.withUnsafeBufferPointer { try encoder.encode($0, appendTime: 42, maxBatchBytes: Limits().maxBatchBytes) }
+    let header = try BatchHeader.parse(bytes, maxBatchBytes: Limits().maxBatchBytes)
+    #expect(header.length == bytes.count)
+    #expect(header.crc == BatchHeader.checksum(bytes))
+    #expect(header.recordCount == readings.count)
+    #expect(header.minTimestamp == readings.map(\.timestamp).min())
+    #expect(header.maxTimestamp == readings.map(\.timestamp).max())
+    var batch = DecodedBatch()
+    try decoder.decode(bytes, header: header, into: &batch)
+    return batch.readings
+}
+
+func identical(_ a: [Reading], _ b: [Reading]) -> Bool {
+    a.count == b.count && zip(a, b).allSatisfy { $0.isIdentical(to: $1) }
+}
+
+@Suite struct CRC32CTests {
+    // Published CRC32C vectors: RFC 3720 (iSCSI) appendix B.4, and the "123456789" check value.
+    @Test func publishedVectors() {
+        func crc(_ bytes: [UInt8]) -> UInt32 { bytes.withUnsafeBytes { CRC32CChecksum.checksum($0) } }
+        #expect(crc(Array("123456789".utf8)) == 0xE306_9283)
+        #expect(crc([UInt8](repeating: 0, count: 32)) == 0x8A91_36AA)
+        #expect(crc([UInt8](repeating: 0xFF, count: 32)) == 0x62A8_AB43)
+        #expect(crc((0..<32).map { UInt8($0) }) == 0x46DD_794E)
+        #expect(crc((0..<32).map { UInt8(31 - $0) }) == 0x113F_DB5C)
+        #expect(crc([]) == 0)
+    }
+
+    @Test func hardwareMatchesTableOnEveryLength() {
+        var rng = SplitMix64(seed: 1)
+        for length in Array(0..<300) + [1023, 3072, 3073, 4096, 65_537, 1 << 20] {
+            let bytes = (0..<length).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+            bytes.withUnsafeBytes { raw in
+                #expect(CRC32CChecksum.checksum(raw) == CRC32CChecksum.portableChecksum(raw), "length \(length)")
+                // Continuing a checksum equals checksumming the concatenation.
+                let half = raw.count / 2
+                let continued = CRC32CChecksum.checksum(UnsafeRawBufferPointer(rebasing: raw[half...]),
+                                                        continuing: CRC32CChecksum.checksum(UnsafeRawBufferPointer(rebasing: raw[..<half])))
+                #expect(continued == CRC32CChecksum.checksum(raw))
+            }
+        }
+    }
+}
+
+@Suite struct BatchCodecTests {
+    @Test func standardWorkloadRoundTrips() throws {
+        let readings = Array(standardWorkload(seconds: 1, sensors: 2000))
+        #expect(identical(try roundTrip(readings), readings))
+    }
+
+    @Test func awkwardValuesRoundTripBitForBit() throws {
+        let values: [Double] = [0, -0.0, 1e300, -1e-300, .pi, 0.1, 0.3, 123456.789, 9007199254740993, .leastNonzeroMagnitude,
+                                .greatestFiniteMagnitude, .nan, .infinity, -.infinity, Double(bitPattern: 0x7FF8_0000_DEAD_BEEF)]
+        let readings = values.enumerated().map { Reading(sensorID: "s", type: "t", value: $1, location: "l", timestamp: Int64($0)) }
+        #expect(identical(try roundTrip(readings), readings))
+        for v in values {
+            let one = [Reading(sensorID: "s", type: "t", value: v, location: "l", timestamp: 0)]
+            #expect(identical(try roundTrip(one), one))
+        }
+    }
+
+    @Test func extremeTimestampsRoundTrip() throws {
+        let stamps: [Int64] = [.min, .max, 0, -1, 1, .max - 1, 1_700_000_000_000_000_000]
+        let readings = stamps.map { Reading(sensorID: "s-\($0 & 3)", type: "temperature", value: 1.5, location: "l", timestamp: $0) }
+        #expect(identical(try roundTrip(readings), readings))
+    }
+
+    @Test func aSensorThatMovesInsideABatch() throws {
+        let readings = [
+            Reading(sensorID: "a", type: "temperature", value: 1, location: "x", timestamp: 3),
+            Reading(sensorID: "a", type: "temperature", value: 2, location: "y", timestamp: 2),
+            Reading(sensorID: "a", type: "humidity", value: 3, location: "y", timestamp: 1),
+            Reading(sensorID: "a", type: "temperature", value: 4, location: "x", timestamp: 0),
+            Reading(sensorID: "ab", type: "temperature", value: 5, location: "x", timestamp: 9),
+            Reading(sensorID: "é😀", type: "pressure", value: 6, location: "ü", timestamp: 9),
+        ]
+        #expect(identical(try roundTrip(readings), readings))
+    }
+
+    @Test func standardWorkloadIsSmall() throws {
+        // One second of the standard workload in one partition's batches: well under 12 B/reading.
+        let readings = standardWorkload(seconds: 2)
+        var groups: [Int: [Reading]] = [:]
+        for r in readings { groups[PartitionHash.partition(of: r.sensorID, partitions: 8), default: []].append(r) }
+        let encoder = BatchEncoder()
+        var bytes = 0
+        for (_, group) in groups {
+            bytes += try group.withUnsafeBufferPointer { try encoder.encode($0, appendTime: 0, maxBatchBytes: 32 << 20).count }
+        }
+        let perReading = Double(bytes) / Double(readings.count)
+        #expect(perReading < 8, "\(perReading) B/reading")
+    }
+
+    static let sensorGen = Gen.oneOf(Gen.letterOrNumber.string(of: 1...20), Gen.always("sensor-1"), Gen.always("sensor-12"))
+    static let typeGen = Gen.oneOf(Gen.always("temperature"), Gen.always("humidity"), Gen.letter.string(of: 1...8))
+    static let valueGen = Gen.oneOf(
+        Gen.double(in: -1e6...1e6),
+        Gen.int(in: -100_000...100_000).map { Double($0) / 1000 },
+        Gen.uint64().map { Double(bitPattern: $0) })
+    static let locationGen = Gen.oneOf(Gen.letterOrNumber.string(of: 1...10), Gen.always("site-1"))
+    static let timestampGen = Gen.oneOf(
+        Gen.int64(in: 1_700_000_000_000_000_000...1_700_000_100_000_000_000),
+        Gen.int64(in: 1_700_000_000...1_700_000_100).map { $0 * 1_000_000_000 },
+        Gen.int64())
+    static let readingGen = zip(sensorGen, typeGen, valueGen, locationGen, timestampGen).map { t in
+        Reading(sensorID: t.0, type: t.1, value: t.2, location: t.3, timestamp: t.4)
+    }
+
+    @Test func randomBatchesRoundTrip() async {
+        await propertyCheck(count: 300, input: Self.readingGen.array(of: 1...200)) { readings in
+            do {
+                #expect(identical(try roundTrip(readings), readings))
+            } catch {
+                Issue.record("round trip threw \(error)")
+            }
+        }
+    }
+
+    @Test func anyFlippedByteIsDetected() async {
+        // A flip anywhere under the CRC changes the checksum (CRC32C catches every burst up to 32 bits).
+        await propertyCheck(count: 300, input: Self.readingGen.array(of: 1...100), Gen.int(in: 0...Int.max), Gen.uint8(in: 1...255)) {
+            readings, where_, mask in
+            let encoder = BatchEncoder()
+            guard var bytes = try? readings.withUnsafeBufferPointer({ Array(try encoder.encode($0, appendTime: 0, maxBatchBytes: 32 << 20)) }) else {
+                Issue.record("encode threw")
+                return
+            }
+            let position = BatchHeader.crcStart + where_ % (bytes.count - BatchHeader.crcStart)
+            bytes[position] ^= mask
+            bytes.withUnsafeBytes { raw in
+                let header = try? BatchHeader.parse(raw, maxBatchBytes: 32 << 20)
+                let detected = header == nil || header!.length != raw.count || header!.crc != BatchHeader.checksum(raw)
+                #expect(detected)
+            }
+        }
+    }
+
+    @Test func hostilePayloadsNeverTrap() async {
+        // Payload bytes with a valid header and a matching CRC: the decoder must throw, never trap.
+        await propertyCheck(count: 500, input: Gen.uint8().array(of: 0...300), Gen.int(in: 1...50), Gen.bool) { payload, count, lz4 in
+            var header = [UInt8](repeating: 0, count: BatchHeader.size)
+            func put<T: FixedWidthInteger>(_ v: T, _ at: Int) { withUnsafeBytes(of: v.littleEndian) { header.replaceSubrange(at..<(at + $0.count), with: $0) } }
+            put(UInt32(BatchHeader.size + payload.count), 8)
+            header[16] = 1
+            header[18] = lz4 ? 1 : 0
+            put(UInt32(count), 20)
+            put(UInt32(lz4 ? 4096 : payload.count), 48)
+            var bytes = header + payload
+            if bytes.count == BatchHeader.size { bytes.append(0) ; put(UInt32(bytes.count), 8); bytes.replaceSubrange(0..<BatchHeader.size, with: header) }
+            bytes.withUnsafeBytes { raw in
+                guard let parsed = try? BatchHeader.parse(raw, maxBatchBytes: 32 << 20) else { return }
+                var batch = DecodedBatch()
+                _ = try? BatchDecoder().decode(raw, header: parsed, into: &batch)
+            }
+        }
+    }
+}

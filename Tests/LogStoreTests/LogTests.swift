@@ -1,0 +1,154 @@
+import Foundation
+import SensorLogCore
+import Testing
+
+@testable import LogStore
+
+@Suite struct LogTests {
+    func limits(segmentBytes: Int = 64 << 20, partitions: Int = 4) -> Limits {
+        var l = Limits()
+        l.segmentBytes = segmentBytes
+        l.partitions = partitions
+        return l
+    }
+
+    @Test(arguments: FsyncPolicy.allCases)
+    func appendAndReadBack(policy: FsyncPolicy) async throws {
+        let dir = TemporaryDirectory()
+        defer { dir.cleanup() }
+        let log = try Log.open(dataDirectory: dir.path, configuration: LogConfiguration(limits: limits(), fsync: policy))
+        let readings = standardWorkload(seconds: 2, sensors: 500)
+        let groups = try log.appendAll(readings, batch: 97)
+        // One async append as well.
+        let extra = oneSensorReadings(10, sensor: "async-sensor")
+        let p = log.partition(for: "async-sensor")
+        let result = try await log.append(extra, toPartition: p)
+        #expect(result.count == 10)
+        for (partition, group) in groups {
+            let back = try readAll(log.reader(partition: partition, from: 0)).map(\.reading)
+            let expected = partition == p ? group + extra : group
+            #expect(identical(back, expected))
+        }
+        try log.close()
+        // And again after reopening, read-only from another "process".
+        let files = try LogDirectory(dataDirectory: dir.path)
+        for (partition, group) in groups {
+            let back = try readAll(files.reader(partition: partition, from: 0)).map(\.reading)
+            #expect(identical(back, partition == p ? group + extra : group))
+        }
+    }
+
+    @Test func offsetsAreContiguousAndReadersStartAnywhere() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.cleanup() }
+        let log = try Log.open(dataDirectory: dir.path, configuration: LogConfiguration(limits: limits(segmentBytes: 64 << 10, partitions: 1)))
+        let readings = noisyReadings(20_000)
+        var next: Int64 = 0
+        for start in stride(from: 0, to: readings.count, by: 333) {
+            let r = try log.appendBlocking(Array(readings[start..<min(start + 333, readings.count)]), toPartition: 0)
+            #expect(r.baseOffset == next)
+            next = r.offsets.upperBound
+        }
+        #expect(log.partitions[0].segmentCount > 1, "64 KiB segments must roll")
+        for start in [0, 1, 332, 333, 334, 5000, 19_999] as [Int64] {
+            let back = try readAll(log.reader(partition: 0, from: start))
+            #expect(back.first?.offset == start)
+            #expect(back.count == 20_000 - Int(start))
+            #expect(back.first.map { $0.reading.isIdentical(to: readings[Int(start)]) } == true)
+        }
+        #expect(try readAll(log.reader(partition: 0, from: 20_000)).isEmpty)
+        try log.close()
+    }
+
+    @Test func seekByTimeThroughTheTimeIndex() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.cleanup() }
+        let log = try Log.open(dataDirectory: dir.path, configuration: LogConfiguration(limits: limits(segmentBytes: 64 << 10, partitions: 1)))
+        let readings = noisyReadings(30_000)  // one per second (plus < 1 µs)
+        for start in stride(from: 0, to: readings.count, by: 100) {
+            _ = try log.appendBlocking(Array(readings[start..<(start + 100)]), toPartition: 0)
+        }
+        let t0: Int64 = 1_700_000_000_000_000_000  // noisyReadings' start: reading k is in second k
+        for target in [0, 1, 99, 100, 150, 12_345, 29_999] {
+            let offset = try log.offset(partition: 0, atOrAfter: t0 + Int64(target) * 1_000_000_000)
+            // The batch holding the target second starts at a multiple of 100.
+            #expect(offset == Int64(target / 100 * 100), "target \(target)")
+        }
+        #expect(try log.offset(partition: 0, atOrAfter: t0 - 1) == 0)
+        #expect(try log.offset(partition: 0, atOrAfter: t0 + 40_000 * 1_000_000_000) == 30_000)
+        try log.close()
+        let files = try LogDirectory(dataDirectory: dir.path)
+        #expect(try files.offset(partition: 0, atOrAfter: t0 + 12_345 * 1_000_000_000) == 12_300)
+    }
+
+    @Test func aSecondWriterIsRefusedWithThePid() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.cleanup() }
+        let log = try Log.open(dataDirectory: dir.path)
+        do {
+            _ = try Log.open(dataDirectory: dir.path)
+            Issue.record("second open succeeded")
+        } catch {
+            #expect(error.code == .locked)
+            #expect(error.message.contains("pid \(getpid())"))
+        }
+        #expect(try LogDirectory(dataDirectory: dir.path).lockHolder == getpid())
+        try log.close()
+        #expect(try LogDirectory(dataDirectory: dir.path).lockHolder == nil)
+        try Log.open(dataDirectory: dir.path).close()
+    }
+
+    @Test func partitionCountIsFixedAtCreation() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.cleanup() }
+        try Log.open(dataDirectory: dir.path, configuration: LogConfiguration(limits: limits(partitions: 3))).close()
+        let again = try Log.open(dataDirectory: dir.path, configuration: LogConfiguration(limits: limits(partitions: 8)))
+        #expect(again.partitions.count == 3)
+        try again.close()
+    }
+
+    @Test func groupCommitSharesFsyncs() async throws {
+        let dir = TemporaryDirectory()
+        defer { dir.cleanup() }
+        let log = try Log.open(dataDirectory: dir.path, configuration: LogConfiguration(limits: limits(partitions: 1), fsync: .always))
+        let appends = 400
+        try await withThrowingTaskGroup(of: AppendResult.self) { group in
+            for i in 0..<appends {
+                group.addTask { try await log.append(oneSensorReadings(1, start: Int64(i)), toPartition: 0) }
+            }
+            var offsets = Set<Int64>()
+            for try await r in group { offsets.insert(r.baseOffset) }
+            #expect(offsets == Set(0..<Int64(appends)))
+        }
+        let syncs = log.partitions[0].syncs
+        #expect(syncs < appends, "\(syncs) fsyncs for \(appends) appends")
+        #expect(log.partitions[0].endOffset == Int64(appends))
+        try log.close()
+    }
+
+    @Test func deletionRecordsRoundTrip() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.cleanup() }
+        let log = try Log.open(dataDirectory: dir.path, configuration: LogConfiguration(limits: limits(partitions: 1)))
+        _ = try log.appendBlocking(oneSensorReadings(5), toPartition: 0)
+        let r = try log.appendDeletions(["sensor-1", "other"], toPartition: 0)
+        #expect(r.offsets == 5..<7)
+        let reader = log.reader(partition: 0, from: 0)
+        _ = try reader.next()
+        let (batch, _) = try #require(try reader.next())
+        #expect(batch.kind == .sensorDeletions)
+        #expect((0..<batch.count).map(batch.sensorID(at:)) == ["sensor-1", "other"])
+        try log.close()
+    }
+
+    @Test func rejectsBadAppends() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.cleanup() }
+        let log = try Log.open(dataDirectory: dir.path, configuration: LogConfiguration(limits: limits(partitions: 2)))
+        #expect(throws: LogError.self) { try log.appendBlocking([], toPartition: 0) }
+        #expect(throws: LogError.self) { try log.appendBlocking(oneSensorReadings(1), toPartition: 7) }
+        let p = log.partition(for: "sensor-1")
+        try log.close()
+        #expect(throws: LogError.self) { try log.appendBlocking(oneSensorReadings(1), toPartition: p) }
+    }
+}

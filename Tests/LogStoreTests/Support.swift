@@ -1,0 +1,98 @@
+import Foundation
+import LogStore
+import SensorLogCore
+
+/// A fresh, empty directory under the system temp dir, removed by `cleanup()`.
+struct TemporaryDirectory {
+    let path: String
+
+    init() {
+        path = NSTemporaryDirectory() + "sensorlog-test-" + UUID().uuidString
+        try! FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    }
+
+    func cleanup() { try? FileManager.default.removeItem(atPath: path) }
+}
+
+/// The standard workload: `sensors` sensors, 3 types, 50 locations, one reading per sensor per
+/// second, values with 3 decimals. Deterministic for a seed.
+func standardWorkload(seconds: Int, sensors: Int = 10_000, seed: UInt64 = 7) -> [Reading] {
+    var rng = SplitMix64(seed: seed)
+    let types = ["temperature", "humidity", "pressure"]
+    let bases = [20.0, 50.0, 1013.0]
+    var out: [Reading] = []
+    out.reserveCapacity(seconds * sensors)
+    for k in 0..<seconds {
+        for s in 0..<sensors {
+            let t = s % 3
+            let milli = Int64(bases[t] * 1000) + Int64(rng.next() % 10_001) - 5000
+            out.append(Reading(
+                sensorID: "sensor-" + String(repeating: "0", count: max(0, 5 - String(s).count)) + String(s),
+                type: types[t], value: Double(milli) / 1000, location: "site-\(s % 50)",
+                timestamp: 1_763_978_400_000_000_000 + Int64(k) * 1_000_000_000 + Int64(s) * 1000))
+        }
+    }
+    return out
+}
+
+struct SplitMix64: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+extension Log {
+    /// Appends readings of any partitions, grouped per partition, in batches of `batch`.
+    @discardableResult
+    func appendAll(_ readings: [Reading], batch: Int = 1000) throws -> [Int: [Reading]] {
+        var groups: [Int: [Reading]] = [:]
+        for r in readings { groups[partition(for: r.sensorID), default: []].append(r) }
+        for (p, group) in groups {
+            var i = 0
+            while i < group.count {
+                let end = min(i + batch, group.count)
+                _ = try appendBlocking(Array(group[i..<end]), toPartition: p)
+                i = end
+            }
+        }
+        return groups
+    }
+}
+
+/// Every reading of a partition, through a reader.
+func readAll(_ reader: PartitionReader) throws -> [(offset: Int64, reading: Reading)] {
+    var out: [(Int64, Reading)] = []
+    while let (batch, first) = try reader.next() {
+        for i in first..<batch.count { out.append((batch.offset(at: i), batch.reading(at: i))) }
+    }
+    return out
+}
+
+func segmentFiles(_ dataDirectory: String, partition: Int, suffix: String = ".log") -> [String] {
+    let dir = dataDirectory + "/log/" + String(format: "partition-%03d", partition)
+    return ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).filter { $0.hasSuffix(suffix) }.sorted().map { dir + "/" + $0 }
+}
+
+func fileSize(_ path: String) -> Int {
+    ((try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? Int) ?? -1
+}
+
+func oneSensorReadings(_ count: Int, sensor: String = "sensor-1", start: Int64 = 1_700_000_000_000_000_000) -> [Reading] {
+    (0..<count).map { Reading(sensorID: sensor, type: "temperature", value: Double($0) / 10, location: "lab", timestamp: start + Int64($0) * 1_000_000_000) }
+}
+
+/// Readings of one sensor with random 3-decimal values, so batches do not compress to nothing
+/// and small segments really roll.
+func noisyReadings(_ count: Int, sensor: String = "sensor-1", start: Int64 = 1_700_000_000_000_000_000, seed: UInt64 = 3) -> [Reading] {
+    var rng = SplitMix64(seed: seed &+ UInt64(bitPattern: start))
+    return (0..<count).map {
+        Reading(sensorID: sensor, type: "temperature", value: Double(Int64(rng.next() % 100_000)) / 1000, location: "lab",
+                timestamp: start + Int64($0) * 1_000_000_000 + Int64(rng.next() % 1000))
+    }
+}
