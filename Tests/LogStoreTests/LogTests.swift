@@ -151,4 +151,48 @@ import Testing
         try log.close()
         #expect(throws: LogError.self) { try log.appendBlocking(oneSensorReadings(1), toPartition: p) }
     }
+
+    @Test func activeSegmentRollsByAge() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.cleanup() }
+        var l = limits(partitions: 1)
+        l.segmentMaxAge = .milliseconds(50)
+        let log = try Log.open(dataDirectory: dir.path, configuration: LogConfiguration(limits: l))
+        _ = try log.appendBlocking(oneSensorReadings(3), toPartition: 0)
+        _ = try log.appendBlocking(oneSensorReadings(3, start: 10), toPartition: 0)
+        #expect(log.partitions[0].segmentCount == 1)
+        usleep(120_000)
+        _ = try log.appendBlocking(oneSensorReadings(3, start: 20), toPartition: 0)
+        #expect(log.partitions[0].segmentCount == 2)
+        #expect(try readAll(log.reader(partition: 0, from: 0)).count == 9)
+        try log.close()
+    }
+
+    @Test func anotherProcessReadsWhileTheWriterAppends() async throws {
+        let dir = TemporaryDirectory()
+        defer { dir.cleanup() }
+        let log = try Log.open(dataDirectory: dir.path, configuration: LogConfiguration(limits: limits(segmentBytes: 64 << 10, partitions: 1), fsync: .never))
+        let readings = noisyReadings(40_000)
+        let writer = Task.detached {
+            for start in stride(from: 0, to: readings.count, by: 200) {
+                _ = try log.appendBlocking(Array(readings[start..<(start + 200)]), toPartition: 0)
+            }
+        }
+        // A reader with no access to the writer: files only, following the log as it grows and rolls.
+        let files = try LogDirectory(dataDirectory: dir.path)
+        let reader = files.reader(partition: 0, from: 0)
+        var seen: [Reading] = []
+        let deadline = Date().addingTimeInterval(60)
+        while seen.count < readings.count && Date() < deadline {
+            if let (batch, first) = try reader.next() {
+                for i in first..<batch.count { seen.append(batch.reading(at: i)) }
+            } else {
+                try await Task.sleep(for: .milliseconds(1))
+            }
+        }
+        try await writer.value
+        #expect(identical(seen, readings))
+        #expect(log.partitions[0].segmentCount > 1)
+        try log.close()
+    }
 }

@@ -1,0 +1,31 @@
+# Shared by the tools/ scripts: install what a fresh Debian machine with only Swift lacks.
+# Sourced, not run.
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_updated=0
+apt_install() {
+  # apt-get update once per script run: on a fresh machine the package lists are empty.
+  if [ "$apt_updated" -eq 0 ]; then
+    as_root apt-get update -qq >/dev/null
+    apt_updated=1
+  fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# liblz4-dev (the CLZ4 system library) and pkg-config (how SwiftPM finds it).
+ensure_build_dependencies() {
+  local missing=()
+  command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+  if ! pkg-config --exists liblz4 2>/dev/null && [ ! -f /usr/include/lz4.h ]; then missing+=(liblz4-dev); fi
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]} (apt-get)" >&2
+    apt_install "${missing[@]}"
+  fi
+}
+
+project_root() {
+  cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd
+}
