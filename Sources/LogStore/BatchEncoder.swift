@@ -29,10 +29,8 @@ final class BatchEncoder {
     private var tupleLocationNames: [String] = []
     private var tupleTypes: [Int32] = []
     private var tupleLocations: [Int32] = []
-    private var typeIndex: [String: Int32] = [:]
-    private var types: [String] = []
-    private var locationIndex: [String: Int32] = [:]
-    private var locations: [String] = []
+    private var types = StringDictionary()
+    private var locations = StringDictionary()
     /// Per record: 0 for "the next new tuple", else tuple index + 1 (what is stored).
     private var refs: [Int32] = []
     /// Per record: its tuple index.
@@ -98,8 +96,8 @@ final class BatchEncoder {
             }
         }
 
-        writeStrings(types)
-        writeStrings(locations)
+        writeStrings(types.names)
+        writeStrings(locations.names)
         writeTuples()
         for ref in refs { payload.appendVarint(UInt64(ref)) }
 
@@ -135,32 +133,16 @@ final class BatchEncoder {
         tupleLocationNames.removeAll(keepingCapacity: true)
         tupleTypes.removeAll(keepingCapacity: true)
         tupleLocations.removeAll(keepingCapacity: true)
-        typeIndex.removeAll(keepingCapacity: true)
-        types.removeAll(keepingCapacity: true)
-        locationIndex.removeAll(keepingCapacity: true)
-        locations.removeAll(keepingCapacity: true)
+        types.removeAll()
+        locations.removeAll()
         refs.removeAll(keepingCapacity: true)
         recordTuple.removeAll(keepingCapacity: true)
         scaled.removeAll(keepingCapacity: true)
     }
 
     private func addTuple(_ r: Reading) -> Int32 {
-        let type: Int32
-        if let t = typeIndex[r.type] {
-            type = t
-        } else {
-            type = Int32(types.count)
-            typeIndex[r.type] = type
-            types.append(r.type)
-        }
-        let location: Int32
-        if let l = locationIndex[r.location] {
-            location = l
-        } else {
-            location = Int32(locations.count)
-            locationIndex[r.location] = location
-            locations.append(r.location)
-        }
+        let type = types.intern(r.type)
+        let location = locations.intern(r.location)
         let index = Int32(tupleSensorIDs.count)
         tupleSensorIDs.append(r.sensorID)
         tupleTypeNames.append(r.type)
@@ -223,7 +205,7 @@ final class BatchEncoder {
         }
         if exact {
             scaled.reserveCapacity(readings.count)
-            var typeMin = [Int64](repeating: .max, count: types.count)
+            var typeMin = [Int64](repeating: .max, count: types.names.count)
             for (i, r) in readings.enumerated() {
                 guard let v = Self.scaledInteger(r.value, exponent) else {
                     exact = false
@@ -297,5 +279,25 @@ final class BatchEncoder {
         let crc = BatchHeader.checksum(output.bytes)
         output.storeLittleEndian(crc, at: 12)
         return output.bytes
+    }
+}
+
+/// Distinct strings in first-seen order, each with its index.
+struct StringDictionary {
+    private(set) var names: [String] = []
+    private var index: [String: Int32] = [:]
+
+    /// The index of `name`, adding it when new.
+    mutating func intern(_ name: String) -> Int32 {
+        if let i = index[name] { return i }
+        let i = Int32(names.count)
+        index[name] = i
+        names.append(name)
+        return i
+    }
+
+    mutating func removeAll() {
+        names.removeAll(keepingCapacity: true)
+        index.removeAll(keepingCapacity: true)
     }
 }

@@ -73,9 +73,13 @@ let benchmarks: @Sendable () -> Void = {
     let batches = standardBatches(readings: readingsPerIteration, batchSize: busyBatchSize)
     let smallBatches = standardBatches(readings: readingsPerIteration, batchSize: realTimeBatchSize)
 
-    for policy in FsyncPolicy.allCases {
+    // Busy producers (4096-reading batches) under each policy, and the real-time rate (125-reading
+    // batches, the worst case for bytes per reading).
+    let cases: [(String, [[Reading]], FsyncPolicy)] = FsyncPolicy.allCases.map { ("append standard workload, fsync \($0)", batches, $0) }
+        + [("append standard workload in 125-reading batches (real-time rate), fsync interval", smallBatches, .interval)]
+    for (name, input, policy) in cases {
         Benchmark(
-            "append standard workload, fsync \(policy)",
+            name,
             configuration: .init(
                 metrics: [.throughput, .wallClock, .cpuTotal, .custom("bytes_per_reading_x100", polarity: .prefersSmaller, useScalingFactor: false)],
                 scalingFactor: .mega, maxDuration: .seconds(20), maxIterations: 7)
@@ -84,31 +88,13 @@ let benchmarks: @Sendable () -> Void = {
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let log = try Log.open(dataDirectory: dir, configuration: LogConfiguration(fsync: policy))
             benchmark.startMeasurement()
-            appendAll(log, batches)
+            appendAll(log, input)
             try log.flush()
             benchmark.stopMeasurement()
             try log.close()
             benchmark.measurement(.custom("bytes_per_reading_x100", polarity: .prefersSmaller, useScalingFactor: false),
                                   directoryBytes(dir) * 100 / readingsPerIteration)
         }
-    }
-
-    Benchmark(
-        "append standard workload in 125-reading batches (real-time rate), fsync interval",
-        configuration: .init(
-            metrics: [.throughput, .wallClock, .custom("bytes_per_reading_x100", polarity: .prefersSmaller, useScalingFactor: false)],
-            scalingFactor: .mega, maxDuration: .seconds(20), maxIterations: 5)
-    ) { benchmark in
-        let dir = freshDirectory()
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let log = try Log.open(dataDirectory: dir, configuration: LogConfiguration(fsync: .interval))
-        benchmark.startMeasurement()
-        appendAll(log, smallBatches)
-        try log.flush()
-        benchmark.stopMeasurement()
-        try log.close()
-        benchmark.measurement(.custom("bytes_per_reading_x100", polarity: .prefersSmaller, useScalingFactor: false),
-                              directoryBytes(dir) * 100 / readingsPerIteration)
     }
 
     Benchmark(
