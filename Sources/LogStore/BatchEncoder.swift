@@ -1,5 +1,5 @@
 import CLZ4
-public import SensorLogCore
+import SensorLogCore
 
 /// Encodes readings into one batch: header, then a column-wise payload, LZ4-compressed when that
 /// is smaller. The layout is specified in docs/storage-format.md; `BatchDecoder` is its inverse.

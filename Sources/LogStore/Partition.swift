@@ -2,7 +2,7 @@
 import Glibc
 #endif
 import Foundation
-public import SensorLogCore
+import SensorLogCore
 
 /// When an append counts as durable.
 public enum FsyncPolicy: String, Sendable, Equatable, CaseIterable, CustomStringConvertible {

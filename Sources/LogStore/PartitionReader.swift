@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-public import SensorLogCore
+import SensorLogCore
 
 /// Streams the batches of one partition from an offset, a batch at a time, with memory bounded
 /// by the largest batch. Every batch's CRC is checked before it is decoded.

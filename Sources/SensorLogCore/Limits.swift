@@ -29,6 +29,20 @@ public struct Limits: Sendable, Equatable {
     /// An offset- and time-index entry is added every time this many log bytes were written.
     public var indexIntervalBytes = 4096
 
+    /// Longest line-protocol line, in bytes; a longer one is skipped without being buffered.
+    public var maxLineBytes = 64 << 10
+    /// Most line-protocol connections at once.
+    public var maxConnections = 1024
+    /// A line-protocol connection that sends nothing for this long is closed.
+    public var idleTimeout: Duration = .seconds(300)
+    /// Parsed readings one connection may hold while the log catches up; past it the connection
+    /// stops reading its socket.
+    public var maxPendingReadingsPerConnection = 16_384
+    /// Largest HTTP request body.
+    public var maxBodyBytes = 1 << 20
+    /// Most readings in one `POST /sensor/data` array.
+    public var maxReadingsPerRequest = 10_000
+
     /// Fsync period under the `interval` policy.
     public var fsyncInterval: Duration = .milliseconds(100)
 
@@ -57,6 +71,14 @@ public struct Limits: Sendable, Equatable {
         }
         guard fsyncInterval > .zero else {
             throw LimitsError("fsync interval must be positive")
+        }
+        guard maxLineBytes >= 256 else { throw LimitsError("max line bytes must be at least 256, got \(maxLineBytes)") }
+        guard maxConnections >= 1 else { throw LimitsError("max connections must be at least 1, got \(maxConnections)") }
+        guard idleTimeout > .zero else { throw LimitsError("idle timeout must be positive") }
+        guard maxPendingReadingsPerConnection >= 1 else { throw LimitsError("max pending readings must be at least 1") }
+        guard maxBodyBytes >= 1024 else { throw LimitsError("max body bytes must be at least 1024, got \(maxBodyBytes)") }
+        guard (1...maxBatchRecords).contains(maxReadingsPerRequest) else {
+            throw LimitsError("max readings per request must be between 1 and \(maxBatchRecords)")
         }
         guard segmentMaxAge > .zero else {
             throw LimitsError("segment max age must be positive")

@@ -1,0 +1,96 @@
+import Foundation
+public import Hummingbird
+public import Ingest
+import LogStore
+public import Logging
+public import SensorLogCore
+
+/// How the HTTP API is set up.
+public struct HTTPServerConfiguration: Sendable {
+    public var host: String
+    public var port: Int
+    /// Accepted `X-API-Key` values; empty turns authentication off.
+    public var apiKeys: [String]
+    /// Readings a second per key (or client address); nil turns rate limiting off.
+    public var rateLimit: Double?
+    /// The origin allowed by CORS; nil answers no CORS headers.
+    public var corsOrigin: String?
+    public var limits: Limits
+
+    public init(host: String = "127.0.0.1", port: Int = 8080, apiKeys: [String] = [], rateLimit: Double? = nil,
+                corsOrigin: String? = nil, limits: Limits = Limits()) {
+        self.host = host
+        self.port = port
+        self.apiKeys = apiKeys
+        self.rateLimit = rateLimit
+        self.corsOrigin = corsOrigin
+        self.limits = limits
+    }
+}
+
+/// What `/health` reports.
+struct Health: Encodable {
+    var status: String
+    var partitions: Int
+    var uptimeSeconds: Double
+    var fsync: String
+    var error: String?
+
+    enum CodingKeys: String, CodingKey {
+        case status, partitions, uptimeSeconds = "uptime_seconds", fsync, error
+    }
+}
+
+/// The HTTP API as a Hummingbird application (a `Service`).
+public enum HTTPServer {
+    public typealias App = Application<RouterResponder<SensorRequestContext>>
+
+    /// Builds the application.
+    /// - Parameters:
+    ///   - metricsText: renders the Prometheus exposition (the executable owns the registry).
+    ///   - onRunning: called with the bound port once the server listens.
+    public static func make(
+        configuration: HTTPServerConfiguration, pipeline: IngestPipeline, logger: Logger,
+        metricsText: @escaping @Sendable () -> String,
+        onRunning: @escaping @Sendable (Int) async -> Void = { _ in }
+    ) -> App {
+        let router = Router(context: SensorRequestContext.self)
+        router.add(middleware: RequestIDMiddleware())
+        router.add(middleware: HTTPMetricsMiddleware())
+        if let origin = configuration.corsOrigin {
+            router.add(middleware: CORSMiddleware(
+                allowOrigin: .custom(origin),
+                allowHeaders: [.accept, .contentType, .origin, APIKeyMiddleware.header, RequestIDMiddleware.header],
+                allowMethods: [.get, .post, .options], exposedHeaders: ["X-Request-Id", "Retry-After"], maxAge: .seconds(600)))
+        }
+        if !configuration.apiKeys.isEmpty {
+            router.add(middleware: APIKeyMiddleware(keys: configuration.apiKeys.map { Array($0.utf8) }))
+        }
+
+        let started = Date()
+        let route = SensorDataRoute(
+            pipeline: pipeline, limits: configuration.limits,
+            rateLimiter: configuration.rateLimit.map { RateLimiter(readingsPerSecond: $0) })
+        router.post("/sensor/data") { request, context in try await route.handle(request, context: context) }
+        router.get("/health") { _, _ -> Response in
+            let failure = pipeline.unavailableReason
+            let health = Health(
+                status: failure == nil ? "ok" : "unavailable", partitions: pipeline.log.partitions.count,
+                uptimeSeconds: (Date().timeIntervalSince(started) * 1000).rounded() / 1000,
+                fsync: pipeline.log.configuration.fsync.rawValue, error: failure.map { "\($0.code): \($0.message)" })
+            var response = JSONBody.response(failure == nil ? .ok : .serviceUnavailable, health)
+            if failure != nil { response.headers[.retryAfter] = "5" }
+            return response
+        }
+        router.get("/metrics") { _, _ -> Response in
+            Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                     body: ResponseBody(byteBuffer: ByteBuffer(string: metricsText())))
+        }
+
+        return Application(
+            router: router,
+            configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "sensorlog"),
+            onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? configuration.port) },
+            logger: logger)
+    }
+}

@@ -1,0 +1,172 @@
+import Dispatch
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+import Metrics
+import Synchronization
+
+/// Takes `X-Request-Id` from the request (when it is a sane token) or makes one, puts it on the
+/// context's logger and echoes it in the response, errors included.
+struct RequestIDMiddleware: RouterMiddleware {
+    typealias Context = SensorRequestContext
+    static let header = HTTPField.Name("X-Request-Id")!
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        var context = context
+        let id: String
+        if let given = request.headers[Self.header], Self.isSane(given) {
+            id = given
+        } else {
+            id = Self.generate()
+        }
+        context.requestID = id
+        context.logger[metadataKey: "request_id"] = .string(id)
+        do {
+            var response = try await next(request, context)
+            response.headers[Self.header] = id
+            return response
+        } catch let error as APIError {
+            var error = error
+            error.headers[Self.header] = id
+            throw error
+        } catch let error as any HTTPResponseError {
+            var converted = APIError(error.status, code: Self.code(error.status), error.status.reasonPhrase)
+            converted.headers[Self.header] = id
+            throw converted
+        } catch {
+            context.logger.error("unexpected error", metadata: ["error": "\(error)"])
+            var converted = APIError(.internalServerError, code: "internal_error", "internal error")
+            converted.headers[Self.header] = id
+            throw converted
+        }
+    }
+
+    static func isSane(_ id: String) -> Bool {
+        id.utf8.count <= 128 && !id.isEmpty && id.utf8.allSatisfy { $0 > 32 && $0 < 127 }
+    }
+
+    static func code(_ status: HTTPResponse.Status) -> String {
+        switch status.code {
+        case 404: return "not_found"
+        case 405: return "method_not_allowed"
+        case 413: return "body_too_large"
+        default: return status.reasonPhrase.lowercased().replacingOccurrences(of: " ", with: "_")
+        }
+    }
+
+    static func generate() -> String {
+        var rng = SystemRandomNumberGenerator()
+        return String(format: "%016llx%016llx", rng.next() as UInt64, rng.next() as UInt64)
+    }
+}
+
+/// `sensorlog_http_requests_total{route,status}` and `sensorlog_http_request_duration_seconds{route}`,
+/// labelled by route template, never by raw path.
+struct HTTPMetricsMiddleware: RouterMiddleware {
+    typealias Context = SensorRequestContext
+    private let metrics = RouteMetrics()
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        let start = DispatchTime.now().uptimeNanoseconds
+        let status: Int
+        do {
+            let response = try await next(request, context)
+            status = response.status.code
+            record(route: context.endpointPath ?? "unmatched", status: status, since: start)
+            return response
+        } catch let error as any HTTPResponseError {
+            record(route: context.endpointPath ?? "unmatched", status: error.status.code, since: start)
+            throw error
+        }
+    }
+
+    private func record(route: String, status: Int, since start: UInt64) {
+        metrics.record(route: route, status: status, nanoseconds: Int64(DispatchTime.now().uptimeNanoseconds - start))
+    }
+}
+
+/// The per-route metrics, created once per (route, status).
+final class RouteMetrics: Sendable {
+    private let counters = Mutex<[String: Counter]>([:])
+    private let timers = Mutex<[String: Metrics.Timer]>([:])
+
+    func record(route: String, status: Int, nanoseconds: Int64) {
+        let key = route + " " + String(status)
+        let counter = counters.withLock { c in
+            if let counter = c[key] { return counter }
+            let counter = Counter(label: "sensorlog_http_requests_total", dimensions: [("route", route), ("status", String(status))])
+            c[key] = counter
+            return counter
+        }
+        counter.increment()
+        let timer = timers.withLock { t in
+            if let timer = t[route] { return timer }
+            let timer = Metrics.Timer(label: "sensorlog_http_request_duration_seconds", dimensions: [("route", route)], preferredDisplayUnit: .seconds)
+            t[route] = timer
+            return timer
+        }
+        timer.recordNanoseconds(nanoseconds)
+    }
+}
+
+/// `X-API-Key` on every route but `/health` and `/metrics`, when keys are configured. Keys are
+/// compared in constant time, against every configured key, so timing reveals nothing.
+struct APIKeyMiddleware: RouterMiddleware {
+    typealias Context = SensorRequestContext
+    static let header = HTTPField.Name("X-API-Key")!
+    let keys: [[UInt8]]
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        let path = request.uri.path
+        if path == "/health" || path == "/metrics" || request.method == .options { return try await next(request, context) }
+        guard let given = request.headers[Self.header], let key = match(Array(given.utf8)) else {
+            var error = APIError(.unauthorized, code: "unauthorized", "missing or unknown X-API-Key")
+            error.headers[.wwwAuthenticate] = "X-API-Key"
+            throw error
+        }
+        var context = context
+        context.apiKey = key
+        return try await next(request, context)
+    }
+
+    private func match(_ given: [UInt8]) -> String? {
+        var found: String?
+        for key in keys {
+            var difference = UInt8(truncatingIfNeeded: key.count ^ given.count)
+            for i in 0..<key.count { difference |= key[i] ^ (i < given.count ? given[i] : 0) }
+            if difference == 0 && found == nil { found = String(decoding: key, as: UTF8.self) }
+        }
+        return found
+    }
+}
+
+/// A token bucket per API key (or per client address when keys are off): `rate` readings a
+/// second, bursts up to one second's worth.
+final class RateLimiter: Sendable {
+    let rate: Double
+    private let buckets = Mutex<[String: (tokens: Double, at: UInt64)]>([:])
+
+    init(readingsPerSecond: Double) { self.rate = readingsPerSecond }
+
+    /// Takes `count` tokens from `client`'s bucket.
+    /// - Returns: nil when allowed, else the seconds to wait before retrying.
+    func take(_ count: Int, client: String) -> Int? {
+        let now = DispatchTime.now().uptimeNanoseconds
+        return buckets.withLock { b -> Int? in
+            var bucket = b[client] ?? (rate, now)
+            bucket.tokens = min(rate, bucket.tokens + Double(now - bucket.at) / 1e9 * rate)
+            bucket.at = now
+            defer {
+                b[client] = bucket
+                if b.count > 100_000 { b = b.filter { $0.value.tokens < rate } }  // forget idle clients
+            }
+            let need = Double(count)
+            if bucket.tokens >= need || (bucket.tokens >= rate && need > rate) {
+                bucket.tokens -= need
+                return nil
+            }
+            return max(1, Int(((need - bucket.tokens) / rate).rounded(.up)))
+        }
+    }
+}

@@ -1,0 +1,215 @@
+import Foundation
+import Hummingbird
+import Ingest
+import LogStore
+import Logging
+import SensorLogCore
+
+/// A JSON scalar as the client sent it: decoding never fails on a wrong type, so validation can
+/// name the field and the array index itself.
+enum JSONScalar: Decodable {
+    case string(String)
+    case number(Double)
+    case bool(Bool)
+    case null
+    case other
+
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.singleValueContainer()
+        if c.decodeNil() {
+            self = .null
+        } else if let b = try? c.decode(Bool.self) {
+            self = .bool(b)
+        } else if let d = try? c.decode(Double.self) {
+            self = .number(d)
+        } else if let s = try? c.decode(String.self) {
+            self = .string(s)
+        } else {
+            self = .other
+        }
+    }
+}
+
+/// One reading as posted, before validation.
+struct PostedReading: Decodable {
+    var sensorID: JSONScalar?
+    var type: JSONScalar?
+    var value: JSONScalar?
+    var location: JSONScalar?
+    var timestamp: JSONScalar?
+
+    enum CodingKeys: String, CodingKey {
+        case sensorID = "sensor_id", type, value, location, timestamp
+    }
+
+    /// The validated reading, or the error naming the field.
+    func reading(index: Int?, validator: ReadingValidator) throws(APIError) -> Reading {
+        func text(_ v: JSONScalar?, _ field: String, _ code: String) throws(APIError) -> String {
+            switch v {
+            case .string(let s): return s
+            case nil, .null?: throw APIError(.badRequest, code: "missing_field", "\(field) is required", field: field, index: index)
+            default: throw APIError(.badRequest, code: code, "\(field) must be a string", field: field, index: index)
+            }
+        }
+        let sensor = try text(sensorID, "sensor_id", "invalid_sensor_id")
+        let type = try text(type, "type", "unknown_type")
+        let location = try text(location, "location", "invalid_location")
+        let number: Double
+        switch value {
+        case .number(let d): number = d
+        case nil, .null?: throw APIError(.badRequest, code: "missing_field", "value is required", field: "value", index: index)
+        default: throw APIError(.badRequest, code: "invalid_value", "value must be a number", field: "value", index: index)
+        }
+        let ns: Int64
+        switch timestamp {
+        case .string(let s):
+            guard let t = Timestamp.parse(s) else {
+                throw APIError(.badRequest, code: "invalid_timestamp",
+                               "timestamp must be ISO-8601 with a zone (2026-11-24T10:00:00.123Z) or epoch nanoseconds as a string",
+                               field: "timestamp", index: index)
+            }
+            ns = t
+        case .number(let seconds):
+            let scaled = (seconds * 1e9).rounded()
+            guard scaled.isFinite, abs(scaled) < 9.2e18 else {
+                throw APIError(.badRequest, code: "invalid_timestamp", "epoch seconds out of range", field: "timestamp", index: index)
+            }
+            ns = Int64(scaled)
+        case nil, .null?:
+            throw APIError(.badRequest, code: "missing_field", "timestamp is required", field: "timestamp", index: index)
+        default:
+            throw APIError(.badRequest, code: "invalid_timestamp", "timestamp must be a string", field: "timestamp", index: index)
+        }
+        let reading = Reading(sensorID: sensor, type: type, value: number, location: location, timestamp: ns)
+        do {
+            try validator.validate(reading)
+        } catch {
+            throw APIError(.badRequest, code: error.code.rawValue, error.message, field: error.field, index: index)
+        }
+        return reading
+    }
+}
+
+/// `POST /sensor/data`: one reading or an array; 201 once durable under the fsync policy.
+struct SensorDataRoute: Sendable {
+    let pipeline: IngestPipeline
+    let limits: Limits
+    let rateLimiter: RateLimiter?
+
+    struct Stored: Encodable {
+        var index: Int?
+        var partition: Int
+        var offset: Int64
+    }
+
+    struct Created: Encodable {
+        var accepted: Int
+        var readings: [Stored]
+        var duplicates: [Int]
+    }
+
+    func handle(_ request: Request, context: SensorRequestContext) async throws -> Response {
+        let contentType = request.headers[.contentType]?.lowercased() ?? ""
+        let mediaType = contentType.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces) } ?? ""
+        guard mediaType == "application/json" || mediaType.hasSuffix("+json") else {
+            throw reject(APIError(.unsupportedMediaType, code: "unsupported_media_type", "Content-Type must be application/json"), count: 1)
+        }
+        if let length = request.headers[.contentLength].flatMap({ Int($0) }), length > limits.maxBodyBytes {
+            throw reject(bodyTooLarge(), count: 1)
+        }
+        var request = request
+        let body: ByteBuffer
+        do {
+            body = try await request.collectBody(upTo: limits.maxBodyBytes)
+        } catch {
+            throw reject(bodyTooLarge(), count: 1)
+        }
+
+        let validator = pipeline.validator
+        let readings: [Reading]
+        let isArray: Bool
+        do {
+            let bytes = body.readableBytesView
+            let first = bytes.first { $0 != 32 && $0 != 9 && $0 != 10 && $0 != 13 }
+            isArray = first == UInt8(ascii: "[")
+            let decoder = JSONDecoder()
+            if isArray {
+                let posted = try decoder.decode([PostedReading].self, from: Data(bytes))
+                guard !posted.isEmpty else { throw APIError(.badRequest, code: "empty_array", "the array holds no readings") }
+                guard posted.count <= limits.maxReadingsPerRequest else {
+                    throw APIError(.badRequest, code: "too_many_readings",
+                                   "at most \(limits.maxReadingsPerRequest) readings per request, got \(posted.count)")
+                }
+                var out: [Reading] = []
+                out.reserveCapacity(posted.count)
+                for (i, p) in posted.enumerated() { out.append(try p.reading(index: i, validator: validator)) }
+                readings = out
+            } else {
+                readings = [try decoder.decode(PostedReading.self, from: Data(bytes)).reading(index: nil, validator: validator)]
+            }
+        } catch let error as APIError {
+            throw reject(error, count: 1)
+        } catch {
+            throw reject(APIError(.badRequest, code: "invalid_json", "body is not a JSON reading or array of readings"), count: 1)
+        }
+
+        if let rateLimiter {
+            let client = context.apiKey ?? context.remoteAddress?.ipAddress ?? "unknown"
+            if let wait = rateLimiter.take(readings.count, client: client) {
+                var error = APIError(.tooManyRequests, code: "rate_limited", "over \(Int(rateLimiter.rate)) readings a second")
+                error.headers[.retryAfter] = String(wait)
+                throw reject(error, count: readings.count)
+            }
+        }
+
+        // A whole array is checked before any of it is written.
+        if let conflict = await pipeline.typeConflicts(readings).first {
+            throw reject(APIError(.badRequest, code: "type_mismatch",
+                                  "sensor \(readings[conflict.index].sensorID) is a \(conflict.expected) sensor",
+                                  field: "type", index: isArray ? conflict.index : nil), count: readings.count)
+        }
+
+        let outcomes: [IngestOutcome]
+        do {
+            outcomes = try await pipeline.submit(readings, via: .http)
+        } catch {
+            context.logger.error("append failed", metadata: ["error": "\(error)"])
+            var api = APIError(.serviceUnavailable, code: error.code == .diskFull ? "disk_full" : "log_unavailable",
+                               "the log cannot accept writes right now; retry later (retries are deduplicated)")
+            api.headers[.retryAfter] = "5"
+            throw api
+        }
+
+        if !isArray {
+            switch outcomes[0] {
+            case .appended(let partition, let offset):
+                return JSONBody.response(.created, Stored(index: nil, partition: partition, offset: offset))
+            case .duplicate:
+                throw APIError(.conflict, code: "duplicate", "a reading of \(readings[0].sensorID) at this timestamp is already stored")
+            case .typeMismatch(let expected):
+                throw APIError(.badRequest, code: "type_mismatch", "sensor \(readings[0].sensorID) is a \(expected) sensor", field: "type")
+            }
+        }
+        var created = Created(accepted: 0, readings: [], duplicates: [])
+        for (i, outcome) in outcomes.enumerated() {
+            switch outcome {
+            case .appended(let partition, let offset):
+                created.readings.append(Stored(index: i, partition: partition, offset: offset))
+            case .duplicate, .typeMismatch:
+                created.duplicates.append(i)
+            }
+        }
+        created.accepted = created.readings.count
+        return JSONBody.response(.created, created)
+    }
+
+    private func bodyTooLarge() -> APIError {
+        APIError(.contentTooLarge, code: "body_too_large", "request body over \(limits.maxBodyBytes) bytes")
+    }
+
+    /// Counts the refused readings by reason and passes the error on.
+    private func reject(_ error: APIError, count: Int) -> APIError {
+        pipeline.metrics.rejected(count, via: .http, reason: error.code)
+        return error
+    }
+}

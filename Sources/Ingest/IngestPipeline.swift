@@ -1,0 +1,138 @@
+public import LogStore
+public import Logging
+public import SensorLogCore
+import Synchronization
+
+/// The one way into the log, shared by the line protocol and the HTTP API: readings arrive
+/// validated; here each is checked against its sensor's type, deduplicated exactly on
+/// (sensor_id, timestamp) and appended to its partition.
+public final class IngestPipeline: Sendable {
+    public let log: Log
+    public let validator: ReadingValidator
+    public let metrics: IngestMetrics
+    let partitions: [PartitionIngest]
+    private let outstanding = Mutex<(count: Int, waiters: [CheckedContinuation<Void, Never>])>((0, []))
+    private let rejectLogBudget = Mutex<(second: Int64, lines: Int)>((0, 0))
+    private let appendFailure = Mutex<LogError?>(nil)
+
+    /// Opens the pipeline over `log`, rebuilding the per-sensor state from what the log holds.
+    /// - Complexity: reads and decodes the whole log once.
+    public init(log: Log, validator: ReadingValidator, metrics: IngestMetrics) async throws(LogError) {
+        self.log = log
+        self.validator = validator
+        self.metrics = metrics
+        let typeNames = validator.types.ranges.keys.sorted()
+        var partitions: [PartitionIngest] = []
+        for p in 0..<log.partitions.count {
+            let ingest = PartitionIngest(partition: p, log: log, typeNames: typeNames)
+            try await ingest.rebuild()
+            partitions.append(ingest)
+        }
+        self.partitions = partitions
+    }
+
+    /// Distinct sensors known, over all partitions.
+    public func sensorCount() async -> Int {
+        var total = 0
+        for p in partitions { total += await p.sensorCount }
+        return total
+    }
+
+    /// Readings whose sensor is bound to another type (by its first reading, or by an earlier
+    /// item of `readings`). Changes nothing.
+    /// - Returns: (index in `readings`, the sensor's type), ascending by index.
+    public func typeConflicts(_ readings: [Reading]) async -> [(index: Int, expected: String)] {
+        var groups = [[(index: Int, reading: Reading)]](repeating: [], count: partitions.count)
+        for (i, r) in readings.enumerated() { groups[log.partition(for: r.sensorID)].append((i, r)) }
+        var conflicts: [(index: Int, expected: String)] = []
+        for (p, group) in groups.enumerated() where !group.isEmpty {
+            conflicts += await partitions[p].typeConflicts(group)
+        }
+        return conflicts.sorted { $0.index < $1.index }
+    }
+
+    /// Appends the new readings among `readings` (already validated) and reports each one's fate.
+    /// Returns once what was appended is durable under the fsync policy; counts metrics.
+    /// - Throws: the log's error (disk full, I/O) when a partition could not append; readings of
+    ///   other partitions may have been appended, and a retry is deduplicated against them.
+    public func submit(_ readings: [Reading], via transport: Transport) async throws(LogError) -> [IngestOutcome] {
+        begin()
+        defer { end() }
+        var groups = [[Int]](repeating: [], count: partitions.count)
+        for (i, r) in readings.enumerated() { groups[log.partition(for: r.sensorID)].append(i) }
+        var outcomes = [IngestOutcome](repeating: .duplicate, count: readings.count)
+        var failure: LogError?
+        for (p, indexes) in groups.enumerated() where !indexes.isEmpty {
+            let part = indexes.count == readings.count ? readings : indexes.map { readings[$0] }
+            switch await partitions[p].submit(part) {
+            case .success(let results):
+                for (k, outcome) in results.enumerated() { outcomes[indexes[k]] = outcome }
+            case .failure(let error):
+                failure = failure ?? error
+                metrics.rejected(indexes.count, via: transport, reason: error.code.rawValue)
+            }
+        }
+        var appended = 0
+        var duplicates = 0
+        var mismatches = 0
+        for o in outcomes {
+            switch o {
+            case .appended: appended += 1
+            case .duplicate: duplicates += 1
+            case .typeMismatch: mismatches += 1
+            }
+        }
+        metrics.ingested(appended, via: transport)
+        if failure == nil {
+            metrics.rejected(duplicates, via: transport, reason: "duplicate")
+        }
+        metrics.rejected(mismatches, via: transport, reason: "type_mismatch")
+        appendFailure.withLock { $0 = failure }
+        if let failure { throw failure }
+        return outcomes
+    }
+
+    /// Why the log cannot accept writes, if it cannot: the last append failed (until one
+    /// succeeds), or a background fsync failed. `/health` answers 503 while this is non-nil.
+    public var unavailableReason: LogError? {
+        if let failure = appendFailure.withLock({ $0 }) { return failure }
+        return log.partitions.lazy.compactMap(\.syncError).first
+    }
+
+    /// Waits until every submission under way has finished (shutdown: after the listeners stop).
+    public func drain() async {
+        await withCheckedContinuation { continuation in
+            let ready = outstanding.withLock { state -> Bool in
+                if state.count == 0 { return true }
+                state.waiters.append(continuation)
+                return false
+            }
+            if ready { continuation.resume() }
+        }
+    }
+
+    private func begin() {
+        outstanding.withLock { $0.count += 1 }
+    }
+
+    private func end() {
+        let waiters = outstanding.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.count -= 1
+            guard state.count == 0 else { return [] }
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        for w in waiters { w.resume() }
+    }
+
+    /// Logs a rejected line or request, at most 20 such lines a second for the whole process.
+    public func logRejection(_ logger: Logger, _ message: @autoclosure () -> Logger.Message, metadata: @autoclosure () -> Logger.Metadata) {
+        let second = WallClock.nowNanoseconds() / 1_000_000_000
+        let allowed = rejectLogBudget.withLock { budget -> Bool in
+            if budget.second != second { budget = (second, 0) }
+            budget.lines += 1
+            return budget.lines <= 20
+        }
+        if allowed { logger.info(message(), metadata: metadata()) }
+    }
+}

@@ -1,0 +1,251 @@
+import LineProtocol
+public import Logging
+public import NIOCore
+public import NIOPosix
+public import SensorLogCore
+public import ServiceLifecycle
+import Synchronization
+
+/// The line-protocol listener (InfluxDB line protocol over TCP, no handshake, no acks).
+///
+/// Each connection parses lines in place and hands batches to the `IngestPipeline`. When the log
+/// falls behind, a connection stops reading its socket (TCP backpressure) rather than queueing.
+/// At shutdown it stops accepting, closes every connection, and waits until everything read has
+/// been appended.
+public final class LineProtocolServer: Service, Sendable {
+    public struct Configuration: Sendable {
+        public var host: String
+        public var port: Int
+        public var maxConnections: Int
+        public var idleTimeout: TimeAmount
+        public var maxLineBytes: Int
+        /// Parsed readings a connection holds before it stops reading its socket.
+        public var maxPendingReadings: Int
+
+        public init(host: String = "127.0.0.1", port: Int = 9009, limits: Limits = Limits()) {
+            self.host = host
+            self.port = port
+            self.maxConnections = limits.maxConnections
+            self.idleTimeout = .nanoseconds(Int64(limits.idleTimeout / .nanoseconds(1)))
+            self.maxLineBytes = limits.maxLineBytes
+            self.maxPendingReadings = limits.maxPendingReadingsPerConnection
+        }
+    }
+
+    let configuration: Configuration
+    let pipeline: IngestPipeline
+    let parser: LineParser
+    let logger: Logger
+    let group: any EventLoopGroup
+    private let state = Mutex<(server: (any Channel)?, connections: [ObjectIdentifier: any Channel], nextID: Int)>((nil, [:], 0))
+
+    public init(configuration: Configuration, pipeline: IngestPipeline, logger: Logger,
+                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
+        self.configuration = configuration
+        self.pipeline = pipeline
+        self.parser = LineParser(validator: pipeline.validator)
+        self.logger = logger
+        self.group = group
+    }
+
+    /// Binds and starts accepting.
+    /// - Returns: the port bound (useful with port 0).
+    @discardableResult
+    public func start() async throws -> Int {
+        let channel = try await ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 4096, initial: 65536, maximum: 1 << 20))
+            .childChannelOption(.maxMessagesPerRead, value: 8)
+            .childChannelInitializer { [self] channel in
+                channel.eventLoop.makeCompletedFuture { try self.admit(channel) }
+            }
+            .bind(host: configuration.host, port: configuration.port).get()
+        state.withLock { $0.server = channel }
+        let port = channel.localAddress?.port ?? configuration.port
+        logger.info("line protocol listening", metadata: ["address": "\(configuration.host):\(port)", "max_connections": "\(configuration.maxConnections)"])
+        return port
+    }
+
+    /// Called on the new channel's event loop.
+    private func admit(_ channel: any Channel) throws {
+        let (id, admitted) = state.withLock { s -> (Int, Bool) in
+            guard s.connections.count < configuration.maxConnections else { return (0, false) }
+            s.nextID += 1
+            s.connections[ObjectIdentifier(channel)] = channel
+            return (s.nextID, true)
+        }
+        guard admitted else {
+            pipeline.logRejection(logger, "connection refused: connection limit reached",
+                                  metadata: ["limit": "\(configuration.maxConnections)", "remote": "\(channel.remoteAddress?.description ?? "?")"])
+            channel.close(promise: nil)
+            return
+        }
+        pipeline.metrics.connections(state.withLock { $0.connections.count })
+        channel.closeFuture.whenComplete { [self] _ in
+            let count = state.withLock { s in
+                s.connections.removeValue(forKey: ObjectIdentifier(channel))
+                return s.connections.count
+            }
+            pipeline.metrics.connections(count)
+        }
+        var connectionLogger = logger
+        connectionLogger[metadataKey: "connection_id"] = "\(id)"
+        connectionLogger[metadataKey: "remote"] = "\(channel.remoteAddress?.description ?? "?")"
+        let sync = channel.pipeline.syncOperations
+        try sync.addHandler(IdleStateHandler(readTimeout: configuration.idleTimeout))
+        try sync.addHandler(LineProtocolHandler(
+            pipeline: pipeline, parser: parser, logger: connectionLogger, maxLineBytes: configuration.maxLineBytes,
+            maxPendingReadings: configuration.maxPendingReadings))
+    }
+
+    /// Stops accepting, closes every connection and waits until what they read is appended.
+    public func shutdown() async {
+        let (server, connections) = state.withLock { s in (s.server, Array(s.connections.values)) }
+        try? await server?.close()
+        for c in connections { try? await c.close() }
+        await pipeline.drain()
+        logger.info("line protocol listener stopped")
+    }
+
+    public func run() async throws {
+        try await start()
+        // Suspends until the service group starts a graceful shutdown (SIGTERM/SIGINT).
+        try? await gracefulShutdown()
+        await shutdown()
+    }
+}
+
+/// One connection: frames and parses lines in place, batches readings, submits them one batch at
+/// a time (so a connection's readings keep their order) and stops reading while the pipeline is
+/// behind.
+final class LineProtocolHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+
+    let pipeline: IngestPipeline
+    let parser: LineParser
+    let logger: Logger
+    let maxPendingReadings: Int
+    private var framer: LineFramer
+    private var pending: [Reading] = []
+    private var lineNumber = 0
+    private var submitting = false
+    private var readPaused = false
+    private var closed = false
+    /// Rejections counted per reason since the last flush (one metric update per batch, not per line).
+    private var rejections: [String: Int] = [:]
+
+    init(pipeline: IngestPipeline, parser: LineParser, logger: Logger, maxLineBytes: Int, maxPendingReadings: Int) {
+        self.pipeline = pipeline
+        self.parser = parser
+        self.logger = logger
+        self.maxPendingReadings = maxPendingReadings
+        self.framer = LineFramer(maxLineBytes: maxLineBytes)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let buffer = unwrapInboundIn(data)
+        let receiveTime = WallClock.nowNanoseconds()
+        let maxLineBytes = framer.maxLineBytes  // not read inside feed: that would overlap its exclusive access
+        buffer.withUnsafeReadableBytes { bytes in
+            framer.feed(bytes, line: { line in
+                lineNumber += 1
+                do throws(LineProtocolError) {
+                    if let reading = try parser.parse(line, receiveTime: receiveTime) { pending.append(reading) }
+                } catch {
+                    reject(error, line: line)
+                }
+            }, tooLong: {
+                lineNumber += 1
+                reject(LineProtocolError(.lineTooLong, "line longer than \(maxLineBytes) bytes skipped"), line: nil)
+            })
+        }
+        if pending.count >= maxPendingReadings { flush(context) }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        flush(context)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent {
+            logger.info("closing idle connection")
+            context.close(promise: nil)
+        } else {
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        closed = true
+        if framer.finish() {
+            reject(LineProtocolError(.partialLine, "connection closed in the middle of a line"), line: nil)
+        }
+        flush(context)
+        countRejections()
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        logger.info("connection error", metadata: ["error": "\(error)"])
+        context.close(promise: nil)
+    }
+
+    private func reject(_ error: LineProtocolError, line: UnsafeRawBufferPointer?) {
+        rejections[error.reason.rawValue, default: 0] += 1
+        var metadata: Logger.Metadata = ["reason": "\(error.reason)", "line_number": "\(lineNumber)", "error": "\(error.message)"]
+        if let line {
+            metadata["line_prefix"] = "\(String(decoding: UnsafeRawBufferPointer(rebasing: line.prefix(80)), as: UTF8.self))"
+        }
+        if error.reason == .binaryProtocol {
+            logger.warning("binary ILP v2 is not supported: configure the client for line protocol text (protocol_version=1)", metadata: metadata)
+        } else {
+            pipeline.logRejection(logger, "line rejected", metadata: metadata)
+        }
+    }
+
+    private func countRejections() {
+        for (reason, count) in rejections { pipeline.metrics.rejected(count, via: .tcp, reason: reason) }
+        rejections.removeAll(keepingCapacity: true)
+    }
+
+    /// Submits what is pending, unless a submission is already under way: then it waits, and
+    /// the socket stops being read once `maxPendingReadings` pile up.
+    private func flush(_ context: ChannelHandlerContext) {
+        countRejections()
+        guard !pending.isEmpty else { return }
+        if submitting {
+            if pending.count >= maxPendingReadings && !readPaused && !closed {
+                readPaused = true
+                context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
+            }
+            return
+        }
+        let batch = pending
+        pending = []
+        pending.reserveCapacity(min(batch.count, maxPendingReadings))
+        submitting = true
+        let loop = context.eventLoop
+        let bound = NIOLoopBound((self, context), eventLoop: loop)
+        let pipeline = self.pipeline
+        let logger = self.logger
+        Task {
+            do {
+                _ = try await pipeline.submit(batch, via: .tcp)
+            } catch {
+                logger.error("readings could not be appended", metadata: ["error": "\(error)", "readings": "\(batch.count)"])
+            }
+            loop.execute {
+                let (handler, context) = bound.value
+                handler.submitting = false
+                if handler.readPaused && !handler.closed {
+                    handler.readPaused = false
+                    context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
+                    context.read()
+                }
+                handler.flush(context)
+            }
+        }
+    }
+}

@@ -1,0 +1,272 @@
+import LogStore
+import SensorLogCore
+
+/// What became of one submitted reading.
+public enum IngestOutcome: Sendable, Equatable {
+    case appended(partition: Int, offset: Int64)
+    case duplicate
+    /// The sensor's first reading fixed another type.
+    case typeMismatch(expected: String)
+}
+
+/// The state of one partition's producers: per-sensor type and latest timestamp, and enough of the
+/// log's shape to decide exactly whether an out-of-order reading is already stored.
+///
+/// Submissions queue and are taken together: the readings of every waiting submission are checked
+/// and appended as one batch (one write, one fsync under `always`), so no submission ever sees
+/// another's readings before they are in the log.
+actor PartitionIngest {
+    struct SensorState {
+        var lastTimestamp: Int64
+        var type: UInt8
+    }
+
+    /// One batch of the partition: its offsets and time bounds. 40 bytes a batch in memory.
+    struct BatchSpan {
+        var baseOffset: Int64
+        var minTimestamp: Int64
+        var maxTimestamp: Int64
+    }
+
+    struct Key: Hashable {
+        var sensorID: String
+        var timestamp: Int64
+    }
+
+    private struct Waiting {
+        var readings: [Reading]
+        var continuation: CheckedContinuation<Result<[IngestOutcome], LogError>, Never>
+    }
+
+    let partition: Int
+    let log: Log
+    private var typeNames: [String]
+    private var sensors: [String: SensorState] = [:]
+    private var spans: [BatchSpan] = []
+    /// prefixMax[i] = max of spans[0...i].maxTimestamp: spans before the first index whose
+    /// running maximum reaches t cannot hold t.
+    private var prefixMax: [Int64] = []
+    private var keyCache = KeyCache(maxKeys: 262_144)
+    private var queue: [Waiting] = []
+    private var running = false
+
+    init(partition: Int, log: Log, typeNames: [String]) {
+        self.partition = partition
+        self.log = log
+        self.typeNames = typeNames
+    }
+
+    /// Rebuilds the state from the whole partition (start-up).
+    func rebuild() throws(LogError) {
+        let reader = log.reader(partition: partition, from: 0)
+        var batch = DecodedBatch()
+        while let first = try reader.next(into: &batch) {
+            guard batch.kind == .readings else { continue }
+            addSpan(BatchSpan(baseOffset: batch.baseOffset, minTimestamp: batch.header.minTimestamp, maxTimestamp: batch.header.maxTimestamp))
+            for i in first..<batch.count {
+                let t = Int(batch.recordTuples[i])
+                let id = batch.sensorIDs[t]
+                let ts = batch.timestamps[i]
+                if var state = sensors[id] {
+                    if ts > state.lastTimestamp {
+                        state.lastTimestamp = ts
+                        sensors[id] = state
+                    }
+                } else {
+                    sensors[id] = SensorState(lastTimestamp: ts, type: typeIndex(batch.types[Int(batch.tupleTypes[t])]))
+                }
+            }
+        }
+    }
+
+    var sensorCount: Int { sensors.count }
+
+    private func typeIndex(_ name: String) -> UInt8 {
+        if let i = typeNames.firstIndex(of: name) { return UInt8(i) }
+        precondition(typeNames.count < 255, "more than 255 reading types")
+        typeNames.append(name)
+        return UInt8(typeNames.count - 1)
+    }
+
+    private func addSpan(_ span: BatchSpan) {
+        prefixMax.append(max(prefixMax.last ?? .min, span.maxTimestamp))
+        spans.append(span)
+    }
+
+    /// The sensors among `readings` whose first reading fixed another type (read-only: the HTTP
+    /// API checks a whole array before writing any of it).
+    func typeConflicts(_ readings: [(index: Int, reading: Reading)]) -> [(index: Int, expected: String)] {
+        var conflicts: [(Int, String)] = []
+        var seen: [String: String] = [:]
+        for (index, r) in readings {
+            if let state = sensors[r.sensorID] {
+                let expected = typeNames[Int(state.type)]
+                if expected != r.type { conflicts.append((index, expected)) }
+            } else if let first = seen[r.sensorID] {
+                if first != r.type { conflicts.append((index, first)) }
+            } else {
+                seen[r.sensorID] = r.type
+            }
+        }
+        return conflicts
+    }
+
+    /// Checks and appends `readings`; returns once they are durable under the fsync policy.
+    func submit(_ readings: [Reading]) async -> Result<[IngestOutcome], LogError> {
+        await withCheckedContinuation { continuation in
+            queue.append(Waiting(readings: readings, continuation: continuation))
+            if !running {
+                running = true
+                Task { await self.drain() }
+            }
+        }
+    }
+
+    private func drain() async {
+        while !queue.isEmpty {
+            let batch = queue
+            queue = []
+            let results = await process(batch.map(\.readings))
+            for (waiting, result) in zip(batch, results) { waiting.continuation.resume(returning: result) }
+        }
+        running = false
+    }
+
+    /// Dedupe and type check in order, then one append per `maxBatchRecords`. On failure every
+    /// change to the state is undone, so a retry is judged as if the failed attempt never happened.
+    private func process(_ submissions: [[Reading]]) async -> [Result<[IngestOutcome], LogError>] {
+        var outcomes = submissions.map { [IngestOutcome](repeating: .duplicate, count: $0.count) }
+        var fresh: [Reading] = []
+        var freshPosition: [(submission: Int, index: Int)] = []
+        var undo: [(String, SensorState?)] = []
+        var freshKeys: Set<Key>?
+
+        for (s, readings) in submissions.enumerated() {
+            for (i, r) in readings.enumerated() {
+                let type = typeIndex(r.type)
+                let previous = sensors[r.sensorID]
+                if let state = previous {
+                    if state.type != type {
+                        outcomes[s][i] = .typeMismatch(expected: typeNames[Int(state.type)])
+                        continue
+                    }
+                    if r.timestamp <= state.lastTimestamp {
+                        // Out of order: exact check against this batch and the log.
+                        if freshKeys == nil { freshKeys = Set(fresh.map { Key(sensorID: $0.sensorID, timestamp: $0.timestamp) }) }
+                        let key = Key(sensorID: r.sensorID, timestamp: r.timestamp)
+                        if freshKeys!.contains(key) { continue }
+                        switch storedInLog(key) {
+                        case .success(true): continue
+                        case .success(false): break
+                        case .failure(let error):
+                            restore(undo)
+                            return submissions.map { _ in .failure(error) }
+                        }
+                        freshKeys!.insert(key)
+                        fresh.append(r)
+                        freshPosition.append((s, i))
+                        continue
+                    }
+                }
+                undo.append((r.sensorID, previous))
+                sensors[r.sensorID] = SensorState(lastTimestamp: r.timestamp, type: type)
+                freshKeys?.insert(Key(sensorID: r.sensorID, timestamp: r.timestamp))
+                fresh.append(r)
+                freshPosition.append((s, i))
+            }
+        }
+
+        var start = 0
+        let limit = log.configuration.limits.maxBatchRecords
+        while start < fresh.count {
+            let end = min(start + limit, fresh.count)
+            let chunk = Array(fresh[start..<end])
+            do {
+                let result = try await log.append(chunk, toPartition: partition)
+                var lo = Int64.max
+                var hi = Int64.min
+                for r in chunk {
+                    lo = min(lo, r.timestamp)
+                    hi = max(hi, r.timestamp)
+                }
+                addSpan(BatchSpan(baseOffset: result.baseOffset, minTimestamp: lo, maxTimestamp: hi))
+                for k in start..<end {
+                    let (s, i) = freshPosition[k]
+                    outcomes[s][i] = .appended(partition: partition, offset: result.baseOffset + Int64(k - start))
+                }
+            } catch {
+                // Readings of earlier chunks are in the log and stay known; the rest is undone.
+                // Every submission fails: a producer that retries is deduplicated against what landed.
+                var keep = Set<String>()
+                for r in fresh[..<start] { keep.insert(r.sensorID) }
+                restore(undo.filter { !keep.contains($0.0) })
+                return submissions.map { _ in .failure(error) }
+            }
+            start = end
+        }
+        return outcomes.map { .success($0) }
+    }
+
+    private func restore(_ undo: [(String, SensorState?)]) {
+        for (id, state) in undo.reversed() { sensors[id] = state }
+    }
+
+    /// Whether (sensor, timestamp) is in the partition: only batches whose time bounds hold the
+    /// timestamp are decoded (and their keys cached).
+    private func storedInLog(_ key: Key) -> Result<Bool, LogError> {
+        var lo = 0
+        var hi = prefixMax.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if prefixMax[mid] < key.timestamp { lo = mid + 1 } else { hi = mid }
+        }
+        for j in lo..<spans.count where spans[j].minTimestamp <= key.timestamp && key.timestamp <= spans[j].maxTimestamp {
+            let keys: Set<Key>
+            if let cached = keyCache.get(spans[j].baseOffset) {
+                keys = cached
+            } else {
+                do {
+                    keys = try decodeKeys(spans[j].baseOffset)
+                } catch {
+                    return .failure(error)
+                }
+                keyCache.put(spans[j].baseOffset, keys)
+            }
+            if keys.contains(key) { return .success(true) }
+        }
+        return .success(false)
+    }
+
+    private func decodeKeys(_ baseOffset: Int64) throws(LogError) -> Set<Key> {
+        let reader = log.reader(partition: partition, from: baseOffset)
+        var batch = DecodedBatch()
+        guard try reader.next(into: &batch) != nil, batch.baseOffset == baseOffset else {
+            throw LogError(.corruptBatch, "batch at offset \(baseOffset) of partition \(partition) is missing")
+        }
+        var keys = Set<Key>(minimumCapacity: batch.count)
+        for i in 0..<batch.count { keys.insert(Key(sensorID: batch.sensorID(at: i), timestamp: batch.timestamps[i])) }
+        return keys
+    }
+}
+
+/// Decoded key sets of recently checked batches, bounded by the total number of keys held.
+struct KeyCache {
+    let maxKeys: Int
+    private var sets: [Int64: Set<PartitionIngest.Key>] = [:]
+    private var order: [Int64] = []
+    private var held = 0
+
+    init(maxKeys: Int) { self.maxKeys = maxKeys }
+
+    func get(_ base: Int64) -> Set<PartitionIngest.Key>? { sets[base] }
+
+    mutating func put(_ base: Int64, _ keys: Set<PartitionIngest.Key>) {
+        while held + keys.count > maxKeys, !order.isEmpty {
+            let evicted = order.removeFirst()
+            held -= sets.removeValue(forKey: evicted)?.count ?? 0
+        }
+        sets[base] = keys
+        order.append(base)
+        held += keys.count
+    }
+}
