@@ -117,6 +117,8 @@ let package = Package(
             dependencies: [
                 "Ingest", "HTTPAPI", "LogStore", "SensorLogCore",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],

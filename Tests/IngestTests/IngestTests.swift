@@ -1,0 +1,283 @@
+import Foundation
+import HTTPAPI
+import HTTPTypes
+import Logging
+import Hummingbird
+import HummingbirdTesting
+import Ingest
+import LogStore
+import NIOCore
+import NIOPosix
+import SensorLogCore
+import Testing
+
+struct Fixture {
+    let path: String
+    let log: Log
+    let pipeline: IngestPipeline
+
+    static func make(partitions: Int = 4, fsync: FsyncPolicy = .interval, path: String? = nil) async throws -> Fixture {
+        let path = path ?? NSTemporaryDirectory() + "sensorlog-ingest-" + UUID().uuidString
+        var limits = Limits()
+        limits.partitions = partitions
+        let log = try Log.open(dataDirectory: path, configuration: LogConfiguration(limits: limits, fsync: fsync))
+        let pipeline = try await IngestPipeline(log: log, validator: ReadingValidator(limits: limits), metrics: IngestMetrics())
+        return Fixture(path: path, log: log, pipeline: pipeline)
+    }
+
+    func reopen() async throws -> Fixture {
+        try log.close()
+        return try await Fixture.make(partitions: log.partitions.count, path: path)
+    }
+
+    func close(remove: Bool = true) {
+        try? log.close()
+        if remove { try? FileManager.default.removeItem(atPath: path) }
+    }
+
+    /// Every reading in the log, per sensor/timestamp key, with how often it is stored.
+    func stored() throws -> [String: Int] {
+        var counts: [String: Int] = [:]
+        for p in 0..<log.partitions.count {
+            let reader = log.reader(partition: p, from: 0)
+            while let (batch, first) = try reader.next() {
+                for i in first..<batch.count { counts["\(batch.sensorID(at: i))@\(batch.timestamps[i])", default: 0] += 1 }
+            }
+        }
+        return counts
+    }
+}
+
+func r(_ id: String, _ ts: Int64, type: String = "temperature", value: Double = 1) -> Reading {
+    Reading(sensorID: id, type: type, value: value, location: "lab", timestamp: ts)
+}
+
+@Suite struct DedupeTests {
+    @Test func exactOverTheWholeLogInAndOutOfOrder() async throws {
+        let f = try await Fixture.make()
+        defer { f.close() }
+        let first = (0..<2000).map { r("s\($0 % 50)", Int64($0)) }
+        let o1 = try await f.pipeline.submit(first, via: .tcp)
+        #expect(o1.allSatisfy { if case .appended = $0 { return true } else { return false } })
+        // A resend, shuffled, with new late readings and in-batch duplicates mixed in.
+        var resend = first.shuffled()
+        resend += [r("s1", -5), r("s1", -5), r("s2", 100_000), r("s2", 100_000)]
+        let o2 = try await f.pipeline.submit(resend, via: .tcp)
+        let appended = o2.filter { if case .appended = $0 { return true } else { return false } }.count
+        #expect(appended == 2)
+        var stored = try f.stored()
+        #expect(stored.count == 2002 && stored.values.allSatisfy { $0 == 1 })
+
+        // After a restart the state is rebuilt from the log: still no duplicate gets in.
+        let g = try await f.reopen()
+        defer { g.close() }
+        let o3 = try await g.pipeline.submit(resend + [r("s3", 7_000_000)], via: .http)
+        #expect(o3.filter { if case .appended = $0 { return true } else { return false } }.count == 1)
+        stored = try g.stored()
+        #expect(stored.count == 2003 && stored.values.allSatisfy { $0 == 1 })
+    }
+
+    @Test func aSensorKeepsTheTypeOfItsFirstReading() async throws {
+        let f = try await Fixture.make()
+        defer { f.close() }
+        _ = try await f.pipeline.submit([r("t1", 1, type: "humidity", value: 5)], via: .tcp)
+        let o = try await f.pipeline.submit([r("t1", 2, type: "temperature"), r("t1", 3, type: "humidity")], via: .tcp)
+        #expect(o[0] == .typeMismatch(expected: "humidity"))
+        if case .appended = o[1] {} else { Issue.record("same-type reading refused: \(o[1])") }
+        let conflicts = await f.pipeline.typeConflicts([r("t1", 9), r("new", 1, type: "pressure"), r("new", 2, type: "humidity")])
+        #expect(conflicts.map(\.index) == [0, 2])
+    }
+
+    @Test func concurrentProducersOfTheSameReadingsStoreEachOnce() async throws {
+        let f = try await Fixture.make(fsync: .always)
+        defer { f.close() }
+        let readings = (0..<3000).map { r("c\($0 % 30)", Int64($0)) }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for k in 0..<8 {
+                group.addTask {
+                    let slice = k % 2 == 0 ? readings : readings.reversed()
+                    for chunk in stride(from: 0, to: slice.count, by: 250) {
+                        _ = try await f.pipeline.submit(Array(slice[chunk..<(chunk + 250)]), via: .tcp)
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        let stored = try f.stored()
+        #expect(stored.count == 3000 && stored.values.allSatisfy { $0 == 1 })
+    }
+}
+
+@Suite struct HTTPAPITests {
+    static let json: HTTPFields = [.contentType: "application/json"]
+
+    func withApp(_ configuration: HTTPServerConfiguration = HTTPServerConfiguration(),
+                 _ body: @Sendable (any TestClientProtocol, Fixture) async throws -> Void) async throws {
+        let f = try await Fixture.make()
+        defer { f.close() }
+        let app = HTTPServer.make(configuration: configuration, pipeline: f.pipeline, logger: .init(label: "test"), metricsText: { "# metrics\n" })
+        try await app.test(.router) { client in try await body(client, f) }
+    }
+
+    func post(_ client: any TestClientProtocol, _ body: String, headers: HTTPFields = HTTPAPITests.json) async throws -> (Int, String, HTTPFields) {
+        try await client.execute(uri: "/sensor/data", method: .post, headers: headers, body: ByteBuffer(string: body)) { response in
+            (response.status.code, String(buffer: response.body), response.headers)
+        }
+    }
+
+    let valid = #"{"sensor_id":"rest-1","type":"temperature","value":21.5,"location":"lab","timestamp":"2025-11-24T10:00:00Z"}"#
+
+    @Test func statusCodes() async throws {
+        try await withApp { client, f in
+            var (status, body, headers) = try await post(client, valid)
+            #expect(status == 201)
+            #expect(body.contains("\"offset\":0"))
+            #expect(headers[HTTPField.Name("X-Request-Id")!] != nil)
+            (status, body, _) = try await post(client, valid)
+            #expect(status == 409)
+            #expect(body.contains("\"code\":\"duplicate\""))
+            (status, body, _) = try await post(client, "{not json")
+            #expect(status == 400)
+            #expect(body.contains("invalid_json"))
+            (status, body, _) = try await post(client, valid.replacingOccurrences(of: "temperature", with: "voltage"))
+            #expect(status == 400 && body.contains("\"field\":\"type\""))
+            (status, body, _) = try await post(client, valid.replacingOccurrences(of: "21.5", with: "\"hot\""))
+            #expect(status == 400 && body.contains("\"field\":\"value\""))
+            (status, body, _) = try await post(client, valid.replacingOccurrences(of: #","location":"lab""#, with: ""))
+            #expect(status == 400 && body.contains("\"field\":\"location\""))
+            (status, body, _) = try await post(client, valid.replacingOccurrences(of: "2025-11-24T10:00:00Z", with: "yesterday"))
+            #expect(status == 400 && body.contains("\"field\":\"timestamp\""))
+            (status, _, _) = try await post(client, valid, headers: [.contentType: "text/plain"])
+            #expect(status == 415)
+            (status, body, _) = try await post(client, valid.replacingOccurrences(of: "temperature", with: "humidity"))
+            #expect(status == 400 && body.contains("type_mismatch"))
+            // Validation before the duplicate check.
+            (status, _, _) = try await post(client, valid.replacingOccurrences(of: "21.5", with: "true"))
+            #expect(status == 400)
+            _ = f
+        }
+    }
+
+    @Test func arraysAreValidatedWholeAndDuplicatesListed() async throws {
+        try await withApp { client, f in
+            func item(_ id: String, _ t: String, value: String = "20.5") -> String {
+                #"{"sensor_id":"\#(id)","type":"temperature","value":\#(value),"location":"lab","timestamp":"\#(t)"}"#
+            }
+            var (status, body, _) = try await post(client, "[" + item("a", "2025-11-24T10:00:00Z") + "," + item("b", "2025-11-24T10:00:00.123456789+01:00", value: "NaN") + "]")
+            #expect(status == 400)
+            #expect(try f.stored().isEmpty, "nothing of an invalid array is written")
+            (status, body, _) = try await post(client, "[" + item("a", "2025-11-24T10:00:00Z") + "," + item("b", "2025-11-24T10:00:00.5Z", value: "\"x\"") + "]")
+            #expect(status == 400 && body.contains("\"index\":1"))
+            #expect(try f.stored().isEmpty)
+            (status, body, _) = try await post(client, "[" + item("a", "2025-11-24T10:00:00Z") + "," + item("a", "2025-11-24T10:00:00Z") + "," + item("b", "2025-11-24T09:00:00.123456789-01:00") + "]")
+            #expect(status == 201)
+            #expect(body.contains("\"accepted\":2") && body.contains("\"duplicates\":[1]"))
+            #expect(try f.stored()["b@\(Timestamp.parseISO8601("2025-11-24T10:00:00.123456789Z")!)"] == 1)
+            (status, _, _) = try await post(client, "[]")
+            #expect(status == 400)
+            let many = "[" + (0...10_000).map { item("m", "2025-11-24T10:00:00.\(String(format: "%06d", $0))Z") }.joined(separator: ",") + "]"
+            (status, body, _) = try await post(client, many)
+            #expect(status == 400 || status == 413, "\(body.prefix(100))")
+        }
+    }
+
+    @Test func bodyLimitIsDecidedFromContentLength() async throws {
+        var configuration = HTTPServerConfiguration()
+        configuration.limits.maxBodyBytes = 2048
+        try await withApp(configuration) { client, _ in
+            let big = "[" + String(repeating: " ", count: 4096) + "]"
+            let (status, body, _) = try await post(client, big)
+            #expect(status == 413 && body.contains("body_too_large"))
+        }
+    }
+
+    @Test func apiKeysRateLimitAndCORS() async throws {
+        let configuration = HTTPServerConfiguration(apiKeys: ["k1", "secret-2"], rateLimit: 2, corsOrigin: "https://dash.example")
+        try await withApp(configuration) { client, _ in
+            var (status, _, _) = try await post(client, valid)
+            #expect(status == 401)
+            (status, _, _) = try await post(client, valid, headers: [.contentType: "application/json", HTTPField.Name("X-API-Key")!: "wrong"])
+            #expect(status == 401)
+            let health = try await client.execute(uri: "/health", method: .get) { $0.status.code }
+            #expect(health == 200, "health needs no key")
+            let metrics = try await client.execute(uri: "/metrics", method: .get) { $0.status.code }
+            #expect(metrics == 200, "metrics need no key")
+            var headers: HTTPFields = [.contentType: "application/json", HTTPField.Name("X-API-Key")!: "secret-2"]
+            (status, _, _) = try await post(client, valid, headers: headers)
+            #expect(status == 201)
+            let other = valid.replacingOccurrences(of: "10:00:00Z", with: "10:00:01Z")
+            (status, _, _) = try await post(client, other, headers: headers)
+            #expect(status == 201)
+            var responseHeaders: HTTPFields
+            (status, _, responseHeaders) = try await post(client, valid.replacingOccurrences(of: "10:00:00Z", with: "10:00:02Z"), headers: headers)
+            #expect(status == 429)
+            #expect(responseHeaders[.retryAfter] != nil)
+            // Another key has its own bucket.
+            headers[HTTPField.Name("X-API-Key")!] = "k1"
+            (status, _, _) = try await post(client, valid.replacingOccurrences(of: "10:00:00Z", with: "10:00:03Z"), headers: headers)
+            #expect(status == 201)
+            let preflight = try await client.execute(
+                uri: "/sensor/data", method: .options,
+                headers: [.origin: "https://dash.example", .accessControlRequestMethod: "POST"]
+            ) { ($0.status.code, $0.headers[.accessControlAllowOrigin]) }
+            #expect(preflight.0 == 200 || preflight.0 == 204)
+            #expect(preflight.1 == "https://dash.example")
+        }
+    }
+
+    @Test func requestIDIsEchoed() async throws {
+        try await withApp { client, _ in
+            let id = try await client.execute(uri: "/health", method: .get, headers: [HTTPField.Name("X-Request-Id")!: "abc-123"]) {
+                $0.headers[HTTPField.Name("X-Request-Id")!]
+            }
+            #expect(id == "abc-123")
+            let onError = try await client.execute(uri: "/nope", method: .get, headers: [HTTPField.Name("X-Request-Id")!: "err-9"]) {
+                ($0.status.code, $0.headers[HTTPField.Name("X-Request-Id")!])
+            }
+            #expect(onError.0 == 404 && onError.1 == "err-9")
+        }
+    }
+}
+
+@Suite struct LineProtocolServerTests {
+    @Test func linesOverARealSocketWithBadInputAround() async throws {
+        let f = try await Fixture.make()
+        defer { f.close() }
+        var limits = Limits()
+        limits.maxLineBytes = 1024
+        let server = LineProtocolServer(configuration: .init(host: "127.0.0.1", port: 0, limits: limits), pipeline: f.pipeline, logger: .init(label: "test"))
+        let port = try await server.start()
+        var text = ""
+        for i in 0..<5000 {
+            text += "temperature,sensor_id=s\(i % 100),location=l value=\(i).5 \(1_700_000_000_000_000_000 + Int64(i))\n"
+            if i % 1000 == 7 { text += "garbage line \(i)\n" + String(repeating: "x", count: 5000) + "\n" }
+        }
+        text += "temperature,sensor_id=cut,location=l value=1"  // partial last line: dropped
+        try sendTCP(port: port, Array(text.utf8))
+        let deadline = Date().addingTimeInterval(20)
+        while try f.stored().count < 5000 && Date() < deadline { try await Task.sleep(for: .milliseconds(20)) }
+        await server.shutdown()
+        let stored = try f.stored()
+        #expect(stored.count == 5000 && stored.values.allSatisfy { $0 == 1 })
+        #expect(stored["cut@42"] == nil)
+    }
+}
+
+/// Sends bytes on a fresh TCP connection and closes it.
+func sendTCP(port: Int, _ bytes: [UInt8]) throws {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    precondition(fd >= 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = in_port_t(UInt16(port).bigEndian)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    let rc = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+    precondition(rc == 0, "connect failed")
+    var sent = 0
+    while sent < bytes.count {
+        let n = bytes[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
+        precondition(n > 0)
+        sent += n
+    }
+}
