@@ -13,6 +13,7 @@ let package = Package(
     products: [
         .executable(name: "sensorlogd", targets: ["sensorlogd"]),
         .executable(name: "sensorlog", targets: ["sensorlog"]),
+        .executable(name: "sensorlog-loadgen", targets: ["sensorlog-loadgen"]),
         .library(name: "LogStore", targets: ["LogStore"]),
         .library(name: "SensorLogCore", targets: ["SensorLogCore"]),
     ],
@@ -87,6 +88,12 @@ let package = Package(
                 "SensorLogCore", "LogStore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        // tools/loadgen: the standard workload over line protocol.
+        .executableTarget(
+            name: "sensorlog-loadgen",
+            dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: swiftSettings
         ),
         // A child process for the kill -9 tests: appends with fsync=always and prints each ack.

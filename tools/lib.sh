@@ -29,3 +29,16 @@ ensure_build_dependencies() {
 project_root() {
   cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd
 }
+
+# A Python venv in .venv (git-ignored) with the clients the end-to-end tests use.
+ensure_python_venv() {
+  if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    echo "installing python3 and python3-venv (apt-get)" >&2
+    apt_install python3 python3-venv python3-pip
+  fi
+  if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import questdb, pytest, requests' >/dev/null 2>&1; then
+    echo "setting up .venv (questdb, pytest, requests)" >&2
+    python3 -m venv .venv
+    .venv/bin/pip install -q --disable-pip-version-check "questdb==6.0.0" "pytest>=8" requests
+  fi
+}

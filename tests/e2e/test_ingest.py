@@ -1,0 +1,126 @@
+"""End to end, as producers use it: the questdb client over TCP, plain HTTP, signals."""
+import json, os, random, signal, socket, time
+from questdb import Sender, TimestampNanos
+from conftest import Server, stats
+
+BASE = 1_763_978_400_000_000_000
+
+
+def rows(n, sensors=1000, seed=1, base=BASE):
+    rnd = random.Random(seed)
+    types = ["temperature", "humidity", "pressure"]
+    for i in range(n):
+        s = i % sensors
+        yield (types[s % 3], f"sensor-{s:05d}", f"site-{s % 50:02d}", round(40 + rnd.uniform(-5, 5), 3),
+               base + (i // sensors) * 1_000_000_000 + s * 1000)
+
+
+def send_questdb(port, data):
+    with Sender.from_conf(f"tcp::addr=127.0.0.1:{port};") as sender:
+        for i, (t, sid, loc, v, ts) in enumerate(data):
+            sender.row(t, symbols={"sensor_id": sid, "location": loc}, columns={"value": v}, at=TimestampNanos(ts))
+            if i % 10_000 == 9_999:
+                sender.flush()
+        sender.flush()
+
+
+def test_questdb_client_100k_rows_stored_exactly_once_and_resend_adds_nothing(server, data_dir):
+    data = list(rows(100_000))
+    send_questdb(server.tcp, data)
+    server.wait_metric("sensorlog_readings_ingested_total", 100_000)
+    send_questdb(server.tcp, data[:60_000])  # a producer resending after a crash
+    server.wait_metric("sensorlog_readings_rejected_total", 60_000, reason="duplicate")
+    assert server.metric("sensorlog_readings_ingested_total") == 100_000
+    assert server.stop() == 0
+    assert stats(data_dir)["readings"] == 100_000
+    # After a restart the dedupe state comes back from the log.
+    again = Server(data_dir).start()
+    try:
+        send_questdb(again.tcp, data[50_000:])
+        again.wait_metric("sensorlog_readings_rejected_total", 50_000, reason="duplicate")
+        assert again.metric("sensorlog_readings_ingested_total") == 0
+        # And the REST API knows them too.
+        t, sid, loc, v, ts = data[12345]
+        doc = {"sensor_id": sid, "type": t, "value": v, "location": loc,
+               "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts // 10**9)) + f".{ts % 10**9:09d}Z"}
+        assert again.post(doc)[0] == 409
+    finally:
+        again.stop()
+    assert stats(data_dir)["readings"] == 100_000
+
+
+def test_bad_lines_never_stop_the_listener_nor_lose_good_ones(server, data_dir):
+    good = [f"temperature,sensor_id=g{i},location=l value={i}.25 {BASE + i}\n".encode() for i in range(1000)]
+    bad = [b"no_fields_here\n", b"temperature,sensor_id=x value=abc 1\n", b"\xff\xfe\n", b"x" * 100_000 + b"\n",
+           b"bogus,sensor_id=a,location=l value=1 1\n", b"humidity,sensor_id=h,location=l value=101 1\n",
+           b"temperature,sensor_id=a,location=l value=NaN 1\n", b"temperature,sensor_id=a,location=l value=1 nope\n"]
+    stream = []
+    for i, g in enumerate(good):
+        stream.append(g)
+        if i % 125 == 0:
+            stream.append(bad[i // 125])
+    c = socket.create_connection(("127.0.0.1", server.tcp))
+    c.sendall(b"".join(stream) + b"temperature,sensor_id=cut,location=l value=1")
+    c.close()
+    server.wait_metric("sensorlog_readings_ingested_total", 1000)
+    server.wait_metric("sensorlog_readings_rejected_total", 9)
+    for reason in ["syntax", "missing_location", "invalid_utf8", "line_too_long", "unknown_type", "out_of_range",
+                   "non_finite_value", "invalid_timestamp", "partial_line"]:
+        assert server.metric("sensorlog_readings_rejected_total", reason=reason) >= 1, reason
+    assert server.get("/health")[0] == 200
+
+
+def test_sigterm_appends_and_syncs_everything_read(data_dir):
+    s = Server(data_dir, extra=["--fsync", "interval", "--fsync-interval-ms", "60000"]).start()
+    c = socket.create_connection(("127.0.0.1", s.tcp))
+    c.sendall(b"".join(f"pressure,sensor_id=p{i % 300},location=l value=1013.5 {BASE + i}\n".encode() for i in range(50_000)))
+    s.wait_metric("sensorlog_readings_ingested_total", 50_000)
+    # The connection is still open and nothing was fsynced by the timer (60 s): SIGTERM must do both.
+    assert s.stop(signal.SIGTERM) == 0
+    c.close()
+    assert stats(data_dir)["readings"] == 50_000
+    log = open(s.log_path).read()
+    assert "log closed cleanly" in log
+
+
+def test_kill_nine_then_resend_leaves_no_duplicate(data_dir):
+    s = Server(data_dir).start()
+    data = list(rows(30_000, sensors=300, seed=3))
+    send_questdb(s.tcp, data)
+    time.sleep(random.Random(4).uniform(0, 0.2))
+    s.stop(signal.SIGKILL)
+    s2 = Server(data_dir).start()
+    try:
+        send_questdb(s2.tcp, data)  # resend everything unconfirmed
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if s2.metric("sensorlog_readings_ingested_total") + s2.metric("sensorlog_readings_rejected_total", reason="duplicate") >= 30_000:
+                break
+            time.sleep(0.05)
+    finally:
+        assert s2.stop() == 0
+    assert stats(data_dir)["readings"] == 30_000
+
+
+def test_http_codes_on_a_real_server(data_dir):
+    s = Server(data_dir, extra=["--rate-limit", "5", "--max-body-bytes", "4096"], env={"SENSORLOG_API_KEYS": "key-a,key-b"}).start()
+    try:
+        doc = {"sensor_id": "h1", "type": "temperature", "value": 20.5, "location": "lab", "timestamp": "2025-11-24T10:00:00Z"}
+        assert s.post(doc)[0] == 401
+        assert s.post(doc, {"X-API-Key": "nope"})[0] == 401
+        status, body, headers = s.post(doc, {"X-API-Key": "key-a", "X-Request-Id": "req-77"})
+        assert status == 201 and headers.get("X-Request-Id") == "req-77"
+        assert s.post(doc, {"X-API-Key": "key-a"})[0] == 409
+        assert s.request("POST", "/sensor/data", b"x" * 10, {"Content-Type": "text/plain", "X-API-Key": "key-a"})[0] == 415
+        statuses = [s.post(dict(doc, timestamp=f"2025-11-24T10:00:{i:02d}Z"), {"X-API-Key": "key-b"})[0] for i in range(1, 12)]
+        assert 429 in statuses
+        # 413 from Content-Length, before the body is read.
+        c = socket.create_connection(("127.0.0.1", s.http), timeout=10)
+        c.sendall(b"POST /sensor/data HTTP/1.1\r\nHost: x\r\nX-API-Key: key-a\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 33554432\r\n\r\n[" + b" " * 1000)
+        assert c.recv(100).split(b"\r\n")[0].split()[1] == b"413"
+        c.close()
+        assert s.get("/health")[0] == 200 and s.get("/metrics")[0] == 200
+        assert s.metric("sensorlog_http_requests_total", route="/sensor/data", status="401") >= 2
+    finally:
+        s.stop()
