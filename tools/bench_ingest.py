@@ -1,0 +1,205 @@
+"""Driver of tools/bench-ingest (see there). Prints a markdown table; writes JSON."""
+import glob, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, ".build", "release")
+RUNS = int(os.environ.get("RUNS", "3"))
+READINGS = int(os.environ.get("READINGS", "1000000"))
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+class Sensorlogd:
+    def __init__(self, *extra):
+        self.dir = tempfile.mkdtemp(prefix="bench-sensorlog-")
+        self.tcp, self.http = free_port(), free_port()
+        self.proc = subprocess.Popen([os.path.join(BIN, "sensorlogd"), "--data-dir", self.dir, "--tcp-port", str(self.tcp),
+                                      "--http-port", str(self.http), "--log-level", "warning", *extra],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.http}/health", timeout=1)
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise SystemExit("sensorlogd did not start")
+
+    def rss_mib(self):
+        for line in open(f"/proc/{self.proc.pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+
+    def cpu_seconds(self):
+        f = open(f"/proc/{self.proc.pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(60)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def loadgen(server, readings, sensors=10_000, connections=4, base=1_763_978_400):
+    out = subprocess.run([os.path.join(BIN, "sensorlog-loadgen"), "--tcp-port", str(server.tcp), "--http-port", str(server.http),
+                          "--readings", str(readings), "--sensors", str(sensors), "--connections", str(connections),
+                          "--base-seconds", str(base), "--json"], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def workload_rows(n, sensors=10_000, base=1_763_978_400):
+    """The loadgen's readings, for PostgreSQL (same generator, same values)."""
+    types, bases = ["temperature", "humidity", "pressure"], [20_000, 50_000, 1_013_000]
+    seed = 7
+    for i in range(n):
+        s, k = i % sensors, i // sensors
+        seed = (seed * 6364136223846793005 + 1442695040888963407) % (1 << 64)
+        milli = bases[s % 3] + (seed >> 33) % 10_001 - 5000
+        yield f"sensor-{s:05d}", types[s % 3], f"{milli // 1000}.{milli % 1000:03d}", f"site-{s % 50:02d}", \
+            base * 10**9 + k * 10**9 + s * 1000
+
+
+class Postgres:
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="bench-pg-")
+        self.port = free_port()
+        shutil.chown(self.dir, "postgres")
+        bindir = sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1]
+        self.bin = bindir
+        self.version = os.path.basename(os.path.dirname(bindir))
+        self.as_pg([f"{bindir}/initdb", "-D", self.dir + "/data", "-A", "trust", "-U", "postgres"])
+        self.as_pg([f"{bindir}/pg_ctl", "-D", self.dir + "/data", "-l", self.dir + "/log", "-w", "start",
+                    "-o", f"-p {self.port} -k {self.dir} -c synchronous_commit=on -c fsync=on -c full_page_writes=on"])
+
+    def as_pg(self, cmd, **kw):
+        if os.getuid() == 0:
+            cmd = ["runuser", "-u", "postgres", "--"] + cmd
+        return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+
+    def psql(self, sql):
+        return self.as_pg(["psql", "-h", self.dir, "-p", str(self.port), "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-q", "-c", sql])
+
+    def stop(self):
+        self.as_pg([f"{self.bin}/pg_ctl", "-D", self.dir + "/data", "-m", "fast", "stop"])
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def median(xs):
+    return statistics.median(xs)
+
+
+def main():
+    results = {"machine": f"{os.cpu_count()} cores", "readings": READINGS, "runs": RUNS}
+
+    # 1. sensorlog line protocol.
+    tcp = []
+    for r in range(RUNS):
+        s = Sensorlogd()
+        c0 = s.cpu_seconds()
+        out = loadgen(s, READINGS)
+        tcp.append({"readings_per_second": out["readings_per_second"], "server_cpu_seconds": s.cpu_seconds() - c0})
+        s.stop()
+    results["sensorlog_tcp"] = tcp
+    tcp_rate = median([x["readings_per_second"] for x in tcp])
+
+    # 2. PostgreSQL COPY, same readings, as CSV from a file.
+    csv = tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False)
+    for row in workload_rows(READINGS):
+        csv.write(",".join(str(x) for x in row) + "\n")
+    csv.close()
+    os.chmod(csv.name, 0o644)
+    pg = Postgres()
+    copy = {"plain": [], "primary_key": []}
+    try:
+        for variant in copy:
+            for r in range(RUNS):
+                key = ", PRIMARY KEY (sensor_id, ts)" if variant == "primary_key" else ""
+                pg.psql(f"DROP TABLE IF EXISTS events; CREATE TABLE events (sensor_id text, type text, value double precision, "
+                        f"location text, ts bigint{key})")
+                t0 = time.time()
+                pg.psql(f"\\copy events FROM '{csv.name}' WITH (FORMAT csv)")
+                copy[variant].append(READINGS / (time.time() - t0))
+        results["postgres_version"] = pg.version
+    finally:
+        pg.stop()
+        os.unlink(csv.name)
+    results["postgres_copy"] = copy
+
+    # 3. POST one reading per request, fsync always, 16 connections.
+    lua = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+    lua.write("""
+local counter = 0
+local thread_id = 0
+local threads = {}
+function setup(thread) thread:set("id", #threads); table.insert(threads, thread) end
+function init(args) thread_id = id end
+function request()
+  counter = counter + 1
+  local body = string.format('{"sensor_id":"wrk-%d-%d","type":"temperature","value":21.5,"location":"lab","timestamp":"%d"}',
+                             thread_id, counter % 1000, 1763978400000000000 + counter)
+  return wrk.format("POST", "/sensor/data", {["Content-Type"] = "application/json"}, body)
+end
+""")
+    lua.close()
+    http = []
+    for r in range(RUNS):
+        s = Sensorlogd("--fsync", "always")
+        out = subprocess.run(["wrk", "-t2", "-c16", "-d10s", "--latency", "-s", lua.name, f"http://127.0.0.1:{s.http}/"],
+                             capture_output=True, text=True, check=True).stdout
+        ok = s_metric(s, 'sensorlog_http_requests_total{route="/sensor/data",status="201"}')
+        s.stop()
+        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+        p99 = parse_ms(re.search(r"99%\s+([\d.]+\w+)", out).group(1))
+        p50 = parse_ms(re.search(r"50%\s+([\d.]+\w+)", out).group(1))
+        http.append({"requests_per_second": rps, "p50_ms": p50, "p99_ms": p99, "created": ok})
+    os.unlink(lua.name)
+    results["http_post_fsync_always"] = http
+
+    # 4. RSS after 10M readings from 100 000 sensors.
+    s = Sensorlogd()
+    out = loadgen(s, 10_000_000, sensors=100_000)
+    time.sleep(1)
+    results["rss_after_10m_readings_100k_sensors_mib"] = s.rss_mib()
+    results["rss_run_readings_per_second"] = out["readings_per_second"]
+    s.stop()
+
+    pg_plain = median(copy["plain"])
+    pg_pk = median(copy["primary_key"])
+    summary = {
+        "sensorlog_tcp_readings_per_second": tcp_rate,
+        "postgres_copy_readings_per_second": pg_plain,
+        "postgres_copy_pk_readings_per_second": pg_pk,
+        "ratio_vs_copy": tcp_rate / pg_plain,
+        "ratio_vs_copy_pk": tcp_rate / pg_pk,
+        "http_requests_per_second": median([x["requests_per_second"] for x in http]),
+        "http_p99_ms": median([x["p99_ms"] for x in http]),
+        "http_p50_ms": median([x["p50_ms"] for x in http]),
+        "rss_mib": results["rss_after_10m_readings_100k_sensors_mib"],
+        "sensorlog_server_cpu_seconds_per_million": median([x["server_cpu_seconds"] for x in tcp]) / (READINGS / 1e6),
+    }
+    results["summary"] = summary
+    json.dump(results, open(os.path.join(ROOT, "Benchmarks", "results", "ingest.json"), "w"), indent=2)
+    print(json.dumps(summary, indent=2))
+
+
+def s_metric(server, series):
+    body = urllib.request.urlopen(f"http://127.0.0.1:{server.http}/metrics").read().decode()
+    for line in body.splitlines():
+        if line.startswith(series):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def parse_ms(text):
+    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    v, unit = float(m.group(1)), m.group(2)
+    return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+
+
+if __name__ == "__main__":
+    main()
