@@ -56,40 +56,52 @@ public final class IngestPipeline: Sendable {
     /// - Throws: the log's error (disk full, I/O) when a partition could not append; readings of
     ///   other partitions may have been appended, and a retry is deduplicated against them.
     public func submit(_ readings: [Reading], via transport: Transport) async throws(LogError) -> [IngestOutcome] {
-        begin()
-        defer { end() }
         var groups = [[Int]](repeating: [], count: partitions.count)
         for (i, r) in readings.enumerated() { groups[log.partition(for: r.sensorID)].append(i) }
         var outcomes = [IngestOutcome](repeating: .duplicate, count: readings.count)
-        var failure: LogError?
-        for (p, indexes) in groups.enumerated() where !indexes.isEmpty {
-            let part = indexes.count == readings.count ? readings : indexes.map { readings[$0] }
-            switch await partitions[p].submit(part) {
-            case .success(let results):
-                for (k, outcome) in results.enumerated() { outcomes[indexes[k]] = outcome }
-            case .failure(let error):
-                failure = failure ?? error
-                metrics.rejected(indexes.count, via: transport, reason: error.code.rawValue)
-            }
+        try await run(groups.map { $0.map { readings[$0] } }, detailed: true, via: transport) { p, result in
+            for (k, outcome) in (result.outcomes ?? []).enumerated() { outcomes[groups[p][k]] = outcome }
         }
+        return outcomes
+    }
+
+    /// The line protocol's form of `submit`: the same checks and append, counted, with no
+    /// per-reading report.
+    /// - Returns: how many readings were appended.
+    @discardableResult
+    public func submitCounting(_ readings: [Reading], via transport: Transport) async throws(LogError) -> Int {
+        var groups = [[Reading]](repeating: [], count: partitions.count)
+        for r in readings { groups[log.partition(for: r.sensorID)].append(r) }
+        var appended = 0
+        try await run(groups, detailed: false, via: transport) { _, result in appended += result.appended }
+        return appended
+    }
+
+    private func run(_ groups: [[Reading]], detailed: Bool, via transport: Transport,
+                     _ collect: (Int, SubmissionResult) -> Void) async throws(LogError) {
+        begin()
+        defer { end() }
+        var failure: LogError?
         var appended = 0
         var duplicates = 0
         var mismatches = 0
-        for o in outcomes {
-            switch o {
-            case .appended: appended += 1
-            case .duplicate: duplicates += 1
-            case .typeMismatch: mismatches += 1
+        for (p, group) in groups.enumerated() where !group.isEmpty {
+            switch await partitions[p].submit(group, detailed: detailed) {
+            case .success(let result):
+                appended += result.appended
+                duplicates += result.duplicates
+                mismatches += result.mismatches
+                collect(p, result)
+            case .failure(let error):
+                failure = failure ?? error
+                metrics.rejected(group.count, via: transport, reason: error.code.rawValue)
             }
         }
         metrics.ingested(appended, via: transport)
-        if failure == nil {
-            metrics.rejected(duplicates, via: transport, reason: "duplicate")
-        }
+        metrics.rejected(duplicates, via: transport, reason: "duplicate")
         metrics.rejected(mismatches, via: transport, reason: "type_mismatch")
         appendFailure.withLock { $0 = failure }
         if let failure { throw failure }
-        return outcomes
     }
 
     /// Why the log cannot accept writes, if it cannot: the last append failed (until one

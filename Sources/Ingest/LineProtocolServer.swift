@@ -232,7 +232,7 @@ final class LineProtocolHandler: ChannelInboundHandler {
         let logger = self.logger
         Task {
             do {
-                _ = try await pipeline.submit(batch, via: .tcp)
+                try await pipeline.submitCounting(batch, via: .tcp)
             } catch {
                 logger.error("readings could not be appended", metadata: ["error": "\(error)", "readings": "\(batch.count)"])
             }

@@ -1,6 +1,14 @@
 import LogStore
 import SensorLogCore
 
+/// What became of a submission: counts, and each reading's outcome when asked for.
+public struct SubmissionResult: Sendable {
+    public var appended = 0
+    public var duplicates = 0
+    public var mismatches = 0
+    public var outcomes: [IngestOutcome]?
+}
+
 /// What became of one submitted reading.
 public enum IngestOutcome: Sendable, Equatable {
     case appended(partition: Int, offset: Int64)
@@ -35,7 +43,8 @@ actor PartitionIngest {
 
     private struct Waiting {
         var readings: [Reading]
-        var continuation: CheckedContinuation<Result<[IngestOutcome], LogError>, Never>
+        var detailed: Bool
+        var continuation: CheckedContinuation<Result<SubmissionResult, LogError>, Never>
     }
 
     let partition: Int
@@ -112,9 +121,10 @@ actor PartitionIngest {
     }
 
     /// Checks and appends `readings`; returns once they are durable under the fsync policy.
-    func submit(_ readings: [Reading]) async -> Result<[IngestOutcome], LogError> {
+    /// - Parameter detailed: report each reading's outcome (HTTP), not only the counts (TCP).
+    func submit(_ readings: [Reading], detailed: Bool) async -> Result<SubmissionResult, LogError> {
         await withCheckedContinuation { continuation in
-            queue.append(Waiting(readings: readings, continuation: continuation))
+            queue.append(Waiting(readings: readings, detailed: detailed, continuation: continuation))
             if !running {
                 running = true
                 Task { await self.drain() }
@@ -126,7 +136,7 @@ actor PartitionIngest {
         while !queue.isEmpty {
             let batch = queue
             queue = []
-            let results = await process(batch.map(\.readings))
+            let results = await process(batch)
             for (waiting, result) in zip(batch, results) { waiting.continuation.resume(returning: result) }
         }
         running = false
@@ -134,53 +144,84 @@ actor PartitionIngest {
 
     /// Dedupe and type check in order, then one append per `maxBatchRecords`. On failure every
     /// change to the state is undone, so a retry is judged as if the failed attempt never happened.
-    private func process(_ submissions: [[Reading]]) async -> [Result<[IngestOutcome], LogError>] {
-        var outcomes = submissions.map { [IngestOutcome](repeating: .duplicate, count: $0.count) }
+    private func process(_ submissions: [Waiting]) async -> [Result<SubmissionResult, LogError>] {
+        var results = submissions.map {
+            SubmissionResult(outcomes: $0.detailed ? [IngestOutcome](repeating: .duplicate, count: $0.readings.count) : nil)
+        }
         var fresh: [Reading] = []
-        var freshPosition: [(submission: Int, index: Int)] = []
+        fresh.reserveCapacity(submissions.reduce(0) { $0 + $1.readings.count })
+        // For detailed submissions: (submission, index in it, index in `fresh`).
+        var detailedFresh: [(submission: Int, index: Int, fresh: Int)] = []
         var undo: [(String, SensorState?)] = []
         var freshKeys: Set<Key>?
+        var lastTypeName = ""
+        var lastType: UInt8 = 0
+        // The hot loop works on the state moved out of the actor (no copy-on-write, no
+        // exclusivity checks); it is moved back before the first suspension.
+        var sensors = self.sensors
+        self.sensors = [:]
 
-        for (s, readings) in submissions.enumerated() {
-            for (i, r) in readings.enumerated() {
-                let type = typeIndex(r.type)
-                let previous = sensors[r.sensorID]
-                if let state = previous {
+        for (s, submission) in submissions.enumerated() {
+            for (i, r) in submission.readings.enumerated() {
+                if r.type != lastTypeName {
+                    lastTypeName = r.type
+                    lastType = typeIndex(r.type)
+                }
+                let type = lastType
+                var isFresh = false
+                if let slot = sensors.index(forKey: r.sensorID) {
+                    let state = sensors.values[slot]
                     if state.type != type {
-                        outcomes[s][i] = .typeMismatch(expected: typeNames[Int(state.type)])
+                        results[s].mismatches += 1
+                        results[s].outcomes?[i] = .typeMismatch(expected: typeNames[Int(state.type)])
                         continue
                     }
-                    if r.timestamp <= state.lastTimestamp {
+                    if r.timestamp > state.lastTimestamp {
+                        undo.append((r.sensorID, state))
+                        sensors.values[slot].lastTimestamp = r.timestamp
+                        freshKeys?.insert(Key(sensorID: r.sensorID, timestamp: r.timestamp))
+                        isFresh = true
+                    } else {
                         // Out of order: exact check against this batch and the log.
                         if freshKeys == nil { freshKeys = Set(fresh.map { Key(sensorID: $0.sensorID, timestamp: $0.timestamp) }) }
                         let key = Key(sensorID: r.sensorID, timestamp: r.timestamp)
-                        if freshKeys!.contains(key) { continue }
-                        switch storedInLog(key) {
-                        case .success(true): continue
-                        case .success(false): break
-                        case .failure(let error):
-                            restore(undo)
-                            return submissions.map { _ in .failure(error) }
+                        if !freshKeys!.contains(key) {
+                            switch storedInLog(key) {
+                            case .success(true): break
+                            case .success(false):
+                                freshKeys!.insert(key)
+                                isFresh = true
+                            case .failure(let error):
+                                restore(undo, into: &sensors)
+                                self.sensors = sensors
+                                return submissions.map { _ in .failure(error) }
+                            }
                         }
-                        freshKeys!.insert(key)
-                        fresh.append(r)
-                        freshPosition.append((s, i))
-                        continue
                     }
+                } else {
+                    undo.append((r.sensorID, nil))
+                    sensors[r.sensorID] = SensorState(lastTimestamp: r.timestamp, type: type)
+                    freshKeys?.insert(Key(sensorID: r.sensorID, timestamp: r.timestamp))
+                    isFresh = true
                 }
-                undo.append((r.sensorID, previous))
-                sensors[r.sensorID] = SensorState(lastTimestamp: r.timestamp, type: type)
-                freshKeys?.insert(Key(sensorID: r.sensorID, timestamp: r.timestamp))
-                fresh.append(r)
-                freshPosition.append((s, i))
+                if isFresh {
+                    if submission.detailed { detailedFresh.append((s, i, fresh.count)) }
+                    results[s].appended += 1
+                    fresh.append(r)
+                } else {
+                    results[s].duplicates += 1
+                }
             }
         }
 
+        self.sensors = sensors
+
         var start = 0
+        var chunkBases: [Int64] = []
         let limit = log.configuration.limits.maxBatchRecords
         while start < fresh.count {
             let end = min(start + limit, fresh.count)
-            let chunk = Array(fresh[start..<end])
+            let chunk = start == 0 && end == fresh.count ? fresh : Array(fresh[start..<end])
             do {
                 let result = try await log.append(chunk, toPartition: partition)
                 var lo = Int64.max
@@ -190,24 +231,24 @@ actor PartitionIngest {
                     hi = max(hi, r.timestamp)
                 }
                 addSpan(BatchSpan(baseOffset: result.baseOffset, minTimestamp: lo, maxTimestamp: hi))
-                for k in start..<end {
-                    let (s, i) = freshPosition[k]
-                    outcomes[s][i] = .appended(partition: partition, offset: result.baseOffset + Int64(k - start))
-                }
+                chunkBases.append(result.baseOffset)
             } catch {
                 // Readings of earlier chunks are in the log and stay known; the rest is undone.
                 // Every submission fails: a producer that retries is deduplicated against what landed.
                 var keep = Set<String>()
                 for r in fresh[..<start] { keep.insert(r.sensorID) }
-                restore(undo.filter { !keep.contains($0.0) })
+                restore(undo.filter { !keep.contains($0.0) }, into: &self.sensors)
                 return submissions.map { _ in .failure(error) }
             }
             start = end
         }
-        return outcomes.map { .success($0) }
+        for (s, i, k) in detailedFresh {
+            results[s].outcomes?[i] = .appended(partition: partition, offset: chunkBases[k / limit] + Int64(k % limit))
+        }
+        return results.map { .success($0) }
     }
 
-    private func restore(_ undo: [(String, SensorState?)]) {
+    private func restore(_ undo: [(String, SensorState?)], into sensors: inout [String: SensorState]) {
         for (id, state) in undo.reversed() { sensors[id] = state }
     }
 

@@ -66,17 +66,22 @@ final class BatchEncoder {
         }
 
         // Dictionaries: each distinct (sensor, type, location) is one tuple, in first-seen order.
+        // The hot loop works on locals: no exclusivity checks on the class's stored properties.
         refs.reserveCapacity(readings.count)
         recordTuple.reserveCapacity(readings.count)
+        var bySensor = tupleBySensor
+        tupleBySensor = [:]
+        defer { tupleBySensor = bySensor }
         for r in readings {
-            if let t = tupleBySensor[r.sensorID] {
+            if let t = bySensor[r.sensorID] {
                 let ti = Int(t)
                 if tupleTypeNames[ti] == r.type && tupleLocationNames[ti] == r.location {
                     refs.append(t + 1)
                     recordTuple.append(t)
                     continue
                 }
-                // The sensor moved or changed type inside this batch: its own tuple.
+                // The sensor moved or changed type inside this batch: another tuple of it, found
+                // through the (rarely used) full key.
                 let key = TupleKey(sensorID: r.sensorID, type: r.type, location: r.location)
                 if let other = tupleByKey[key] {
                     refs.append(other + 1)
@@ -89,8 +94,7 @@ final class BatchEncoder {
                 }
             } else {
                 let t = addTuple(r)
-                tupleBySensor[r.sensorID] = t
-                tupleByKey[TupleKey(sensorID: r.sensorID, type: r.type, location: r.location)] = t
+                bySensor[r.sensorID] = t
                 refs.append(0)
                 recordTuple.append(t)
             }
@@ -289,7 +293,12 @@ struct StringDictionary {
 
     /// The index of `name`, adding it when new.
     mutating func intern(_ name: String) -> Int32 {
-        if let i = index[name] { return i }
+        if names.count <= 8 {
+            // A few names (types): comparing is cheaper than hashing.
+            for (i, n) in names.enumerated() where n == name { return Int32(i) }
+        } else if let i = index[name] {
+            return i
+        }
         let i = Int32(names.count)
         index[name] = i
         names.append(name)

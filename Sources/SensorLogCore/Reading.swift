@@ -104,19 +104,22 @@ public struct ReadingValidator: Sendable {
 
     /// A name field: 1...maxBytes UTF-8 bytes, no control characters.
     static func checkText(_ text: String, field: String, maxBytes: Int, code: ReadingError.Code) throws(ReadingError) {
-        let count = text.utf8.count
+        var copy = text
+        // 0: fine, 1: control character, 2: not ASCII (decide on scalars below).
+        let (count, verdict) = copy.withUTF8 { bytes -> (Int, Int) in
+            var verdict = 0
+            for byte in bytes {
+                if byte < 0x20 || byte == 0x7F { return (bytes.count, 1) }
+                if byte >= 0x80 { verdict = 2 }
+            }
+            return (bytes.count, verdict)
+        }
         guard count > 0 else { throw ReadingError(code, field: field, "\(field) is empty") }
         guard count <= maxBytes else {
             throw ReadingError(code, field: field, "\(field) is \(count) bytes, more than \(maxBytes)")
         }
-        var ascii = true
-        for byte in text.utf8 {
-            if byte < 0x20 || byte == 0x7F {
-                throw ReadingError(code, field: field, "\(field) contains a control character")
-            }
-            if byte >= 0x80 { ascii = false }
-        }
-        if !ascii {
+        if verdict == 1 { throw ReadingError(code, field: field, "\(field) contains a control character") }
+        if verdict == 2 {
             for scalar in text.unicodeScalars where scalar.properties.generalCategory == .control {
                 throw ReadingError(code, field: field, "\(field) contains a control character")
             }
