@@ -57,11 +57,23 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // SQLite from the system (Debian: libsqlite3-dev): the aggregates store.
+        .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
+        // The consumer group "aggregator": hourly aggregates, exactly once, in aggregates.sqlite.
+        .target(
+            name: "Aggregator",
+            dependencies: [
+                "SensorLogCore", "LogStore", "CSQLite",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // The HTTP API (Hummingbird 2). Knows nothing of file formats.
         .target(
             name: "HTTPAPI",
             dependencies: [
-                "SensorLogCore", "Ingest",
+                "SensorLogCore", "Ingest", "Aggregator", "LogStore",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Logging", package: "swift-log"),
@@ -72,7 +84,7 @@ let package = Package(
         .executableTarget(
             name: "sensorlogd",
             dependencies: [
-                "SensorLogCore", "LogStore", "Ingest", "HTTPAPI",
+                "SensorLogCore", "LogStore", "Ingest", "HTTPAPI", "Aggregator",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -85,7 +97,7 @@ let package = Package(
         .executableTarget(
             name: "sensorlog",
             dependencies: [
-                "SensorLogCore", "LogStore",
+                "SensorLogCore", "LogStore", "Aggregator",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings
@@ -122,7 +134,7 @@ let package = Package(
         .testTarget(
             name: "IngestTests",
             dependencies: [
-                "Ingest", "HTTPAPI", "LogStore", "SensorLogCore",
+                "Ingest", "HTTPAPI", "LogStore", "SensorLogCore", "Aggregator",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Logging", package: "swift-log"),

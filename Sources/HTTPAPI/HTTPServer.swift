@@ -1,3 +1,4 @@
+public import Aggregator
 import Foundation
 public import Hummingbird
 public import Ingest
@@ -50,7 +51,7 @@ public enum HTTPServer {
     ///   - metricsText: renders the Prometheus exposition (the executable owns the registry).
     ///   - onRunning: called with the bound port once the server listens.
     public static func make(
-        configuration: HTTPServerConfiguration, pipeline: IngestPipeline, logger: Logger,
+        configuration: HTTPServerConfiguration, pipeline: IngestPipeline, aggregator: AggregatorService? = nil, logger: Logger,
         metricsText: @escaping @Sendable () -> String,
         onRunning: @escaping @Sendable (Int) async -> Void = { _ in }
     ) -> App {
@@ -82,6 +83,8 @@ public enum HTTPServer {
             if failure != nil { response.headers[.retryAfter] = "5" }
             return response
         }
+        QueryRoutes(log: pipeline.log, aggregator: aggregator,
+                    reader: AggregateReader(path: pipeline.log.dataDirectory + "/" + AggregateStore.fileName)).add(to: router)
         router.get("/metrics") { _, _ -> Response in
             Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                      body: ResponseBody(byteBuffer: ByteBuffer(string: metricsText())))

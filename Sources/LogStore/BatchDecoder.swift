@@ -69,16 +69,13 @@ final class BatchDecoder {
 
     init() {}
 
-    /// Decodes a whole, CRC-checked batch into `batch`, reusing its storage.
-    func decode(_ raw: UnsafeRawBufferPointer, header: BatchHeader, into batch: inout DecodedBatch) throws(DecodeError) {
-        batch.removeAll()
-        batch.header = header
+    /// The payload of a CRC-checked batch, decompressed into scratch storage when LZ4.
+    func decompressedPayload(_ raw: UnsafeRawBufferPointer, header: BatchHeader) throws(DecodeError) -> UnsafeRawBufferPointer {
         let stored = UnsafeRawBufferPointer(rebasing: raw[BatchHeader.size..<header.length])
-        let payload: UnsafeRawBufferPointer
         switch header.codec {
         case .none:
             guard stored.count == header.uncompressedLength else { throw DecodeError("payload length differs from header") }
-            payload = stored
+            return stored
         case .lz4:
             scratch.removeAll()
             scratch.reserve(header.uncompressedLength)
@@ -86,8 +83,15 @@ final class BatchDecoder {
                 stored.baseAddress!.assumingMemoryBound(to: CChar.self), scratch.base.assumingMemoryBound(to: CChar.self),
                 Int32(stored.count), Int32(header.uncompressedLength))
             guard n == header.uncompressedLength else { throw DecodeError("LZ4 payload does not decompress to its stated length") }
-            payload = UnsafeRawBufferPointer(start: scratch.base, count: Int(n))
+            return UnsafeRawBufferPointer(start: scratch.base, count: Int(n))
         }
+    }
+
+    /// Decodes a whole, CRC-checked batch into `batch`, reusing its storage.
+    func decode(_ raw: UnsafeRawBufferPointer, header: BatchHeader, into batch: inout DecodedBatch) throws(DecodeError) {
+        batch.removeAll()
+        batch.header = header
+        let payload = try decompressedPayload(raw, header: header)
         var reader = ByteReader(payload)
         switch header.kind {
         case .readings: try decodeReadings(&reader, header: header, into: &batch)

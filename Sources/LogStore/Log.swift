@@ -75,11 +75,11 @@ func partitionDirectoryName(_ partition: Int) -> String {
 }
 
 /// The exclusive lock on a data directory: `flock` on `LOCK`, which holds the owner's pid.
-final class DirectoryLock: Sendable {
+public final class DirectoryLock: Sendable {
     static let fileName = "LOCK"
     let fd: Int32
 
-    init(dataDirectory: String) throws(LogError) {
+    public init(dataDirectory: String) throws(LogError) {
         let path = dataDirectory + "/" + Self.fileName
         let fd = Glibc.open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw LogError.system("cannot open lock file", errno: errno, path: Self.fileName) }
@@ -111,7 +111,7 @@ final class DirectoryLock: Sendable {
         return Int32(String(decoding: buffer[0..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
     }
 
-    func release() {
+    public func release() {
         _ = flock(fd, LOCK_UN)
         _ = Glibc.close(fd)
     }

@@ -59,7 +59,7 @@ public final class LogDirectory: Sendable {
 
     /// A reader of `partition` from `offset`.
     public func reader(partition: Int, from offset: Int64) -> PartitionReader {
-        PartitionReader(view: views[partition], startOffset: offset)
+        PartitionReader(view: views[partition], startOffset: offset, partition: partition)
     }
 
     /// Base offsets of `partition`'s segments.

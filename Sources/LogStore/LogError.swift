@@ -57,7 +57,7 @@ public struct LogError: Error, Sendable, CustomStringConvertible {
     }
 
     /// The error for a failed system call, `.diskFull` when the errno says so.
-    static func system(_ what: String, errno: Int32, path: String? = nil) -> LogError {
+    public static func system(_ what: String, errno: Int32, path: String? = nil) -> LogError {
         let code: Code = (errno == ENOSPC || errno == EDQUOT) ? .diskFull : .io
         return LogError(code, what, path: path, errno: errno)
     }

@@ -623,7 +623,7 @@ public final class Partition: PartitionView, @unchecked Sendable {
 
     /// A reader from `offset` (clamped to the log's start) that sees what this process appended.
     public func reader(from offset: Int64) -> PartitionReader {
-        PartitionReader(view: self, startOffset: offset)
+        PartitionReader(view: self, startOffset: offset, partition: id)
     }
 }
 

@@ -21,9 +21,15 @@ public final class PartitionReader {
     private let decoder = BatchDecoder()
     private var scratch = DecodedBatch()
 
-    init(view: any PartitionView, startOffset: Int64) {
+    /// The partition read.
+    public let partitionID: Int
+    /// Bytes of batches returned so far (progress reporting).
+    public private(set) var bytesRead: Int64 = 0
+
+    init(view: any PartitionView, startOffset: Int64, partition: Int) {
         self.view = view
         self.nextOffset = startOffset
+        self.partitionID = partition
     }
 
     /// The next batch, or nil when the reader has caught up. Records before the requested offset
@@ -72,6 +78,7 @@ public final class PartitionReader {
                 position += Int64(header.length)
                 expectedBase = header.nextOffset
                 if header.nextOffset <= nextOffset { continue }  // still before the requested offset
+                bytesRead += Int64(header.length)
                 return header
             case .end, .incomplete:
                 let bases = try view.segmentBases()

@@ -18,5 +18,5 @@ struct SensorLogTool: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sensorlog",
         abstract: "Inspect and maintain a sensorlog data directory.",
-        subcommands: [Stats.self])
+        subcommands: [Stats.self, RebuildAggregates.self])
 }

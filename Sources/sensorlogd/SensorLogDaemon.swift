@@ -1,4 +1,5 @@
 public import ArgumentParser
+import Aggregator
 import Foundation
 import HTTPAPI
 import Ingest
@@ -8,6 +9,7 @@ import Metrics
 import Prometheus
 import SensorLogCore
 import ServiceLifecycle
+import Synchronization
 import UnixSignals
 
 /// The sensorlog server: the log, the line-protocol listener, the HTTP API.
@@ -202,13 +204,21 @@ struct SensorLogDaemon: AsyncParsableCommand {
             logger.info("API keys on", metadata: ["keys": "\(keys.count)"])
         }
 
-        let gauges = LogGauges(log: log)
+        let aggregator: AggregatorService
+        do {
+            aggregator = try AggregatorService(log: log, logger: logger)
+        } catch {
+            logger.critical("cannot open the aggregates store", metadata: ["error": "\(error)"])
+            try? log.close()
+            throw ExitCode(74)
+        }
+        let gauges = LogGauges(log: log, aggregator: aggregator)
         let tcp = LineProtocolServer(
             configuration: .init(host: bind, port: tcpPort, limits: limits), pipeline: pipeline, logger: logger)
         let http = HTTPServer.make(
             configuration: HTTPServerConfiguration(host: bind, port: httpPort, apiKeys: keys, rateLimit: readingsPerSecond,
                                                    corsOrigin: allowedOrigin, limits: limits),
-            pipeline: pipeline, logger: logger,
+            pipeline: pipeline, aggregator: aggregator, logger: logger,
             metricsText: {
                 gauges.refresh()
                 return registry.emitToString()
@@ -220,9 +230,11 @@ struct SensorLogDaemon: AsyncParsableCommand {
             "sensors": "\(sensors)", "pid": "\(getpid())",
         ])
 
-        // Shutdown runs in reverse: HTTP, then the line protocol (drains into the log), then the log.
+        // Shutdown runs in reverse: HTTP, the line protocol (drains into the log), the aggregator
+        // (commits what it folded), the log.
         let group = ServiceGroup(configuration: .init(
-            services: [.init(service: LogService(log: log, logger: logger)), .init(service: tcp), .init(service: http)],
+            services: [.init(service: LogService(log: log, logger: logger)), .init(service: aggregator), .init(service: tcp),
+                       .init(service: http)],
             gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
     }
@@ -263,14 +275,18 @@ struct LogService: Service {
     }
 }
 
-/// `sensorlog_log_end_offset{partition}` and `sensorlog_log_bytes{partition}`, set at scrape time.
+/// `sensorlog_log_end_offset{partition}`, `sensorlog_log_bytes{partition}` and
+/// `sensorlog_consumer_lag{group,partition}`, set at scrape time.
 final class LogGauges: Sendable {
     let log: Log
+    let aggregator: AggregatorService
     let endOffsets: [Metrics.Gauge]
     let bytes: [Metrics.Gauge]
+    let lags = Mutex<[String: Metrics.Gauge]>([:])
 
-    init(log: Log) {
+    init(log: Log, aggregator: AggregatorService) {
         self.log = log
+        self.aggregator = aggregator
         endOffsets = log.partitions.map { Metrics.Gauge(label: "sensorlog_log_end_offset", dimensions: [("partition", String($0.id))]) }
         bytes = log.partitions.map { Metrics.Gauge(label: "sensorlog_log_bytes", dimensions: [("partition", String($0.id))]) }
     }
@@ -279,6 +295,18 @@ final class LogGauges: Sendable {
         for (i, p) in log.partitions.enumerated() {
             endOffsets[i].record(Double(p.endOffset))
             bytes[i].record(Double(p.bytes))
+        }
+        for group in GroupLag.all(log: log, aggregator: aggregator) {
+            for p in group.partitions {
+                let key = group.group + "/" + String(p.partition)
+                let gauge = lags.withLock { g in
+                    if let gauge = g[key] { return gauge }
+                    let gauge = Metrics.Gauge(label: "sensorlog_consumer_lag", dimensions: [("group", group.group), ("partition", String(p.partition))])
+                    g[key] = gauge
+                    return gauge
+                }
+                gauge.record(Double(p.lag))
+            }
         }
     }
 }

@@ -1,0 +1,89 @@
+import LogStore
+import SensorLogCore
+
+/// Folds readings into hourly rows, in log order, one reading at a time: the sum of a row is
+/// always the same sequence of additions, whatever the commit boundaries, so a replay gives the
+/// same bits. Rows not in memory are loaded from the store on first touch.
+final class AggregateFolder {
+    struct Key: Hashable {
+        var sensorID: String
+        var hourStart: Int64
+    }
+
+    let store: AggregateStore
+    private(set) var rows: [Key: AggregateRow] = [:]
+    private(set) var dirty: [AggregateRow] = []
+    private(set) var deletedSensors: [String] = []
+    /// Rows kept in memory between commits (clean ones are dropped past this).
+    let maxCachedRows: Int
+
+    init(store: AggregateStore, maxCachedRows: Int = 500_000) {
+        self.store = store
+        self.maxCachedRows = maxCachedRows
+    }
+
+    var pendingRows: Int { dirty.count }
+    var hasPendingChanges: Bool { !dirty.isEmpty || !deletedSensors.isEmpty }
+
+    /// Folds records `first..<count` of `batch`.
+    func fold(_ batch: DecodedBatch, from first: Int) throws(SQLiteError) {
+        if batch.kind == .sensorDeletions {
+            for i in first..<batch.count { delete(batch.sensorID(at: i)) }
+            return
+        }
+        // Per tuple of the batch: the row of the hour last touched, so most records need no hashing.
+        var tupleHour = [Int64](repeating: .min, count: batch.sensorIDs.count)
+        var tupleRow = [AggregateRow?](repeating: nil, count: batch.sensorIDs.count)
+        for i in first..<batch.count {
+            let t = Int(batch.recordTuples[i])
+            let ts = batch.timestamps[i]
+            let hour = Timestamp.hourStart(ts)
+            let row: AggregateRow
+            if tupleHour[t] == hour, let cached = tupleRow[t] {
+                row = cached
+            } else {
+                row = try lookup(Key(sensorID: batch.sensorIDs[t], hourStart: hour),
+                                 type: batch.types[Int(batch.tupleTypes[t])], location: batch.locations[Int(batch.tupleLocations[t])])
+                tupleHour[t] = hour
+                tupleRow[t] = row
+            }
+            let v = batch.values[i]
+            row.count += 1
+            row.sum += v
+            if v < row.min { row.min = v }
+            if v > row.max { row.max = v }
+            if ts < row.first { row.first = ts }
+            if ts > row.last { row.last = ts }
+            // Type and location of the latest folded reading (in log order).
+            row.type = batch.types[Int(batch.tupleTypes[t])]
+            row.location = batch.locations[Int(batch.tupleLocations[t])]
+            if !row.dirty {
+                row.dirty = true
+                dirty.append(row)
+            }
+        }
+    }
+
+    private func lookup(_ key: Key, type: String, location: String) throws(SQLiteError) -> AggregateRow {
+        if let row = rows[key] { return row }
+        let row = try store.row(sensorID: key.sensorID, hourStart: key.hourStart)
+            ?? AggregateRow(sensorID: key.sensorID, hourStart: key.hourStart, type: type, location: location)
+        rows[key] = row
+        return row
+    }
+
+    private func delete(_ sensorID: String) {
+        rows = rows.filter { $0.key.sensorID != sensorID }
+        dirty.removeAll { $0.sensorID == sensorID }
+        deletedSensors.append(sensorID)
+    }
+
+    /// Writes what changed with `offsets` in one transaction, then forgets the changes.
+    func commit(offsets: [Int64], now: Int64 = WallClock.nowNanoseconds()) throws(SQLiteError) {
+        try store.commit(rows: dirty, deletedSensors: deletedSensors, offsets: offsets, now: now)
+        for row in dirty { row.dirty = false }
+        dirty.removeAll(keepingCapacity: true)
+        deletedSensors.removeAll()
+        if rows.count > maxCachedRows { rows.removeAll(keepingCapacity: true) }
+    }
+}

@@ -1,0 +1,134 @@
+import Foundation
+public import LogStore
+public import Logging
+import SensorLogCore
+public import ServiceLifecycle
+
+/// The `aggregator` consumer group inside sensorlogd: reads every partition from the offsets
+/// stored in `aggregates.sqlite`, folds readings into hourly rows, and commits the changed rows
+/// with the new offsets in one transaction, every 100 ms or 500 000 readings, and whenever it
+/// has caught up. After any crash it resumes from exactly the offsets its rows reflect.
+public final class AggregatorService: Service, @unchecked Sendable {
+    public let log: Log
+    public let storePath: String
+    let logger: Logger
+    let commitInterval: Duration
+    let commitRecords: Int
+    private let condition = NSCondition()
+    private var stopRequested = false
+    private var finished = false
+    private var committed: [Int64]
+    private var lastError: String?
+
+    public init(log: Log, logger: Logger, commitInterval: Duration = .milliseconds(100), commitRecords: Int = 500_000) throws(SQLiteError) {
+        self.log = log
+        self.storePath = log.dataDirectory + "/" + AggregateStore.fileName
+        self.logger = logger
+        self.commitInterval = commitInterval
+        self.commitRecords = commitRecords
+        // Create the store (and learn its offsets) before the servers start answering /groups.
+        committed = try AggregateStore(path: storePath).offsets(partitions: log.partitions.count)
+    }
+
+    /// Per partition, the next offset the committed aggregates have not folded yet.
+    public var committedOffsets: [Int64] {
+        condition.lock()
+        defer { condition.unlock() }
+        return committed
+    }
+
+    public func run() async throws {
+        let thread = Thread { [self] in loop() }
+        thread.name = "sensorlog-aggregator"
+        thread.start()
+        try? await gracefulShutdown()
+        requestStop()
+        while !isFinished { try? await Task.sleep(for: .milliseconds(5)) }
+    }
+
+    /// Asks the fold thread to commit what it has and stop.
+    public func requestStop() {
+        condition.lock()
+        stopRequested = true
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    private var isFinished: Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        return finished
+    }
+
+    private var shouldStop: Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        return stopRequested
+    }
+
+    /// Runs until stopped; a failure (disk full for SQLite, a corrupt batch) is logged and the
+    /// fold restarts from the stored offsets after a pause.
+    private func loop() {
+        while !shouldStop {
+            do {
+                try consume()
+            } catch {
+                condition.lock()
+                lastError = "\(error)"
+                condition.unlock()
+                logger.error("aggregator stopped on an error; retrying from the committed offsets in 1 s", metadata: ["error": "\(error)"])
+                condition.lock()
+                if !stopRequested { _ = condition.wait(until: Date().addingTimeInterval(1)) }
+                condition.unlock()
+            }
+        }
+        condition.lock()
+        finished = true
+        condition.unlock()
+    }
+
+    private func consume() throws {
+        let store = try AggregateStore(path: storePath)
+        let folder = AggregateFolder(store: store)
+        var offsets = try store.offsets(partitions: log.partitions.count)
+        publish(offsets)
+        let readers = offsets.enumerated().map { log.reader(partition: $0, from: $1) }
+        var batch = DecodedBatch()
+        var pending = 0
+        var lastCommit = ContinuousClock.now
+        while true {
+            let stopping = shouldStop
+            var progressed = false
+            for (p, reader) in readers.enumerated() {
+                var budget = 65_536
+                while budget > 0, let first = try reader.next(into: &batch) {
+                    try folder.fold(batch, from: first)
+                    offsets[p] = reader.nextOffset
+                    budget -= batch.count - first
+                    pending += batch.count - first
+                    progressed = true
+                }
+            }
+            let due = ContinuousClock.now - lastCommit >= commitInterval
+            if pending > 0 && (pending >= commitRecords || due || !progressed || stopping) {
+                try folder.commit(offsets: offsets)
+                publish(offsets)
+                pending = 0
+                lastCommit = ContinuousClock.now
+            }
+            if stopping && !progressed { return }
+            if !progressed {
+                condition.lock()
+                if !stopRequested { _ = condition.wait(until: Date().addingTimeInterval(0.005)) }
+                condition.unlock()
+            }
+        }
+    }
+
+    private func publish(_ offsets: [Int64]) {
+        condition.lock()
+        committed = offsets
+        lastError = nil
+        condition.unlock()
+    }
+}

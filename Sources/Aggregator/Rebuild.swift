@@ -1,0 +1,87 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+public import LogStore
+import SensorLogCore
+
+/// Replays the log from its first offset into a new aggregates database: what the live
+/// aggregator would have built, bit for bit (`last_updated` aside).
+public enum AggregateRebuild {
+    public struct Result: Sendable {
+        public var readings: Int64
+        public var rows: Int
+        public var seconds: Double
+        public var offsets: [Int64]
+    }
+
+    /// Builds a complete store at `output` (which must not exist) from the log in `dataDirectory`,
+    /// reading it read-only (safe while sensorlogd runs).
+    /// - Parameters:
+    ///   - until: fold only batches appended at or before this time (the aggregates as they stood then).
+    ///   - progress: called now and then with (bytes read, bytes in the log).
+    public static func build(dataDirectory: String, output: String, until: Int64? = nil,
+                             progress: (Int64, Int64) -> Void = { _, _ in }) throws -> Result {
+        guard !FileManager.default.fileExists(atPath: output) else {
+            throw LogError(.invalidArgument, "\(output) exists; choose a new file")
+        }
+        let started = Date()
+        let directory = try LogDirectory(dataDirectory: dataDirectory)
+        let totalBytes = logBytes(directory.dataDirectory)
+        let store = try AggregateStore(path: output)
+        let folder = AggregateFolder(store: store, maxCachedRows: 2_000_000)
+        var offsets = [Int64](repeating: 0, count: directory.partitionCount)
+        var readings: Int64 = 0
+        var bytesBefore: Int64 = 0
+        var batch = DecodedBatch()
+        var lastReport = Date()
+        for p in 0..<directory.partitionCount {
+            let reader = directory.reader(partition: p, from: 0)
+            offsets[p] = reader.nextOffset
+            while let first = try reader.next(into: &batch) {
+                if let until, batch.header.appendTime > until { break }
+                try folder.fold(batch, from: first)
+                readings += Int64(batch.count - first)
+                offsets[p] = reader.nextOffset
+                if folder.pendingRows > 1_000_000 { try folder.commit(offsets: offsets) }
+                if Date().timeIntervalSince(lastReport) > 0.2 {
+                    progress(bytesBefore + reader.bytesRead, totalBytes)
+                    lastReport = Date()
+                }
+            }
+            bytesBefore += reader.bytesRead
+        }
+        try folder.commit(offsets: offsets)
+        try store.checkpoint()
+        progress(totalBytes, totalBytes)
+        let rows = try store.allAggregates().count
+        return Result(readings: readings, rows: rows, seconds: Date().timeIntervalSince(started), offsets: offsets)
+    }
+
+    static func logBytes(_ dataDirectory: String) -> Int64 {
+        var total: Int64 = 0
+        if let e = FileManager.default.enumerator(atPath: dataDirectory + "/log") {
+            for case let name as String in e where name.hasSuffix(".log") {
+                total += ((try? FileManager.default.attributesOfItem(atPath: dataDirectory + "/log/" + name))?[.size] as? Int64) ?? 0
+            }
+        }
+        return max(total, 1)
+    }
+
+    /// Replaces `dataDirectory/aggregates.sqlite` with `rebuilt` atomically. The server must be
+    /// stopped (the caller checks the lock).
+    public static func swapIn(_ rebuilt: String, dataDirectory: String) throws {
+        let target = dataDirectory + "/" + AggregateStore.fileName
+        // The old database's WAL must not be replayed onto the new file.
+        for suffix in ["-wal", "-shm"] { unlink(target + suffix) }
+        for suffix in ["-wal", "-shm"] { unlink(rebuilt + suffix) }
+        guard rename(rebuilt, target) == 0 else {
+            throw LogError.system("cannot move the rebuilt database into place", errno: errno, path: AggregateStore.fileName)
+        }
+        let fd = open(dataDirectory, O_RDONLY | O_DIRECTORY)
+        if fd >= 0 {
+            fsync(fd)
+            close(fd)
+        }
+    }
+}

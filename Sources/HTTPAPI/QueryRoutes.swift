@@ -1,0 +1,171 @@
+public import Aggregator
+import Foundation
+import Hummingbird
+public import LogStore
+import SensorLogCore
+import Synchronization
+
+/// Committed offsets and lag of every consumer group, as `/groups` and the lag gauges report them.
+public struct GroupLag: Encodable, Sendable {
+    public struct Partition: Encodable, Sendable {
+        public var partition: Int
+        public var committed: Int64
+        public var end: Int64
+        public var lag: Int64
+    }
+
+    public var group: String
+    public var partitions: [Partition]
+
+    /// Every group: `aggregator` (offsets from the aggregates store) and those in `groups/`.
+    public static func all(log: Log, aggregator: AggregatorService?) -> [GroupLag] {
+        let ends = log.partitions.map(\.endOffset)
+        func lag(_ name: String, _ committed: [Int64]) -> GroupLag {
+            GroupLag(group: name, partitions: committed.enumerated().map { p, c in
+                Partition(partition: p, committed: c, end: ends[p], lag: max(0, ends[p] - c))
+            })
+        }
+        var groups: [GroupLag] = []
+        if let aggregator { groups.append(lag(AggregateStore.group, aggregator.committedOffsets)) }
+        let files = ConsumerGroups(dataDirectory: log.dataDirectory, partitions: log.partitions.count)
+        for name in files.list() {
+            if let committed = try? files.committed(name) { groups.append(lag(name, committed)) }
+        }
+        return groups
+    }
+}
+
+/// One read-only connection to `aggregates.sqlite` for the query routes (WAL: it reads while the
+/// aggregator writes), used by one request at a time.
+final class AggregateReader: @unchecked Sendable {
+    let path: String
+    private let lock = NSLock()
+    private var store: AggregateStore?
+
+    init(path: String) { self.path = path }
+
+    func read<T>(_ body: (AggregateStore) throws -> T) throws -> T {
+        lock.lock()
+        defer { lock.unlock() }
+        if store == nil { store = try AggregateStore(path: path, readOnly: true) }
+        return try body(store!)
+    }
+}
+
+/// `GET /groups`, `/sensors/{id}/aggregates`, `/aggregates`, `/sensors/{id}/readings`.
+struct QueryRoutes: Sendable {
+    let log: Log
+    let aggregator: AggregatorService?
+    let reader: AggregateReader
+
+    struct Groups: Encodable { var groups: [GroupLag] }
+    struct Aggregates: Encodable {
+        var aggregates: [Aggregate]
+        var nextCursor: String?
+        enum CodingKeys: String, CodingKey { case aggregates, nextCursor = "next_cursor" }
+    }
+    struct ReadingJSON: Encodable {
+        var sensorID: String
+        var type: String
+        var value: Double
+        var location: String
+        var timestamp: String
+        var partition: Int
+        var offset: Int64
+        enum CodingKeys: String, CodingKey {
+            case sensorID = "sensor_id", type, value, location, timestamp, partition, offset
+        }
+    }
+    struct Readings: Encodable {
+        var readings: [ReadingJSON]
+        var nextCursor: String?
+        enum CodingKeys: String, CodingKey { case readings, nextCursor = "next_cursor" }
+    }
+
+    func add(to router: Router<SensorRequestContext>) {
+        router.get("/groups") { _, _ -> Response in
+            JSONBody.response(.ok, Groups(groups: GroupLag.all(log: log, aggregator: aggregator)))
+        }
+        router.get("/sensors/:id/aggregates") { request, context -> Response in
+            let id = try context.parameters.require("id")
+            let (from, to) = try Self.range(request)
+            let rows = try storeRead { try $0.aggregates(sensorID: id, from: from, to: to) }
+            return JSONBody.response(.ok, Aggregates(aggregates: rows, nextCursor: nil))
+        }
+        router.get("/aggregates") { request, _ -> Response in
+            let (from, to) = try Self.range(request)
+            let q = request.uri.queryParameters
+            let limit = try Self.limit(request, default: 1000, max: 10_000)
+            var cursor: (String, String)?
+            if let text = q["cursor"].map(String.init) {
+                let parts = text.split(separator: "|", maxSplits: 1).map(String.init)
+                guard parts.count == 2, Timestamp.parseISO8601(parts[0]) != nil else {
+                    throw APIError(.badRequest, code: "invalid_parameter", "cursor is not one this API gave", field: "cursor")
+                }
+                cursor = (parts[0], parts[1])
+            }
+            let type = q["type"].map(String.init)
+            let location = q["location"].map(String.init)
+            let rows = try storeRead { try $0.aggregates(from: from, to: to, type: type, location: location, after: cursor, limit: limit) }
+            let next = rows.count == limit ? rows.last.map { $0.hourBucket + "|" + $0.sensorID } : nil
+            return JSONBody.response(.ok, Aggregates(aggregates: rows, nextCursor: next))
+        }
+        router.get("/sensors/:id/readings") { request, context -> Response in
+            let id = try context.parameters.require("id")
+            let (from, to) = try Self.range(request)
+            let limit = try Self.limit(request, default: 1000, max: 10_000)
+            let p = log.partition(for: id)
+            let start: Int64
+            if let text = request.uri.queryParameters["cursor"] {
+                guard let offset = Int64(String(text)), offset >= 0 else {
+                    throw APIError(.badRequest, code: "invalid_parameter", "cursor is not one this API gave", field: "cursor")
+                }
+                start = offset
+            } else if let from {
+                start = try log.offset(partition: p, atOrAfter: from)
+            } else {
+                start = log.partitions[p].startOffset
+            }
+            let scan = try log.reader(partition: p, from: start)
+                .scan(sensorID: id, from: from ?? .min, to: to.map { $0 == .min ? .min : $0 - 1 } ?? .max, limit: limit, maxBatches: 4096)
+            let readings = scan.readings.sorted { ($0.reading.timestamp, $0.offset) < ($1.reading.timestamp, $1.offset) }.map {
+                ReadingJSON(sensorID: $0.reading.sensorID, type: $0.reading.type, value: $0.reading.value, location: $0.reading.location,
+                            timestamp: Timestamp.formatISO8601($0.reading.timestamp), partition: $0.partition, offset: $0.offset)
+            }
+            return JSONBody.response(.ok, Readings(readings: readings, nextCursor: scan.next.map(String.init)))
+        }
+    }
+
+    private func storeRead<T>(_ body: (AggregateStore) throws -> T) throws -> T {
+        do {
+            return try reader.read(body)
+        } catch {
+            throw APIError(.serviceUnavailable, code: "store_unavailable", "the aggregates store cannot be read right now")
+        }
+    }
+
+    /// `from` and `to` (ISO-8601 or epoch nanoseconds); `to` is exclusive.
+    static func range(_ request: Request) throws -> (Int64?, Int64?) {
+        let q = request.uri.queryParameters
+        func parse(_ name: String) throws -> Int64? {
+            guard let text = q[Substring(name)].map(String.init) else { return nil }
+            guard let t = Timestamp.parse(text) else {
+                throw APIError(.badRequest, code: "invalid_parameter", "\(name) must be ISO-8601 (2026-11-24T10:00:00Z) or epoch nanoseconds",
+                               field: name)
+            }
+            return t
+        }
+        let from = try parse("from")
+        let to = try parse("to")
+        if let from, let to, to < from { throw APIError(.badRequest, code: "invalid_parameter", "to is before from", field: "to") }
+        return (from, to)
+    }
+
+    static func limit(_ request: Request, default value: Int, max: Int) throws -> Int {
+        guard let text = request.uri.queryParameters["limit"] else { return value }
+        guard let n = Int(String(text)), n >= 1, n <= max else {
+            throw APIError(.badRequest, code: "invalid_parameter", "limit must be 1 to \(max)", field: "limit")
+        }
+        return n
+    }
+}

@@ -1,0 +1,88 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+
+/// Committed offsets of consumer groups: per group, per partition, the next offset it will read
+/// (as in Kafka). Each group is one file, `groups/<name>.json`, replaced atomically on commit.
+///
+/// The `aggregator` group is not here: its offsets live in `aggregates.sqlite`, in the same
+/// transaction as the aggregates they reflect.
+public struct ConsumerGroups: Sendable {
+    public let dataDirectory: String
+    public let partitions: Int
+
+    public init(dataDirectory: String, partitions: Int) {
+        self.dataDirectory = URL(fileURLWithPath: dataDirectory).standardizedFileURL.path
+        self.partitions = partitions
+    }
+
+    var directory: String { dataDirectory + "/groups" }
+
+    /// Where a group may start when it has no committed offsets.
+    public enum Start: Sendable { case earliest, latest }
+
+    /// What a reset moves a group to.
+    public enum ResetTarget: Sendable, Equatable {
+        case earliest
+        case latest
+        case offset(Int64)
+        /// The first batch holding a reading at or after this time (through the time index).
+        case timestamp(Int64)
+    }
+
+    static func validName(_ name: String) -> Bool {
+        !name.isEmpty && name.utf8.count <= 128
+            && name.utf8.allSatisfy { ($0 >= 48 && $0 <= 57) || ($0 >= 65 && $0 <= 90) || ($0 >= 97 && $0 <= 122) || $0 == 45 || $0 == 95 || $0 == 46 }
+            && name != "." && name != ".."
+    }
+
+    /// Group names with committed offsets, sorted.
+    public func list() -> [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [])
+            .filter { $0.hasSuffix(".json") }.map { String($0.dropLast(5)) }.filter(Self.validName).sorted()
+    }
+
+    /// The committed offsets of `group`, or nil when it has none.
+    public func committed(_ group: String) throws(LogError) -> [Int64]? {
+        guard Self.validName(group) else { throw LogError(.invalidArgument, "bad group name '\(group)' (letters, digits, - _ .)") }
+        guard let bytes = SegmentFiles.readWholeFile(directory + "/" + group + ".json") else { return nil }
+        struct File: Decodable { var offsets: [Int64] }
+        guard let file = try? JSONDecoder().decode(File.self, from: Data(bytes)), file.offsets.count == partitions,
+              file.offsets.allSatisfy({ $0 >= 0 })
+        else { throw LogError(.invalidLog, "unreadable offsets of group \(group)", path: "groups/\(group).json") }
+        return file.offsets
+    }
+
+    /// Commits `offsets` for `group`, durably and atomically.
+    public func commit(_ group: String, offsets: [Int64]) throws(LogError) {
+        guard Self.validName(group) else { throw LogError(.invalidArgument, "bad group name '\(group)'") }
+        guard group != "aggregator" else { throw LogError(.invalidArgument, "the aggregator group's offsets live in aggregates.sqlite") }
+        guard offsets.count == partitions, offsets.allSatisfy({ $0 >= 0 }) else { throw LogError(.invalidArgument, "one offset per partition") }
+        try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let text = "{\"offsets\":[" + offsets.map(String.init).joined(separator: ",") + "]}\n"
+        try SegmentFiles.writeAtomically(Array(text.utf8), to: directory + "/" + group + ".json", directory: directory,
+                                         displayPath: "groups/\(group).json")
+    }
+
+    /// The offsets a reset of `group` to `target` gives, for `partition` or all of them.
+    /// - Parameters:
+    ///   - start, end, seek: the log's start and end offsets of a partition, and its time seek.
+    public func resetOffsets(
+        _ group: String, to target: ResetTarget, partition: Int?,
+        start: (Int) throws(LogError) -> Int64, end: (Int) throws(LogError) -> Int64, seek: (Int, Int64) throws(LogError) -> Int64
+    ) throws(LogError) -> [Int64] {
+        var offsets = try committed(group) ?? (0..<partitions).map { _ in 0 }
+        for p in 0..<partitions where partition == nil || partition == p {
+            let lo = try start(p)
+            let hi = try end(p)
+            switch target {
+            case .earliest: offsets[p] = lo
+            case .latest: offsets[p] = hi
+            case .offset(let o): offsets[p] = min(max(o, lo), hi)
+            case .timestamp(let t): offsets[p] = min(max(try seek(p, t), lo), hi)
+            }
+        }
+        return offsets
+    }
+}

@@ -1,0 +1,90 @@
+import CLZ4
+public import SensorLogCore
+
+/// A reading found by a sensor scan, with where it is in the log.
+public struct LocatedReading: Sendable, Equatable {
+    public var reading: Reading
+    public var partition: Int
+    public var offset: Int64
+}
+
+extension BatchDecoder {
+    /// Finds the records of one sensor with timestamps in [from, to] in a CRC-checked batch,
+    /// decoding only what it must: the dictionaries first (a batch without the sensor stops
+    /// there), then one pass over the record columns without building other readings.
+    func scan(_ raw: UnsafeRawBufferPointer, header: BatchHeader, sensorID: [UInt8], from: Int64, to: Int64,
+              partition: Int, into out: inout [LocatedReading]) throws(DecodeError)
+    {
+        guard header.kind == .readings else { return }
+        var full = DecodedBatch()
+        // The tuple section comes first; decoding it alone answers "is the sensor here".
+        let payload = try decompressedPayload(raw, header: header)
+        var reader = ByteReader(payload)
+        let typeCount = try reader.readCount(max: reader.remaining)
+        var types: [String] = []
+        for _ in 0..<typeCount {
+            let n = try reader.readCount(max: reader.remaining)
+            types.append(String(decoding: try reader.readBytes(n), as: UTF8.self))
+        }
+        let locationCount = try reader.readCount(max: reader.remaining)
+        var locations: [String] = []
+        for _ in 0..<locationCount {
+            let n = try reader.readCount(max: reader.remaining)
+            locations.append(String(decoding: try reader.readBytes(n), as: UTF8.self))
+        }
+        let tupleCount = try reader.readCount(max: min(header.recordCount, reader.remaining))
+        var previous: [UInt8] = []
+        var target: (index: Int, type: Int, location: Int)?
+        for t in 0..<tupleCount {
+            let shared = try reader.readCount(max: previous.count)
+            let n = try reader.readCount(max: reader.remaining)
+            let suffix = try reader.readBytes(n)
+            previous.removeSubrange(shared...)
+            previous.append(contentsOf: suffix)
+            let type = try reader.readCount(max: typeCount - 1)
+            let location = try reader.readCount(max: locationCount - 1)
+            if previous == sensorID { target = (t, type, location) }
+        }
+        guard target != nil else { return }
+        // The sensor is here: decode the batch (rare enough that the simple path is fine).
+        try decode(raw, header: header, into: &full)
+        for i in 0..<full.count where full.sensorIDs[Int(full.recordTuples[i])].utf8.elementsEqual(sensorID) {
+            let ts = full.timestamps[i]
+            guard ts >= from && ts <= to else { continue }
+            out.append(LocatedReading(reading: full.reading(at: i), partition: partition, offset: full.offset(at: i)))
+        }
+        _ = (types, locations)
+    }
+}
+
+extension PartitionReader {
+    /// Readings of `sensorID` with timestamps in [from, to], in log order, from this reader's
+    /// position: batches whose time bounds miss the range are skipped from their header, batches
+    /// without the sensor after their dictionary.
+    /// - Parameters:
+    ///   - limit: stop after this many readings.
+    ///   - maxBatches: stop after looking at this many batches (bounds one request's work).
+    /// - Returns: the readings, and the offset to continue from (nil when the end was reached).
+    public func scan(sensorID: String, from: Int64, to: Int64, limit: Int, maxBatches: Int = .max)
+        throws(LogError) -> (readings: [LocatedReading], next: Int64?)
+    {
+        var out: [LocatedReading] = []
+        let id = Array(sensorID.utf8)
+        var batches = 0
+        let decoder = BatchDecoder()
+        let partition = partitionID
+        while out.count < limit, batches < maxBatches {
+            guard let (header, bytes, segment, position) = try nextRaw() else { return (out, nil) }
+            batches += 1
+            guard header.maxTimestamp >= from && header.minTimestamp <= to else { continue }
+            do {
+                var found: [LocatedReading] = []
+                try decoder.scan(bytes, header: header, sensorID: id, from: from, to: to, partition: partition, into: &found)
+                out += found
+            } catch {
+                throw LogError(.corruptBatch, "batch does not decode: \(error.message)", path: segment, position: position)
+            }
+        }
+        return (out, nextOffset)
+    }
+}

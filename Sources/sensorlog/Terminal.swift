@@ -1,0 +1,53 @@
+import ArgumentParser
+import Foundation
+
+/// Output helpers shared by the subcommands: JSON to stdout, diagnostics to stderr.
+enum Terminal {
+    static let isTTY = isatty(2) == 1
+
+    static func printJSON(_ object: Any) {
+        guard let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]) else { return }
+        FileHandle.standardOutput.write(data + Data("\n".utf8))
+    }
+
+    static func error(_ message: String) {
+        FileHandle.standardError.write(Data("sensorlog: \(message)\n".utf8))
+    }
+
+    static func fail(_ message: String, code: Int32) -> Never {
+        error(message)
+        exit(code)
+    }
+}
+
+/// A progress bar with rate and ETA on a terminal; a plain line every few seconds otherwise.
+final class Progress {
+    let label: String
+    let started = Date()
+    var lastPrint = Date.distantPast
+
+    init(label: String) { self.label = label }
+
+    func update(done: Int64, total: Int64) {
+        let now = Date()
+        let interval = Terminal.isTTY ? 0.1 : 5
+        guard now.timeIntervalSince(lastPrint) >= interval else { return }
+        lastPrint = now
+        let fraction = total > 0 ? min(1, Double(done) / Double(total)) : 0
+        let elapsed = now.timeIntervalSince(started)
+        let rate = Double(done) / max(elapsed, 1e-9) / 1e6
+        let eta = fraction > 0 ? elapsed / fraction - elapsed : 0
+        if Terminal.isTTY {
+            let width = 30
+            let filled = Int(fraction * Double(width))
+            let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
+            FileHandle.standardError.write(Data(String(format: "\r%@ [%@] %3.0f%% %.1f MB/s ETA %.0fs ", label, bar, fraction * 100, rate, eta).utf8))
+        } else {
+            FileHandle.standardError.write(Data(String(format: "%@: %.0f%% %.1f MB/s ETA %.0fs\n", label, fraction * 100, rate, eta).utf8))
+        }
+    }
+
+    func finish() {
+        if Terminal.isTTY { FileHandle.standardError.write(Data("\n".utf8)) }
+    }
+}
