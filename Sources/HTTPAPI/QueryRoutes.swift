@@ -63,6 +63,13 @@ struct QueryRoutes: Sendable {
         var aggregates: [Aggregate]
         var nextCursor: String?
         enum CodingKeys: String, CodingKey { case aggregates, nextCursor = "next_cursor" }
+
+        // `next_cursor` is always present: null on the last page.
+        func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(aggregates, forKey: .aggregates)
+            try c.encode(nextCursor, forKey: .nextCursor)
+        }
     }
     struct ReadingJSON: Encodable {
         var sensorID: String
@@ -80,6 +87,12 @@ struct QueryRoutes: Sendable {
         var readings: [ReadingJSON]
         var nextCursor: String?
         enum CodingKeys: String, CodingKey { case readings, nextCursor = "next_cursor" }
+
+        func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(readings, forKey: .readings)
+            try c.encode(nextCursor, forKey: .nextCursor)
+        }
     }
 
     func add(to router: Router<SensorRequestContext>) {
