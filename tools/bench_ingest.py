@@ -45,10 +45,10 @@ class Sensorlogd:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def loadgen(server, readings, sensors=10_000, connections=4, base=1_763_978_400):
+def loadgen(server, readings, sensors=10_000, connections=4, base=1_763_978_400, rate=0):
     out = subprocess.run([os.path.join(BIN, "sensorlog-loadgen"), "--tcp-port", str(server.tcp), "--http-port", str(server.http),
                           "--readings", str(readings), "--sensors", str(sensors), "--connections", str(connections),
-                          "--base-seconds", str(base), "--json"], capture_output=True, text=True, check=True)
+                          "--base-seconds", str(base), "--rate", str(rate), "--json"], capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 
 
@@ -160,13 +160,87 @@ end
     os.unlink(lua.name)
     results["http_post_fsync_always"] = http
 
-    # 4. RSS after 10M readings from 100 000 sensors.
+    # 3b. A 1M readings/s burst of 5 s (standard workload): how long until the aggregator's lag is 0.
+    def catch_up(server):
+        t0 = time.time()
+        while True:
+            groups = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{server.http}/groups").read())["groups"]
+            if sum(p["lag"] for g in groups if g["group"] == "aggregator" for p in g["partitions"]) == 0:
+                return time.time() - t0
+            time.sleep(0.01)
+    bursts = []
+    for r in range(RUNS):
+        s = Sensorlogd()
+        loadgen(s, 5_000_000, rate=1_000_000)
+        bursts.append(catch_up(s))
+        s.stop()
+    results["aggregator_catch_up_seconds_after_1m_per_second_burst"] = bursts
+
+    # 4. 10M readings from 100 000 sensors: RSS, aggregator catch-up, rebuild, query latency.
+    big = int(os.environ.get("BIG_READINGS", "10000000"))
     s = Sensorlogd()
-    out = loadgen(s, 10_000_000, sensors=100_000)
+    out = loadgen(s, big, sensors=100_000)
+    sent_done = time.time()
+    while True:
+        groups = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{s.http}/groups").read())["groups"]
+        if sum(p["lag"] for g in groups if g["group"] == "aggregator" for p in g["partitions"]) == 0:
+            break
+        time.sleep(0.01)
+    results["aggregator_catch_up_seconds_after_burst"] = time.time() - sent_done
+    results["aggregator_readings_per_second_during_ingest"] = big / (out["durable_seconds"] + results["aggregator_catch_up_seconds_after_burst"])
     time.sleep(1)
     results["rss_after_10m_readings_100k_sensors_mib"] = s.rss_mib()
     results["rss_run_readings_per_second"] = out["readings_per_second"]
+    rebuilds = []
+    for r in range(RUNS):
+        target = tempfile.mktemp(suffix=".sqlite")
+        t0 = time.time()
+        doc = json.loads(subprocess.run([os.path.join(BIN, "sensorlog"), "rebuild-aggregates", "--data-dir", s.dir, "--output", target, "--json"],
+                                        capture_output=True, text=True, check=True).stdout)
+        rebuilds.append(big / (time.time() - t0))
+        os.unlink(target)
+    results["rebuild_readings_per_second"] = rebuilds
+    rnd = __import__("random").Random(3)
+    def latency(path_of, n=200):
+        lat = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            urllib.request.urlopen(f"http://127.0.0.1:{s.http}" + path_of()).read()
+            lat.append((time.perf_counter() - t0) * 1000)
+        lat.sort()
+        return {"p50_ms": lat[n // 2], "p99_ms": lat[int(n * 0.99) - 1]}
+    base_iso = "2025-11-24T10:00:00Z"
+    results["query_readings_sensor_hour"] = latency(
+        lambda: f"/sensors/sensor-{rnd.randrange(100_000):05d}/readings?from={base_iso}&to=2025-11-24T11:00:00Z&limit=10000")
+    results["query_aggregates_sensor_day"] = latency(
+        lambda: f"/sensors/sensor-{rnd.randrange(100_000):05d}/aggregates?from=2025-11-24T00:00:00Z&to=2025-11-25T00:00:00Z")
+    results["query_aggregates_page_1000"] = latency(lambda: "/aggregates?limit=1000", n=50)
     s.stop()
+
+    # PostgreSQL aggregating the same 10M readings with INSERT ... SELECT (the rebuild's equivalent).
+    csv = tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False)
+    for row in workload_rows(big, sensors=100_000):
+        csv.write(",".join(str(x) for x in row) + "\n")
+    csv.close()
+    os.chmod(csv.name, 0o644)
+    pg = Postgres()
+    pg_agg = []
+    try:
+        pg.psql("CREATE TABLE events (sensor_id text, type text, value double precision, location text, ts bigint)")
+        pg.psql(f"\\copy events FROM '{csv.name}' WITH (FORMAT csv)")
+        pg.psql("VACUUM ANALYZE events")
+        for r in range(RUNS):
+            pg.psql("DROP TABLE IF EXISTS aggregates; CREATE TABLE aggregates (sensor_id text, hour_start bigint, sensor_type text, "
+                    "location text, count bigint, sum double precision, min double precision, max double precision, avg double precision, "
+                    "first_reading bigint, last_reading bigint, PRIMARY KEY (sensor_id, hour_start))")
+            t0 = time.time()
+            pg.psql("INSERT INTO aggregates SELECT sensor_id, ts / 3600000000000 * 3600000000000, max(type), max(location), count(*), "
+                    "sum(value), min(value), max(value), avg(value), min(ts), max(ts) FROM events GROUP BY 1, 2")
+            pg_agg.append(big / (time.time() - t0))
+    finally:
+        pg.stop()
+        os.unlink(csv.name)
+    results["postgres_insert_select_readings_per_second"] = pg_agg
 
     pg_plain = median(copy["plain"])
     pg_pk = median(copy["primary_key"])
@@ -181,6 +255,14 @@ end
         "http_p50_ms": median([x["p50_ms"] for x in http]),
         "rss_mib": results["rss_after_10m_readings_100k_sensors_mib"],
         "sensorlog_server_cpu_seconds_per_million": median([x["server_cpu_seconds"] for x in tcp]) / (READINGS / 1e6),
+        "aggregator_catch_up_seconds_after_burst": results["aggregator_catch_up_seconds_after_burst"],
+        "aggregator_catch_up_seconds_after_1m_per_second_burst": median(bursts),
+        "rebuild_readings_per_second": median(rebuilds),
+        "postgres_insert_select_readings_per_second": median(pg_agg),
+        "rebuild_ratio_vs_insert_select": median(rebuilds) / median(pg_agg),
+        "query_readings_sensor_hour": results["query_readings_sensor_hour"],
+        "query_aggregates_sensor_day": results["query_aggregates_sensor_day"],
+        "query_aggregates_page_1000": results["query_aggregates_page_1000"],
     }
     results["summary"] = summary
     json.dump(results, open(os.path.join(ROOT, "Benchmarks", "results", "ingest.json"), "w"), indent=2)

@@ -109,9 +109,32 @@ public enum Timestamp {
             days -= 1
         }
         let (y, m, d) = civilFromDays(days)
-        var out = pad(y, 4) + "-" + pad(m, 2) + "-" + pad(d, 2) + "T" + pad(rest / 3600, 2) + ":" + pad(rest / 60 % 60, 2) + ":" + pad(rest % 60, 2)
-        if nanos != 0 { out += "." + pad(nanos, 9) }
-        return out + "Z"
+        // Written digit by digit into one buffer: the aggregator formats several per row.
+        var out = [UInt8](repeating: 0, count: 30)
+        var n = 0
+        func put(_ v: Int64, _ width: Int) {
+            var v = v
+            var i = width - 1
+            while i >= 0 {
+                out[n + i] = UInt8(48 + v % 10)
+                v /= 10
+                i -= 1
+            }
+            n += width
+        }
+        func char(_ c: UInt8) {
+            out[n] = c
+            n += 1
+        }
+        guard (0...9999).contains(y) else { return String(y) + "-" + String(m) + "-" + String(d) + "T" + String(rest) + "s" + String(nanos) + "nsZ" }
+        put(y, 4); char(45); put(m, 2); char(45); put(d, 2); char(84)
+        put(rest / 3600, 2); char(58); put(rest / 60 % 60, 2); char(58); put(rest % 60, 2)
+        if nanos != 0 {
+            char(46)
+            put(nanos, 9)
+        }
+        char(90)
+        return String(decoding: out[0..<n], as: UTF8.self)
     }
 
     /// The start of the UTC hour holding `nanoseconds`, as `YYYY-MM-DDTHH:00:00Z`.
