@@ -97,7 +97,7 @@ let package = Package(
         .executableTarget(
             name: "sensorlog",
             dependencies: [
-                "SensorLogCore", "LogStore", "Aggregator",
+                "SensorLogCore", "LogStore", "Aggregator", "LineProtocol",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings

@@ -58,7 +58,7 @@ public enum AggregateRebuild {
         return Result(readings: readings, rows: rows, seconds: Date().timeIntervalSince(started), offsets: offsets)
     }
 
-    static func logBytes(_ dataDirectory: String) -> Int64 {
+    public static func logBytes(_ dataDirectory: String) -> Int64 {
         var total: Int64 = 0
         if let e = FileManager.default.enumerator(atPath: dataDirectory + "/log") {
             for case let name as String in e where name.hasSuffix(".log") {

@@ -75,3 +75,33 @@ public final class LogDirectory: Sendable {
         try PartitionReader.offset(atOrAfter: timestamp, in: views[partition])
     }
 }
+
+extension LogDirectory {
+    /// The next offset to be written in `partition`, as the files show it now: the active
+    /// segment's batch headers are walked (from its index when there is one).
+    public func endOffset(partition: Int) throws(LogError) -> Int64 {
+        let view = views[partition]
+        let bases = try view.segmentBases()
+        guard let last = bases.last else { return 0 }
+        let name = SegmentFiles.name(last) + SegmentFiles.logSuffix
+        let fd = try FileDescriptor.open(view.directory + "/" + name, flags: O_RDONLY, displayPath: view.displayDirectory + "/" + name)
+        let file = SharedFile(fd, displayPath: view.displayDirectory + "/" + name)
+        let scanner = SegmentScanner(file: file, size: try file.size(), buffer: GrowableBuffer(capacity: 4096), maxBatchBytes: view.limits.maxBatchBytes)
+        var position: Int64 = 0
+        var expected = last
+        if let entry = view.index(forSegment: last)?.offsets.last {
+            position = Int64(entry.position)
+            expected = last + Int64(entry.relativeOffset)
+        }
+        while case .batch(let header) = try scanner.probe(at: position, expectedOffset: expected, verifyCRC: false) {
+            position += Int64(header.length)
+            expected = header.nextOffset
+        }
+        return expected
+    }
+
+    /// The first offset still in `partition`.
+    public func startOffset(partition: Int) throws(LogError) -> Int64 {
+        try views[partition].segmentBases().first ?? 0
+    }
+}

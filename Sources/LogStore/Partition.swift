@@ -146,6 +146,14 @@ public final class Partition: PartitionView, @unchecked Sendable {
             }
             syncDirectory((directory as NSString).deletingLastPathComponent)
         }
+        // An interrupted compaction is finished (or discarded) before anything is read.
+        do {
+            try Compactor.recover(partitionDirectory: directory)
+        } catch let error as LogError {
+            throw error
+        } catch {
+            throw LogError(.io, "cannot recover an interrupted compaction: \(error)", path: displayDirectory)
+        }
         // Leftovers of an interrupted atomic write.
         if let names = try? FileManager.default.contentsOfDirectory(atPath: directory) {
             for name in names where name.hasSuffix(".tmp") { unlink(directory + "/" + name) }

@@ -16,7 +16,6 @@ extension BatchDecoder {
               partition: Int, into out: inout [LocatedReading]) throws(DecodeError)
     {
         guard header.kind == .readings else { return }
-        var full = DecodedBatch()
         // The tuple section comes first; decoding it alone answers "is the sensor here".
         let payload = try decompressedPayload(raw, header: header)
         var reader = ByteReader(payload)
@@ -45,15 +44,74 @@ extension BatchDecoder {
             let location = try reader.readCount(max: locationCount - 1)
             if previous == sensorID { target = (t, type, location) }
         }
-        guard target != nil else { return }
-        // The sensor is here: decode the batch (rare enough that the simple path is fine).
-        try decode(raw, header: header, into: &full)
-        for i in 0..<full.count where full.sensorIDs[Int(full.recordTuples[i])].utf8.elementsEqual(sensorID) {
-            let ts = full.timestamps[i]
-            guard ts >= from && ts <= to else { continue }
-            out.append(LocatedReading(reading: full.reading(at: i), partition: partition, offset: full.offset(at: i)))
+        guard let target else { return }
+        // The sensor is here: one pass over the record columns, keeping only its records.
+        let count = header.recordCount
+        var mine: [Int] = []
+        var introduced = 0
+        for i in 0..<count {
+            let ref = try reader.readCount(max: introduced)
+            let tuple: Int
+            if ref == 0 {
+                guard introduced < tupleCount else { throw DecodeError("record refers to a tuple beyond the dictionary") }
+                tuple = introduced
+                introduced += 1
+            } else {
+                tuple = ref - 1
+            }
+            if tuple == target.index { mine.append(i) }
         }
-        _ = (types, locations)
+        let unit = try reader.readVarint()
+        guard unit >= 1, unit <= 1_000_000_000 else { throw DecodeError("timestamp unit \(unit) out of range") }
+        var stamps: [Int64] = []
+        stamps.reserveCapacity(mine.count)
+        var timestamp = header.minTimestamp
+        var k = 0
+        for i in 0..<count {
+            let (scaled, overflow) = try reader.readZigZag().multipliedReportingOverflow(by: Int64(unit))
+            guard !overflow else { throw DecodeError("timestamp delta overflows") }
+            timestamp = timestamp &+ scaled
+            if k < mine.count && mine[k] == i {
+                stamps.append(timestamp)
+                k += 1
+            }
+        }
+        let mode = try reader.readByte()
+        var values: [Double] = []
+        values.reserveCapacity(mine.count)
+        k = 0
+        switch mode {
+        case 0:
+            for i in 0..<count {
+                let v = Double(bitPattern: try reader.readLittleEndian(UInt64.self))
+                if k < mine.count && mine[k] == i {
+                    values.append(v)
+                    k += 1
+                }
+            }
+        case 1:
+            let exponent = try reader.readCount(max: BatchEncoder.maxScaleExponent)
+            var typeMin: [Int64] = []
+            for _ in 0..<typeCount { typeMin.append(try reader.readZigZag()) }
+            let base = typeMin[target.type]
+            for i in 0..<count {
+                let raw = try reader.readVarint()
+                if k < mine.count && mine[k] == i {
+                    let (integer, overflow) = base.addingReportingOverflow(Int64(bitPattern: raw))
+                    guard !overflow else { throw DecodeError("scaled value out of range") }
+                    values.append(exponent == 0 ? Double(integer) : Double(integer) / BatchEncoder.powersOfTen[exponent])
+                    k += 1
+                }
+            }
+        default:
+            throw DecodeError("unknown value encoding \(mode)")
+        }
+        let id = String(decoding: sensorID, as: UTF8.self)
+        for (j, i) in mine.enumerated() where stamps[j] >= from && stamps[j] <= to {
+            out.append(LocatedReading(
+                reading: Reading(sensorID: id, type: types[target.type], value: values[j], location: locations[target.location], timestamp: stamps[j]),
+                partition: partition, offset: header.baseOffset + Int64(i)))
+        }
     }
 }
 

@@ -1,0 +1,172 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+public import SensorLogCore
+
+/// Rewrites runs of adjacent closed segments into fewer, larger segments with large batches,
+/// keeping every record's offset. Crash-safe: the new segment is written and fsynced beside the old
+/// ones, then a manifest names the swap, then the swap happens; an interrupted swap is rolled
+/// forward when the partition is next opened (`Compactor.recover`), an interrupted write is discarded.
+public enum Compactor {
+    static let manifestName = "compaction.manifest"
+    static let pendingSuffix = ".compacting"
+
+    public struct Result: Sendable {
+        public var segmentsBefore = 0
+        public var segmentsAfter = 0
+        public var bytesBefore: Int64 = 0
+        public var bytesAfter: Int64 = 0
+        public var records: Int64 = 0
+        public var seconds = 0.0
+    }
+
+    /// Compacts every partition of the log in `dataDirectory`. The caller holds the directory lock.
+    public static func compact(dataDirectory: String, targetSegmentBytes: Int, limits: Limits = Limits(),
+                               progress: (Int64) -> Void = { _ in }) throws -> Result {
+        let started = Date()
+        let directory = try LogDirectory(dataDirectory: dataDirectory, limits: limits)
+        var result = Result()
+        for p in 0..<directory.partitionCount {
+            let view = directory.views[p]
+            try recover(partitionDirectory: view.directory)
+            let bases = try view.segmentBases()
+            result.segmentsBefore += bases.count
+            let closed = Array(bases.dropLast())
+            var runs: [[Int64]] = []
+            var run: [Int64] = []
+            var runBytes: Int64 = 0
+            for base in closed {
+                let size = fileSize(view.directory + "/" + SegmentFiles.name(base) + SegmentFiles.logSuffix)
+                if !run.isEmpty && runBytes + size > Int64(targetSegmentBytes) {
+                    runs.append(run)
+                    run = []
+                    runBytes = 0
+                }
+                run.append(base)
+                runBytes += size
+            }
+            if !run.isEmpty { runs.append(run) }
+            var after = bases.count
+            for run in runs where run.count > 1 {
+                let end = bases[bases.firstIndex(of: run.last!)! + 1]
+                let (before, written, records) = try rewrite(view: view, run: run, end: end, limits: limits)
+                result.bytesBefore += before
+                result.bytesAfter += written
+                result.records += records
+                after -= run.count - 1
+                progress(before)
+            }
+            result.segmentsAfter += after
+        }
+        result.seconds = Date().timeIntervalSince(started)
+        return result
+    }
+
+    static func fileSize(_ path: String) -> Int64 {
+        var st = stat()
+        return stat(path, &st) == 0 ? Int64(st.st_size) : 0
+    }
+
+    /// Rewrites segments `run` (offsets up to `end`) into one segment named after the first.
+    private static func rewrite(view: ReadOnlyPartition, run: [Int64], end: Int64, limits: Limits) throws -> (Int64, Int64, Int64) {
+        let dir = view.directory
+        let first = run[0]
+        let stem = dir + "/" + SegmentFiles.name(first)
+        let display = view.displayDirectory + "/" + SegmentFiles.name(first) + SegmentFiles.logSuffix
+        let pending = stem + SegmentFiles.logSuffix + pendingSuffix
+        let fd = try FileDescriptor.open(pending, flags: O_RDWR | O_CREAT | O_TRUNC, displayPath: display + pendingSuffix)
+        let file = SharedFile(fd, displayPath: display)
+        var position: Int64 = 0
+        var index = SegmentIndex()
+        let encoder = BatchEncoder()
+        var readings: [Reading] = []
+        var readingsBase: Int64 = first
+        var records: Int64 = 0
+        var before: Int64 = 0
+        for base in run { before += fileSize(dir + "/" + SegmentFiles.name(base) + SegmentFiles.logSuffix) }
+
+        func write(_ bytes: UnsafeRawBufferPointer, base: Int64, count: Int, maxTimestamp: Int64) throws {
+            let mutable = UnsafeMutableRawBufferPointer(mutating: bytes)
+            mutable.storeBytes(of: base.littleEndian, toByteOffset: 0, as: Int64.self)
+            try writeAll(.system, fd: file.fd, bytes, at: position, displayPath: display)
+            index.add(relative: UInt32(base - first), position: position, length: bytes.count, maxTimestamp: maxTimestamp,
+                      interval: limits.indexIntervalBytes)
+            position += Int64(bytes.count)
+        }
+        func flushReadings() throws {
+            var start = 0
+            while start < readings.count {
+                let chunk = Array(readings[start..<min(start + limits.maxBatchRecords, readings.count)])
+                let bytes = try chunk.withUnsafeBufferPointer { b throws(LogError) in
+                    // Keep each batch's original append time out of it: the compacted batch is stamped now.
+                    try encoder.encode(b, appendTime: WallClock.nowNanoseconds(), maxBatchBytes: limits.maxBatchBytes)
+                }
+                try write(bytes, base: readingsBase + Int64(start), count: chunk.count, maxTimestamp: chunk.map(\.timestamp).max()!)
+                start += chunk.count
+            }
+            readingsBase += Int64(readings.count)
+            readings.removeAll(keepingCapacity: true)
+        }
+
+        let reader = PartitionReader(view: view, startOffset: first, partition: 0)
+        var batch = DecodedBatch()
+        while reader.nextOffset < end, let firstIndex = try reader.next(into: &batch) {
+            precondition(firstIndex == 0 && batch.baseOffset == readingsBase + Int64(readings.count), "offsets must stay contiguous")
+            records += Int64(batch.count)
+            if batch.kind == .readings {
+                readings += batch.readings
+                if readings.count >= limits.maxBatchRecords { try flushReadings() }
+            } else {
+                try flushReadings()
+                let ids = (0..<batch.count).map(batch.sensorID(at:))
+                let bytes = try encoder.encodeDeletions(ids, appendTime: batch.header.appendTime, maxBatchBytes: limits.maxBatchBytes)
+                try write(bytes, base: batch.baseOffset, count: batch.count, maxTimestamp: batch.header.maxTimestamp)
+                readingsBase = batch.header.nextOffset
+            }
+        }
+        try flushReadings()
+        guard readingsBase == end else { throw LogError(.invalidLog, "segments \(run) end at \(readingsBase), expected \(end)", path: display) }
+        guard fsync(file.fd) == 0 else { throw LogError.system("fsync failed", errno: errno, path: display) }
+        index.seal()
+        try SegmentFiles.writeAtomically(index.offsetFileBytes(), to: stem + SegmentFiles.offsetIndexSuffix + pendingSuffix, directory: dir,
+                                         displayPath: display)
+        try SegmentFiles.writeAtomically(index.timeFileBytes(), to: stem + SegmentFiles.timeIndexSuffix + pendingSuffix, directory: dir,
+                                         displayPath: display)
+        // The manifest makes the swap a single decision: once it is durable, the swap completes.
+        let manifest = "\(first)\n" + run.map(String.init).joined(separator: "\n") + "\n"
+        try SegmentFiles.writeAtomically(Array(manifest.utf8), to: dir + "/" + manifestName, directory: dir, displayPath: display)
+        try recover(partitionDirectory: dir)
+        return (before, position, records)
+    }
+
+    /// Completes or discards an interrupted compaction in a partition directory. Idempotent.
+    public static func recover(partitionDirectory dir: String) throws {
+        let manifestPath = dir + "/" + manifestName
+        if let bytes = SegmentFiles.readWholeFile(manifestPath) {
+            let lines = String(decoding: bytes, as: UTF8.self).split(separator: "\n").compactMap { Int64($0) }
+            guard let first = lines.first else {
+                unlink(manifestPath)
+                return
+            }
+            let stem = dir + "/" + SegmentFiles.name(first)
+            for suffix in [SegmentFiles.offsetIndexSuffix, SegmentFiles.timeIndexSuffix, SegmentFiles.logSuffix] {
+                let pending = stem + suffix + pendingSuffix
+                if FileManager.default.fileExists(atPath: pending) {
+                    guard rename(pending, stem + suffix) == 0 else { throw LogError.system("cannot finish compaction", errno: errno, path: pending) }
+                }
+            }
+            for base in lines.dropFirst().dropFirst() {
+                let other = dir + "/" + SegmentFiles.name(base)
+                for suffix in [SegmentFiles.logSuffix, SegmentFiles.offsetIndexSuffix, SegmentFiles.timeIndexSuffix] { unlink(other + suffix) }
+            }
+            syncDirectory(dir)
+            unlink(manifestPath)
+            syncDirectory(dir)
+        }
+        // Files of a compaction that never reached its manifest.
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] where name.hasSuffix(pendingSuffix) {
+            unlink(dir + "/" + name)
+        }
+    }
+}

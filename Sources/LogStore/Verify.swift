@@ -1,0 +1,124 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import SensorLogCore
+
+/// One problem `verify` found, named by file (relative to the data directory) and byte.
+public struct VerifyProblem: Sendable, Equatable {
+    public enum Severity: String, Sendable { case error, warning }
+    public var severity: Severity
+    public var path: String
+    public var position: Int64?
+    public var message: String
+
+    public init(severity: Severity, path: String, position: Int64?, message: String) {
+        self.severity = severity
+        self.path = path
+        self.position = position
+        self.message = message
+    }
+}
+
+/// What `verify` read and found in one partition.
+public struct PartitionVerification: Sendable {
+    public var partition: Int
+    public var segments = 0
+    public var batches = 0
+    public var records: Int64 = 0
+    public var bytes: Int64 = 0
+    public var startOffset: Int64 = 0
+    public var endOffset: Int64 = 0
+    public var problems: [VerifyProblem] = []
+    /// Where a repair would cut the active segment (a torn or corrupt tail), if anywhere.
+    public var truncateActiveAt: (path: String, position: Int64)?
+}
+
+extension LogDirectory {
+    /// Checks every batch of `partition`: CRC, header fields, offsets contiguous within and across
+    /// segments, every column decodes and timestamps lie within the batch's bounds, and the index
+    /// files of closed segments point at batch starts. Reads only; safe while sensorlogd runs.
+    public func verify(partition: Int, progress: (Int64) -> Void = { _ in }) throws(LogError) -> PartitionVerification {
+        let view = views[partition]
+        var result = PartitionVerification(partition: partition)
+        let bases = try view.segmentBases()
+        result.segments = bases.count
+        result.startOffset = bases.first ?? 0
+        var expected = bases.first ?? 0
+        let decoder = BatchDecoder()
+        var batch = DecodedBatch()
+        let buffer = GrowableBuffer(capacity: 64 << 10)
+        for (i, base) in bases.enumerated() {
+            let isActive = i == bases.count - 1
+            let name = SegmentFiles.name(base) + SegmentFiles.logSuffix
+            let display = view.displayDirectory + "/" + name
+            if base != expected {
+                result.problems.append(VerifyProblem(severity: .error, path: display, position: nil,
+                    message: "segment starts at offset \(base) but the previous one ends at \(expected)"))
+                expected = base
+            }
+            let fd = try FileDescriptor.open(view.directory + "/" + name, flags: O_RDONLY, displayPath: display)
+            let file = SharedFile(fd, displayPath: display)
+            let size = try file.size()
+            result.bytes += size
+            let scanner = SegmentScanner(file: file, size: size, buffer: buffer, maxBatchBytes: view.limits.maxBatchBytes)
+            var position: Int64 = 0
+            var starts: [Int64: Int64] = [:]  // position -> base offset, to check the index
+            scan: while true {
+                let probe = try scanner.probe(at: position, expectedOffset: expected, verifyCRC: true)
+                switch probe {
+                case .batch(let header):
+                    do {
+                        try decoder.decode(buffer.bytes, header: header, into: &batch)
+                    } catch {
+                        result.problems.append(VerifyProblem(severity: .error, path: display, position: position,
+                                                             message: "batch at offset \(header.baseOffset) does not decode: \(error.message)"))
+                    }
+                    starts[position] = header.baseOffset
+                    result.batches += 1
+                    result.records += Int64(header.recordCount)
+                    position += Int64(header.length)
+                    expected = header.nextOffset
+                    progress(Int64(header.length))
+                case .end:
+                    break scan
+                case .incomplete(let why), .invalid(let why):
+                    let later = try scanner.findValidBatch(after: position, minOffset: expected)
+                    let torn: Bool
+                    if case .incomplete = probe { torn = later == nil } else { torn = later == nil }
+                    if isActive && torn {
+                        result.problems.append(VerifyProblem(severity: .warning, path: display, position: position,
+                            message: "\(size - position) bytes of torn tail (\(why)); sensorlogd truncates it when it opens, or a write is in progress"))
+                        result.truncateActiveAt = (display, position)
+                        break scan
+                    }
+                    result.problems.append(VerifyProblem(severity: .error, path: display, position: position, message: "corrupt batch: \(why)"))
+                    if isActive && result.truncateActiveAt == nil { result.truncateActiveAt = (display, position) }
+                    guard let later else { break scan }
+                    position = later
+                    // Continue after the damage to report what else is wrong (offsets resume there).
+                    if case .batch(let h) = try scanner.probe(at: later, expectedOffset: nil, verifyCRC: false) { expected = h.baseOffset }
+                }
+            }
+            if !isActive {
+                let stem = view.directory + "/" + SegmentFiles.name(base)
+                let indexDisplay = view.displayDirectory + "/" + SegmentFiles.name(base) + SegmentFiles.offsetIndexSuffix
+                if let index = loadIndexFiles(directory: view.directory, base: base, size: size, records: expected - base) {
+                    for e in index.offsets where starts[Int64(e.position)] != base + Int64(e.relativeOffset) {
+                        result.problems.append(VerifyProblem(severity: .error, path: indexDisplay, position: nil,
+                            message: "entry (offset \(base + Int64(e.relativeOffset)), byte \(e.position)) does not point at that batch"))
+                        break
+                    }
+                } else if FileManager.default.fileExists(atPath: stem + SegmentFiles.offsetIndexSuffix) {
+                    result.problems.append(VerifyProblem(severity: .error, path: indexDisplay, position: nil,
+                                                         message: "index files are malformed or disagree with the segment"))
+                } else {
+                    result.problems.append(VerifyProblem(severity: .warning, path: indexDisplay, position: nil,
+                                                         message: "index files missing (sensorlogd rebuilds them when it opens)"))
+                }
+            }
+        }
+        result.endOffset = expected
+        return result
+    }
+}
