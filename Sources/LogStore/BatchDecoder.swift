@@ -105,6 +105,35 @@ final class BatchDecoder {
         return String(decoding: try reader.readBytes(n), as: UTF8.self)
     }
 
+    /// A dictionary section: a count, then that many strings.
+    func readStrings(_ reader: inout ByteReader) throws(DecodeError) -> [String] {
+        let count = try reader.readCount(max: reader.remaining)
+        var out: [String] = []
+        out.reserveCapacity(count)
+        for _ in 0..<count { out.append(try readString(&reader)) }
+        return out
+    }
+
+    /// The tuple section: front-coded sensor ids with their type and location indexes, each
+    /// handed to `body` (the id's bytes are valid during the call only).
+    /// - Returns: the number of tuples.
+    func readTuples(_ reader: inout ByteReader, header: BatchHeader, typeCount: Int, locationCount: Int,
+                    _ body: (_ id: [UInt8], _ type: Int, _ location: Int) -> Void) throws(DecodeError) -> Int {
+        let tupleCount = try reader.readCount(max: min(header.recordCount, reader.remaining))
+        idBytes.removeAll(keepingCapacity: true)
+        for _ in 0..<tupleCount {
+            let shared = try reader.readCount(max: idBytes.count)
+            let suffixLength = try reader.readCount(max: reader.remaining)
+            let suffix = try reader.readBytes(suffixLength)
+            idBytes.removeSubrange(shared...)
+            idBytes.append(contentsOf: suffix)
+            let type = try reader.readCount(max: typeCount - 1)
+            let location = try reader.readCount(max: locationCount - 1)
+            body(idBytes, type, location)
+        }
+        return tupleCount
+    }
+
     private func decodeDeletions(_ reader: inout ByteReader, header: BatchHeader, into batch: inout DecodedBatch) throws(DecodeError) {
         for i in 0..<header.recordCount {
             batch.sensorIDs.append(try readString(&reader))
@@ -119,22 +148,11 @@ final class BatchDecoder {
         // payload cannot back before reserving anything.
         guard count <= reader.remaining else { throw DecodeError("record count exceeds what the payload can hold") }
 
-        let typeCount = try reader.readCount(max: reader.remaining)
-        for _ in 0..<typeCount { batch.types.append(try readString(&reader)) }
-        let locationCount = try reader.readCount(max: reader.remaining)
-        for _ in 0..<locationCount { batch.locations.append(try readString(&reader)) }
-
-        let tupleCount = try reader.readCount(max: min(count, reader.remaining))
-        idBytes.removeAll(keepingCapacity: true)
-        for _ in 0..<tupleCount {
-            let shared = try reader.readCount(max: idBytes.count)
-            let suffixLength = try reader.readCount(max: reader.remaining)
-            let suffix = try reader.readBytes(suffixLength)
-            idBytes.removeSubrange(shared...)
-            idBytes.append(contentsOf: suffix)
-            batch.sensorIDs.append(String(decoding: idBytes, as: UTF8.self))
-            let type = try reader.readCount(max: typeCount - 1)
-            let location = try reader.readCount(max: locationCount - 1)
+        batch.types = try readStrings(&reader)
+        batch.locations = try readStrings(&reader)
+        let typeCount = batch.types.count
+        let tupleCount = try readTuples(&reader, header: header, typeCount: typeCount, locationCount: batch.locations.count) { id, type, location in
+            batch.sensorIDs.append(String(decoding: id, as: UTF8.self))
             batch.tupleTypes.append(Int32(type))
             batch.tupleLocations.append(Int32(location))
         }

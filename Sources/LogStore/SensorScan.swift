@@ -11,7 +11,7 @@ public struct LocatedReading: Sendable, Equatable {
 extension BatchDecoder {
     /// Finds the records of one sensor with timestamps in [from, to] in a CRC-checked batch,
     /// decoding only what it must: the dictionaries first (a batch without the sensor stops
-    /// there), then one pass over the record columns without building other readings.
+    /// there), then one pass over the record columns keeping only the sensor's records.
     func scan(_ raw: UnsafeRawBufferPointer, header: BatchHeader, sensorID: [UInt8], from: Int64, to: Int64,
               partition: Int, into out: inout [LocatedReading]) throws(DecodeError)
     {
@@ -19,30 +19,14 @@ extension BatchDecoder {
         // The tuple section comes first; decoding it alone answers "is the sensor here".
         let payload = try decompressedPayload(raw, header: header)
         var reader = ByteReader(payload)
-        let typeCount = try reader.readCount(max: reader.remaining)
-        var types: [String] = []
-        for _ in 0..<typeCount {
-            let n = try reader.readCount(max: reader.remaining)
-            types.append(String(decoding: try reader.readBytes(n), as: UTF8.self))
-        }
-        let locationCount = try reader.readCount(max: reader.remaining)
-        var locations: [String] = []
-        for _ in 0..<locationCount {
-            let n = try reader.readCount(max: reader.remaining)
-            locations.append(String(decoding: try reader.readBytes(n), as: UTF8.self))
-        }
-        let tupleCount = try reader.readCount(max: min(header.recordCount, reader.remaining))
-        var previous: [UInt8] = []
+        let types = try readStrings(&reader)
+        let locations = try readStrings(&reader)
+        let typeCount = types.count
         var target: (index: Int, type: Int, location: Int)?
-        for t in 0..<tupleCount {
-            let shared = try reader.readCount(max: previous.count)
-            let n = try reader.readCount(max: reader.remaining)
-            let suffix = try reader.readBytes(n)
-            previous.removeSubrange(shared...)
-            previous.append(contentsOf: suffix)
-            let type = try reader.readCount(max: typeCount - 1)
-            let location = try reader.readCount(max: locationCount - 1)
-            if previous == sensorID { target = (t, type, location) }
+        var t = 0
+        let tupleCount = try readTuples(&reader, header: header, typeCount: typeCount, locationCount: locations.count) { id, type, location in
+            if id == sensorID { target = (t, type, location) }
+            t += 1
         }
         guard let target else { return }
         // The sensor is here: one pass over the record columns, keeping only its records.
@@ -129,6 +113,8 @@ extension PartitionReader {
         var out: [LocatedReading] = []
         let id = Array(sensorID.utf8)
         var batches = 0
+        // A page may start inside a batch (the cursor of the previous one): skip what came before.
+        let start = nextOffset
         let decoder = BatchDecoder()
         let partition = partitionID
         while out.count < limit, batches < maxBatches {
@@ -138,10 +124,15 @@ extension PartitionReader {
             do {
                 var found: [LocatedReading] = []
                 try decoder.scan(bytes, header: header, sensorID: id, from: from, to: to, partition: partition, into: &found)
-                out += found
+                out += found.lazy.filter { $0.offset >= start }
             } catch {
                 throw LogError(.corruptBatch, "batch does not decode: \(error.message)", path: segment, position: position)
             }
+        }
+        if out.count > limit {
+            // The page ends inside a batch: the next one starts right after its last reading.
+            out.removeSubrange(limit...)
+            return (out, out[limit - 1].offset + 1)
         }
         return (out, nextOffset)
     }
