@@ -148,6 +148,39 @@ public final class AggregateStore {
         }
     }
 
+    /// A consistent copy of the store at `target`, taken with SQLite's online backup while the
+    /// aggregator keeps writing.
+    public func backup(to target: String) throws(SQLiteError) {
+        let destination = try SQLiteDatabase(path: target)
+        guard let backup = sqlite3_backup_init(destination.handle, "main", database.handle, "main") else { throw destination.lastError }
+        let rc = sqlite3_backup_step(backup, -1)
+        sqlite3_backup_finish(backup)
+        guard rc == SQLITE_DONE else { throw SQLiteError(code: rc, message: "online backup did not finish") }
+    }
+
+    /// Writes rows as they are (a rebuild keeping rows of hours retention cut).
+    func put(_ rows: [Aggregate]) throws(SQLiteError) {
+        let s = try database.prepare("INSERT OR REPLACE INTO aggregates VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
+        try database.transaction { () throws(SQLiteError) in
+            for a in rows {
+                s.reset()
+                s.bind(1, a.sensorID)
+                s.bind(2, a.hourBucket)
+                s.bind(3, a.sensorType)
+                s.bind(4, a.location)
+                s.bind(5, a.count)
+                s.bind(6, a.sum)
+                s.bind(7, a.min)
+                s.bind(8, a.max)
+                s.bind(9, a.avg)
+                s.bind(10, a.firstReading)
+                s.bind(11, a.lastReading)
+                s.bind(12, a.lastUpdated)
+                try s.run()
+            }
+        }
+    }
+
     /// Folds the WAL into the main file (before a copy or a swap).
     public func checkpoint() throws(SQLiteError) {
         try database.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -13,6 +13,8 @@ public enum AggregateRebuild {
         public var rows: Int
         public var seconds: Double
         public var offsets: [Int64]
+        /// Rows of hours that began before the retained log, kept from the current store.
+        public var keptRows = 0
     }
 
     /// Builds a complete store at `output` (which must not exist) from the log in `dataDirectory`,
@@ -52,10 +54,25 @@ public enum AggregateRebuild {
             bytesBefore += reader.bytesRead
         }
         try folder.commit(offsets: offsets)
+        // Once retention has cut a partition, the hours up to its floor lost readings the log no
+        // longer holds: the current store's rows for them are the complete ones.
+        var kept = 0
+        let floors = Retention.floors(dataDirectory: directory.dataDirectory, partitions: directory.partitionCount)
+        let currentPath = directory.dataDirectory + "/" + AggregateStore.fileName
+        if floors.contains(where: { $0 != nil }), FileManager.default.fileExists(atPath: currentPath) {
+            let current = try AggregateStore(path: currentPath, readOnly: true)
+            let keep = try current.allAggregates().filter { row in
+                guard let floor = floors[PartitionHash.partition(of: row.sensorID, partitions: directory.partitionCount)],
+                      let start = Timestamp.parseISO8601(row.hourBucket) else { return false }
+                return start <= Timestamp.hourStart(floor)
+            }
+            try store.put(keep)
+            kept = keep.count
+        }
         try store.checkpoint()
         progress(totalBytes, totalBytes)
         let rows = try store.allAggregates().count
-        return Result(readings: readings, rows: rows, seconds: Date().timeIntervalSince(started), offsets: offsets)
+        return Result(readings: readings, rows: rows, seconds: Date().timeIntervalSince(started), offsets: offsets, keptRows: kept)
     }
 
     public static func logBytes(_ dataDirectory: String) -> Int64 {

@@ -106,6 +106,8 @@ struct SensorDataRoute: Sendable {
         var accepted: Int
         var readings: [Stored]
         var duplicates: [Int]
+        var tooOld: [Int]
+        enum CodingKeys: String, CodingKey { case accepted, readings, duplicates, tooOld = "too_old" }
     }
 
     func handle(_ request: Request, context: SensorRequestContext) async throws -> Response {
@@ -188,15 +190,20 @@ struct SensorDataRoute: Sendable {
                 throw APIError(.conflict, code: "duplicate", "a reading of \(readings[0].sensorID) at this timestamp is already stored")
             case .typeMismatch(let expected):
                 throw APIError(.badRequest, code: "type_mismatch", "sensor \(readings[0].sensorID) is a \(expected) sensor", field: "type")
+            case .tooOld:
+                throw APIError(.badRequest, code: "too_old", "older than the retained log: retention removed readings up to this time",
+                               field: "timestamp")
             }
         }
-        var created = Created(accepted: 0, readings: [], duplicates: [])
+        var created = Created(accepted: 0, readings: [], duplicates: [], tooOld: [])
         for (i, outcome) in outcomes.enumerated() {
             switch outcome {
             case .appended(let partition, let offset):
                 created.readings.append(Stored(index: i, partition: partition, offset: offset))
             case .duplicate, .typeMismatch:
                 created.duplicates.append(i)
+            case .tooOld:
+                created.tooOld.append(i)
             }
         }
         created.accepted = created.readings.count

@@ -22,9 +22,10 @@ public final class IngestPipeline: Sendable {
         self.validator = validator
         self.metrics = metrics
         let typeNames = validator.types.ranges.keys.sorted()
+        let floors = Retention.floors(dataDirectory: log.dataDirectory, partitions: log.partitions.count)
         var partitions: [PartitionIngest] = []
         for p in 0..<log.partitions.count {
-            let ingest = PartitionIngest(partition: p, log: log, typeNames: typeNames)
+            let ingest = PartitionIngest(partition: p, log: log, typeNames: typeNames, floor: floors[p])
             try await ingest.rebuild()
             partitions.append(ingest)
         }
@@ -85,12 +86,14 @@ public final class IngestPipeline: Sendable {
         var appended = 0
         var duplicates = 0
         var mismatches = 0
+        var tooOld = 0
         for (p, group) in groups.enumerated() where !group.isEmpty {
             switch await partitions[p].submit(group, detailed: detailed) {
             case .success(let result):
                 appended += result.appended
                 duplicates += result.duplicates
                 mismatches += result.mismatches
+                tooOld += result.tooOld
                 collect(p, result)
             case .failure(let error):
                 failure = failure ?? error
@@ -100,6 +103,7 @@ public final class IngestPipeline: Sendable {
         metrics.ingested(appended, via: transport)
         metrics.rejected(duplicates, via: transport, reason: "duplicate")
         metrics.rejected(mismatches, via: transport, reason: "type_mismatch")
+        metrics.rejected(tooOld, via: transport, reason: "too_old")
         appendFailure.withLock { $0 = failure }
         if let failure { throw failure }
     }

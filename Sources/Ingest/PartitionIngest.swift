@@ -6,6 +6,7 @@ public struct SubmissionResult: Sendable {
     public var appended = 0
     public var duplicates = 0
     public var mismatches = 0
+    public var tooOld = 0
     public var outcomes: [IngestOutcome]?
 }
 
@@ -15,6 +16,8 @@ public enum IngestOutcome: Sendable, Equatable {
     case duplicate
     /// The sensor's first reading fixed another type.
     case typeMismatch(expected: String)
+    /// Older than what retention removed from its partition: it may have been counted already.
+    case tooOld
 }
 
 /// The state of one partition's producers: per-sensor type and latest timestamp, and enough of the
@@ -59,10 +62,14 @@ actor PartitionIngest {
     private var queue: [Waiting] = []
     private var running = false
 
-    init(partition: Int, log: Log, typeNames: [String]) {
+    /// Readings at or before this timestamp are refused (`Retention` removed that far).
+    let floor: Int64?
+
+    init(partition: Int, log: Log, typeNames: [String], floor: Int64?) {
         self.partition = partition
         self.log = log
         self.typeNames = typeNames
+        self.floor = floor
     }
 
     /// Rebuilds the state from the whole partition (start-up).
@@ -163,6 +170,11 @@ actor PartitionIngest {
 
         for (s, submission) in submissions.enumerated() {
             for (i, r) in submission.readings.enumerated() {
+                if let floor, r.timestamp <= floor {
+                    results[s].tooOld += 1
+                    results[s].outcomes?[i] = .tooOld
+                    continue
+                }
                 if r.type != lastTypeName {
                     lastTypeName = r.type
                     lastType = typeIndex(r.type)

@@ -68,9 +68,12 @@ struct RebuildAggregates: ParsableCommand {
             }
         }
         let rate = Double(result.readings) / max(result.seconds, 1e-9)
+        if result.keptRows > 0 {
+            Terminal.error("kept \(result.keptRows) hourly rows from the current store: their hours began before the retained log")
+        }
         if options.json {
             Terminal.printJSON([
-                "readings": result.readings, "rows": result.rows, "seconds": result.seconds, "readings_per_second": rate,
+                "readings": result.readings, "rows": result.rows, "seconds": result.seconds, "readings_per_second": rate, "kept_rows": result.keptRows,
                 "output": output == nil ? directory + "/" + AggregateStore.fileName : target, "offsets": result.offsets,
             ])
         } else {

@@ -18,5 +18,5 @@ struct SensorLogTool: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sensorlog",
         abstract: "Inspect and maintain a sensorlog data directory.",
-        subcommands: [Stats.self, Dump.self, Verify.self, Groups.self, Compact.self, RebuildAggregates.self])
+        subcommands: [Stats.self, Dump.self, Verify.self, Groups.self, ResetOffsets.self, Compact.self, Retention.self, Backup.self, Restore.self, RebuildAggregates.self])
 }

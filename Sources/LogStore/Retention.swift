@@ -1,0 +1,93 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import SensorLogCore
+
+/// Deleting whole closed segments from the start of partitions, and remembering how far: per
+/// partition, the newest timestamp that retention removed (`retention.json`). Readings at or
+/// before it are refused as too old, so a late resend can never be counted twice.
+public enum Retention {
+    public static let floorFile = "retention.json"
+
+    /// A segment retention would delete.
+    public struct Candidate: Sendable {
+        public var partition: Int
+        public var baseOffset: Int64
+        public var endOffset: Int64
+        public var maxTimestamp: Int64
+        public var bytes: Int64
+        public var path: String
+    }
+
+    /// Per partition, the newest timestamp retention removed (nil: nothing removed yet).
+    public static func floors(dataDirectory: String, partitions: Int) -> [Int64?] {
+        struct File: Decodable { var floors: [Int64?] }
+        guard let bytes = SegmentFiles.readWholeFile(dataDirectory + "/" + floorFile),
+              let file = try? JSONDecoder().decode(File.self, from: Data(bytes)), file.floors.count == partitions
+        else { return [Int64?](repeating: nil, count: partitions) }
+        return file.floors
+    }
+
+    /// The closed segments, oldest first per partition, that are older than `cutoff` (all their
+    /// readings before it) or that must go to bring a partition under `maxBytes`.
+    public static func plan(_ directory: LogDirectory, olderThan cutoff: Int64?, maxBytes: Int64?) throws(LogError) -> [Candidate] {
+        var out: [Candidate] = []
+        for p in 0..<directory.partitionCount {
+            let view = directory.views[p]
+            let bases = try view.segmentBases()
+            var segments: [Candidate] = []
+            var total: Int64 = 0
+            for (i, base) in bases.enumerated() {
+                let stem = view.directory + "/" + SegmentFiles.name(base)
+                let bytes = [SegmentFiles.logSuffix, SegmentFiles.offsetIndexSuffix, SegmentFiles.timeIndexSuffix]
+                    .reduce(Int64(0)) { $0 + Compactor.fileSize(stem + $1) }
+                total += bytes
+                guard i < bases.count - 1 else { break }  // never the active segment
+                segments.append(Candidate(partition: p, baseOffset: base, endOffset: bases[i + 1],
+                                          maxTimestamp: try maxTimestamp(view, base), bytes: bytes,
+                                          path: view.displayDirectory + "/" + SegmentFiles.name(base) + SegmentFiles.logSuffix))
+            }
+            for s in segments {
+                let old = cutoff.map { s.maxTimestamp < $0 } ?? false
+                let big = maxBytes.map { total > $0 } ?? false
+                guard old || big else { break }  // whole segments from the start only
+                out.append(s)
+                total -= s.bytes
+            }
+        }
+        return out
+    }
+
+    static func maxTimestamp(_ view: ReadOnlyPartition, _ base: Int64) throws(LogError) -> Int64 {
+        if let index = view.index(forSegment: base), !index.times.isEmpty { return index.maxTimestamp }
+        let name = SegmentFiles.name(base) + SegmentFiles.logSuffix
+        let fd = try FileDescriptor.open(view.directory + "/" + name, flags: O_RDONLY, displayPath: view.displayDirectory + "/" + name)
+        let file = SharedFile(fd, displayPath: view.displayDirectory + "/" + name)
+        let scanner = SegmentScanner(file: file, size: try file.size(), buffer: GrowableBuffer(capacity: 4096), maxBatchBytes: view.limits.maxBatchBytes)
+        var position: Int64 = 0
+        var newest = Int64.min
+        while case .batch(let h) = try scanner.probe(at: position, expectedOffset: nil, verifyCRC: false) {
+            newest = max(newest, h.maxTimestamp)
+            position += Int64(h.length)
+        }
+        return newest
+    }
+
+    /// Deletes `candidates` (from `plan`). The floors are raised and made durable first, so a crash
+    /// never leaves deleted readings without their floor. The caller holds the directory lock.
+    public static func apply(_ candidates: [Candidate], dataDirectory: String, partitions: Int) throws(LogError) {
+        guard !candidates.isEmpty else { return }
+        var floors = floors(dataDirectory: dataDirectory, partitions: partitions)
+        for c in candidates { floors[c.partition] = max(floors[c.partition] ?? .min, c.maxTimestamp) }
+        let text = "{\"floors\":[" + floors.map { $0.map(String.init) ?? "null" }.joined(separator: ",") + "]}\n"
+        try SegmentFiles.writeAtomically(Array(text.utf8), to: dataDirectory + "/" + floorFile, directory: dataDirectory, displayPath: floorFile)
+        var directories = Set<String>()
+        for c in candidates {
+            let stem = dataDirectory + "/" + String(c.path.dropLast(SegmentFiles.logSuffix.count))
+            for suffix in [SegmentFiles.logSuffix, SegmentFiles.offsetIndexSuffix, SegmentFiles.timeIndexSuffix] { unlink(stem + suffix) }
+            directories.insert((stem as NSString).deletingLastPathComponent)
+        }
+        for d in directories { syncDirectory(d) }
+    }
+}

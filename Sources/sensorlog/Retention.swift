@@ -1,0 +1,81 @@
+import Aggregator
+import ArgumentParser
+import Foundation
+import LogStore
+import SensorLogCore
+
+/// `sensorlog retention`.
+struct Retention: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Delete whole closed segments older than an age, or beyond a size per partition.",
+        discussion: """
+            Deletes from the start of each partition only, never the active segment. Refuses while \
+            a consumer group (the aggregator included) has not read a segment yet, unless --force. \
+            Remembers, per partition, the newest timestamp it removed: sensorlogd then refuses older \
+            readings as too old, so a late resend is never counted twice. The server must be stopped.
+
+            Examples:
+              sensorlog retention --data-dir ./data --older-than 30d --dry-run
+              sensorlog retention --data-dir ./data --older-than 720h
+              sensorlog retention --data-dir ./data --max-bytes 10737418240
+            """)
+
+    @OptionGroup var options: CommonOptions
+    @Option(help: "Delete segments whose readings are all older than this (e.g. 30d, 12h, 90m, 3600s).") var olderThan: String?
+    @Option(help: "Delete the oldest segments until each partition holds at most this many bytes.") var maxBytes: Int64?
+    @Flag(help: "Delete even what a consumer group has not read yet.") var force = false
+    @Flag(help: "Only say what would be deleted.") var dryRun = false
+
+    static func seconds(_ text: String) -> Int64? {
+        guard let unit = text.last, let n = Int64(text.dropLast()), n >= 0 else { return nil }
+        switch unit {
+        case "d": return n * 86_400
+        case "h": return n * 3600
+        case "m": return n * 60
+        case "s": return n
+        default: return nil
+        }
+    }
+
+    func validate() throws {
+        guard olderThan != nil || maxBytes != nil else { throw ValidationError("give --older-than or --max-bytes") }
+        if let olderThan, Self.seconds(olderThan) == nil { throw ValidationError("--older-than takes a number with d, h, m or s") }
+        if let maxBytes, maxBytes < 0 { throw ValidationError("--max-bytes must be >= 0") }
+    }
+
+    func run() throws {
+        let directory: LogDirectory
+        do { directory = try LogDirectory(dataDirectory: options.dataDir) } catch { Terminal.fail("\(error)", code: 66) }
+        let lock: DirectoryLock
+        do { lock = try DirectoryLock(dataDirectory: directory.dataDirectory) } catch { Terminal.fail(error.message, code: 75) }
+        defer { lock.release() }
+        let cutoff = olderThan.flatMap(Self.seconds).map { WallClock.nowNanoseconds() - $0 * 1_000_000_000 }
+        let candidates = try LogStore.Retention.plan(directory, olderThan: cutoff, maxBytes: maxBytes)
+
+        // Who has not read them yet.
+        var groups: [(String, [Int64])] = []
+        let storePath = directory.dataDirectory + "/" + AggregateStore.fileName
+        if FileManager.default.fileExists(atPath: storePath) {
+            groups.append((AggregateStore.group, try AggregateStore(path: storePath, readOnly: true).offsets(partitions: directory.partitionCount)))
+        }
+        let files = ConsumerGroups(dataDirectory: directory.dataDirectory, partitions: directory.partitionCount)
+        for name in files.list() { if let c = try files.committed(name) { groups.append((name, c)) } }
+        var blocked: [String] = []
+        for c in candidates {
+            for (name, committed) in groups where committed[c.partition] < c.endOffset {
+                blocked.append("\(c.path): group \(name) has read partition \(c.partition) only up to offset \(committed[c.partition]), the segment ends at \(c.endOffset)")
+            }
+        }
+        for c in candidates { print("\(dryRun || (!blocked.isEmpty && !force) ? "would delete" : "delete") \(c.path) (offsets \(c.baseOffset)..<\(c.endOffset), newest reading \(Timestamp.formatISO8601(c.maxTimestamp)), \(c.bytes) bytes)") }
+        if !blocked.isEmpty && !force {
+            for b in blocked { Terminal.error("refusing: \(b)") }
+            Terminal.fail("\(blocked.count) segment(s) not yet read by a consumer group; let it catch up or pass --force", code: 1)
+        }
+        if dryRun || candidates.isEmpty {
+            print(candidates.isEmpty ? "nothing to delete" : "dry run: nothing deleted")
+            return
+        }
+        try LogStore.Retention.apply(candidates, dataDirectory: directory.dataDirectory, partitions: directory.partitionCount)
+        print("deleted \(candidates.count) segment(s), \(candidates.reduce(Int64(0)) { $0 + $1.bytes }) bytes")
+    }
+}

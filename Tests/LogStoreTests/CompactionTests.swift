@@ -1,0 +1,109 @@
+import Foundation
+import SensorLogCore
+import Testing
+
+@testable import LogStore
+
+@Suite struct CompactionTests {
+    static var toolURL: URL { CrashTests.childURL.deletingLastPathComponent().appendingPathComponent("sensorlog") }
+
+    func makeLog(_ path: String) throws -> [Int: [Reading]] {
+        var limits = Limits()
+        limits.partitions = 2
+        limits.segmentBytes = 64 << 10
+        let log = try Log.open(dataDirectory: path, configuration: LogConfiguration(limits: limits, fsync: .never))
+        var all: [Reading] = []
+        for k in 0..<500 {
+            all += (0..<6).flatMap { s in noisyReadings(40, sensor: "c\(s)", start: 1_700_000_000_000_000_000 + Int64(k) * 40_000_000_000, seed: UInt64(k * 7 + s)) }
+        }
+        let groups = try log.appendAll(all, batch: 60)
+        _ = try log.appendDeletions(["c0"], toPartition: log.partition(for: "c0"))
+        try log.close()
+        return groups
+    }
+
+    func contents(_ path: String) throws -> [[String]] {
+        let files = try LogDirectory(dataDirectory: path)
+        return try (0..<2).map { p in
+            var out: [String] = []
+            var batch = DecodedBatch()
+            let reader = files.reader(partition: p, from: 0)
+            while let first = try reader.next(into: &batch) {
+                for i in first..<batch.count {
+                    out.append(batch.kind == .readings
+                        ? "\(batch.offset(at: i)) \(batch.reading(at: i).sensorID) \(batch.timestamps[i]) \(batch.values[i].bitPattern)"
+                        : "\(batch.offset(at: i)) delete \(batch.sensorID(at: i))")
+                }
+            }
+            return out
+        }
+    }
+
+    @Test func compactionMergesSegmentsAndKeepsEveryRecordAndOffset() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.cleanup() }
+        _ = try makeLog(dir.path)
+        let before = try contents(dir.path)
+        let segmentsBefore = segmentFiles(dir.path, partition: 0).count + segmentFiles(dir.path, partition: 1).count
+        let result = try Compactor.compact(dataDirectory: dir.path, targetSegmentBytes: 1 << 20)
+        #expect(result.segmentsAfter < segmentsBefore)
+        #expect(segmentFiles(dir.path, partition: 0).count + segmentFiles(dir.path, partition: 1).count == result.segmentsAfter)
+        #expect(try contents(dir.path) == before)
+        let verify = try (0..<2).map { try LogDirectory(dataDirectory: dir.path).verify(partition: $0) }
+        #expect(verify.allSatisfy { $0.problems.allSatisfy { $0.severity != .error } })
+        // The log opens and appends after compaction.
+        var limits = Limits()
+        limits.partitions = 2
+        let log = try Log.open(dataDirectory: dir.path, configuration: LogConfiguration(limits: limits))
+        _ = try log.appendBlocking(oneSensorReadings(3, sensor: "after"), toPartition: log.partition(for: "after"))
+        try log.close()
+    }
+
+    @Test(.timeLimit(.minutes(3)))
+    func killNineDuringCompactionLeavesOldOrNewNeverAMix() throws {
+        try #require(FileManager.default.isExecutableFile(atPath: Self.toolURL.path), "build the sensorlog tool first (swift build)")
+        let original = TemporaryDirectory()
+        defer { original.cleanup() }
+        _ = try makeLog(original.path)
+        let expected = try contents(original.path)
+        var rng = SplitMix64(seed: UInt64(Date().timeIntervalSince1970))
+        // How long an uninterrupted compaction takes, to spread the kills over it.
+        let probe = TemporaryDirectory()
+        defer { probe.cleanup() }
+        try FileManager.default.removeItem(atPath: probe.path)
+        try FileManager.default.copyItem(atPath: original.path, toPath: probe.path)
+        let t0 = Date()
+        let whole = Process()
+        whole.executableURL = Self.toolURL
+        whole.arguments = ["compact", "--data-dir", probe.path, "--target-segment-bytes", "1048576"]
+        whole.standardOutput = FileHandle.nullDevice
+        try whole.run()
+        whole.waitUntilExit()
+        #expect(whole.terminationStatus == 0)
+        let duration = Date().timeIntervalSince(t0)
+
+        for round in 0..<20 {
+            let dir = TemporaryDirectory()
+            defer { dir.cleanup() }
+            try FileManager.default.removeItem(atPath: dir.path)
+            try FileManager.default.copyItem(atPath: original.path, toPath: dir.path)
+            let child = Process()
+            child.executableURL = Self.toolURL
+            child.arguments = ["compact", "--data-dir", dir.path, "--target-segment-bytes", "1048576"]
+            child.standardOutput = FileHandle.nullDevice
+            child.standardError = FileHandle.nullDevice
+            try child.run()
+            usleep(UInt32(Double(rng.next() % 1000) / 1000 * duration * 1.2 * 1e6))
+            kill(child.processIdentifier, SIGKILL)
+            child.waitUntilExit()
+            // Opening finishes or discards the interrupted swap; then every record is there once.
+            var limits = Limits()
+            limits.partitions = 2
+            let log = try Log.open(dataDirectory: dir.path, configuration: LogConfiguration(limits: limits))
+            try log.close()
+            #expect(try contents(dir.path) == expected, "round \(round)")
+            let problems = try (0..<2).flatMap { try LogDirectory(dataDirectory: dir.path).verify(partition: $0).problems }
+            #expect(problems.allSatisfy { $0.severity != .error }, "round \(round): \(problems)")
+        }
+    }
+}
