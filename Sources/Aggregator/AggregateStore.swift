@@ -121,22 +121,12 @@ public final class AggregateStore {
                 deleteSensor!.bind(1, id)
                 try deleteSensor!.run()
             }
-            let s = upsert!
             for row in rows {
-                s.reset()
-                s.bind(1, row.sensorID)
-                s.bind(2, Timestamp.hourBucket(row.hourStart))
-                s.bind(3, row.type)
-                s.bind(4, row.location)
-                s.bind(5, row.count)
-                s.bind(6, row.sum)
-                s.bind(7, row.min)
-                s.bind(8, row.max)
-                s.bind(9, row.sum / Double(row.count))
-                s.bind(10, Timestamp.formatISO8601(row.first))
-                s.bind(11, Timestamp.formatISO8601(row.last))
-                s.bind(12, updated)
-                try s.run()
+                insert(upsert!, Aggregate(
+                    sensorID: row.sensorID, hourBucket: Timestamp.hourBucket(row.hourStart), sensorType: row.type, location: row.location,
+                    count: row.count, sum: row.sum, min: row.min, max: row.max, avg: row.sum / Double(row.count),
+                    firstReading: Timestamp.formatISO8601(row.first), lastReading: Timestamp.formatISO8601(row.last), lastUpdated: updated))
+                try upsert!.run()
             }
             for (p, offset) in offsets.enumerated() {
                 saveOffset!.reset()
@@ -163,22 +153,27 @@ public final class AggregateStore {
         let s = try database.prepare("INSERT OR REPLACE INTO aggregates VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
         try database.transaction { () throws(SQLiteError) in
             for a in rows {
-                s.reset()
-                s.bind(1, a.sensorID)
-                s.bind(2, a.hourBucket)
-                s.bind(3, a.sensorType)
-                s.bind(4, a.location)
-                s.bind(5, a.count)
-                s.bind(6, a.sum)
-                s.bind(7, a.min)
-                s.bind(8, a.max)
-                s.bind(9, a.avg)
-                s.bind(10, a.firstReading)
-                s.bind(11, a.lastReading)
-                s.bind(12, a.lastUpdated)
+                insert(s, a)
                 try s.run()
             }
         }
+    }
+
+    /// Binds one row to the 12 placeholders of `INSERT OR REPLACE INTO aggregates VALUES (…)`.
+    private func insert(_ s: SQLiteStatement, _ a: Aggregate) {
+        s.reset()
+        s.bind(1, a.sensorID)
+        s.bind(2, a.hourBucket)
+        s.bind(3, a.sensorType)
+        s.bind(4, a.location)
+        s.bind(5, a.count)
+        s.bind(6, a.sum)
+        s.bind(7, a.min)
+        s.bind(8, a.max)
+        s.bind(9, a.avg)
+        s.bind(10, a.firstReading)
+        s.bind(11, a.lastReading)
+        s.bind(12, a.lastUpdated)
     }
 
     /// Folds the WAL into the main file (before a copy or a swap).

@@ -84,9 +84,8 @@ extension LogDirectory {
                     break scan
                 case .incomplete(let why), .invalid(let why):
                     let later = try scanner.findValidBatch(after: position, minOffset: expected)
-                    let torn: Bool
-                    if case .incomplete = probe { torn = later == nil } else { torn = later == nil }
-                    if isActive && torn {
+                    // No valid batch after the damage: what an interrupted write leaves (or one in flight).
+                    if isActive && later == nil {
                         result.problems.append(VerifyProblem(severity: .warning, path: display, position: position,
                             message: "\(size - position) bytes of torn tail (\(why)); sensorlogd truncates it when it opens, or a write is in progress"))
                         result.truncateActiveAt = (display, position)
