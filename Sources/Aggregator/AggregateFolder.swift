@@ -31,6 +31,7 @@ final class AggregateFolder {
             for i in first..<batch.count { delete(batch.sensorID(at: i)) }
             return
         }
+        guard batch.kind == .readings else { return }  // removed records: offsets only
         // Per tuple of the batch: the row of the hour last touched, so most records need no hashing.
         var tupleHour = [Int64](repeating: .min, count: batch.sensorIDs.count)
         var tupleRow = [AggregateRow?](repeating: nil, count: batch.sensorIDs.count)

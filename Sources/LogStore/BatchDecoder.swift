@@ -96,6 +96,13 @@ final class BatchDecoder {
         switch header.kind {
         case .readings: try decodeReadings(&reader, header: header, into: &batch)
         case .sensorDeletions: try decodeDeletions(&reader, header: header, into: &batch)
+        case .removed:
+            // One version byte; the records are offsets only.
+            guard try reader.readByte() == 0 else { throw DecodeError("unknown removed-records version") }
+            for i in 0..<header.recordCount {
+                batch.recordTuples.append(Int32(i))
+                batch.timestamps.append(header.minTimestamp)
+            }
         }
         guard reader.remaining == 0 else { throw DecodeError("\(reader.remaining) bytes after the last column") }
     }

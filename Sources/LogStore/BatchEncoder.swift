@@ -129,6 +129,15 @@ final class BatchEncoder {
             appendTime: appendTime, maxBatchBytes: maxBatchBytes)
     }
 
+    /// Encodes `count` removed records: offsets kept, data gone.
+    func encodeRemoved(count: Int, appendTime: Int64, maxBatchBytes: Int) throws(LogError) -> UnsafeRawBufferPointer {
+        precondition(count > 0)
+        payload.removeAll()
+        payload.append(0)
+        return try finish(kind: .removed, count: count, minTimestamp: appendTime, maxTimestamp: appendTime,
+                          appendTime: appendTime, maxBatchBytes: maxBatchBytes)
+    }
+
     private func resetDictionaries() {
         tupleBySensor.removeAll(keepingCapacity: true)
         tupleByKey.removeAll(keepingCapacity: true)

@@ -7,6 +7,9 @@ public enum RecordKind: UInt8, Sendable {
     case readings = 0
     /// Sensor deletions: each record names a sensor whose readings compaction drops.
     case sensorDeletions = 1
+    /// Offsets whose records were removed (by compaction of a deleted sensor, or a repair that
+    /// cut a corrupt range): they keep the offsets contiguous and hold no data.
+    case removed = 2
 }
 
 /// The payload codec.

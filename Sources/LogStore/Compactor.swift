@@ -32,6 +32,14 @@ public enum Compactor {
             try recover(partitionDirectory: view.directory)
             let bases = try view.segmentBases()
             result.segmentsBefore += bases.count
+            // Sensors deleted by a deletion record: their readings before it are dropped.
+            var deletes: [String: Int64] = [:]
+            let scan = PartitionReader(view: view, startOffset: 0, partition: p)
+            var batch = DecodedBatch()
+            while let first = try scan.next(into: &batch) {
+                guard batch.kind == .sensorDeletions else { continue }
+                for i in first..<batch.count { deletes[batch.sensorID(at: i)] = max(deletes[batch.sensorID(at: i)] ?? 0, batch.offset(at: i)) }
+            }
             let closed = Array(bases.dropLast())
             var runs: [[Int64]] = []
             var run: [Int64] = []
@@ -48,9 +56,10 @@ public enum Compactor {
             }
             if !run.isEmpty { runs.append(run) }
             var after = bases.count
-            for run in runs where run.count > 1 {
+            // With deletions every closed segment is rewritten (a single one too); else only runs to merge.
+            for run in runs where run.count > 1 || !deletes.isEmpty {
                 let end = bases[bases.firstIndex(of: run.last!)! + 1]
-                let (before, written, records) = try rewrite(view: view, run: run, end: end, limits: limits)
+                let (before, written, records) = try rewrite(view: view, run: run, end: end, deletes: deletes, limits: limits)
                 result.bytesBefore += before
                 result.bytesAfter += written
                 result.records += records
@@ -69,7 +78,9 @@ public enum Compactor {
     }
 
     /// Rewrites segments `run` (offsets up to `end`) into one segment named after the first.
-    private static func rewrite(view: ReadOnlyPartition, run: [Int64], end: Int64, limits: Limits) throws -> (Int64, Int64, Int64) {
+    private static func rewrite(view: ReadOnlyPartition, run: [Int64], end: Int64, deletes: [String: Int64], limits: Limits)
+        throws -> (Int64, Int64, Int64)
+    {
         let dir = view.directory
         let first = run[0]
         let stem = dir + "/" + SegmentFiles.name(first)
@@ -80,53 +91,75 @@ public enum Compactor {
         var position: Int64 = 0
         var index = SegmentIndex()
         let encoder = BatchEncoder()
+        // Records waiting to be written from `cursor` on: readings to re-batch, or a run of removed ones.
+        var cursor = first
         var readings: [Reading] = []
-        var readingsBase: Int64 = first
+        var removedCount = 0
         var records: Int64 = 0
         var before: Int64 = 0
         for base in run { before += fileSize(dir + "/" + SegmentFiles.name(base) + SegmentFiles.logSuffix) }
 
-        func write(_ bytes: UnsafeRawBufferPointer, base: Int64, count: Int, maxTimestamp: Int64) throws {
+        func write(_ bytes: UnsafeRawBufferPointer, count: Int, maxTimestamp: Int64) throws {
             let mutable = UnsafeMutableRawBufferPointer(mutating: bytes)
-            mutable.storeBytes(of: base.littleEndian, toByteOffset: 0, as: Int64.self)
+            mutable.storeBytes(of: cursor.littleEndian, toByteOffset: 0, as: Int64.self)
             try writeAll(.system, fd: file.fd, bytes, at: position, displayPath: display)
-            index.add(relative: UInt32(base - first), position: position, length: bytes.count, maxTimestamp: maxTimestamp,
+            index.add(relative: UInt32(cursor - first), position: position, length: bytes.count, maxTimestamp: maxTimestamp,
                       interval: limits.indexIntervalBytes)
             position += Int64(bytes.count)
+            cursor += Int64(count)
         }
         func flushReadings() throws {
             var start = 0
             while start < readings.count {
                 let chunk = Array(readings[start..<min(start + limits.maxBatchRecords, readings.count)])
+                // The compacted batch is stamped with the time it was written.
                 let bytes = try chunk.withUnsafeBufferPointer { b throws(LogError) in
-                    // Keep each batch's original append time out of it: the compacted batch is stamped now.
                     try encoder.encode(b, appendTime: WallClock.nowNanoseconds(), maxBatchBytes: limits.maxBatchBytes)
                 }
-                try write(bytes, base: readingsBase + Int64(start), count: chunk.count, maxTimestamp: chunk.map(\.timestamp).max()!)
+                try write(bytes, count: chunk.count, maxTimestamp: chunk.map(\.timestamp).max()!)
                 start += chunk.count
             }
-            readingsBase += Int64(readings.count)
             readings.removeAll(keepingCapacity: true)
+        }
+        func flushRemoved() throws {
+            guard removedCount > 0 else { return }
+            let now = WallClock.nowNanoseconds()
+            try write(try encoder.encodeRemoved(count: removedCount, appendTime: now, maxBatchBytes: limits.maxBatchBytes),
+                      count: removedCount, maxTimestamp: now)
+            removedCount = 0
         }
 
         let reader = PartitionReader(view: view, startOffset: first, partition: 0)
         var batch = DecodedBatch()
         while reader.nextOffset < end, let firstIndex = try reader.next(into: &batch) {
-            precondition(firstIndex == 0 && batch.baseOffset == readingsBase + Int64(readings.count), "offsets must stay contiguous")
+            precondition(firstIndex == 0 && batch.baseOffset == cursor + Int64(readings.count + removedCount), "offsets must stay contiguous")
             records += Int64(batch.count)
-            if batch.kind == .readings {
-                readings += batch.readings
-                if readings.count >= limits.maxBatchRecords { try flushReadings() }
-            } else {
+            switch batch.kind {
+            case .readings:
+                for i in 0..<batch.count {
+                    if let deletedAt = deletes[batch.sensorID(at: i)], batch.offset(at: i) < deletedAt {
+                        try flushReadings()
+                        removedCount += 1
+                    } else {
+                        try flushRemoved()
+                        readings.append(batch.reading(at: i))
+                        if readings.count >= limits.maxBatchRecords { try flushReadings() }
+                    }
+                }
+            case .sensorDeletions:
                 try flushReadings()
+                try flushRemoved()
                 let ids = (0..<batch.count).map(batch.sensorID(at:))
-                let bytes = try encoder.encodeDeletions(ids, appendTime: batch.header.appendTime, maxBatchBytes: limits.maxBatchBytes)
-                try write(bytes, base: batch.baseOffset, count: batch.count, maxTimestamp: batch.header.maxTimestamp)
-                readingsBase = batch.header.nextOffset
+                try write(try encoder.encodeDeletions(ids, appendTime: batch.header.appendTime, maxBatchBytes: limits.maxBatchBytes),
+                          count: batch.count, maxTimestamp: batch.header.maxTimestamp)
+            case .removed:
+                try flushReadings()
+                removedCount += batch.count
             }
         }
         try flushReadings()
-        guard readingsBase == end else { throw LogError(.invalidLog, "segments \(run) end at \(readingsBase), expected \(end)", path: display) }
+        try flushRemoved()
+        guard cursor == end else { throw LogError(.invalidLog, "segments \(run) end at \(cursor), expected \(end)", path: display) }
         guard fsync(file.fd) == 0 else { throw LogError.system("fsync failed", errno: errno, path: display) }
         index.seal()
         try SegmentFiles.writeAtomically(index.offsetFileBytes(), to: stem + SegmentFiles.offsetIndexSuffix + pendingSuffix, directory: dir,

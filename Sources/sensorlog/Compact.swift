@@ -20,6 +20,9 @@ struct Compact: ParsableCommand {
 
     @OptionGroup var options: CommonOptions
     @Option(help: "Largest segment compaction writes, in bytes.") var targetSegmentBytes = 64 << 20
+    @Option(name: .customLong("delete-sensor"),
+            help: "Delete this sensor: a deletion record goes into the log (the aggregator drops its rows) and compaction drops its readings from closed segments. Repeatable.")
+    var deleteSensors: [String] = []
 
     func validate() throws {
         guard targetSegmentBytes >= 64 << 10 else { throw ValidationError("--target-segment-bytes must be at least 65536") }
@@ -27,6 +30,23 @@ struct Compact: ParsableCommand {
 
     func run() throws {
         let dataDirectory = URL(fileURLWithPath: options.dataDir).standardizedFileURL.path
+        if !deleteSensors.isEmpty {
+            // Written as the log's writer (this takes, and then releases, the directory lock).
+            do {
+                let existing = try LogDirectory(dataDirectory: dataDirectory)
+                var limits = Limits()
+                limits.partitions = existing.partitionCount
+                let log = try Log.open(dataDirectory: dataDirectory, configuration: LogConfiguration(limits: limits, fsync: .always))
+                var byPartition: [Int: [String]] = [:]
+                for id in deleteSensors { byPartition[log.partition(for: id), default: []].append(id) }
+                for (p, ids) in byPartition { _ = try log.appendDeletions(ids, toPartition: p) }
+                try log.close()
+            } catch let error as LogError where error.code == .locked {
+                Terminal.fail(error.message, code: 75)
+            } catch {
+                Terminal.fail("cannot record the deletions: \(error)", code: 74)
+            }
+        }
         let lock: DirectoryLock
         do { lock = try DirectoryLock(dataDirectory: dataDirectory) } catch { Terminal.fail(error.message, code: 75) }
         defer { lock.release() }

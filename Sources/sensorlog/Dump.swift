@@ -85,6 +85,8 @@ struct Dump: ParsableCommand {
                         if written >= max { break outer }
                         if batch.kind == .readings {
                             emit(batch.reading(at: i), partition: p, offset: batch.offset(at: i))
+                        } else if batch.kind == .removed {
+                            continue
                         } else if format != .ilp {
                             buffer += format == .json
                                 ? "{\"deleted_sensor\":\"\(batch.sensorID(at: i))\",\"offset\":\(batch.offset(at: i)),\"partition\":\(p)}\n"

@@ -129,3 +129,28 @@ def test_backup_while_running_then_restore(data_dir):
         assert json.loads(t.get("/sensors/op-5/aggregates")[1])["aggregates"][0]["count"] == 100
     finally:
         t.stop()
+
+
+def test_delete_sensor_drops_its_readings_and_aggregates(data_dir):
+    s = Server(data_dir, extra=["--segment-bytes", "65536"]).start()
+    fill(s, n=300_000, sensors=1000)
+    s.stop()
+    before = stats(data_dir)["readings"]
+    r = tool("compact", "--data-dir", data_dir, "--delete-sensor", "op-3", "--delete-sensor", "op-4")
+    assert r.returncode == 0, r.stderr
+    assert tool("verify", "--data-dir", data_dir).returncode == 0
+    left = len(tool("dump", "--data-dir", data_dir, "--sensor", "op-3").stdout.splitlines())
+    assert left < 300                       # dropped from closed segments (the active one keeps its own)
+    assert stats(data_dir)["readings"] == before - (600 - left - len(tool("dump", "--data-dir", data_dir, "--sensor", "op-4").stdout.splitlines()))
+    s = Server(data_dir).start()
+    try:
+        deadline = time.time() + 30
+        while json.loads(s.get("/sensors/op-3/aggregates")[1])["aggregates"] and time.time() < deadline:
+            time.sleep(0.05)
+        assert json.loads(s.get("/sensors/op-3/aggregates")[1])["aggregates"] == []
+        assert json.loads(s.get("/sensors/op-5/aggregates")[1])["aggregates"][0]["count"] == 300
+    finally:
+        s.stop()
+    out = data_dir + "-deleted.sqlite"
+    assert tool("rebuild-aggregates", "--data-dir", data_dir, "--output", out).returncode == 0
+    assert sqlite3.connect(out).execute("SELECT count(*) FROM aggregates WHERE sensor_id IN ('op-3', 'op-4')").fetchone()[0] == 0
