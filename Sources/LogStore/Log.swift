@@ -69,7 +69,7 @@ public struct LogMetadata: Codable, Sendable, Equatable {
 }
 
 /// Where partition `p`'s directory is, relative to the data directory.
-func partitionDirectoryName(_ partition: Int) -> String {
+public func partitionDirectoryName(_ partition: Int) -> String {
     let digits = String(partition)
     return "log/partition-" + String(repeating: "0", count: max(0, 3 - digits.count)) + digits
 }

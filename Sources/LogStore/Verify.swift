@@ -93,7 +93,11 @@ extension LogDirectory {
                     }
                     result.problems.append(VerifyProblem(severity: .error, path: display, position: position, message: "corrupt batch: \(why)"))
                     if isActive && result.truncateActiveAt == nil { result.truncateActiveAt = (display, position) }
-                    guard let later else { break scan }
+                    guard let later else {
+                        // The rest of this segment is unreadable; the next one is judged on its own.
+                        if !isActive { expected = bases[i + 1] }
+                        break scan
+                    }
                     position = later
                     // Continue after the damage to report what else is wrong (offsets resume there).
                     if case .batch(let h) = try scanner.probe(at: later, expectedOffset: nil, verifyCRC: false) { expected = h.baseOffset }
@@ -119,5 +123,79 @@ extension LogDirectory {
         }
         result.endOffset = expected
         return result
+    }
+}
+
+extension LogDirectory {
+    /// Repairs one damaged segment without losing an offset: the original goes to
+    /// `quarantine/<partition>/` with a report, and in its place a segment is written that keeps
+    /// every valid batch and stands a removed-records batch in for each damaged range. A damaged
+    /// range at the end of the active segment (a torn tail) is cut instead.
+    /// - Parameters:
+    ///   - end: the next segment's base offset, or nil for the active segment.
+    /// - Returns: what was done, for the operator.
+    public func salvage(partition: Int, segment base: Int64, end: Int64?, report: [VerifyProblem]) throws -> String {
+        let view = views[partition]
+        let name = SegmentFiles.name(base) + SegmentFiles.logSuffix
+        let path = view.directory + "/" + name
+        let display = view.displayDirectory + "/" + name
+        let fd = try FileDescriptor.open(path, flags: O_RDONLY, displayPath: display)
+        let file = SharedFile(fd, displayPath: display)
+        let size = try file.size()
+        let scanner = SegmentScanner(file: file, size: size, buffer: GrowableBuffer(capacity: 64 << 10), maxBatchBytes: view.limits.maxBatchBytes)
+        let temporary = path + ".salvage"
+        let outFD = try FileDescriptor.open(temporary, flags: O_RDWR | O_CREAT | O_TRUNC, displayPath: display)
+        let out = SharedFile(outFD, displayPath: display)
+        let encoder = BatchEncoder()
+        var written: Int64 = 0
+        var position: Int64 = 0
+        var expected = base
+        var removed: Int64 = 0
+        func writeRemoved(upTo next: Int64) throws {
+            guard next > expected else { return }
+            let bytes = try encoder.encodeRemoved(count: Int(next - expected), appendTime: WallClock.nowNanoseconds(), maxBatchBytes: view.limits.maxBatchBytes)
+            UnsafeMutableRawBufferPointer(mutating: bytes).storeBytes(of: expected.littleEndian, toByteOffset: 0, as: Int64.self)
+            try writeAll(.system, fd: out.fd, bytes, at: written, displayPath: display)
+            written += Int64(bytes.count)
+            removed += next - expected
+            expected = next
+        }
+        loop: while true {
+            switch try scanner.probe(at: position, expectedOffset: expected, verifyCRC: true) {
+            case .batch(let header):
+                let bytes = UnsafeRawBufferPointer(start: scanner.buffer.base, count: header.length)
+                try writeAll(.system, fd: out.fd, bytes, at: written, displayPath: display)
+                written += Int64(header.length)
+                position += Int64(header.length)
+                expected = header.nextOffset
+            case .end:
+                break loop
+            case .incomplete, .invalid:
+                guard let later = try scanner.findValidBatch(after: position, minOffset: expected) else {
+                    if let end { try writeRemoved(upTo: end) }  // a closed segment must still reach its end
+                    break loop
+                }
+                guard case .batch(let next) = try scanner.probe(at: later, expectedOffset: nil, verifyCRC: true) else { break loop }
+                try writeRemoved(upTo: next.baseOffset)
+                position = later
+            }
+        }
+        if let end, expected != end { throw LogError(.invalidLog, "salvaged segment ends at \(expected), expected \(end)", path: display) }
+        guard fsync(out.fd) == 0 else { throw LogError.system("fsync failed", errno: errno, path: display) }
+        // Keep the original, and say why, before replacing it.
+        let quarantine = dataDirectory + "/quarantine/" + view.displayDirectory.replacingOccurrences(of: "log/", with: "")
+        try FileManager.default.createDirectory(atPath: quarantine, withIntermediateDirectories: true)
+        let stamp = String(WallClock.nowNanoseconds())
+        let kept = quarantine + "/" + name + "." + stamp
+        try FileManager.default.copyItem(atPath: path, toPath: kept)
+        let text = report.map { "\($0.severity.rawValue) \($0.path)\($0.position.map { " at byte \($0)" } ?? ""): \($0.message)" }.joined(separator: "\n")
+            + "\nreplaced by a salvaged segment: \(removed) record(s) could not be read and are now removed records; the original is beside this report\n"
+        try text.write(toFile: kept + ".report.txt", atomically: true, encoding: .utf8)
+        guard rename(temporary, path) == 0 else { throw LogError.system("cannot replace the segment", errno: errno, path: display) }
+        let stem = view.directory + "/" + SegmentFiles.name(base)
+        unlink(stem + SegmentFiles.offsetIndexSuffix)
+        unlink(stem + SegmentFiles.timeIndexSuffix)
+        syncDirectory(view.directory)
+        return "\(display): \(removed) unreadable record(s) replaced by removed records, \(size - written) bytes dropped; original in quarantine/"
     }
 }

@@ -69,10 +69,23 @@ struct Verify: ParsableCommand {
         var repaired: [String] = []
         if repair {
             for r in results {
-                if let cut = r.truncateActiveAt {
-                    let path = directory.dataDirectory + "/" + cut.path
-                    if truncate(path, off_t(cut.position)) == 0 {
-                        repaired.append("\(cut.path): truncated at byte \(cut.position)")
+                // Segments with an error in their .log: salvaged (closed, or active with data after
+                // the damage); a torn active tail: cut.
+                let damaged = Set(r.problems.filter { $0.severity == .error && $0.path.hasSuffix(".log") }.map(\.path))
+                let bases = try directory.segmentBases(partition: r.partition)
+                for (i, base) in bases.enumerated() {
+                    let display = partitionDirectoryName(r.partition) + "/" + String(format: "%020lld", base) + ".log"
+                    if damaged.contains(display) {
+                        do {
+                            repaired.append(try directory.salvage(partition: r.partition, segment: base, end: i + 1 < bases.count ? bases[i + 1] : nil,
+                                                                  report: r.problems.filter { $0.path == display }))
+                        } catch {
+                            Terminal.error("cannot salvage \(display): \(error)")
+                        }
+                    } else if i == bases.count - 1, let cut = r.truncateActiveAt, cut.path == display {
+                        if truncate(directory.dataDirectory + "/" + cut.path, off_t(cut.position)) == 0 {
+                            repaired.append("\(cut.path): torn tail truncated at byte \(cut.position)")
+                        }
                     }
                 }
                 for problem in r.problems where problem.path.hasSuffix(".index") && problem.severity == .error {
@@ -105,6 +118,6 @@ struct Verify: ParsableCommand {
             let records = results.reduce(Int64(0)) { $0 + $1.records }
             print("\(errors.isEmpty ? "ok" : "FAILED"): \(results.count) partitions, \(batches) batches, \(records) records, \(errors.count) errors, \(problems.count - errors.count) warnings")
         }
-        if !errors.isEmpty && repaired.isEmpty { throw ExitCode(1) }
+        if !errors.isEmpty && !repair { throw ExitCode(1) }
     }
 }
