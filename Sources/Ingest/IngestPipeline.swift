@@ -127,11 +127,13 @@ public final class IngestPipeline: Sendable {
         }
     }
 
-    private func begin() {
+    /// Counts a submission as under way before its task starts, so that `drain()` cannot miss it.
+    /// Pair with `end()`.
+    public func begin() {
         outstanding.withLock { $0.count += 1 }
     }
 
-    private func end() {
+    public func end() {
         let waiters = outstanding.withLock { state -> [CheckedContinuation<Void, Never>] in
             state.count -= 1
             guard state.count == 0 else { return [] }

@@ -105,6 +105,9 @@ public final class LineProtocolServer: Service, Sendable {
         let (server, connections) = state.withLock { s in (s.server, Array(s.connections.values)) }
         try? await server?.close()
         for c in connections { try? await c.close() }
+        // channelInactive (which submits what a connection still holds) runs on the channel's
+        // loop after the close; one more hop to each loop lets it run before draining.
+        for c in connections { try? await c.eventLoop.submit {}.get() }
         await pipeline.drain()
         logger.info("line protocol listener stopped")
     }
@@ -230,7 +233,9 @@ final class LineProtocolHandler: ChannelInboundHandler {
         let bound = NIOLoopBound((self, context), eventLoop: loop)
         let pipeline = self.pipeline
         let logger = self.logger
+        pipeline.begin()  // before the task exists: a shutdown's drain() must wait for it
         Task {
+            defer { pipeline.end() }
             do {
                 try await pipeline.submitCounting(batch, via: .tcp)
             } catch {
