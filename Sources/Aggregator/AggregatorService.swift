@@ -112,8 +112,12 @@ public final class AggregatorService: Service, @unchecked Sendable {
                     progressed = true
                 }
             }
-            let due = ContinuousClock.now - lastCommit >= max(commitInterval, lastCommitCost * 4)
-            if pending > 0 && (pending >= commitRecords || due || !progressed || stopping) {
+            let sinceCommit = ContinuousClock.now - lastCommit
+            let due = sinceCommit >= max(commitInterval, lastCommitCost * 4)
+            // Caught up: commit soon, but not more often than a commit costs, or a fast producer
+            // that the fold keeps catching up with would have it committing most of the time.
+            let caughtUp = !progressed && sinceCommit >= lastCommitCost
+            if pending > 0 && (pending >= commitRecords || due || caughtUp || stopping) {
                 let started = ContinuousClock.now
                 try folder.commit(offsets: offsets)
                 publish(offsets)
