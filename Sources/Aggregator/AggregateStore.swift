@@ -46,7 +46,7 @@ public final class AggregateStore {
         // NORMAL in WAL mode: a commit survives a process crash; a power loss may lose the last
         // commits, together with the offsets they carry, so the store stays consistent.
         try database.execute("PRAGMA synchronous=NORMAL")
-        try database.execute("PRAGMA cache_size=-65536")  // 64 MiB: the hot rows of a busy hour stay cached
+        try database.execute("PRAGMA cache_size=-16384")  // 16 MiB: the hot rows of a busy hour stay cached, within the RSS budget
         try database.execute("""
             CREATE TABLE IF NOT EXISTS aggregates (
               sensor_id     TEXT    NOT NULL,

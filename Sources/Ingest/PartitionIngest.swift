@@ -58,7 +58,7 @@ actor PartitionIngest {
     /// prefixMax[i] = max of spans[0...i].maxTimestamp: spans before the first index whose
     /// running maximum reaches t cannot hold t.
     private var prefixMax: [Int64] = []
-    private var keyCache = KeyCache(maxKeys: 262_144)
+    private var keyCache = KeyCache(maxKeys: 65_536)
     private var queue: [Waiting] = []
     private var running = false
 
