@@ -16,10 +16,17 @@ final class AggregateFolder {
     private(set) var deletedSensors: [String] = []
     /// Rows kept in memory between commits (clean ones are dropped past this).
     let maxCachedRows: Int
+    /// No stored row covers an hour after this one, so a row of a later hour is new without
+    /// asking the store (a live stream keeps opening such hours).
+    private var latestStoredHour: Int64
+    /// Folds so far: with a tuple index, tells whether a row last took its type and location
+    /// from the same tuple of the same batch.
+    private var folds = 0
 
-    init(store: AggregateStore, maxCachedRows: Int = 500_000) {
+    init(store: AggregateStore, maxCachedRows: Int = 500_000) throws(SQLiteError) {
         self.store = store
         self.maxCachedRows = maxCachedRows
+        latestStoredHour = try store.latestHourStart() ?? .min
     }
 
     var pendingRows: Int { dirty.count }
@@ -33,42 +40,52 @@ final class AggregateFolder {
         }
         guard batch.kind == .readings else { return }  // removed records: offsets only
         // Per tuple of the batch: the row of the hour last touched, so most records need no hashing.
+        // Unretained: `rows` holds every row for the length of the fold.
         var tupleHour = [Int64](repeating: .min, count: batch.sensorIDs.count)
-        var tupleRow = [AggregateRow?](repeating: nil, count: batch.sensorIDs.count)
+        var tupleRow = [Unmanaged<AggregateRow>?](repeating: nil, count: batch.sensorIDs.count)
+        folds += 1
         for i in first..<batch.count {
             let t = Int(batch.recordTuples[i])
             let ts = batch.timestamps[i]
             let hour = Timestamp.hourStart(ts)
-            let row: AggregateRow
+            let row: Unmanaged<AggregateRow>
             if tupleHour[t] == hour, let cached = tupleRow[t] {
                 row = cached
             } else {
-                row = try lookup(Key(sensorID: batch.sensorIDs[t], hourStart: hour),
-                                 type: batch.types[Int(batch.tupleTypes[t])], location: batch.locations[Int(batch.tupleLocations[t])])
+                row = .passUnretained(try lookup(
+                    Key(sensorID: batch.sensorIDs[t], hourStart: hour),
+                    type: batch.types[Int(batch.tupleTypes[t])], location: batch.locations[Int(batch.tupleLocations[t])]))
                 tupleHour[t] = hour
                 tupleRow[t] = row
             }
             let v = batch.values[i]
-            row.count += 1
-            row.sum += v
-            if v < row.min { row.min = v }
-            if v > row.max { row.max = v }
-            if ts < row.first { row.first = ts }
-            if ts > row.last { row.last = ts }
-            // Type and location of the latest folded reading (in log order).
-            row.type = batch.types[Int(batch.tupleTypes[t])]
-            row.location = batch.locations[Int(batch.tupleLocations[t])]
-            if !row.dirty {
+            let tag = folds << 32 | t
+            let newlyDirty = row._withUnsafeGuaranteedRef { row -> Bool in
+                row.count += 1
+                row.sum += v
+                if v < row.min { row.min = v }
+                if v > row.max { row.max = v }
+                if ts < row.first { row.first = ts }
+                if ts > row.last { row.last = ts }
+                // Type and location of the latest folded reading (in log order): they change
+                // only when another tuple (the sensor moved) or another batch reaches the row.
+                if row.tupleTag != tag {
+                    row.tupleTag = tag
+                    row.type = batch.types[Int(batch.tupleTypes[t])]
+                    row.location = batch.locations[Int(batch.tupleLocations[t])]
+                }
+                if row.dirty { return false }
                 row.dirty = true
-                dirty.append(row)
+                return true
             }
+            if newlyDirty { dirty.append(row.takeUnretainedValue()) }
         }
     }
 
     private func lookup(_ key: Key, type: String, location: String) throws(SQLiteError) -> AggregateRow {
         if let row = rows[key] { return row }
-        let row = try store.row(sensorID: key.sensorID, hourStart: key.hourStart)
-            ?? AggregateRow(sensorID: key.sensorID, hourStart: key.hourStart, type: type, location: location)
+        let stored = key.hourStart > latestStoredHour ? nil : try store.row(sensorID: key.sensorID, hourStart: key.hourStart)
+        let row = stored ?? AggregateRow(sensorID: key.sensorID, hourStart: key.hourStart, type: type, location: location)
         rows[key] = row
         return row
     }
@@ -82,7 +99,10 @@ final class AggregateFolder {
     /// Writes what changed with `offsets` in one transaction, then forgets the changes.
     func commit(offsets: [Int64], now: Int64 = WallClock.nowNanoseconds()) throws(SQLiteError) {
         try store.commit(rows: dirty, deletedSensors: deletedSensors, offsets: offsets, now: now)
-        for row in dirty { row.dirty = false }
+        for row in dirty {
+            row.dirty = false
+            latestStoredHour = max(latestStoredHour, row.hourStart)
+        }
         dirty.removeAll(keepingCapacity: true)
         deletedSensors.removeAll()
         if rows.count > maxCachedRows { rows.removeAll(keepingCapacity: true) }

@@ -86,6 +86,13 @@ public final class AggregateStore {
         return result
     }
 
+    /// The start of the latest hour any stored row covers, or nil for an empty store.
+    func latestHourStart() throws(SQLiteError) -> Int64? {
+        let s = try database.prepare("SELECT max(hour_bucket) FROM aggregates")
+        guard try s.step(), !s.isNull(0) else { return nil }
+        return Timestamp.parseISO8601(s.string(0))
+    }
+
     /// The stored row of (sensor, hour), as fold state.
     func row(sensorID: String, hourStart: Int64) throws(SQLiteError) -> AggregateRow? {
         if selectRow == nil {
@@ -110,7 +117,16 @@ public final class AggregateStore {
     /// Writes changed rows, deletions and the offsets they reflect in one transaction.
     func commit(rows: [AggregateRow], deletedSensors: [String], offsets: [Int64], now: Int64) throws(SQLiteError) {
         if upsert == nil {
-            upsert = try database.prepare("INSERT OR REPLACE INTO aggregates VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
+            // An update in place, not REPLACE: the key and the (hour, sensor) index entry of an
+            // existing row never change, so SQLite leaves that index alone.
+            upsert = try database.prepare("""
+                INSERT INTO aggregates VALUES (?,?,?,?,?,?,?,?,?,?,?,?)
+                ON CONFLICT (sensor_id, hour_bucket) DO UPDATE SET
+                  sensor_type = excluded.sensor_type, location = excluded.location, count = excluded.count,
+                  sum = excluded.sum, min = excluded.min, max = excluded.max, avg = excluded.avg,
+                  first_reading = excluded.first_reading, last_reading = excluded.last_reading,
+                  last_updated = excluded.last_updated
+                """)
             saveOffset = try database.prepare("INSERT OR REPLACE INTO consumer_offsets VALUES (?,?,?)")
             deleteSensor = try database.prepare("DELETE FROM aggregates WHERE sensor_id = ?")
         }
@@ -257,6 +273,8 @@ final class AggregateRow {
     var first = Int64.max
     var last = Int64.min
     var dirty = false
+    /// Which batch and tuple last set `type` and `location` (`AggregateFolder.fold`).
+    var tupleTag = -1
 
     init(sensorID: String, hourStart: Int64, type: String, location: String) {
         self.sensorID = sensorID

@@ -89,7 +89,7 @@ public final class AggregatorService: Service, @unchecked Sendable {
 
     private func consume() throws {
         let store = try AggregateStore(path: storePath)
-        let folder = AggregateFolder(store: store)
+        let folder = try AggregateFolder(store: store)
         var offsets = try store.offsets(partitions: log.partitions.count)
         publish(offsets)
         let readers = offsets.enumerated().map { log.reader(partition: $0, from: $1) }
@@ -114,9 +114,9 @@ public final class AggregatorService: Service, @unchecked Sendable {
             }
             let sinceCommit = ContinuousClock.now - lastCommit
             let due = sinceCommit >= max(commitInterval, lastCommitCost * 4)
-            // Caught up: commit soon, but not more often than a commit costs, or a fast producer
-            // that the fold keeps catching up with would have it committing most of the time.
-            let caughtUp = !progressed && sinceCommit >= lastCommitCost
+            // Caught up: commit soon, but with the same spacing, or a fast producer that the fold
+            // keeps catching up with would have it committing half of the time.
+            let caughtUp = !progressed && sinceCommit >= lastCommitCost * 4
             if pending > 0 && (pending >= commitRecords || due || caughtUp || stopping) {
                 let started = ContinuousClock.now
                 try folder.commit(offsets: offsets)

@@ -31,7 +31,7 @@ public enum AggregateRebuild {
         let directory = try LogDirectory(dataDirectory: dataDirectory)
         let totalBytes = logBytes(directory.dataDirectory)
         let store = try AggregateStore(path: output)
-        let folder = AggregateFolder(store: store, maxCachedRows: 2_000_000)
+        let folder = try AggregateFolder(store: store, maxCachedRows: 2_000_000)
         var offsets = [Int64](repeating: 0, count: directory.partitionCount)
         var readings: Int64 = 0
         var bytesBefore: Int64 = 0
