@@ -53,7 +53,8 @@ actor PartitionIngest {
     let partition: Int
     let log: Log
     private var typeNames: [String]
-    private var sensors: [String: SensorState] = [:]
+    private var sensors = PartitionIngest.emptySensors
+    private static let emptySensors = StringTable(placeholder: SensorState(lastTimestamp: 0, type: 0))
     private var spans: [BatchSpan] = []
     /// prefixMax[i] = max of spans[0...i].maxTimestamp: spans before the first index whose
     /// running maximum reaches t cannot hold t.
@@ -83,13 +84,10 @@ actor PartitionIngest {
                 let t = Int(batch.recordTuples[i])
                 let id = batch.sensorIDs[t]
                 let ts = batch.timestamps[i]
-                if var state = sensors[id] {
-                    if ts > state.lastTimestamp {
-                        state.lastTimestamp = ts
-                        sensors[id] = state
-                    }
+                if let slot = sensors.slot(of: id) {
+                    if ts > sensors[slot: slot].lastTimestamp { sensors[slot: slot].lastTimestamp = ts }
                 } else {
-                    sensors[id] = SensorState(lastTimestamp: ts, type: typeIndex(batch.types[Int(batch.tupleTypes[t])]))
+                    sensors.insert(id, SensorState(lastTimestamp: ts, type: typeIndex(batch.types[Int(batch.tupleTypes[t])])))
                 }
             }
         }
@@ -166,7 +164,7 @@ actor PartitionIngest {
         // The hot loop works on the state moved out of the actor (no copy-on-write, no
         // exclusivity checks); it is moved back before the first suspension.
         var sensors = self.sensors
-        self.sensors = [:]
+        self.sensors = Self.emptySensors
 
         for (s, submission) in submissions.enumerated() {
             for (i, r) in submission.readings.enumerated() {
@@ -181,8 +179,8 @@ actor PartitionIngest {
                 }
                 let type = lastType
                 var isFresh = false
-                if let slot = sensors.index(forKey: r.sensorID) {
-                    let state = sensors.values[slot]
+                if let slot = sensors.slot(of: r.sensorID) {
+                    let state = sensors[slot: slot]
                     if state.type != type {
                         results[s].mismatches += 1
                         results[s].outcomes?[i] = .typeMismatch(expected: typeNames[Int(state.type)])
@@ -190,7 +188,7 @@ actor PartitionIngest {
                     }
                     if r.timestamp > state.lastTimestamp {
                         undo.append((r.sensorID, state))
-                        sensors.values[slot].lastTimestamp = r.timestamp
+                        sensors[slot: slot].lastTimestamp = r.timestamp
                         freshKeys?.insert(Key(sensorID: r.sensorID, timestamp: r.timestamp))
                         isFresh = true
                     } else {
@@ -212,7 +210,7 @@ actor PartitionIngest {
                     }
                 } else {
                     undo.append((r.sensorID, nil))
-                    sensors[r.sensorID] = SensorState(lastTimestamp: r.timestamp, type: type)
+                    sensors.insert(r.sensorID, SensorState(lastTimestamp: r.timestamp, type: type))
                     freshKeys?.insert(Key(sensorID: r.sensorID, timestamp: r.timestamp))
                     isFresh = true
                 }
@@ -260,7 +258,7 @@ actor PartitionIngest {
         return results.map { .success($0) }
     }
 
-    private func restore(_ undo: [(String, SensorState?)], into sensors: inout [String: SensorState]) {
+    private func restore(_ undo: [(String, SensorState?)], into sensors: inout StringTable<SensorState>) {
         for (id, state) in undo.reversed() { sensors[id] = state }
     }
 

@@ -13,6 +13,8 @@ final class BatchEncoder {
         var location: String
     }
 
+    private static let emptyTable = StringTable<Int32>(placeholder: -1)
+
     /// Largest scale exponent tried for values (10^9).
     static let maxScaleExponent = 9
     static let powersOfTen: [Double] = [1, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9]
@@ -22,7 +24,7 @@ final class BatchEncoder {
     let payload = GrowableBuffer(capacity: 64 << 10)
     let output = GrowableBuffer(capacity: 64 << 10)
 
-    private var tupleBySensor: [String: Int32] = [:]
+    private var tupleBySensor = StringTable<Int32>(placeholder: -1)
     private var tupleByKey: [TupleKey: Int32] = [:]
     private var tupleSensorIDs: [String] = []
     private var tupleTypeNames: [String] = []
@@ -67,15 +69,22 @@ final class BatchEncoder {
 
         // Dictionaries: each distinct (sensor, type, location) is one tuple, in first-seen order.
         // The hot loop works on locals: no exclusivity checks on the class's stored properties.
+        var bySensor = tupleBySensor
+        var refs = self.refs
+        var recordTuple = self.recordTuple
+        var typeNames = tupleTypeNames
+        var locationNames = tupleLocationNames
+        tupleBySensor = Self.emptyTable
+        self.refs = []
+        self.recordTuple = []
+        tupleTypeNames = []
+        tupleLocationNames = []
         refs.reserveCapacity(readings.count)
         recordTuple.reserveCapacity(readings.count)
-        var bySensor = tupleBySensor
-        tupleBySensor = [:]
-        defer { tupleBySensor = bySensor }
         for r in readings {
             if let t = bySensor[r.sensorID] {
                 let ti = Int(t)
-                if tupleTypeNames[ti] == r.type && tupleLocationNames[ti] == r.location {
+                if typeNames[ti] == r.type && locationNames[ti] == r.location {
                     refs.append(t + 1)
                     recordTuple.append(t)
                     continue
@@ -88,17 +97,26 @@ final class BatchEncoder {
                     recordTuple.append(other)
                 } else {
                     let added = addTuple(r)
+                    typeNames.append(r.type)
+                    locationNames.append(r.location)
                     tupleByKey[key] = added
                     refs.append(0)
                     recordTuple.append(added)
                 }
             } else {
                 let t = addTuple(r)
-                bySensor[r.sensorID] = t
+                typeNames.append(r.type)
+                locationNames.append(r.location)
+                bySensor.insert(r.sensorID, t)
                 refs.append(0)
                 recordTuple.append(t)
             }
         }
+        tupleBySensor = bySensor
+        self.refs = refs
+        self.recordTuple = recordTuple
+        tupleTypeNames = typeNames
+        tupleLocationNames = locationNames
 
         writeStrings(types.names)
         writeStrings(locations.names)
@@ -139,7 +157,7 @@ final class BatchEncoder {
     }
 
     private func resetDictionaries() {
-        tupleBySensor.removeAll(keepingCapacity: true)
+        tupleBySensor.removeAll()
         tupleByKey.removeAll(keepingCapacity: true)
         tupleSensorIDs.removeAll(keepingCapacity: true)
         tupleTypeNames.removeAll(keepingCapacity: true)
@@ -158,8 +176,6 @@ final class BatchEncoder {
         let location = locations.intern(r.location)
         let index = Int32(tupleSensorIDs.count)
         tupleSensorIDs.append(r.sensorID)
-        tupleTypeNames.append(r.type)
-        tupleLocationNames.append(r.location)
         tupleTypes.append(type)
         tupleLocations.append(location)
         return index
