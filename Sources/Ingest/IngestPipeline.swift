@@ -21,7 +21,7 @@ public final class IngestPipeline: Sendable {
         self.log = log
         self.validator = validator
         self.metrics = metrics
-        let typeNames = validator.types.ranges.keys.sorted()
+        let typeNames = validator.typeNames
         let floors = Retention.floors(dataDirectory: log.dataDirectory, partitions: log.partitions.count)
         var partitions: [PartitionIngest] = []
         for p in 0..<log.partitions.count {
@@ -66,13 +66,16 @@ public final class IngestPipeline: Sendable {
         return outcomes
     }
 
+    /// The partition of a sensor's readings.
+    public func partition(for sensorID: String) -> Int { log.partition(for: sensorID) }
+
     /// The line protocol's form of `submit`: the same checks and append, counted, with no
     /// per-reading report.
+    /// - Parameter groups: the readings by partition (`partition(for:)`), as many groups as partitions.
     /// - Returns: how many readings were appended.
     @discardableResult
-    public func submitCounting(_ readings: [Reading], via transport: Transport) async throws(LogError) -> Int {
-        var groups = [[Reading]](repeating: [], count: partitions.count)
-        for r in readings { groups[log.partition(for: r.sensorID)].append(r) }
+    public func submitCounting(_ groups: [[Reading]], via transport: Transport) async throws(LogError) -> Int {
+        precondition(groups.count == partitions.count)
         var appended = 0
         try await run(groups, detailed: false, via: transport) { _, result in appended += result.appended }
         return appended

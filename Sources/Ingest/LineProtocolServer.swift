@@ -131,7 +131,9 @@ final class LineProtocolHandler: ChannelInboundHandler {
     let logger: Logger
     let maxPendingReadings: Int
     private var framer: LineFramer
-    private var pending: [Reading] = []
+    /// Parsed readings by partition, and how many in all.
+    private var pending: [[Reading]]
+    private var pendingCount = 0
     private var lineNumber = 0
     private var submitting = false
     private var readPaused = false
@@ -145,26 +147,41 @@ final class LineProtocolHandler: ChannelInboundHandler {
         self.logger = logger
         self.maxPendingReadings = maxPendingReadings
         self.framer = LineFramer(maxLineBytes: maxLineBytes)
+        self.pending = [[Reading]](repeating: [], count: pipeline.partitions.count)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let buffer = unwrapInboundIn(data)
         let receiveTime = WallClock.nowNanoseconds()
         let maxLineBytes = framer.maxLineBytes  // not read inside feed: that would overlap its exclusive access
+        // The per-line work touches locals only: a stored property of a class costs a dynamic
+        // exclusivity check on every access.
+        var pending = self.pending
+        self.pending = []
+        var pendingCount = self.pendingCount
+        var lineNumber = self.lineNumber
+        let parser = self.parser
+        let pipeline = self.pipeline
         buffer.withUnsafeReadableBytes { bytes in
             framer.feed(bytes, line: { line in
                 lineNumber += 1
                 do throws(LineProtocolError) {
-                    if let reading = try parser.parse(line, receiveTime: receiveTime) { pending.append(reading) }
+                    if let reading = try parser.parse(line, receiveTime: receiveTime) {
+                        pending[pipeline.partition(for: reading.sensorID)].append(reading)
+                        pendingCount += 1
+                    }
                 } catch {
-                    reject(error, line: line)
+                    reject(error, line: line, lineNumber: lineNumber)
                 }
             }, tooLong: {
                 lineNumber += 1
-                reject(LineProtocolError(.lineTooLong, "line longer than \(maxLineBytes) bytes skipped"), line: nil)
+                reject(LineProtocolError(.lineTooLong, "line longer than \(maxLineBytes) bytes skipped"), line: nil, lineNumber: lineNumber)
             })
         }
-        if pending.count >= maxPendingReadings { flush(context) }
+        self.pending = pending
+        self.pendingCount = pendingCount
+        self.lineNumber = lineNumber
+        if pendingCount >= maxPendingReadings { flush(context) }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -195,7 +212,8 @@ final class LineProtocolHandler: ChannelInboundHandler {
         context.close(promise: nil)
     }
 
-    private func reject(_ error: LineProtocolError, line: UnsafeRawBufferPointer?) {
+    private func reject(_ error: LineProtocolError, line: UnsafeRawBufferPointer?, lineNumber: Int? = nil) {
+        let lineNumber = lineNumber ?? self.lineNumber
         rejections[error.reason.rawValue, default: 0] += 1
         var metadata: Logger.Metadata = ["reason": "\(error.reason)", "line_number": "\(lineNumber)", "error": "\(error.message)"]
         if let line {
@@ -217,17 +235,21 @@ final class LineProtocolHandler: ChannelInboundHandler {
     /// the socket stops being read once `maxPendingReadings` pile up.
     private func flush(_ context: ChannelHandlerContext) {
         countRejections()
-        guard !pending.isEmpty else { return }
+        guard pendingCount > 0 else { return }
         if submitting {
-            if pending.count >= maxPendingReadings && !readPaused && !closed {
+            if pendingCount >= maxPendingReadings && !readPaused && !closed {
                 readPaused = true
                 context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
             }
             return
         }
         let batch = pending
-        pending = []
-        pending.reserveCapacity(min(batch.count, maxPendingReadings))
+        let batchCount = pendingCount
+        for p in pending.indices {
+            pending[p] = []
+            pending[p].reserveCapacity(min(batch[p].count, maxPendingReadings))
+        }
+        pendingCount = 0
         submitting = true
         let loop = context.eventLoop
         let bound = NIOLoopBound((self, context), eventLoop: loop)
@@ -239,7 +261,7 @@ final class LineProtocolHandler: ChannelInboundHandler {
             do {
                 try await pipeline.submitCounting(batch, via: .tcp)
             } catch {
-                logger.error("readings could not be appended", metadata: ["error": "\(error)", "readings": "\(batch.count)"])
+                logger.error("readings could not be appended", metadata: ["error": "\(error)", "readings": "\(batchCount)"])
             }
             loop.execute {
                 let (handler, context) = bound.value

@@ -19,12 +19,15 @@ public import SensorLogCore
 public struct LineParser: Sendable {
     public let validator: ReadingValidator
     private let typeNames: [String]
-    private let typeBytes: [[UInt8]]
+    /// The type names' bytes back to back, and where each starts (one more entry: the end).
+    private let typeBytes: [UInt8]
+    private let typeStarts: [Int]
 
     public init(validator: ReadingValidator) {
         self.validator = validator
-        self.typeNames = validator.types.ranges.keys.sorted()
-        self.typeBytes = typeNames.map { Array($0.utf8) }
+        self.typeNames = validator.typeNames
+        self.typeBytes = typeNames.flatMap { Array($0.utf8) }
+        self.typeStarts = typeNames.reduce(into: [0]) { starts, name in starts.append(starts.last! + name.utf8.count) }
     }
 
     /// A token's bounds in the line, and whether it holds a backslash escape.
@@ -156,14 +159,20 @@ public struct LineParser: Sendable {
         guard let location else { throw LineProtocolError(.missingLocation, "no location tag") }
         let value = try parseValue(line, valueToken)
 
-        let reading = Reading(sensorID: text(line, sensor), type: typeNames[type], value: value,
-                              location: text(line, location), timestamp: timestamp)
         do {
+            if isPlain(line, sensor) && isPlain(line, location) {
+                // The common line: validate the bytes in place, build strings only for a reading kept.
+                try validator.validate(sensorID: bytes(line, sensor), typeIndex: type, value: value, location: bytes(line, location))
+                return Reading(sensorID: text(line, sensor), type: typeNames[type], value: value,
+                               location: text(line, location), timestamp: timestamp)
+            }
+            let reading = Reading(sensorID: text(line, sensor), type: typeNames[type], value: value,
+                                  location: text(line, location), timestamp: timestamp)
             try validator.validate(reading)
+            return reading
         } catch {
             throw LineProtocolError(LineProtocolError.Reason(error.code), error.message)
         }
-        return reading
     }
 
     // MARK: Tokens
@@ -213,10 +222,23 @@ public struct LineParser: Sendable {
             return typeNames.firstIndex(of: name)
         }
         let length = t.end - t.start
-        for (k, bytes) in typeBytes.enumerated() where bytes.count == length {
-            if bytes.withUnsafeBytes({ memcmp(line.baseAddress! + t.start, $0.baseAddress!, length) }) == 0 { return k }
+        return typeBytes.withUnsafeBytes { names -> Int? in
+            for k in 0..<(typeStarts.count - 1) where typeStarts[k + 1] - typeStarts[k] == length {
+                if memcmp(line.baseAddress! + t.start, names.baseAddress! + typeStarts[k], length) == 0 { return k }
+            }
+            return nil
         }
-        return nil
+    }
+
+    /// A token whose bytes are its text: no escape, no quotes for `text` to strip.
+    @inline(__always)
+    private func isPlain(_ line: UnsafeRawBufferPointer, _ t: Token) -> Bool {
+        !t.escaped && (t.isEmpty || line[t.start] != UInt8(ascii: "\""))
+    }
+
+    @inline(__always)
+    private func bytes(_ line: UnsafeRawBufferPointer, _ t: Token) -> UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(rebasing: line[t.start..<t.end])
     }
 
     /// The token's text with escapes resolved (quotes stripped from a string field).
@@ -258,6 +280,14 @@ public struct LineParser: Sendable {
         }
         guard i < end else { return nil }
         var v: Int64 = 0
+        // Up to 18 digits cannot overflow: no checks for them (a timestamp in ns has 19).
+        let unchecked = min(end, i + 18)
+        while i < unchecked {
+            let d = line[i] &- 48
+            guard d < 10 else { return nil }
+            v = v &* 10 &- Int64(d)
+            i += 1
+        }
         while i < end {
             let d = line[i] &- 48
             guard d < 10 else { return nil }

@@ -75,51 +75,82 @@ public struct ReadingError: Error, Sendable, Equatable, CustomStringConvertible 
 }
 
 /// The one validation of a reading, shared by every way in (line protocol, HTTP, the tool).
+///
+/// Two entries, one set of rules: `validate(_:)` for a decoded reading, and `validate(sensorID:
+/// typeIndex:value:location:)` for a parser that still holds the raw bytes and knows the type's
+/// index in `typeNames` (no string is built or hashed for a line that is refused).
 public struct ReadingValidator: Sendable {
-    public var types: SensorTypes
-    public var limits: Limits
+    public let types: SensorTypes
+    public let limits: Limits
+    /// The known type names, sorted: what a type index refers to.
+    public let typeNames: [String]
+    private let ranges: [ClosedRange<Double>?]
 
     public init(types: SensorTypes = .standard, limits: Limits = Limits()) {
         self.types = types
         self.limits = limits
+        typeNames = types.ranges.keys.sorted()
+        ranges = typeNames.map { types.ranges[$0]! }
     }
 
     /// Checks every field of `reading`.
     /// - Throws: the first `ReadingError` found, in field order sensor_id, type, value, location.
     public func validate(_ reading: Reading) throws(ReadingError) {
-        try Self.checkText(reading.sensorID, field: "sensor_id", maxBytes: limits.maxSensorIDBytes, code: .invalidSensorID)
-        guard let range = types.ranges[reading.type] else {
+        try checkText(reading.sensorID, field: "sensor_id", maxBytes: limits.maxSensorIDBytes, code: .invalidSensorID)
+        guard let typeIndex = typeNames.firstIndex(of: reading.type) else {
             throw ReadingError(.unknownType, field: "type", "unknown type '\(Self.prefix(reading.type))'")
         }
-        guard reading.value.isFinite else {
-            throw ReadingError(.nonFiniteValue, field: "value", "value must be a finite number")
-        }
-        if let range, !range.contains(reading.value) {
-            throw ReadingError(
-                .outOfRange, field: "value",
-                "\(reading.type) value \(reading.value) is outside \(range.lowerBound)...\(range.upperBound)")
-        }
-        try Self.checkText(reading.location, field: "location", maxBytes: limits.maxLocationBytes, code: .invalidLocation)
+        try checkValue(reading.value, typeIndex: typeIndex)
+        try checkText(reading.location, field: "location", maxBytes: limits.maxLocationBytes, code: .invalidLocation)
     }
 
-    /// A name field: 1...maxBytes UTF-8 bytes, no control characters.
-    static func checkText(_ text: String, field: String, maxBytes: Int, code: ReadingError.Code) throws(ReadingError) {
-        var copy = text
-        // 0: fine, 1: control character, 2: not ASCII (decide on scalars below).
-        let (count, verdict) = copy.withUTF8 { bytes -> (Int, Int) in
-            var verdict = 0
-            for byte in bytes {
-                if byte < 0x20 || byte == 0x7F { return (bytes.count, 1) }
-                if byte >= 0x80 { verdict = 2 }
+    /// The same checks as `validate(_:)`, on the UTF-8 bytes of the text fields (escapes already
+    /// resolved) and the index of a known type.
+    public func validate(sensorID: UnsafeRawBufferPointer, typeIndex: Int, value: Double, location: UnsafeRawBufferPointer) throws(ReadingError) {
+        try checkText(sensorID, field: "sensor_id", maxBytes: limits.maxSensorIDBytes, code: .invalidSensorID)
+        try checkValue(value, typeIndex: typeIndex)
+        try checkText(location, field: "location", maxBytes: limits.maxLocationBytes, code: .invalidLocation)
+    }
+
+    private func checkValue(_ value: Double, typeIndex: Int) throws(ReadingError) {
+        guard value.isFinite else {
+            throw ReadingError(.nonFiniteValue, field: "value", "value must be a finite number")
+        }
+        if let range = ranges[typeIndex], !range.contains(value) {
+            throw ReadingError(
+                .outOfRange, field: "value",
+                "\(typeNames[typeIndex]) value \(value) is outside \(range.lowerBound)...\(range.upperBound)")
+        }
+    }
+
+    private func checkText(_ text: String, field: String, maxBytes: Int, code: ReadingError.Code) throws(ReadingError) {
+        var text = text
+        let error = text.withUTF8 { bytes -> ReadingError? in
+            do throws(ReadingError) {
+                try checkText(UnsafeRawBufferPointer(bytes), field: field, maxBytes: maxBytes, code: code)
+                return nil
+            } catch {
+                return error
             }
-            return (bytes.count, verdict)
         }
-        guard count > 0 else { throw ReadingError(code, field: field, "\(field) is empty") }
-        guard count <= maxBytes else {
-            throw ReadingError(code, field: field, "\(field) is \(count) bytes, more than \(maxBytes)")
+        if let error { throw error }
+    }
+
+    /// A name field: 1...maxBytes bytes of valid UTF-8, no control characters.
+    private func checkText(_ bytes: UnsafeRawBufferPointer, field: String, maxBytes: Int, code: ReadingError.Code) throws(ReadingError) {
+        guard bytes.count > 0 else { throw ReadingError(code, field: field, "\(field) is empty") }
+        guard bytes.count <= maxBytes else {
+            throw ReadingError(code, field: field, "\(field) is \(bytes.count) bytes, more than \(maxBytes)")
         }
-        if verdict == 1 { throw ReadingError(code, field: field, "\(field) contains a control character") }
-        if verdict == 2 {
+        var ascii = true
+        for byte in bytes {
+            if byte < 0x20 || byte == 0x7F { throw ReadingError(code, field: field, "\(field) contains a control character") }
+            if byte >= 0x80 { ascii = false }
+        }
+        if !ascii {
+            guard let text = String(validating: bytes, as: UTF8.self) else {
+                throw ReadingError(code, field: field, "\(field) is not valid UTF-8")
+            }
             for scalar in text.unicodeScalars where scalar.properties.generalCategory == .control {
                 throw ReadingError(code, field: field, "\(field) contains a control character")
             }

@@ -67,3 +67,33 @@ import Testing
         #expect(throws: LimitsError.self) { try partitions.validate() }
     }
 }
+
+@Suite struct ByteValidationTests {
+    /// The parser's byte-level entry and the reading-level one accept and refuse the same things.
+    @Test func bytesAndReadingAgree() async {
+        let validator = ReadingValidator()
+        let text = Gen.oneOf(
+            Gen.letterOrNumber.string(of: 0...140),
+            Gen.always("a\u{7}b"), Gen.always("a\u{85}b"), Gen.always("capteur-é"), Gen.always("\u{7F}"))
+        let value = Gen.oneOf(Gen.double(in: -200...200), Gen.always(Double.nan), Gen.always(Double.infinity))
+        await propertyCheck(count: 500, input: text, Gen.int(in: 0...(validator.typeNames.count - 1)), value, text) { id, t, v, location in
+            let reading = Reading(sensorID: id, type: validator.typeNames[t], value: v, location: location, timestamp: 0)
+            var byReading: ReadingError?
+            do throws(ReadingError) { try validator.validate(reading) } catch { byReading = error }
+            var byBytes: ReadingError?
+            var idCopy = id
+            var locationCopy = location
+            idCopy.withUTF8 { idBytes in
+                locationCopy.withUTF8 { locationBytes in
+                    do throws(ReadingError) {
+                        try validator.validate(sensorID: UnsafeRawBufferPointer(idBytes), typeIndex: t, value: v,
+                                               location: UnsafeRawBufferPointer(locationBytes))
+                    } catch {
+                        byBytes = error
+                    }
+                }
+            }
+            #expect(byReading == byBytes)
+        }
+    }
+}
