@@ -21,6 +21,10 @@ public final class LineProtocolServer: Service, Sendable {
         public var maxLineBytes: Int
         /// Parsed readings a connection holds before it stops reading its socket.
         public var maxPendingReadings: Int
+        /// Largest single socket read, and reads per wake-up: together the most a connection
+        /// parses past `maxPendingReadings` before its pause takes effect.
+        public var maxReadBytes: Int
+        public var readsPerWakeup: Int
 
         public init(host: String = "127.0.0.1", port: Int = 9009, limits: Limits = Limits()) {
             self.host = host
@@ -29,6 +33,8 @@ public final class LineProtocolServer: Service, Sendable {
             self.idleTimeout = .nanoseconds(Int64(limits.idleTimeout / .nanoseconds(1)))
             self.maxLineBytes = limits.maxLineBytes
             self.maxPendingReadings = limits.maxPendingReadingsPerConnection
+            self.maxReadBytes = limits.maxSocketReadBytes
+            self.readsPerWakeup = limits.socketReadsPerWakeup
         }
     }
 
@@ -56,8 +62,9 @@ public final class LineProtocolServer: Service, Sendable {
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 4096, initial: 65536, maximum: 1 << 20))
-            .childChannelOption(.maxMessagesPerRead, value: 8)
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(
+                minimum: 4096, initial: min(65536, configuration.maxReadBytes), maximum: configuration.maxReadBytes))
+            .childChannelOption(.maxMessagesPerRead, value: UInt(configuration.readsPerWakeup))
             .childChannelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture { try self.admit(channel) }
             }

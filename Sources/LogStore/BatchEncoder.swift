@@ -14,6 +14,7 @@ final class BatchEncoder {
     }
 
     private static let emptyTable = StringTable<Int32>(placeholder: -1)
+    private static let emptyDictionary = StringDictionary()
 
     /// Largest scale exponent tried for values (10^9).
     static let maxScaleExponent = 9
@@ -74,11 +75,18 @@ final class BatchEncoder {
         var recordTuple = self.recordTuple
         var typeNames = tupleTypeNames
         var locationNames = tupleLocationNames
+        var tuples = Tuples(sensorIDs: tupleSensorIDs, types: tupleTypes, locations: tupleLocations,
+                            typeDictionary: types, locationDictionary: locations)
         tupleBySensor = Self.emptyTable
         self.refs = []
         self.recordTuple = []
         tupleTypeNames = []
         tupleLocationNames = []
+        tupleSensorIDs = []
+        tupleTypes = []
+        tupleLocations = []
+        types = Self.emptyDictionary
+        locations = Self.emptyDictionary
         refs.reserveCapacity(readings.count)
         recordTuple.reserveCapacity(readings.count)
         for r in readings {
@@ -96,7 +104,7 @@ final class BatchEncoder {
                     refs.append(other + 1)
                     recordTuple.append(other)
                 } else {
-                    let added = addTuple(r)
+                    let added = tuples.add(r)
                     typeNames.append(r.type)
                     locationNames.append(r.location)
                     tupleByKey[key] = added
@@ -104,7 +112,7 @@ final class BatchEncoder {
                     recordTuple.append(added)
                 }
             } else {
-                let t = addTuple(r)
+                let t = tuples.add(r)
                 typeNames.append(r.type)
                 locationNames.append(r.location)
                 bySensor.insert(r.sensorID, t)
@@ -117,6 +125,11 @@ final class BatchEncoder {
         self.recordTuple = recordTuple
         tupleTypeNames = typeNames
         tupleLocationNames = locationNames
+        tupleSensorIDs = tuples.sensorIDs
+        tupleTypes = tuples.types
+        tupleLocations = tuples.locations
+        types = tuples.typeDictionary
+        locations = tuples.locationDictionary
 
         writeStrings(types.names)
         writeStrings(locations.names)
@@ -171,14 +184,21 @@ final class BatchEncoder {
         scaled.removeAll(keepingCapacity: true)
     }
 
-    private func addTuple(_ r: Reading) -> Int32 {
-        let type = types.intern(r.type)
-        let location = locations.intern(r.location)
-        let index = Int32(tupleSensorIDs.count)
-        tupleSensorIDs.append(r.sensorID)
-        tupleTypes.append(type)
-        tupleLocations.append(location)
-        return index
+    /// The tuple columns and their dictionaries, as a value the hot loop holds in a local.
+    private struct Tuples {
+        var sensorIDs: [String]
+        var types: [Int32]
+        var locations: [Int32]
+        var typeDictionary: StringDictionary
+        var locationDictionary: StringDictionary
+
+        mutating func add(_ r: Reading) -> Int32 {
+            let index = Int32(sensorIDs.count)
+            sensorIDs.append(r.sensorID)
+            types.append(typeDictionary.intern(r.type))
+            locations.append(locationDictionary.intern(r.location))
+            return index
+        }
     }
 
     private func writeString(_ s: String) {
@@ -314,24 +334,24 @@ final class BatchEncoder {
 /// Distinct strings in first-seen order, each with its index.
 struct StringDictionary {
     private(set) var names: [String] = []
-    private var index: [String: Int32] = [:]
+    private var index = StringTable<Int32>(placeholder: -1)
 
     /// The index of `name`, adding it when new.
     mutating func intern(_ name: String) -> Int32 {
         if names.count <= 8 {
             // A few names (types): comparing is cheaper than hashing.
             for (i, n) in names.enumerated() where n == name { return Int32(i) }
-        } else if let i = index[name] {
-            return i
+        } else if let slot = index.slot(of: name) {
+            return index[slot: slot]
         }
         let i = Int32(names.count)
-        index[name] = i
+        index.insert(name, i)
         names.append(name)
         return i
     }
 
     mutating func removeAll() {
         names.removeAll(keepingCapacity: true)
-        index.removeAll(keepingCapacity: true)
+        index.removeAll()
     }
 }

@@ -36,8 +36,15 @@ public struct Limits: Sendable, Equatable {
     /// A line-protocol connection that sends nothing for this long is closed.
     public var idleTimeout: Duration = .seconds(300)
     /// Parsed readings one connection may hold while the log catches up; past it the connection
-    /// stops reading its socket.
-    public var maxPendingReadingsPerConnection = 16_384
+    /// stops reading its socket. A connection holds at most this, plus what one wake-up reads
+    /// (below), plus one submission in flight: about 64 bytes a reading, so some 5 MiB.
+    /// Larger batches amortise more per-batch work; this is where the curve flattens.
+    public var maxPendingReadingsPerConnection = 32_768
+    /// Largest single socket read of a line-protocol connection.
+    public var maxSocketReadBytes = 256 << 10
+    /// Socket reads per wake-up before other connections get a turn (and a paused connection
+    /// stops): `maxSocketReadBytes` times this is the overshoot past the pending bound.
+    public var socketReadsPerWakeup = 4
     /// Largest HTTP request body.
     public var maxBodyBytes = 1 << 20
     /// Most readings in one `POST /sensor/data` array.
@@ -76,6 +83,8 @@ public struct Limits: Sendable, Equatable {
         guard maxConnections >= 1 else { throw LimitsError("max connections must be at least 1, got \(maxConnections)") }
         guard idleTimeout > .zero else { throw LimitsError("idle timeout must be positive") }
         guard maxPendingReadingsPerConnection >= 1 else { throw LimitsError("max pending readings must be at least 1") }
+        guard maxSocketReadBytes >= 4096 else { throw LimitsError("max socket read bytes must be at least 4096, got \(maxSocketReadBytes)") }
+        guard socketReadsPerWakeup >= 1 else { throw LimitsError("socket reads per wake-up must be at least 1") }
         guard maxBodyBytes >= 1024 else { throw LimitsError("max body bytes must be at least 1024, got \(maxBodyBytes)") }
         guard (1...maxBatchRecords).contains(maxReadingsPerRequest) else {
             throw LimitsError("max readings per request must be between 1 and \(maxBatchRecords)")

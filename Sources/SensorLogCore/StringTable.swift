@@ -25,7 +25,8 @@ public struct StringTable<Value> {
         self.init(placeholder: placeholder, slots: Self.slots(for: minimumCapacity))
     }
 
-    private init(placeholder: Value, slots: Int) {
+    @usableFromInline
+    init(placeholder: Value, slots: Int) {
         self.placeholder = placeholder
         var generator = SystemRandomNumberGenerator()
         seed = generator.next()
@@ -35,7 +36,8 @@ public struct StringTable<Value> {
     }
 
     /// Slots for `count` entries at a load of at most 7/8 (at least 16).
-    private static func slots(for count: Int) -> Int { max(16, (count * 8 + 6) / 7) }
+    @usableFromInline
+    static func slots(for count: Int) -> Int { max(16, (count * 8 + 6) / 7) }
 
     @inlinable
     static func isOverloaded(entries: Int, slots: Int) -> Bool { entries * 8 > slots * 7 }
@@ -123,9 +125,10 @@ public struct StringTable<Value> {
 
     /// Removes every entry. The slots are kept unless they are far more than the entries were,
     /// so that one huge batch does not make every later clear expensive.
+    @inlinable
     public mutating func removeAll() {
         if tags.count > Self.slots(for: count) * 8 {
-            self = StringTable(placeholder: placeholder, minimumCapacity: count)
+            self = StringTable(placeholder: placeholder, slots: Self.slots(for: count))
             return
         }
         guard count > 0 else { return }
