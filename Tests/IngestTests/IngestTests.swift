@@ -9,6 +9,7 @@ import LogStore
 import NIOCore
 import NIOPosix
 import SensorLogCore
+import Synchronization
 import Testing
 
 struct Fixture {
@@ -16,11 +17,12 @@ struct Fixture {
     let log: Log
     let pipeline: IngestPipeline
 
-    static func make(partitions: Int = 4, fsync: FsyncPolicy = .interval, path: String? = nil) async throws -> Fixture {
+    static func make(partitions: Int = 4, fsync: FsyncPolicy = .interval, path: String? = nil,
+                     fileOperations: FileOperations = .system) async throws -> Fixture {
         let path = path ?? NSTemporaryDirectory() + "sensorlog-ingest-" + UUID().uuidString
         var limits = Limits()
         limits.partitions = partitions
-        let log = try Log.open(dataDirectory: path, configuration: LogConfiguration(limits: limits, fsync: fsync))
+        let log = try Log.open(dataDirectory: path, configuration: LogConfiguration(limits: limits, fsync: fsync, fileOperations: fileOperations))
         let pipeline = try await IngestPipeline(log: log, validator: ReadingValidator(limits: limits), metrics: IngestMetrics())
         return Fixture(path: path, log: log, pipeline: pipeline)
     }
@@ -263,17 +265,83 @@ func r(_ id: String, _ ts: Int64, type: String = "temperature", value: Double = 
     }
 }
 
-/// Sends bytes on a fresh TCP connection and closes it.
-func sendTCP(port: Int, _ bytes: [UInt8]) throws {
+extension LineProtocolServerTests {
+    /// While the log cannot write, a connection must stop reading its socket: the producer's
+    /// sends stall after a bounded amount (pending readings plus kernel buffers), instead of the
+    /// server parsing everything into memory. Once the log writes again, everything lands once.
+    @Test func aStalledLogStopsTheSocketBeingRead() async throws {
+        let stalled = Mutex(true)
+        let operations = FileOperations(
+            write: { fd, bytes, offset in
+                while stalled.withLock({ $0 }) { usleep(1000) }
+                return FileOperations.system.write(fd, bytes, offset)
+            },
+            sync: FileOperations.system.sync)
+        let f = try await Fixture.make(fileOperations: operations)
+        defer { f.close() }
+        var limits = Limits()
+        limits.maxPendingReadingsPerConnection = 1000
+        limits.maxSocketReadBytes = 64 << 10
+        let server = LineProtocolServer(configuration: .init(host: "127.0.0.1", port: 0, limits: limits), pipeline: f.pipeline, logger: .init(label: "test"))
+        let port = try await server.start()
+
+        // 48 MiB of lines, far more than a paused connection plus the kernel's buffers can absorb.
+        var bytes: [UInt8] = []
+        var lines = 0
+        while bytes.count < 48 << 20 {
+            bytes += Array("temperature,sensor_id=s\(lines % 500),location=l value=1.5 \(1_700_000_000_000_000_000 + Int64(lines))\n".utf8)
+            lines += 1
+        }
+        let fd = try connectTCP(port: port)
+        defer { close(fd) }
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+        // Send until the server has taken nothing for a second.
+        var sent = 0
+        var idleSince = Date()
+        while sent < bytes.count && Date().timeIntervalSince(idleSince) < 1 {
+            let n = bytes[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if n > 0 {
+                sent += n
+                idleSince = Date()
+            } else {
+                usleep(1000)
+            }
+        }
+        #expect(sent < 24 << 20, "the server read \(sent) bytes while its log could not write")
+
+        stalled.withLock { $0 = false }
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
+        while sent < bytes.count {
+            let n = bytes[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            try #require(n > 0)
+            sent += n
+        }
+        shutdown(fd, Int32(SHUT_WR))
+        let deadline = Date().addingTimeInterval(60)
+        while try f.stored().count < lines && Date() < deadline { try await Task.sleep(for: .milliseconds(50)) }
+        await server.shutdown()
+        let stored = try f.stored()
+        #expect(stored.count == lines && stored.values.allSatisfy { $0 == 1 })
+    }
+}
+
+/// A connected TCP socket to 127.0.0.1:`port`.
+func connectTCP(port: Int) throws -> Int32 {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     precondition(fd >= 0)
-    defer { close(fd) }
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
     address.sin_port = in_port_t(UInt16(port).bigEndian)
     address.sin_addr.s_addr = inet_addr("127.0.0.1")
     let rc = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
     precondition(rc == 0, "connect failed")
+    return fd
+}
+
+/// Sends bytes on a fresh TCP connection and closes it.
+func sendTCP(port: Int, _ bytes: [UInt8]) throws {
+    let fd = try connectTCP(port: port)
+    defer { close(fd) }
     var sent = 0
     while sent < bytes.count {
         let n = bytes[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
