@@ -38,6 +38,10 @@ public struct LineParser: Sendable {
         var isEmpty: Bool { start == end }
     }
 
+    /// A `receiveTime` that marks a reading as carrying no timestamp, for a caller that stamps
+    /// those itself (no line can carry it: it is refused as out of range).
+    public static let noTimestamp = Int64.min
+
     /// Parses `line` (without its `\n`; a trailing `\r` is dropped).
     /// - Parameter receiveTime: the timestamp of a line that carries none.
     /// - Returns: the reading, or nil for a blank or comment line.
@@ -51,6 +55,9 @@ public struct LineParser: Sendable {
         if line[i] == UInt8(ascii: "#") { return nil }
         if !isASCII(line, n) {
             guard String(validating: UnsafeRawBufferPointer(rebasing: line[0..<n]), as: UTF8.self) != nil else {
+                // ILP v2 writes a binary field as `name==<type byte><bytes>`: raw doubles are
+                // rarely valid UTF-8, and the client deserves the real reason.
+                if containsDoubleEquals(line, n) { throw Self.binaryProtocolError }
                 throw LineProtocolError(.invalidUTF8, "line is not valid UTF-8")
             }
         }
@@ -98,7 +105,7 @@ public struct LineParser: Sendable {
                 i += 1
                 value = Token(start: start, end: i, escaped: true)
             } else if line[i] == UInt8(ascii: "=") {
-                throw LineProtocolError(.binaryProtocol, "binary ILP v2 value; send line protocol text (protocol_version=1)")
+                throw Self.binaryProtocolError
             } else {
                 let start = i
                 while i < n && line[i] != UInt8(ascii: ",") && line[i] != 32 { i += 1 }
@@ -128,7 +135,7 @@ public struct LineParser: Sendable {
                 let end = i
                 while i < n && line[i] == 32 { i += 1 }
                 guard i == n else { throw LineProtocolError(.syntax, "unexpected text after the timestamp") }
-                guard let t = parseInteger(line, start, end) else {
+                guard let t = parseInteger(line, start, end), t != Self.noTimestamp else {
                     throw LineProtocolError(.invalidTimestamp, "timestamp '\(text(line, Token(start: start, end: end, escaped: false)))' is not an integer of nanoseconds")
                 }
                 timestamp = t
@@ -173,6 +180,17 @@ public struct LineParser: Sendable {
         } catch {
             throw LineProtocolError(LineProtocolError.Reason(error.code), error.message)
         }
+    }
+
+    static let binaryProtocolError = LineProtocolError(.binaryProtocol, "binary ILP v2 value; send line protocol text (protocol_version=1)")
+
+    private func containsDoubleEquals(_ line: UnsafeRawBufferPointer, _ n: Int) -> Bool {
+        var i = 1
+        while i < n {
+            if line[i] == UInt8(ascii: "=") && line[i - 1] == UInt8(ascii: "=") { return true }
+            i += 1
+        }
+        return false
     }
 
     // MARK: Tokens
@@ -230,10 +248,10 @@ public struct LineParser: Sendable {
         }
     }
 
-    /// A token whose bytes are its text: no escape, no quotes for `text` to strip.
+    /// A token whose bytes are its text: no escape to resolve.
     @inline(__always)
     private func isPlain(_ line: UnsafeRawBufferPointer, _ t: Token) -> Bool {
-        !t.escaped && (t.isEmpty || line[t.start] != UInt8(ascii: "\""))
+        !t.escaped
     }
 
     @inline(__always)
@@ -241,14 +259,10 @@ public struct LineParser: Sendable {
         UnsafeRawBufferPointer(rebasing: line[t.start..<t.end])
     }
 
-    /// The token's text with escapes resolved (quotes stripped from a string field).
+    /// A name or tag value, unescaped. Quotes are literal there (only string fields are quoted).
     private func text(_ line: UnsafeRawBufferPointer, _ t: Token) -> String {
-        var start = t.start
-        var end = t.end
-        if end - start >= 2 && line[start] == UInt8(ascii: "\"") && line[end - 1] == UInt8(ascii: "\"") {
-            start += 1
-            end -= 1
-        }
+        let start = t.start
+        let end = t.end
         if !t.escaped { return String(decoding: UnsafeRawBufferPointer(rebasing: line[start..<end]), as: UTF8.self) }
         var out: [UInt8] = []
         out.reserveCapacity(end - start)
@@ -257,7 +271,7 @@ public struct LineParser: Sendable {
             let c = line[i]
             if c == UInt8(ascii: "\\") && i + 1 < end {
                 let next = line[i + 1]
-                if next == UInt8(ascii: ",") || next == UInt8(ascii: "=") || next == 32 || next == UInt8(ascii: "\\") || next == UInt8(ascii: "\"") {
+                if next == UInt8(ascii: ",") || next == UInt8(ascii: "=") || next == 32 || next == UInt8(ascii: "\\") {
                     out.append(next)
                     i += 2
                     continue

@@ -118,6 +118,27 @@ func reason(_ text: String) -> LineProtocolError.Reason? {
         #expect(reason(line) == expected, "\(line.prefix(80))")
     }
 
+    @Test func binaryV2WithRawDoubleBytesIsNamedAsSuch() {
+        // 23.5 as a little-endian double holds 0x80: not UTF-8, yet the reason must be the protocol.
+        var bytes: [UInt8] = Array("temperature,sensor_id=a,location=l value==".utf8) + [16]
+        withUnsafeBytes(of: (23.5).bitPattern.littleEndian) { bytes += $0 }
+        var result: Result<Reading?, LineProtocolError>?
+        bytes.withUnsafeBytes { raw in
+            do throws(LineProtocolError) { result = .success(try parser.parse(raw, receiveTime: 0)) } catch { result = .failure(error) }
+        }
+        guard case .failure(let error)? = result else { Issue.record("accepted"); return }
+        #expect(error.reason == .binaryProtocol)
+    }
+
+    @Test func tagValuesKeepTheirQuotes() throws {
+        #expect(try parse(#"temperature,sensor_id="a",location=l value=1 1"#)?.sensorID == #""a""#)
+        #expect(try parse(#"temperature,sensor_id=a"b,location=l value=1 1"#)?.sensorID == #"a"b"#)
+    }
+
+    @Test func theMissingTimestampMarkerCannotBeSent() {
+        #expect(reason("temperature,sensor_id=a,location=l value=1 -9223372036854775808") == .invalidTimestamp)
+    }
+
     @Test func invalidUTF8IsRejected() {
         let bytes: [UInt8] = Array("temperature,sensor_id=".utf8) + [0xFF, 0xFE] + Array(",location=l value=1 1".utf8)
         var result: Result<Reading?, LineProtocolError>?
@@ -144,14 +165,14 @@ func reason(_ text: String) -> LineProtocolError.Reason? {
 
     // MARK: Properties
 
-    static let specialNames = ["a b", "a,b", "a=b", #"a\b"#, "é ü", "x\\", "\\", "tail\\ ", "日本"]
+    static let specialNames = ["a b", "a,b", "a=b", #"a\b"#, "é ü", "x\\", "\\", "tail\\ ", "日本", "\"quoted\"", "a\"b"]
     static let nameGen = Gen.oneOf(
         Gen.letterOrNumber.string(of: 1...20),
         Gen.int(in: 0...(specialNames.count - 1)).map { specialNames[$0] })
     static let types = ["temperature", "humidity", "pressure"]
     static let readingGen = zip(nameGen, Gen.int(in: 0...2).map { types[$0] },
                                 Gen.oneOf(Gen.double(in: 0...100), Gen.int(in: 0...100_000).map { Double($0) / 1000 }),
-                                nameGen, Gen.int64())
+                                nameGen, Gen.int64().map { $0 == LineParser.noTimestamp ? 0 : $0 })  // Int64.min means "none"
         .map { Reading(sensorID: $0.0, type: $0.1, value: $0.2, location: $0.3, timestamp: $0.4) }
 
     @Test func formattedReadingsParseBackEqual() async {
