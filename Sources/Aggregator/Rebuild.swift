@@ -57,7 +57,7 @@ public enum AggregateRebuild {
         // Once retention has cut a partition, the hours up to its floor lost readings the log no
         // longer holds: the current store's rows for them are the complete ones.
         var kept = 0
-        let floors = Retention.floors(dataDirectory: directory.dataDirectory, partitions: directory.partitionCount)
+        let floors = try Retention.floors(dataDirectory: directory.dataDirectory, partitions: directory.partitionCount)
         let currentPath = directory.dataDirectory + "/" + AggregateStore.fileName
         if floors.contains(where: { $0 != nil }), FileManager.default.fileExists(atPath: currentPath) {
             let current = try AggregateStore(path: currentPath, readOnly: true)

@@ -2,6 +2,9 @@ public import LogStore
 public import Logging
 public import SensorLogCore
 import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The one way into the log, shared by the line protocol and the HTTP API: readings arrive
 /// validated; here each is checked against its sensor's type, deduplicated exactly on
@@ -14,6 +17,9 @@ public final class IngestPipeline: Sendable {
     private let outstanding = Mutex<(count: Int, waiters: [CheckedContinuation<Void, Never>])>((0, []))
     private let rejectLogBudget = Mutex<(second: Int64, lines: Int)>((0, 0))
     private let appendFailure = Mutex<LogError?>(nil)
+    private let draining = Atomic<Bool>(false)
+    /// The next timestamp for a line that carries none (see `serverTimestamp()`).
+    private let lastServerTimestamp = Atomic<Int64>(0)
 
     /// Opens the pipeline over `log`, rebuilding the per-sensor state from what the log holds.
     /// - Complexity: reads and decodes the whole log once.
@@ -22,7 +28,7 @@ public final class IngestPipeline: Sendable {
         self.validator = validator
         self.metrics = metrics
         let typeNames = validator.typeNames
-        let floors = Retention.floors(dataDirectory: log.dataDirectory, partitions: log.partitions.count)
+        let floors = try Retention.floors(dataDirectory: log.dataDirectory, partitions: log.partitions.count)
         var partitions: [PartitionIngest] = []
         for p in 0..<log.partitions.count {
             let ingest = PartitionIngest(partition: p, log: log, typeNames: typeNames, floor: floors[p])
@@ -114,12 +120,18 @@ public final class IngestPipeline: Sendable {
     /// Why the log cannot accept writes, if it cannot: the last append failed (until one
     /// succeeds), or a background fsync failed. `/health` answers 503 while this is non-nil.
     public var unavailableReason: LogError? {
-        if let failure = appendFailure.withLock({ $0 }) { return failure }
+        if let failure = appendFailure.withLock({ $0 }) {
+            // A full disk heals without a write: once there is room for a few of the largest
+            // batches again, say so, or a producer that waits for /health would wait forever.
+            guard failure.code == .diskFull, freeBytes() >= Int64(4 * log.configuration.limits.maxBatchBytes) else { return failure }
+            appendFailure.withLock { if $0?.code == .diskFull { $0 = nil } }
+        }
         return log.partitions.lazy.compactMap(\.syncError).first
     }
 
     /// Waits until every submission under way has finished (shutdown: after the listeners stop).
     public func drain() async {
+        draining.store(true, ordering: .relaxed)
         await withCheckedContinuation { continuation in
             let ready = outstanding.withLock { state -> Bool in
                 if state.count == 0 { return true }
@@ -127,6 +139,29 @@ public final class IngestPipeline: Sendable {
                 return false
             }
             if ready { continuation.resume() }
+        }
+    }
+
+    private func freeBytes() -> Int64 {
+        var stats = statvfs()
+        guard statvfs(log.dataDirectory, &stats) == 0 else { return 0 }
+        return Int64(stats.f_bavail) * Int64(stats.f_frsize)
+    }
+
+    /// Whether a shutdown is waiting for the submissions under way: a failed one is not retried.
+    public var isDraining: Bool { draining.load(ordering: .relaxed) }
+
+    /// The receive time for a reading that carries no timestamp: the wall clock, but strictly
+    /// after the last one handed out, so that two such readings of one sensor (same socket
+    /// read, or same nanosecond on two connections) never share a timestamp and dedupe to one.
+    public func serverTimestamp() -> Int64 {
+        let now = WallClock.nowNanoseconds()
+        var last = lastServerTimestamp.load(ordering: .relaxed)
+        while true {
+            let next = max(now, last &+ 1)
+            let (exchanged, current) = lastServerTimestamp.compareExchange(expected: last, desired: next, ordering: .relaxed)
+            if exchanged { return next }
+            last = current
         }
     }
 
@@ -147,13 +182,14 @@ public final class IngestPipeline: Sendable {
     }
 
     /// Logs a rejected line or request, at most 20 such lines a second for the whole process.
-    public func logRejection(_ logger: Logger, _ message: @autoclosure () -> Logger.Message, metadata: @autoclosure () -> Logger.Metadata) {
+    public func logRejection(_ logger: Logger, _ message: @autoclosure () -> Logger.Message, metadata: @autoclosure () -> Logger.Metadata,
+                             level: Logger.Level = .info) {
         let second = WallClock.nowNanoseconds() / 1_000_000_000
         let allowed = rejectLogBudget.withLock { budget -> Bool in
             if budget.second != second { budget = (second, 0) }
             budget.lines += 1
             return budget.lines <= 20
         }
-        if allowed { logger.info(message(), metadata: metadata()) }
+        if allowed { logger.log(level: level, message(), metadata: metadata()) }
     }
 }

@@ -1,4 +1,5 @@
 import LineProtocol
+import LogStore
 public import Logging
 public import NIOCore
 public import NIOPosix
@@ -143,6 +144,9 @@ final class LineProtocolHandler: ChannelInboundHandler {
     private var pendingCount = 0
     private var lineNumber = 0
     private var submitting = false
+    /// A failed submission's readings are back in `pending`, waiting for the retry timer.
+    private var retryScheduled = false
+    private var warnedBinary = false
     private var readPaused = false
     private var closed = false
     /// Rejections counted per reason since the last flush (one metric update per batch, not per line).
@@ -159,7 +163,6 @@ final class LineProtocolHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let buffer = unwrapInboundIn(data)
-        let receiveTime = WallClock.nowNanoseconds()
         let maxLineBytes = framer.maxLineBytes  // not read inside feed: that would overlap its exclusive access
         // The per-line work touches locals only: a stored property of a class costs a dynamic
         // exclusivity check on every access.
@@ -173,7 +176,8 @@ final class LineProtocolHandler: ChannelInboundHandler {
             framer.feed(bytes, line: { line in
                 lineNumber += 1
                 do throws(LineProtocolError) {
-                    if let reading = try parser.parse(line, receiveTime: receiveTime) {
+                    if var reading = try parser.parse(line, receiveTime: LineParser.noTimestamp) {
+                        if reading.timestamp == LineParser.noTimestamp { reading.timestamp = pipeline.serverTimestamp() }
                         pending[pipeline.partition(for: reading.sensorID)].append(reading)
                         pendingCount += 1
                     }
@@ -226,7 +230,9 @@ final class LineProtocolHandler: ChannelInboundHandler {
         if let line {
             metadata["line_prefix"] = "\(String(decoding: UnsafeRawBufferPointer(rebasing: line.prefix(80)), as: UTF8.self))"
         }
-        if error.reason == .binaryProtocol {
+        if error.reason == .binaryProtocol && !warnedBinary {
+            // Once per connection, whatever the rate limit: the one line that explains the rest.
+            warnedBinary = true
             logger.warning("binary ILP v2 is not supported: configure the client for line protocol text (protocol_version=1)", metadata: metadata)
         } else {
             pipeline.logRejection(logger, "line rejected", metadata: metadata)
@@ -238,13 +244,14 @@ final class LineProtocolHandler: ChannelInboundHandler {
         rejections.removeAll(keepingCapacity: true)
     }
 
-    /// Submits what is pending, unless a submission is already under way: then it waits, and
-    /// the socket stops being read once `maxPendingReadings` pile up.
+    /// Submits what is pending, unless a submission is already under way (or a failed one waits
+    /// to be retried): then it waits, and the socket stops being read once `maxPendingReadings`
+    /// pile up.
     private func flush(_ context: ChannelHandlerContext) {
         countRejections()
         guard pendingCount > 0 else { return }
-        if submitting {
-            if pendingCount >= maxPendingReadings && !readPaused && !closed {
+        if submitting || retryScheduled {
+            if (pendingCount >= maxPendingReadings || retryScheduled) && !readPaused && !closed {
                 readPaused = true
                 context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
             }
@@ -261,25 +268,66 @@ final class LineProtocolHandler: ChannelInboundHandler {
         let loop = context.eventLoop
         let bound = NIOLoopBound((self, context), eventLoop: loop)
         let pipeline = self.pipeline
-        let logger = self.logger
         pipeline.begin()  // before the task exists: a shutdown's drain() must wait for it
         Task {
-            defer { pipeline.end() }
-            do {
+            var failure: LogError?
+            do throws(LogError) {
                 try await pipeline.submitCounting(batch, via: .tcp)
             } catch {
-                logger.error("readings could not be appended", metadata: ["error": "\(error)", "readings": "\(batchCount)"])
+                failure = error
             }
             loop.execute {
                 let (handler, context) = bound.value
                 handler.submitting = false
-                if handler.readPaused && !handler.closed {
+                if let failure {
+                    handler.submissionFailed(batch, count: batchCount, failure, context)
+                } else if handler.readPaused && !handler.closed {
                     handler.readPaused = false
                     context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
                     context.read()
                 }
                 handler.flush(context)
+                // Only now: what the connection read meanwhile (say, at its close) was submitted
+                // by the flush above, so a shutdown's drain() cannot return before it.
+                pipeline.end()
             }
+        }
+    }
+
+    /// The log refused a batch (disk full, I/O error). TCP has no acks, so the producer believes
+    /// those readings delivered: keep them, stop reading, retry every second. Exact dedupe makes
+    /// the retry safe when part of the batch did land. At shutdown they cannot be kept: said loudly.
+    private func submissionFailed(_ batch: [[Reading]], count: Int, _ error: LogError, _ context: ChannelHandlerContext) {
+        if pipeline.isDraining {
+            logger.error("readings lost at shutdown: the log cannot accept writes",
+                         metadata: ["error": "\(error)", "readings": "\(count + pendingCount)"])
+            pipeline.metrics.rejected(count + pendingCount, via: .tcp, reason: "lost_at_shutdown")
+            for p in pending.indices { pending[p].removeAll() }
+            pendingCount = 0
+            return
+        }
+        pipeline.logRejection(logger, "readings could not be appended; retrying in 1 s with the socket paused",
+                              metadata: ["error": "\(error)", "readings": "\(count)"], level: .error)
+        for p in pending.indices where !batch[p].isEmpty { pending[p] = batch[p] + pending[p] }
+        pendingCount += count
+        retryScheduled = true
+        if !readPaused && !closed {
+            readPaused = true
+            context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
+        }
+        let pipeline = self.pipeline
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        pipeline.begin()  // the retry is a submission under way: drain() waits for it
+        context.eventLoop.scheduleTask(in: .seconds(1)) {
+            let (handler, context) = bound.value
+            handler.retryScheduled = false
+            if handler.readPaused && !handler.closed && handler.pendingCount < handler.maxPendingReadings {
+                handler.readPaused = false
+                context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
+                context.read()
+            }
+            handler.flush(context)
+            pipeline.end()
         }
     }
 }

@@ -32,12 +32,19 @@ actor PartitionIngest {
         var type: UInt8
     }
 
-    /// One batch of the partition: its offsets and time bounds. 40 bytes a batch in memory.
+    /// A run of consecutive batches of the partition: its offsets and time bounds. Runs grow
+    /// until they hold `minSpanRecords`, so memory is 40 bytes per that many readings however
+    /// small the batches (one reading per write makes one-reading batches).
     struct BatchSpan {
         var baseOffset: Int64
+        var endOffset: Int64
         var minTimestamp: Int64
         var maxTimestamp: Int64
     }
+
+    /// Readings per span before a new one starts: an out-of-order check decodes at most about
+    /// this many (plus one batch) per span whose bounds hold its timestamp.
+    static let minSpanRecords: Int64 = 4096
 
     struct Key: Hashable {
         var sensorID: String
@@ -79,7 +86,8 @@ actor PartitionIngest {
         var batch = DecodedBatch()
         while let first = try reader.next(into: &batch) {
             guard batch.kind == .readings else { continue }
-            addSpan(BatchSpan(baseOffset: batch.baseOffset, minTimestamp: batch.header.minTimestamp, maxTimestamp: batch.header.maxTimestamp))
+            addSpan(BatchSpan(baseOffset: batch.baseOffset, endOffset: batch.baseOffset + Int64(batch.count),
+                              minTimestamp: batch.header.minTimestamp, maxTimestamp: batch.header.maxTimestamp))
             for i in first..<batch.count {
                 let t = Int(batch.recordTuples[i])
                 let id = batch.sensorIDs[t]
@@ -103,6 +111,15 @@ actor PartitionIngest {
     }
 
     private func addSpan(_ span: BatchSpan) {
+        if let last = spans.last, last.endOffset - last.baseOffset < Self.minSpanRecords, last.endOffset == span.baseOffset {
+            let i = spans.count - 1
+            spans[i].endOffset = span.endOffset
+            spans[i].minTimestamp = min(last.minTimestamp, span.minTimestamp)
+            spans[i].maxTimestamp = max(last.maxTimestamp, span.maxTimestamp)
+            prefixMax[i] = max(i > 0 ? prefixMax[i - 1] : .min, spans[i].maxTimestamp)
+            keyCache.remove(last.baseOffset)  // its keys are no longer the whole span's
+            return
+        }
         prefixMax.append(max(prefixMax.last ?? .min, span.maxTimestamp))
         spans.append(span)
     }
@@ -240,7 +257,8 @@ actor PartitionIngest {
                     lo = min(lo, r.timestamp)
                     hi = max(hi, r.timestamp)
                 }
-                addSpan(BatchSpan(baseOffset: result.baseOffset, minTimestamp: lo, maxTimestamp: hi))
+                addSpan(BatchSpan(baseOffset: result.baseOffset, endOffset: result.baseOffset + Int64(chunk.count),
+                                  minTimestamp: lo, maxTimestamp: hi))
                 chunkBases.append(result.baseOffset)
             } catch {
                 // Readings of earlier chunks are in the log and stay known; the rest is undone.
@@ -277,7 +295,7 @@ actor PartitionIngest {
                 keys = cached
             } else {
                 do {
-                    keys = try decodeKeys(spans[j].baseOffset)
+                    keys = try decodeKeys(spans[j])
                 } catch {
                     return .failure(error)
                 }
@@ -288,14 +306,20 @@ actor PartitionIngest {
         return .success(false)
     }
 
-    private func decodeKeys(_ baseOffset: Int64) throws(LogError) -> Set<Key> {
-        let reader = log.reader(partition: partition, from: baseOffset)
+    private func decodeKeys(_ span: BatchSpan) throws(LogError) -> Set<Key> {
+        let reader = log.reader(partition: partition, from: span.baseOffset)
         var batch = DecodedBatch()
-        guard try reader.next(into: &batch) != nil, batch.baseOffset == baseOffset else {
-            throw LogError(.corruptBatch, "batch at offset \(baseOffset) of partition \(partition) is missing")
+        var keys = Set<Key>(minimumCapacity: Int(span.endOffset - span.baseOffset))
+        var next = span.baseOffset
+        while next < span.endOffset {
+            guard try reader.next(into: &batch) != nil, batch.baseOffset == next else {
+                throw LogError(.corruptBatch, "batch at offset \(next) of partition \(partition) is missing")
+            }
+            if batch.kind == .readings {
+                for i in 0..<batch.count { keys.insert(Key(sensorID: batch.sensorID(at: i), timestamp: batch.timestamps[i])) }
+            }
+            next = batch.baseOffset + Int64(batch.count)
         }
-        var keys = Set<Key>(minimumCapacity: batch.count)
-        for i in 0..<batch.count { keys.insert(Key(sensorID: batch.sensorID(at: i), timestamp: batch.timestamps[i])) }
         return keys
     }
 }
@@ -310,6 +334,12 @@ struct KeyCache {
     init(maxKeys: Int) { self.maxKeys = maxKeys }
 
     func get(_ base: Int64) -> Set<PartitionIngest.Key>? { sets[base] }
+
+    mutating func remove(_ base: Int64) {
+        guard let removed = sets.removeValue(forKey: base) else { return }
+        held -= removed.count
+        order.removeAll { $0 == base }
+    }
 
     mutating func put(_ base: Int64, _ keys: Set<PartitionIngest.Key>) {
         while held + keys.count > maxKeys, !order.isEmpty {

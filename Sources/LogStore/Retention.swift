@@ -21,11 +21,18 @@ public enum Retention {
     }
 
     /// Per partition, the newest timestamp retention removed (nil: nothing removed yet).
-    public static func floors(dataDirectory: String, partitions: Int) -> [Int64?] {
+    /// - Throws: `LogError` (`invalidLog`) when the file exists but cannot be read: silently
+    ///   starting without floors would let a late resend of removed readings count twice.
+    public static func floors(dataDirectory: String, partitions: Int) throws(LogError) -> [Int64?] {
         struct File: Decodable { var floors: [Int64?] }
-        guard let bytes = SegmentFiles.readWholeFile(dataDirectory + "/" + floorFile),
+        let path = dataDirectory + "/" + floorFile
+        guard FileManager.default.fileExists(atPath: path) else { return [Int64?](repeating: nil, count: partitions) }
+        guard let bytes = SegmentFiles.readWholeFile(path),
               let file = try? JSONDecoder().decode(File.self, from: Data(bytes)), file.floors.count == partitions
-        else { return [Int64?](repeating: nil, count: partitions) }
+        else {
+            throw LogError(.invalidLog, "\(floorFile) is unreadable or corrupt. It holds the retention floors that make a late resend "
+                + "of removed readings count as too_old; restore it from a backup (or delete it, accepting that risk)")
+        }
         return file.floors
     }
 
@@ -78,7 +85,7 @@ public enum Retention {
     /// never leaves deleted readings without their floor. The caller holds the directory lock.
     public static func apply(_ candidates: [Candidate], dataDirectory: String, partitions: Int) throws(LogError) {
         guard !candidates.isEmpty else { return }
-        var floors = floors(dataDirectory: dataDirectory, partitions: partitions)
+        var floors = try floors(dataDirectory: dataDirectory, partitions: partitions)
         for c in candidates { floors[c.partition] = max(floors[c.partition] ?? .min, c.maxTimestamp) }
         let text = "{\"floors\":[" + floors.map { $0.map(String.init) ?? "null" }.joined(separator: ",") + "]}\n"
         try SegmentFiles.writeAtomically(Array(text.utf8), to: dataDirectory + "/" + floorFile, directory: dataDirectory, displayPath: floorFile)

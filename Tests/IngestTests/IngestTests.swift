@@ -79,6 +79,36 @@ func r(_ id: String, _ ts: Int64, type: String = "temperature", value: Double = 
         #expect(stored.count == 2003 && stored.values.allSatisfy { $0 == 1 })
     }
 
+    /// One reading per write makes one-reading batches: the dedupe's per-batch spans merge into
+    /// runs (bounded memory), and out-of-order checks stay exact across runs, the run still
+    /// growing, a far-future reading that widens every later bound, and a restart.
+    @Test func exactWithTinyBatchesAndAFarFutureReading() async throws {
+        let f = try await Fixture.make(partitions: 2)
+        defer { f.close() }
+        var sent: [Reading] = []
+        for i in 0..<3000 {
+            let reading = i == 10 ? r("s0", 9_000_000_000_000_000_000) : r("s\(i % 20)", Int64(i) * 1000)
+            sent.append(reading)
+            _ = try await f.pipeline.submit([reading], via: .tcp)
+        }
+        var late: [Reading] = []
+        for i in 0..<40 { late.append(r("s\(i % 20)", Int64(i) * 1000 + 500)) }  // new, between stored ones
+        var resend = (sent + late).shuffled()
+        var appended = 0
+        while !resend.isEmpty {
+            let chunk = Array(resend.prefix(10))
+            resend.removeFirst(chunk.count)
+            appended += try await f.pipeline.submit(chunk, via: .tcp).filter { if case .appended = $0 { return true } else { return false } }.count
+        }
+        #expect(appended == late.count)
+        let g = try await f.reopen()
+        defer { g.close() }
+        let again = try await g.pipeline.submit((sent + late).shuffled(), via: .http)
+        #expect(!again.contains { if case .appended = $0 { return true } else { return false } })
+        let stored = try g.stored()
+        #expect(stored.count == sent.count + late.count && stored.values.allSatisfy { $0 == 1 })
+    }
+
     @Test func aSensorKeepsTheTypeOfItsFirstReading() async throws {
         let f = try await Fixture.make()
         defer { f.close() }
@@ -200,6 +230,12 @@ func r(_ id: String, _ ts: Int64, type: String = "temperature", value: Double = 
             #expect(status == 401)
             (status, _, _) = try await post(client, valid, headers: [.contentType: "application/json", HTTPField.Name("X-API-Key")!: "wrong"])
             #expect(status == 401)
+            // A key plus 256 more bytes: the length difference must count whole, not modulo 256.
+            (status, _, _) = try await post(client, valid, headers: [.contentType: "application/json",
+                                                                     HTTPField.Name("X-API-Key")!: "k1" + String(repeating: "x", count: 256)])
+            #expect(status == 401)
+            (status, _, _) = try await post(client, valid, headers: [.contentType: "application/json", HTTPField.Name("X-API-Key")!: "k"])
+            #expect(status == 401)
             let health = try await client.execute(uri: "/health", method: .get) { $0.status.code }
             #expect(health == 200, "health needs no key")
             let metrics = try await client.execute(uri: "/metrics", method: .get) { $0.status.code }
@@ -224,6 +260,16 @@ func r(_ id: String, _ ts: Int64, type: String = "temperature", value: Double = 
             ) { ($0.status.code, $0.headers[.accessControlAllowOrigin]) }
             #expect(preflight.0 == 200 || preflight.0 == 204)
             #expect(preflight.1 == "https://dash.example")
+        }
+    }
+
+    @Test func timestampsAreISO8601Only() async throws {
+        try await withApp { client, _ in
+            for bad in ["1763978400", "\"1763978400000000000\"", "\"2025-11-24T10:00:00\"", "\"yesterday\""] {
+                let body = #"{"sensor_id":"t","type":"temperature","value":1,"location":"lab","timestamp":"# + bad + "}"
+                let (status, text, _) = try await post(client, body)
+                #expect(status == 400 && text.contains("invalid_timestamp"), "\(bad)")
+            }
         }
     }
 
@@ -266,24 +312,58 @@ func r(_ id: String, _ ts: Int64, type: String = "temperature", value: Double = 
 }
 
 extension LineProtocolServerTests {
+    func serve(_ f: Fixture, limits: Limits = Limits()) async throws -> (LineProtocolServer, Int) {
+        let server = LineProtocolServer(configuration: .init(host: "127.0.0.1", port: 0, limits: limits), pipeline: f.pipeline, logger: .init(label: "test"))
+        return (server, try await server.start())
+    }
+
+    /// Waits (20 s at most) until `count` readings are stored, shuts the server down, and
+    /// expects exactly `count`, each once.
+    func expectStoredOnce(_ f: Fixture, _ count: Int, then server: LineProtocolServer) async throws {
+        let deadline = Date().addingTimeInterval(20)
+        while try f.stored().count < count && Date() < deadline { try await Task.sleep(for: .milliseconds(20)) }
+        await server.shutdown()
+        let stored = try f.stored()
+        #expect(stored.count == count && stored.values.allSatisfy { $0 == 1 })
+    }
+    /// Lines without a timestamp take the receive time; several of one sensor in one packet
+    /// are several readings, not one and its duplicates.
+    @Test func linesWithoutTimestampsAreEachStored() async throws {
+        let f = try await Fixture.make()
+        defer { f.close() }
+        let (server, port) = try await serve(f)
+        try sendTCP(port: port, Array(String(repeating: "temperature,sensor_id=no-ts,location=l value=1\n", count: 50).utf8))
+        try sendTCP(port: port, Array(String(repeating: "temperature,sensor_id=no-ts,location=l value=2\n", count: 50).utf8))
+        try await expectStoredOnce(f, 100, then: server)
+    }
+
+    /// The log refuses writes for a while (disk full): TCP has no acks, so what was read is kept
+    /// and retried, not dropped; once writes succeed, every line is stored once.
+    @Test func readingsReadWhileTheDiskIsFullLandOnceItIsNot() async throws {
+        let full = Gate(closed: true)
+        let f = try await Fixture.make(fileOperations: writes(while: full) { errno = ENOSPC; return true })
+        defer { f.close() }
+        let (server, port) = try await serve(f)
+        var text = ""
+        for i in 0..<2000 { text += "temperature,sensor_id=full-\(i % 7),location=l value=1 \(1_700_000_000_000_000_000 + Int64(i))\n" }
+        try sendTCP(port: port, Array(text.utf8))
+        try await Task.sleep(for: .milliseconds(1500))  // at least one refused attempt and one retry
+        #expect(try f.stored().isEmpty)
+        full.open()
+        try await expectStoredOnce(f, 2000, then: server)
+    }
+
     /// While the log cannot write, a connection must stop reading its socket: the producer's
     /// sends stall after a bounded amount (pending readings plus kernel buffers), instead of the
     /// server parsing everything into memory. Once the log writes again, everything lands once.
     @Test func aStalledLogStopsTheSocketBeingRead() async throws {
-        let stalled = Mutex(true)
-        let operations = FileOperations(
-            write: { fd, bytes, offset in
-                while stalled.withLock({ $0 }) { usleep(1000) }
-                return FileOperations.system.write(fd, bytes, offset)
-            },
-            sync: FileOperations.system.sync)
-        let f = try await Fixture.make(fileOperations: operations)
+        let stalled = Gate(closed: true)
+        let f = try await Fixture.make(fileOperations: writes(while: stalled) { usleep(1000); return false })
         defer { f.close() }
         var limits = Limits()
         limits.maxPendingReadingsPerConnection = 1000
         limits.maxSocketReadBytes = 64 << 10
-        let server = LineProtocolServer(configuration: .init(host: "127.0.0.1", port: 0, limits: limits), pipeline: f.pipeline, logger: .init(label: "test"))
-        let port = try await server.start()
+        let (server, port) = try await serve(f, limits: limits)
 
         // 48 MiB of lines, far more than a paused connection plus the kernel's buffers can absorb.
         var bytes: [UInt8] = []
@@ -309,7 +389,7 @@ extension LineProtocolServerTests {
         }
         #expect(sent < 24 << 20, "the server read \(sent) bytes while its log could not write")
 
-        stalled.withLock { $0 = false }
+        stalled.open()
         _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
         while sent < bytes.count {
             let n = bytes[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
@@ -317,12 +397,29 @@ extension LineProtocolServerTests {
             sent += n
         }
         shutdown(fd, Int32(SHUT_WR))
-        let deadline = Date().addingTimeInterval(60)
-        while try f.stored().count < lines && Date() < deadline { try await Task.sleep(for: .milliseconds(50)) }
-        await server.shutdown()
-        let stored = try f.stored()
-        #expect(stored.count == lines && stored.values.allSatisfy { $0 == 1 })
+        try await expectStoredOnce(f, lines, then: server)
     }
+}
+
+/// A switch shared with a fault-injecting `FileOperations`.
+final class Gate: Sendable {
+    private let state: Mutex<Bool>
+    init(closed: Bool) { state = Mutex(closed) }
+    var isClosed: Bool { state.withLock { $0 } }
+    func open() { state.withLock { $0 = false } }
+}
+
+/// Real writes, except while `gate` is closed: then `fault` runs first; it returns true for a
+/// failed write (with errno set), false to check the gate again.
+func writes(while gate: Gate, _ fault: @escaping @Sendable () -> Bool) -> FileOperations {
+    FileOperations(
+        write: { fd, bytes, offset in
+            while gate.isClosed {
+                if fault() { return -1 }
+            }
+            return FileOperations.system.write(fd, bytes, offset)
+        },
+        sync: FileOperations.system.sync)
 }
 
 /// A connected TCP socket to 127.0.0.1:`port`.
