@@ -147,8 +147,8 @@ function setup(thread) thread:set("id", #threads); table.insert(threads, thread)
 function init(args) thread_id = id end
 function request()
   counter = counter + 1
-  local body = string.format('{"sensor_id":"wrk-%d-%d","type":"temperature","value":21.5,"location":"lab","timestamp":"%d"}',
-                             thread_id, counter % 1000, 1763978400000000000 + counter)
+  local body = string.format('{"sensor_id":"wrk-%d-%d","type":"temperature","value":21.5,"location":"lab","timestamp":"2025-11-24T10:00:00.%09dZ"}',
+                             thread_id, counter % 1000, counter)
   return wrk.format("POST", "/sensor/data", {["Content-Type"] = "application/json"}, body)
 end
 """)

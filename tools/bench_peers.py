@@ -87,7 +87,7 @@ def sensorlog_run():
     lat = []
     for i in range(LATENCY_SAMPLES):
         body = json.dumps({"sensor_id": f"lat-{i % 10}", "type": "temperature", "value": 20.5, "location": "lab",
-                           "timestamp": str(1_763_978_400_000_000_000 + i)}).encode()
+                           "timestamp": f"2025-11-24T10:00:00.{i:09d}Z"}).encode()
         req = urllib.request.Request(f"http://127.0.0.1:{d.http}/sensor/data", data=body, headers={"Content-Type": "application/json"})
         t = time.perf_counter()
         urllib.request.urlopen(req).read()

@@ -133,8 +133,10 @@ struct APIKeyMiddleware: RouterMiddleware {
     private func match(_ given: [UInt8]) -> String? {
         var found: String?
         for key in keys {
-            var difference = UInt8(truncatingIfNeeded: key.count ^ given.count)
-            for i in 0..<key.count { difference |= key[i] ^ (i < given.count ? given[i] : 0) }
+            // The whole length difference counts (a key plus 256 bytes must not match), and the
+            // loop's length is the configured key's, so timing says nothing about the given one.
+            var difference = key.count ^ given.count
+            for i in 0..<key.count { difference |= Int(key[i] ^ (i < given.count ? given[i] : 0)) }
             if difference == 0 && found == nil { found = String(decoding: key, as: UTF8.self) }
         }
         return found
@@ -145,7 +147,9 @@ struct APIKeyMiddleware: RouterMiddleware {
 /// second, bursts up to one second's worth.
 final class RateLimiter: Sendable {
     let rate: Double
-    private let buckets = Mutex<[String: (tokens: Double, at: UInt64)]>([:])
+    private let buckets = Mutex<(clients: [String: (tokens: Double, at: UInt64)], sweepAt: Int)>(([:], RateLimiter.maxClients))
+    /// Past this many clients, those whose bucket has refilled (idle ones) are forgotten.
+    static let maxClients = 100_000
 
     init(readingsPerSecond: Double) { self.rate = readingsPerSecond }
 
@@ -153,14 +157,22 @@ final class RateLimiter: Sendable {
     /// - Returns: nil when allowed, else the seconds to wait before retrying.
     func take(_ count: Int, client: String) -> Int? {
         let now = DispatchTime.now().uptimeNanoseconds
+        let rate = self.rate
         return buckets.withLock { b -> Int? in
-            var bucket = b[client] ?? (rate, now)
+            var bucket = b.clients[client] ?? (rate, now)
             bucket.tokens = min(rate, bucket.tokens + Double(now - bucket.at) / 1e9 * rate)
             bucket.at = now
             defer {
-                b[client] = bucket
-                if b.count > 100_000 { b = b.filter { $0.value.tokens < rate } }  // forget idle clients
+                b.clients[client] = bucket
+                if b.clients.count > b.sweepAt {
+                    // A full bucket is the same as none. The next sweep waits until the table has
+                    // doubled again, so a crowd of active clients does not make every request O(n).
+                    b.clients = b.clients.filter { $0.value.tokens + Double(now - $0.value.at) / 1e9 * rate < rate }
+                    b.sweepAt = max(Self.maxClients, b.clients.count * 2)
+                }
             }
+            // A request larger than a second's worth passes only on a full bucket, and leaves it
+            // in debt: that client then waits until the debt is repaid.
             let need = Double(count)
             if bucket.tokens >= need || (bucket.tokens >= rate && need > rate) {
                 bucket.tokens -= need

@@ -63,22 +63,20 @@ struct PostedReading: Decodable {
         let ns: Int64
         switch timestamp {
         case .string(let s):
-            guard let t = Timestamp.parse(s) else {
+            // ISO-8601 only: a bare epoch number leaves its unit (s, ms, ns) to a guess, and a
+            // wrong guess files readings in 1970 or the year 55000 without a word.
+            guard let t = Timestamp.parseISO8601(s) else {
                 throw APIError(.badRequest, code: "invalid_timestamp",
-                               "timestamp must be ISO-8601 with a zone (2026-11-24T10:00:00.123Z) or epoch nanoseconds as a string",
+                               "timestamp must be ISO-8601 with a zone, e.g. 2026-11-24T10:00:00.123Z",
                                field: "timestamp", index: index)
             }
             ns = t
-        case .number(let seconds):
-            let scaled = (seconds * 1e9).rounded()
-            guard scaled.isFinite, abs(scaled) < 9.2e18 else {
-                throw APIError(.badRequest, code: "invalid_timestamp", "epoch seconds out of range", field: "timestamp", index: index)
-            }
-            ns = Int64(scaled)
         case nil, .null?:
             throw APIError(.badRequest, code: "missing_field", "timestamp is required", field: "timestamp", index: index)
         default:
-            throw APIError(.badRequest, code: "invalid_timestamp", "timestamp must be a string", field: "timestamp", index: index)
+            throw APIError(.badRequest, code: "invalid_timestamp",
+                           "timestamp must be an ISO-8601 string with a zone, e.g. 2026-11-24T10:00:00.123Z",
+                           field: "timestamp", index: index)
         }
         let reading = Reading(sensorID: sensor, type: type, value: number, location: location, timestamp: ns)
         do {

@@ -127,6 +127,8 @@ struct SensorLogDaemon: AsyncParsableCommand {
                 ranges[name] = .some(nil)
             }
         }
+        // The dedupe keeps a sensor's type in one byte.
+        guard ranges.count <= 200 else { throw ValidationError("at most 200 --sensor-type values, got \(ranges.count)") }
         return SensorTypes(ranges: ranges)
     }
 
