@@ -158,16 +158,17 @@ final class RateLimiter: Sendable {
     func take(_ count: Int, client: String) -> Int? {
         let now = DispatchTime.now().uptimeNanoseconds
         let rate = self.rate
+        func refilled(_ bucket: (tokens: Double, at: UInt64)) -> Double { bucket.tokens + Double(now - bucket.at) / 1e9 * rate }
         return buckets.withLock { b -> Int? in
             var bucket = b.clients[client] ?? (rate, now)
-            bucket.tokens = min(rate, bucket.tokens + Double(now - bucket.at) / 1e9 * rate)
+            bucket.tokens = min(rate, refilled(bucket))
             bucket.at = now
             defer {
                 b.clients[client] = bucket
                 if b.clients.count > b.sweepAt {
                     // A full bucket is the same as none. The next sweep waits until the table has
                     // doubled again, so a crowd of active clients does not make every request O(n).
-                    b.clients = b.clients.filter { $0.value.tokens + Double(now - $0.value.at) / 1e9 * rate < rate }
+                    b.clients = b.clients.filter { refilled($0.value) < rate }
                     b.sweepAt = max(Self.maxClients, b.clients.count * 2)
                 }
             }

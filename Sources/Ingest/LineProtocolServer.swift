@@ -251,10 +251,7 @@ final class LineProtocolHandler: ChannelInboundHandler {
         countRejections()
         guard pendingCount > 0 else { return }
         if submitting || retryScheduled {
-            if (pendingCount >= maxPendingReadings || retryScheduled) && !readPaused && !closed {
-                readPaused = true
-                context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
-            }
+            if pendingCount >= maxPendingReadings || retryScheduled { pauseReading(context) }
             return
         }
         let batch = pending
@@ -281,10 +278,8 @@ final class LineProtocolHandler: ChannelInboundHandler {
                 handler.submitting = false
                 if let failure {
                     handler.submissionFailed(batch, count: batchCount, failure, context)
-                } else if handler.readPaused && !handler.closed {
-                    handler.readPaused = false
-                    context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
-                    context.read()
+                } else {
+                    handler.resumeReading(context)
                 }
                 handler.flush(context)
                 // Only now: what the connection read meanwhile (say, at its close) was submitted
@@ -292,6 +287,21 @@ final class LineProtocolHandler: ChannelInboundHandler {
                 pipeline.end()
             }
         }
+    }
+
+    /// Stops reading the socket (TCP backpressure), unless already stopped or closed.
+    private func pauseReading(_ context: ChannelHandlerContext) {
+        guard !readPaused && !closed else { return }
+        readPaused = true
+        context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
+    }
+
+    /// Reads the socket again after `pauseReading`.
+    private func resumeReading(_ context: ChannelHandlerContext) {
+        guard readPaused && !closed else { return }
+        readPaused = false
+        context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
+        context.read()
     }
 
     /// The log refused a batch (disk full, I/O error). TCP has no acks, so the producer believes
@@ -311,21 +321,14 @@ final class LineProtocolHandler: ChannelInboundHandler {
         for p in pending.indices where !batch[p].isEmpty { pending[p] = batch[p] + pending[p] }
         pendingCount += count
         retryScheduled = true
-        if !readPaused && !closed {
-            readPaused = true
-            context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
-        }
+        pauseReading(context)
         let pipeline = self.pipeline
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         pipeline.begin()  // the retry is a submission under way: drain() waits for it
         context.eventLoop.scheduleTask(in: .seconds(1)) {
             let (handler, context) = bound.value
             handler.retryScheduled = false
-            if handler.readPaused && !handler.closed && handler.pendingCount < handler.maxPendingReadings {
-                handler.readPaused = false
-                context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
-                context.read()
-            }
+            if handler.pendingCount < handler.maxPendingReadings { handler.resumeReading(context) }
             handler.flush(context)
             pipeline.end()
         }

@@ -14,7 +14,7 @@ final class BatchEncoder {
     }
 
     private static let emptyTable = StringTable<Int32>(placeholder: -1)
-    private static let emptyDictionary = StringDictionary()
+    private static let emptyTuples = Tuples()
 
     /// Largest scale exponent tried for values (10^9).
     static let maxScaleExponent = 9
@@ -27,13 +27,7 @@ final class BatchEncoder {
 
     private var tupleBySensor = StringTable<Int32>(placeholder: -1)
     private var tupleByKey: [TupleKey: Int32] = [:]
-    private var tupleSensorIDs: [String] = []
-    private var tupleTypeNames: [String] = []
-    private var tupleLocationNames: [String] = []
-    private var tupleTypes: [Int32] = []
-    private var tupleLocations: [Int32] = []
-    private var types = StringDictionary()
-    private var locations = StringDictionary()
+    private var tuples = Tuples()
     /// Per record: 0 for "the next new tuple", else tuple index + 1 (what is stored).
     private var refs: [Int32] = []
     /// Per record: its tuple index.
@@ -73,26 +67,17 @@ final class BatchEncoder {
         var bySensor = tupleBySensor
         var refs = self.refs
         var recordTuple = self.recordTuple
-        var typeNames = tupleTypeNames
-        var locationNames = tupleLocationNames
-        var tuples = Tuples(sensorIDs: tupleSensorIDs, types: tupleTypes, locations: tupleLocations,
-                            typeDictionary: types, locationDictionary: locations)
+        var tuples = self.tuples
         tupleBySensor = Self.emptyTable
         self.refs = []
         self.recordTuple = []
-        tupleTypeNames = []
-        tupleLocationNames = []
-        tupleSensorIDs = []
-        tupleTypes = []
-        tupleLocations = []
-        types = Self.emptyDictionary
-        locations = Self.emptyDictionary
+        self.tuples = Self.emptyTuples
         refs.reserveCapacity(readings.count)
         recordTuple.reserveCapacity(readings.count)
         for r in readings {
             if let t = bySensor[r.sensorID] {
                 let ti = Int(t)
-                if typeNames[ti] == r.type && locationNames[ti] == r.location {
+                if tuples.typeNames[ti] == r.type && tuples.locationNames[ti] == r.location {
                     refs.append(t + 1)
                     recordTuple.append(t)
                     continue
@@ -105,16 +90,12 @@ final class BatchEncoder {
                     recordTuple.append(other)
                 } else {
                     let added = tuples.add(r)
-                    typeNames.append(r.type)
-                    locationNames.append(r.location)
                     tupleByKey[key] = added
                     refs.append(0)
                     recordTuple.append(added)
                 }
             } else {
                 let t = tuples.add(r)
-                typeNames.append(r.type)
-                locationNames.append(r.location)
                 bySensor.insert(r.sensorID, t)
                 refs.append(0)
                 recordTuple.append(t)
@@ -123,16 +104,10 @@ final class BatchEncoder {
         tupleBySensor = bySensor
         self.refs = refs
         self.recordTuple = recordTuple
-        tupleTypeNames = typeNames
-        tupleLocationNames = locationNames
-        tupleSensorIDs = tuples.sensorIDs
-        tupleTypes = tuples.types
-        tupleLocations = tuples.locations
-        types = tuples.typeDictionary
-        locations = tuples.locationDictionary
+        self.tuples = tuples
 
-        writeStrings(types.names)
-        writeStrings(locations.names)
+        writeStrings(tuples.typeDictionary.names)
+        writeStrings(tuples.locationDictionary.names)
         writeTuples()
         for ref in refs { payload.appendVarint(UInt64(ref)) }
 
@@ -172,32 +147,43 @@ final class BatchEncoder {
     private func resetDictionaries() {
         tupleBySensor.removeAll()
         tupleByKey.removeAll(keepingCapacity: true)
-        tupleSensorIDs.removeAll(keepingCapacity: true)
-        tupleTypeNames.removeAll(keepingCapacity: true)
-        tupleLocationNames.removeAll(keepingCapacity: true)
-        tupleTypes.removeAll(keepingCapacity: true)
-        tupleLocations.removeAll(keepingCapacity: true)
-        types.removeAll()
-        locations.removeAll()
+        tuples.removeAll()
         refs.removeAll(keepingCapacity: true)
         recordTuple.removeAll(keepingCapacity: true)
         scaled.removeAll(keepingCapacity: true)
     }
 
-    /// The tuple columns and their dictionaries, as a value the hot loop holds in a local.
+    /// The batch's tuples, column-wise, with their type and location dictionaries: a value, so
+    /// the hot loop holds it in a local (no exclusivity checks on the class's stored properties).
     private struct Tuples {
-        var sensorIDs: [String]
-        var types: [Int32]
-        var locations: [Int32]
-        var typeDictionary: StringDictionary
-        var locationDictionary: StringDictionary
+        var sensorIDs: [String] = []
+        /// Per tuple, its type and location as text (what the hot loop compares against).
+        var typeNames: [String] = []
+        var locationNames: [String] = []
+        /// Per tuple, its type and location as dictionary indexes (what is stored).
+        var types: [Int32] = []
+        var locations: [Int32] = []
+        var typeDictionary = StringDictionary()
+        var locationDictionary = StringDictionary()
 
         mutating func add(_ r: Reading) -> Int32 {
             let index = Int32(sensorIDs.count)
             sensorIDs.append(r.sensorID)
+            typeNames.append(r.type)
+            locationNames.append(r.location)
             types.append(typeDictionary.intern(r.type))
             locations.append(locationDictionary.intern(r.location))
             return index
+        }
+
+        mutating func removeAll() {
+            sensorIDs.removeAll(keepingCapacity: true)
+            typeNames.removeAll(keepingCapacity: true)
+            locationNames.removeAll(keepingCapacity: true)
+            types.removeAll(keepingCapacity: true)
+            locations.removeAll(keepingCapacity: true)
+            typeDictionary.removeAll()
+            locationDictionary.removeAll()
         }
     }
 
@@ -217,10 +203,10 @@ final class BatchEncoder {
     /// Tuples: sensor_id front-coded against the previous tuple's (ids of one fleet share long
     /// prefixes), then the type and location dictionary indexes.
     private func writeTuples() {
-        payload.appendVarint(UInt64(tupleSensorIDs.count))
+        payload.appendVarint(UInt64(tuples.sensorIDs.count))
         var previous = ""
-        for i in tupleSensorIDs.indices {
-            var id = tupleSensorIDs[i]
+        for i in tuples.sensorIDs.indices {
+            var id = tuples.sensorIDs[i]
             id.withUTF8 { current in
                 previous.withUTF8 { prior in
                     var shared = 0
@@ -231,8 +217,8 @@ final class BatchEncoder {
                     payload.append(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(current)[shared...]))
                 }
             }
-            payload.appendVarint(UInt64(tupleTypes[i]))
-            payload.appendVarint(UInt64(tupleLocations[i]))
+            payload.appendVarint(UInt64(tuples.types[i]))
+            payload.appendVarint(UInt64(tuples.locations[i]))
             previous = id
         }
     }
@@ -254,14 +240,14 @@ final class BatchEncoder {
         }
         if exact {
             scaled.reserveCapacity(readings.count)
-            var typeMin = [Int64](repeating: .max, count: types.names.count)
+            var typeMin = [Int64](repeating: .max, count: tuples.typeDictionary.names.count)
             for (i, r) in readings.enumerated() {
                 guard let v = Self.scaledInteger(r.value, exponent) else {
                     exact = false
                     break
                 }
                 scaled.append(v)
-                let type = Int(tupleTypes[Int(recordTuple[i])])
+                let type = Int(tuples.types[Int(recordTuple[i])])
                 typeMin[type] = min(typeMin[type], v)
             }
             if exact {
@@ -269,7 +255,7 @@ final class BatchEncoder {
                 payload.appendVarint(UInt64(exponent))
                 for m in typeMin { payload.appendZigZag(m == .max ? 0 : m) }
                 for i in readings.indices {
-                    let type = Int(tupleTypes[Int(recordTuple[i])])
+                    let type = Int(tuples.types[Int(recordTuple[i])])
                     payload.appendVarint(UInt64(scaled[i] - typeMin[type]))
                 }
                 return
