@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import Synchronization
 public import SensorLogCore
 
 /// How to open a log for writing.
@@ -111,7 +112,12 @@ public final class DirectoryLock: Sendable {
         return Int32(String(decoding: buffer[0..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1
     }
 
+    private let released = Atomic<Bool>(false)
+
+    /// Unlocks and closes; later calls do nothing (a second close(2) would close whatever file
+    /// reused the descriptor number meanwhile).
     public func release() {
+        guard !released.exchange(true, ordering: .acquiringAndReleasing) else { return }
         _ = flock(fd, LOCK_UN)
         _ = Glibc.close(fd)
     }
@@ -272,7 +278,8 @@ public final class Log: Sendable {
         for p in partitions { try p.flush() }
     }
 
-    /// Syncs and closes every partition and releases the directory lock.
+    /// Syncs and closes every partition and releases the directory lock. Closing again syncs
+    /// again and releases nothing twice.
     public func close() throws(LogError) {
         var firstError: LogError?
         for p in partitions {

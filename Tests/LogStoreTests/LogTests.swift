@@ -107,6 +107,18 @@ import Testing
         try again.close()
     }
 
+    @Test func closingTwiceClosesNoOneElsesFile() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.cleanup() }
+        let log = try Log.open(dataDirectory: dir.path, configuration: LogConfiguration(limits: limits(partitions: 1)))
+        try log.close()
+        // Likely to get the lock file's old descriptor number, which a second close(2) would shut.
+        let other = open(dir.path + "/other", O_RDWR | O_CREAT, 0o644)
+        defer { close(other) }
+        try log.close()
+        #expect(fcntl(other, F_GETFD) != -1, "descriptor \(other) was closed by the second Log.close")
+    }
+
     @Test func groupCommitSharesFsyncs() async throws {
         let dir = TemporaryDirectory()
         defer { dir.cleanup() }
