@@ -38,8 +38,10 @@ public final class AggregatorService: Service, @unchecked Sendable {
     }
 
     public func run() async throws {
-        let thread = Thread { [self] in loop() }
-        thread.name = "sensorlog-aggregator"
+        let thread = Thread { [self] in
+            nameCurrentThread("slog-aggregator")
+            loop()
+        }
         thread.start()
         try? await gracefulShutdown()
         requestStop()
@@ -115,8 +117,9 @@ public final class AggregatorService: Service, @unchecked Sendable {
             let sinceCommit = ContinuousClock.now - lastCommit
             let due = sinceCommit >= max(commitInterval, lastCommitCost * 4)
             // Caught up: commit soon, but with the same spacing, or a fast producer that the fold
-            // keeps catching up with would have it committing half of the time.
-            let caughtUp = !progressed && sinceCommit >= lastCommitCost * 4
+            // keeps catching up with would have it committing half of the time, and not more
+            // than 50 times a second, or a trickle of one-reading requests commits every poll.
+            let caughtUp = !progressed && sinceCommit >= max(.milliseconds(20), lastCommitCost * 4)
             if pending > 0 && (pending >= commitRecords || due || caughtUp || stopping) {
                 let started = ContinuousClock.now
                 try folder.commit(offsets: offsets)

@@ -206,8 +206,10 @@ public final class Partition: PartitionView, @unchecked Sendable {
 
         if policy != .never {
             syncThreadDone = false
-            let thread = Thread { [self] in self.syncLoop() }
-            thread.name = "sensorlog-sync-\(id)"
+            let thread = Thread { [self] in
+                nameCurrentThread("slog-sync-\(self.id)")
+                self.syncLoop()
+            }
             thread.start()
         }
     }
