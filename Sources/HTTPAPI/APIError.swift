@@ -55,4 +55,11 @@ enum JSONBody {
             status: status, headers: [.contentType: "application/json; charset=utf-8"],
             body: ResponseBody(byteBuffer: ByteBuffer(bytes: data)))
     }
+
+    /// A body already in JSON (with its newline).
+    static func response(_ status: HTTPResponse.Status, raw json: String) -> Response {
+        Response(
+            status: status, headers: [.contentType: "application/json; charset=utf-8"],
+            body: ResponseBody(byteBuffer: ByteBuffer(string: json)))
+    }
 }

@@ -55,9 +55,25 @@ struct RequestIDMiddleware: RouterMiddleware {
         }
     }
 
+    /// 32 hex digits: a random prefix drawn once per process and a counter, so ids are unique
+    /// without a getrandom call and a format string per request (a tenth of a small POST's cost).
     static func generate() -> String {
-        var rng = SystemRandomNumberGenerator()
-        return String(format: "%016llx%016llx", rng.next() as UInt64, rng.next() as UInt64)
+        let n = counter.add(1, ordering: .relaxed).newValue
+        return String(unsafeUninitializedCapacity: 32) { out in
+            hex(prefix, into: out, at: 0)
+            hex(n, into: out, at: 16)
+            return 32
+        }
+    }
+
+    private static let prefix: UInt64 = UInt64.random(in: .min ... .max)
+    private static let counter = Atomic<UInt64>(0)
+
+    private static func hex(_ value: UInt64, into out: UnsafeMutableBufferPointer<UInt8>, at start: Int) {
+        let digits: StaticString = "0123456789abcdef"
+        for i in 0..<16 {
+            out[start + i] = digits.utf8Start[Int((value >> (60 - 4 * UInt64(i))) & 0xF)]
+        }
     }
 }
 
