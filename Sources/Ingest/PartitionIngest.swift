@@ -51,10 +51,20 @@ actor PartitionIngest {
         var timestamp: Int64
     }
 
-    private struct Waiting {
+    private struct Submission {
         var readings: [Reading]
         var detailed: Bool
-        var continuation: CheckedContinuation<Result<SubmissionResult, LogError>, Never>
+    }
+
+    /// What a queued submission is woken with: its result, or the turn to lead the next batch.
+    private enum Wake {
+        case done(Result<SubmissionResult, LogError>)
+        case lead
+    }
+
+    private struct Waiting {
+        var submission: Submission
+        var continuation: CheckedContinuation<Wake, Never>
     }
 
     let partition: Int
@@ -68,6 +78,7 @@ actor PartitionIngest {
     private var prefixMax: [Int64] = []
     private var keyCache = KeyCache(maxKeys: 65_536)
     private var queue: [Waiting] = []
+    /// A submitter is leading a batch (see `submit`).
     private var running = false
 
     /// Readings at or before this timestamp are refused (`Retention` removed that far).
@@ -144,29 +155,34 @@ actor PartitionIngest {
 
     /// Checks and appends `readings`; returns once they are durable under the fsync policy.
     /// - Parameter detailed: report each reading's outcome (HTTP), not only the counts (TCP).
+    ///
+    /// The first submitter leads: it takes everything queued behind it into its batch, and when
+    /// done hands the lead to the first submission that queued meanwhile. No task is spawned to
+    /// drain the queue, which would cost a task and a thread wake-up per one-reading request.
     func submit(_ readings: [Reading], detailed: Bool) async -> Result<SubmissionResult, LogError> {
-        await withCheckedContinuation { continuation in
-            queue.append(Waiting(readings: readings, detailed: detailed, continuation: continuation))
-            if !running {
-                running = true
-                Task { await self.drain() }
+        let submission = Submission(readings: readings, detailed: detailed)
+        if running {
+            let wake = await withCheckedContinuation { continuation in
+                queue.append(Waiting(submission: submission, continuation: continuation))
             }
+            if case .done(let result) = wake { return result }
         }
-    }
-
-    private func drain() async {
-        while !queue.isEmpty {
-            let batch = queue
-            queue = []
-            let results = await process(batch)
-            for (waiting, result) in zip(batch, results) { waiting.continuation.resume(returning: result) }
+        running = true
+        let followers = queue
+        queue = []
+        let results = await process([submission] + followers.map(\.submission))
+        for (waiting, result) in zip(followers, results.dropFirst()) { waiting.continuation.resume(returning: .done(result)) }
+        if queue.isEmpty {
+            running = false
+        } else {
+            queue.removeFirst().continuation.resume(returning: .lead)
         }
-        running = false
+        return results[0]
     }
 
     /// Dedupe and type check in order, then one append per `maxBatchRecords`. On failure every
     /// change to the state is undone, so a retry is judged as if the failed attempt never happened.
-    private func process(_ submissions: [Waiting]) async -> [Result<SubmissionResult, LogError>] {
+    private func process(_ submissions: [Submission]) async -> [Result<SubmissionResult, LogError>] {
         var results = submissions.map {
             SubmissionResult(outcomes: $0.detailed ? [IngestOutcome](repeating: .duplicate, count: $0.readings.count) : nil)
         }
