@@ -68,6 +68,33 @@ import Testing
         try log.close()
     }
 
+    @Test func zerosWithABatchAfterThemAreDamageNotTheEnd() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.cleanup() }
+        let batches = try writeBatches(dir.path, batches: 2)
+        let segment = segmentFiles(dir.path, partition: 0).last!
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: segment))
+        // A block of the first batch's tail lost to zeros, the second batch intact after it.
+        var damaged = bytes
+        let hole = Int(batches[0].end) - 40
+        damaged.replaceSubrange(hole..<Int(batches[0].end), with: Data(count: 40))
+        try damaged.write(to: URL(fileURLWithPath: segment))
+        #expect(throws: LogError.self) { try Log.open(dataDirectory: dir.path, configuration: oneLimits()) }
+        // Zeros between two whole batches: the second one must not be silently dropped.
+        var gap = bytes.prefix(Int(batches[0].end))
+        gap.append(Data(count: 4096))
+        gap.append(bytes.suffix(from: Int(batches[0].end)))
+        try gap.write(to: URL(fileURLWithPath: segment))
+        do {
+            _ = try Log.open(dataDirectory: dir.path, configuration: oneLimits())
+            Issue.record("opened a segment whose zeros hide a batch")
+        } catch {
+            #expect(error.code == .corruptBatch)
+            #expect(error.position == batches[0].end)
+        }
+        #expect(fileSize(segment) == gap.count, "nothing was cut away")
+    }
+
     @Test func corruptionFollowedByValidBatchesRefusesToOpen() throws {
         let dir = TemporaryDirectory()
         defer { dir.cleanup() }
