@@ -427,7 +427,7 @@ public final class Partition: PartitionView, @unchecked Sendable {
     }
 
     /// Suspends until `waiter` completes.
-    func wait(_ waiter: DurabilityWaiter) async throws(LogError) {
+    nonisolated(nonsending) func wait(_ waiter: DurabilityWaiter) async throws(LogError) {
         let result: Result<Void, LogError> = await withCheckedContinuation { continuation in
             condition.lock()
             if let result = waiter.result {
