@@ -2,9 +2,9 @@
 /// array of objects, whose members of interest are scalars.
 ///
 /// Strict RFC 8259: UTF-8, no trailing commas (which Foundation's parser lets through), no
-/// comments, no leading zeros, escapes checked, lone surrogates refused. Members other than the five of a
-/// reading are skipped whatever they hold; nested values of the five read as `.other`, so
-/// validation can name the field. When a member appears twice, the last one counts.
+/// comments, no leading zeros, escapes checked, lone surrogates refused. Members other than the
+/// five of a reading are skipped whatever they hold; nested values of the five read as `.other`,
+/// so validation can name the field. When a member appears twice, the last one counts.
 /// Written for speed: JSONDecoder cost more than everything else a one-reading request does
 /// outside the kernel.
 enum ReadingJSON {
