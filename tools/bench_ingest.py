@@ -9,6 +9,22 @@ RUNS = int(os.environ.get("RUNS", "3"))
 READINGS = int(os.environ.get("READINGS", "10000000"))
 
 
+# wrk script: one reading per request, 1000 sensors per wrk thread, ISO timestamps that never repeat.
+POST_SCRIPT = """
+local counter = 0
+local thread_id = 0
+local threads = {}
+function setup(thread) thread:set("id", #threads); table.insert(threads, thread) end
+function init(args) thread_id = id end
+function request()
+  counter = counter + 1
+  local body = string.format('{"sensor_id":"wrk-%d-%d","type":"temperature","value":21.5,"location":"lab","timestamp":"2025-11-24T10:00:00.%09dZ"}',
+                             thread_id, counter % 1000, counter)
+  return wrk.format("POST", "/sensor/data", {["Content-Type"] = "application/json"}, body)
+end
+"""
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -163,19 +179,7 @@ def main():
 
     # 3. POST one reading per request, fsync always, 16 connections.
     lua = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
-    lua.write("""
-local counter = 0
-local thread_id = 0
-local threads = {}
-function setup(thread) thread:set("id", #threads); table.insert(threads, thread) end
-function init(args) thread_id = id end
-function request()
-  counter = counter + 1
-  local body = string.format('{"sensor_id":"wrk-%d-%d","type":"temperature","value":21.5,"location":"lab","timestamp":"2025-11-24T10:00:00.%09dZ"}',
-                             thread_id, counter % 1000, counter)
-  return wrk.format("POST", "/sensor/data", {["Content-Type"] = "application/json"}, body)
-end
-""")
+    lua.write(POST_SCRIPT)
     lua.close()
     http = []
     # Five runs: this figure swings most with the machine (fsync latency of a shared virtual disk).
