@@ -167,7 +167,7 @@ public struct LineParser: Sendable {
         let value = try parseValue(line, valueToken)
 
         do {
-            if isPlain(line, sensor) && isPlain(line, location) {
+            if !sensor.escaped && !location.escaped {
                 // The common line: validate the bytes in place, build strings only for a reading kept.
                 try validator.validate(sensorID: bytes(line, sensor), typeIndex: type, value: value, location: bytes(line, location))
                 return Reading(sensorID: text(line, sensor), type: typeNames[type], value: value,
@@ -248,12 +248,6 @@ public struct LineParser: Sendable {
         }
     }
 
-    /// A token whose bytes are its text: no escape to resolve.
-    @inline(__always)
-    private func isPlain(_ line: UnsafeRawBufferPointer, _ t: Token) -> Bool {
-        !t.escaped
-    }
-
     @inline(__always)
     private func bytes(_ line: UnsafeRawBufferPointer, _ t: Token) -> UnsafeRawBufferPointer {
         UnsafeRawBufferPointer(rebasing: line[t.start..<t.end])
@@ -261,12 +255,11 @@ public struct LineParser: Sendable {
 
     /// A name or tag value, unescaped. Quotes are literal there (only string fields are quoted).
     private func text(_ line: UnsafeRawBufferPointer, _ t: Token) -> String {
-        let start = t.start
+        if !t.escaped { return String(decoding: bytes(line, t), as: UTF8.self) }
         let end = t.end
-        if !t.escaped { return String(decoding: UnsafeRawBufferPointer(rebasing: line[start..<end]), as: UTF8.self) }
         var out: [UInt8] = []
-        out.reserveCapacity(end - start)
-        var i = start
+        out.reserveCapacity(end - t.start)
+        var i = t.start
         while i < end {
             let c = line[i]
             if c == UInt8(ascii: "\\") && i + 1 < end {
