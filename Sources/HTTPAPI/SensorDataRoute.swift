@@ -139,18 +139,23 @@ struct SensorDataRoute: Sendable {
             }
         }
 
-        // A whole array is checked before any of it is written (one reading is checked by the
-        // append itself, which saves a trip through the partition's queue).
-        if readings.count > 1, let conflict = await pipeline.typeConflicts(readings).first {
-            throw reject(APIError(.badRequest, code: "type_mismatch",
-                                  "sensor \(readings[conflict.index].sensorID) is a \(conflict.expected) sensor",
-                                  field: "type", index: isArray ? conflict.index : nil), count: readings.count)
-        }
-
         let outcomes: [IngestOutcome]
         do {
-            outcomes = try await pipeline.submit(readings, via: .http)
-        } catch {
+            if readings.count == 1 {
+                // One reading is type-checked by the append itself.
+                outcomes = try await pipeline.submit(readings, via: .http)
+            } else {
+                switch try await pipeline.submitWhole(readings, via: .http) {
+                case .submitted(let all):
+                    outcomes = all
+                case .typeConflict(let index, let expected):
+                    throw reject(APIError(.badRequest, code: "type_mismatch", "sensor \(readings[index].sensorID) is a \(expected) sensor",
+                                          field: "type", index: isArray ? index : nil), count: readings.count)
+                }
+            }
+        } catch let error as APIError {
+            throw error
+        } catch let error as LogError {
             context.logger.error("append failed", metadata: ["error": "\(error)"])
             var api = APIError(.serviceUnavailable, code: error.code == .diskFull ? "disk_full" : "log_unavailable",
                                "the log cannot accept writes right now; retry later (retries are deduplicated)")
@@ -177,7 +182,7 @@ struct SensorDataRoute: Sendable {
             switch outcome {
             case .appended(let partition, let offset):
                 created.readings.append(Stored(index: i, partition: partition, offset: offset))
-            case .duplicate, .typeMismatch:
+            case .duplicate, .typeMismatch:  // no mismatch here: submitWhole claimed the types
                 created.duplicates.append(i)
             case .tooOld:
                 created.tooOld.append(i)

@@ -45,17 +45,47 @@ public final class IngestPipeline: Sendable {
         return total
     }
 
-    /// Readings whose sensor is bound to another type (by its first reading, or by an earlier
-    /// item of `readings`). Changes nothing.
-    /// - Returns: (index in `readings`, the sensor's type), ascending by index.
-    public func typeConflicts(_ readings: [Reading]) async -> [(index: Int, expected: String)] {
+    /// What `submitWhole` did.
+    public enum WholeSubmission: Sendable {
+        /// Nothing was written: the reading at `index` belongs to a sensor of type `expected`.
+        case typeConflict(index: Int, expected: String)
+        case submitted([IngestOutcome])
+    }
+
+    /// `submit` for readings that must be written all or none (an HTTP array): every sensor's
+    /// type is checked first, and the types of sensors new to the log stay claimed until the
+    /// append is done, so no concurrent submission can make an item of `readings` conflict after
+    /// the check. Duplicates are still skipped one by one.
+    /// - Throws: as `submit`.
+    public func submitWhole(_ readings: [Reading], via transport: Transport) async throws(LogError) -> WholeSubmission {
         var groups = [[(index: Int, reading: Reading)]](repeating: [], count: partitions.count)
         for (i, r) in readings.enumerated() { groups[log.partition(for: r.sensorID)].append((i, r)) }
-        var conflicts: [(index: Int, expected: String)] = []
-        for (p, group) in groups.enumerated() where !group.isEmpty {
-            conflicts += await partitions[p].typeConflicts(group)
+        var claimed: [(partition: Int, sensorIDs: [String])] = []
+        func release() async {
+            for (p, ids) in claimed where !ids.isEmpty { await partitions[p].releaseClaims(ids) }
         }
-        return conflicts.sorted { $0.index < $1.index }
+        for (p, group) in groups.enumerated() where !group.isEmpty {
+            switch await partitions[p].claimTypes(group) {
+            case .success(let ids):
+                claimed.append((p, ids))
+            case .failure(let found):
+                // Report the first conflict in the array, wherever its partition.
+                var first = found.conflicts[0]
+                for (q, later) in groups.enumerated().dropFirst(p + 1) where !later.isEmpty {
+                    if let c = await partitions[q].typeConflicts(later).first, c.index < first.index { first = c }
+                }
+                await release()
+                return .typeConflict(index: first.index, expected: first.expected)
+            }
+        }
+        do {
+            let outcomes = try await submit(readings, via: transport)
+            await release()
+            return .submitted(outcomes)
+        } catch {
+            await release()
+            throw error
+        }
     }
 
     /// Appends the new readings among `readings` (already validated) and reports each one's fate.

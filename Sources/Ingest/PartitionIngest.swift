@@ -10,6 +10,11 @@ public struct SubmissionResult: Sendable {
     public var outcomes: [IngestOutcome]?
 }
 
+/// Readings whose sensor is bound to another type: (index, the sensor's type).
+struct TypeConflicts: Error {
+    var conflicts: [(index: Int, expected: String)]
+}
+
 /// What became of one submitted reading.
 public enum IngestOutcome: Sendable, Equatable {
     case appended(partition: Int, offset: Int64)
@@ -77,6 +82,9 @@ actor PartitionIngest {
     /// running maximum reaches t cannot hold t.
     private var prefixMax: [Int64] = []
     private var keyCache = KeyCache(maxKeys: 65_536)
+    /// Types claimed for sensors not yet in the log by arrays being written (see `claimTypes`),
+    /// with how many arrays hold each claim.
+    private var claims: [String: (type: UInt8, holds: Int)] = [:]
     private var queue: [Waiting] = []
     /// A submitter is leading a batch (see `submit`).
     private var running = false
@@ -135,14 +143,17 @@ actor PartitionIngest {
         spans.append(span)
     }
 
-    /// The sensors among `readings` whose first reading fixed another type (read-only: the HTTP
-    /// API checks a whole array before writing any of it).
+    /// The sensors among `readings` whose first reading (stored, claimed by an array being
+    /// written, or earlier in `readings`) fixed another type. Changes nothing.
     func typeConflicts(_ readings: [(index: Int, reading: Reading)]) -> [(index: Int, expected: String)] {
         var conflicts: [(Int, String)] = []
         var seen: [String: String] = [:]
         for (index, r) in readings {
             if let state = sensors[r.sensorID] {
                 let expected = typeNames[Int(state.type)]
+                if expected != r.type { conflicts.append((index, expected)) }
+            } else if let claim = claims[r.sensorID] {
+                let expected = typeNames[Int(claim.type)]
                 if expected != r.type { conflicts.append((index, expected)) }
             } else if let first = seen[r.sensorID] {
                 if first != r.type { conflicts.append((index, first)) }
@@ -151,6 +162,31 @@ actor PartitionIngest {
             }
         }
         return conflicts
+    }
+
+    /// Checks `readings` as `typeConflicts` does and, when none conflicts, claims the type of each
+    /// sensor new to the log until `releaseClaims`: a reading of another type that arrives
+    /// meanwhile is refused, so an array checked whole is also written whole.
+    /// - Returns: the conflicts (nothing claimed), or the sensors claimed.
+    func claimTypes(_ readings: [(index: Int, reading: Reading)]) -> Result<[String], TypeConflicts> {
+        let conflicts = typeConflicts(readings)
+        guard conflicts.isEmpty else { return .failure(TypeConflicts(conflicts: conflicts)) }
+        var claimed: [String] = []
+        var seen = Set<String>()
+        for (_, r) in readings where sensors.slot(of: r.sensorID) == nil && seen.insert(r.sensorID).inserted {
+            claims[r.sensorID, default: (typeIndex(r.type), 0)].holds += 1
+            claimed.append(r.sensorID)
+        }
+        return .success(claimed)
+    }
+
+    /// Gives up claims taken by `claimTypes`.
+    func releaseClaims(_ sensorIDs: [String]) {
+        for id in sensorIDs {
+            guard var claim = claims[id] else { continue }
+            claim.holds -= 1
+            claims[id] = claim.holds > 0 ? claim : nil
+        }
     }
 
     /// Checks and appends `readings`; returns once they are durable under the fsync policy.
@@ -242,6 +278,11 @@ actor PartitionIngest {
                         }
                     }
                 } else {
+                    if !claims.isEmpty, let claim = claims[r.sensorID], claim.type != type {
+                        results[s].mismatches += 1
+                        results[s].outcomes?[i] = .typeMismatch(expected: typeNames[Int(claim.type)])
+                        continue
+                    }
                     undo.append((r.sensorID, nil))
                     sensors.insert(r.sensorID, SensorState(lastTimestamp: r.timestamp, type: type))
                     freshKeys?.insert(Key(sensorID: r.sensorID, timestamp: r.timestamp))

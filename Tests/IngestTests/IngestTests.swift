@@ -48,6 +48,16 @@ struct Fixture {
         }
         return counts
     }
+
+    /// Every reading in the log.
+    func storedReadings() throws -> [Reading] {
+        var all: [Reading] = []
+        for p in 0..<log.partitions.count {
+            let reader = log.reader(partition: p, from: 0)
+            while let (batch, first) = try reader.next() { all += batch.readings[first...] }
+        }
+        return all
+    }
 }
 
 func r(_ id: String, _ ts: Int64, type: String = "temperature", value: Double = 1) -> Reading {
@@ -116,8 +126,48 @@ func r(_ id: String, _ ts: Int64, type: String = "temperature", value: Double = 
         let o = try await f.pipeline.submit([r("t1", 2, type: "temperature"), r("t1", 3, type: "humidity")], via: .tcp)
         #expect(o[0] == .typeMismatch(expected: "humidity"))
         if case .appended = o[1] {} else { Issue.record("same-type reading refused: \(o[1])") }
-        let conflicts = await f.pipeline.typeConflicts([r("t1", 9), r("new", 1, type: "pressure"), r("new", 2, type: "humidity")])
-        #expect(conflicts.map(\.index) == [0, 2])
+        let whole = try await f.pipeline.submitWhole([r("new", 1, type: "pressure"), r("new", 2, type: "humidity"), r("t1", 9)], via: .http)
+        guard case .typeConflict(1, "pressure") = whole else { Issue.record("\(whole)"); return }
+        // The conflict nearest the start is reported, whichever partition it is in.
+        let later = try await f.pipeline.submitWhole([r("x", 1), r("t1", 9), r("new", 3, type: "pressure")], via: .http)
+        guard case .typeConflict(1, "humidity") = later else { Issue.record("\(later)"); return }
+        #expect(try f.stored().keys.allSatisfy { $0.hasPrefix("t1") })
+    }
+
+    /// Arrays that each bring new sensors, with the same sensors' first readings of other types
+    /// racing them one by one: every array is written whole or refused whole, and no sensor
+    /// ends up with two types.
+    @Test func arraysRacingOtherTypesAreWrittenWholeOrNotAtAll() async throws {
+        let f = try await Fixture.make(fsync: .always)
+        defer { f.close() }
+        let sensors = 40
+        let arrays = try await withThrowingTaskGroup(of: (Bool, Int)?.self) { group in
+            for k in 0..<sensors {
+                group.addTask {
+                    let items = (0..<6).map { r("race\(k)-\($0 % 3)", Int64($0), type: "temperature") }
+                    switch try await f.pipeline.submitWhole(items, via: .http) {
+                    case .submitted(let o): return (o.allSatisfy { if case .appended = $0 { true } else { false } }, o.count)
+                    case .typeConflict: return (true, 0)
+                    }
+                }
+                group.addTask {
+                    _ = try await f.pipeline.submit([r("race\(k)-\(k % 3)", 100, type: "humidity", value: 50)], via: .http)
+                    return nil
+                }
+            }
+            var all: [(Bool, Int)] = []
+            for try await x in group { if let x { all.append(x) } }
+            return all
+        }
+        #expect(arrays.allSatisfy { $0.0 }, "an array was partly refused after its check")
+        let stored = try f.storedReadings()
+        var types: [String: Set<String>] = [:]
+        for reading in stored { types[reading.sensorID, default: []].insert(reading.type) }
+        #expect(types.values.allSatisfy { $0.count == 1 })
+        for k in 0..<sensors {
+            let fromArray = stored.filter { $0.sensorID.hasPrefix("race\(k)-") && $0.type == "temperature" }.count
+            #expect(fromArray == 0 || fromArray == 6, "race\(k): \(fromArray) of 6 array readings stored")
+        }
     }
 
     @Test func concurrentProducersOfTheSameReadingsStoreEachOnce() async throws {
