@@ -67,6 +67,7 @@ public enum HTTPServer {
         if !configuration.apiKeys.isEmpty {
             router.add(middleware: APIKeyMiddleware(keys: configuration.apiKeys.map { Array($0.utf8) }))
         }
+        router.add(middleware: APIErrorMiddleware())
 
         let started = Date()
         let route = SensorDataRoute(

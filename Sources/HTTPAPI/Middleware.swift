@@ -26,33 +26,21 @@ struct RequestIDMiddleware: RouterMiddleware {
             var response = try await next(request, context)
             response.headers[Self.header] = id
             return response
-        } catch let error as APIError {
-            var error = error
-            error.headers[Self.header] = id
-            throw error
         } catch let error as any HTTPResponseError {
-            var converted = APIError(error.status, code: Self.code(error.status), error.status.reasonPhrase)
-            converted.headers[Self.header] = id
-            throw converted
+            // Rendered here, not rethrown: an error on its way out may be wrapped by a middleware
+            // (CORS adds its headers so), and the wrapper's response keeps our body and headers.
+            var response = try error.response(from: request, context: context)
+            response.headers[Self.header] = id
+            return response
         } catch {
-            context.logger.error("unexpected error", metadata: ["error": "\(error)"])
-            var converted = APIError(.internalServerError, code: "internal_error", "internal error")
-            converted.headers[Self.header] = id
-            throw converted
+            var response = try APIErrorMiddleware.convert(error, logger: context.logger).response(from: request, context: context)
+            response.headers[Self.header] = id
+            return response
         }
     }
 
     static func isSane(_ id: String) -> Bool {
         id.utf8.count <= 128 && !id.isEmpty && id.utf8.allSatisfy { $0 > 32 && $0 < 127 }
-    }
-
-    static func code(_ status: HTTPResponse.Status) -> String {
-        switch status.code {
-        case 404: return "not_found"
-        case 405: return "method_not_allowed"
-        case 413: return "body_too_large"
-        default: return status.reasonPhrase.lowercased().replacingOccurrences(of: " ", with: "_")
-        }
     }
 
     /// 32 hex digits: a random prefix drawn once per process and a counter, so ids are unique
@@ -73,6 +61,41 @@ struct RequestIDMiddleware: RouterMiddleware {
         let digits: StaticString = "0123456789abcdef"
         for i in 0..<16 {
             out[start + i] = digits.utf8Start[Int((value >> (60 - 4 * UInt64(i))) & 0xF)]
+        }
+    }
+}
+
+/// Innermost: turns every error that is not already an `APIError` (the router's 404, a body
+/// over the limit, anything unexpected) into one, so the middlewares outside see one kind of
+/// error and every answer has the API's error body.
+struct APIErrorMiddleware: RouterMiddleware {
+    typealias Context = SensorRequestContext
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let error as APIError {
+            throw error
+        } catch {
+            throw Self.convert(error, logger: context.logger)
+        }
+    }
+
+    static func convert(_ error: any Error, logger: Logger) -> APIError {
+        if let error = error as? APIError { return error }
+        if let error = error as? any HTTPResponseError {
+            return APIError(error.status, code: code(error.status), error.status.reasonPhrase)
+        }
+        logger.error("unexpected error", metadata: ["error": "\(error)"])
+        return APIError(.internalServerError, code: "internal_error", "internal error")
+    }
+
+    static func code(_ status: HTTPResponse.Status) -> String {
+        switch status.code {
+        case 404: return "not_found"
+        case 405: return "method_not_allowed"
+        case 413: return "body_too_large"
+        default: return status.reasonPhrase.lowercased().replacingOccurrences(of: " ", with: "_")
         }
     }
 }

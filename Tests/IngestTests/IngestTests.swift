@@ -313,6 +313,32 @@ func r(_ id: String, _ ts: Int64, type: String = "temperature", value: Double = 
         }
     }
 
+    /// CORS adds its headers to errors too; the error keeps its code, field, index and headers.
+    @Test func errorsKeepTheirBodyAndHeadersUnderCORS() async throws {
+        let configuration = HTTPServerConfiguration(apiKeys: ["k1"], rateLimit: 1, corsOrigin: "https://dash.example")
+        try await withApp(configuration) { client, _ in
+            var headers: HTTPFields = [.contentType: "application/json", .origin: "https://dash.example"]
+            var (status, body, got) = try await post(client, valid, headers: headers)
+            #expect(status == 401 && body.contains("\"unauthorized\"") && got[.wwwAuthenticate] == "X-API-Key")
+            #expect(got[.accessControlAllowOrigin] == "https://dash.example" && got[HTTPField.Name("X-Request-Id")!] != nil)
+            headers[HTTPField.Name("X-API-Key")!] = "k1"
+            let bad = "[" + valid + "," + valid.replacingOccurrences(of: "\"lab\"", with: "\"\"") + "]"
+            (status, body, got) = try await post(client, bad, headers: headers)
+            #expect(status == 400 && body.contains("\"invalid_location\"") && body.contains("\"index\":1") && body.contains("\"field\":\"location\""))
+            #expect(got[.accessControlAllowOrigin] == "https://dash.example")
+            (status, _, _) = try await post(client, valid, headers: headers)
+            #expect(status == 201)
+            (status, body, got) = try await post(client, valid.replacingOccurrences(of: "10:00:00Z", with: "10:00:01Z"), headers: headers)
+            #expect(status == 429 && body.contains("\"rate_limited\"") && got[.retryAfter] != nil)
+            #expect(got[.accessControlAllowOrigin] == "https://dash.example")
+            let missing = try await client.execute(uri: "/nowhere", method: .get,
+                                                   headers: [.origin: "https://dash.example", HTTPField.Name("X-API-Key")!: "k1"]) {
+                ($0.status.code, String(buffer: $0.body), $0.headers[.accessControlAllowOrigin])
+            }
+            #expect(missing.0 == 404 && missing.1.contains("\"not_found\"") && missing.2 == "https://dash.example")
+        }
+    }
+
     @Test func timestampsAreISO8601Only() async throws {
         try await withApp { client, _ in
             for bad in ["1763978400", "\"1763978400000000000\"", "\"2025-11-24T10:00:00\"", "\"yesterday\""] {
