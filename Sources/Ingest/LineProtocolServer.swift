@@ -184,9 +184,9 @@ final class LineProtocolHandler: ChannelInboundHandler {
                 } catch {
                     reject(error, line: line, lineNumber: lineNumber)
                 }
-            }, tooLong: {
+            }, tooLong: { start in
                 lineNumber += 1
-                reject(LineProtocolError(.lineTooLong, "line longer than \(maxLineBytes) bytes skipped"), line: nil, lineNumber: lineNumber)
+                reject(LineProtocolError(.lineTooLong, "line longer than \(maxLineBytes) bytes skipped"), line: start, lineNumber: lineNumber)
             })
         }
         self.pending = pending
@@ -210,8 +210,10 @@ final class LineProtocolHandler: ChannelInboundHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         closed = true
-        if framer.finish() {
-            reject(LineProtocolError(.partialLine, "connection closed in the middle of a line"), line: nil)
+        if let dropped = framer.finish(), !LineParser.isBlankOrComment(dropped) {
+            dropped.withUnsafeBytes {
+                reject(LineProtocolError(.partialLine, "connection closed in the middle of a line"), line: $0, lineNumber: lineNumber + 1)
+            }
         }
         flush(context)
         countRejections()

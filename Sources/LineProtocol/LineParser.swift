@@ -42,6 +42,12 @@ public struct LineParser: Sendable {
     /// those itself (no line can carry it: it is refused as out of range).
     public static let noTimestamp = Int64.min
 
+    /// Whether `line` (or the start of one) is blank or a `#` comment: no reading in it.
+    public static func isBlankOrComment(_ line: some Collection<UInt8>) -> Bool {
+        guard let first = line.first(where: { $0 != 32 && $0 != 9 && $0 != 13 }) else { return true }
+        return first == UInt8(ascii: "#")
+    }
+
     /// Parses `line` (without its `\n`; a trailing `\r` is dropped).
     /// - Parameter receiveTime: the timestamp of a line that carries none.
     /// - Returns: the reading, or nil for a blank or comment line.
@@ -51,8 +57,7 @@ public struct LineParser: Sendable {
         if n > 0 && line[n - 1] == 13 { n -= 1 }
         var i = 0
         while i < n && (line[i] == 32 || line[i] == 9) { i += 1 }
-        if i == n { return nil }
-        if line[i] == UInt8(ascii: "#") { return nil }
+        if i == n || line[i] == UInt8(ascii: "#") { return nil }
         if !isASCII(line, n) {
             guard String(validating: UnsafeRawBufferPointer(rebasing: line[0..<n]), as: UTF8.self) != nil else {
                 // ILP v2 writes a binary field as `name==<type byte><bytes>`: raw doubles are

@@ -142,7 +142,13 @@ struct SensorLogDaemon: AsyncParsableCommand {
                 .filter { !$0.isEmpty && !$0.hasPrefix("#") }
         }
         if let env = ProcessInfo.processInfo.environment["SENSORLOG_API_KEYS"] {
-            keys += env.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+            let given = env.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+            // Set but empty is a mistake (an unset shell variable, a stray comma), and turning
+            // authentication off for it would fail open.
+            guard !given.isEmpty else {
+                throw ValidationError("SENSORLOG_API_KEYS is set but holds no key; unset it to run without API keys")
+            }
+            keys += given
         }
         if let file = keysFile, keys.isEmpty { throw ValidationError("--api-keys-file \(file) holds no key") }
         return keys

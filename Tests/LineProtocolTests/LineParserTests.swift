@@ -205,22 +205,27 @@ func reason(_ text: String) -> LineProtocolError.Reason? {
 }
 
 @Suite struct LineFramerTests {
-    func frame(_ chunks: [[UInt8]], max: Int = 64) -> (lines: [String], tooLong: Int, dropped: Bool) {
+    func frame(_ chunks: [[UInt8]], max: Int = 64) -> (lines: [String], tooLong: [String], dropped: String?) {
         var framer = LineFramer(maxLineBytes: max)
         var lines: [String] = []
-        var tooLong = 0
+        var tooLong: [String] = []
         for c in chunks {
-            c.withUnsafeBytes { raw in framer.feed(raw, line: { lines.append(String(decoding: $0, as: UTF8.self)) }, tooLong: { tooLong += 1 }) }
+            c.withUnsafeBytes { raw in
+                framer.feed(raw, line: { lines.append(String(decoding: $0, as: UTF8.self)) },
+                            tooLong: { tooLong.append(String(decoding: $0, as: UTF8.self)) })
+            }
         }
-        return (lines, tooLong, framer.finish())
+        return (lines, tooLong, framer.finish().map { String(decoding: $0, as: UTF8.self) })
     }
 
     @Test func splitsAnywhereTheSame() async {
-        let text = Array(("a\nbb\n\nccc\r\n" + String(repeating: "x", count: 100) + "\nd\nlast").utf8)
+        let long = String(repeating: "x", count: 100) + String(repeating: "y", count: 100)
+        let text = Array(("a\nbb\n\nccc\r\n" + long + "\nd\n" + long + "\nlast").utf8)
         let whole = frame([text])
         #expect(whole.lines == ["a", "bb", "", "ccc\r", "d"])
-        #expect(whole.tooLong == 1)
-        #expect(whole.dropped)
+        // A skipped or dropped line is reported by its start, however the stream was cut.
+        #expect(whole.tooLong == [String(long.prefix(LineFramer.reportedBytes)), String(long.prefix(LineFramer.reportedBytes))])
+        #expect(whole.dropped == "last")
         await propertyCheck(count: 500, input: Gen.int(in: 0...text.count).array(of: 0...6)) { cuts in
             var chunks: [[UInt8]] = []
             var start = 0
@@ -234,17 +239,23 @@ func reason(_ text: String) -> LineProtocolError.Reason? {
         }
     }
 
+    @Test func anUnfinishedTooLongLineIsReportedByItsStart() {
+        let r = frame([Array(("ok\n" + String(repeating: "z", count: 300)).utf8)])
+        #expect(r.lines == ["ok"] && r.tooLong.isEmpty && r.dropped == String(repeating: "z", count: LineFramer.reportedBytes))
+        #expect(LineParser.isBlankOrComment(Array("  \t\r".utf8)) && LineParser.isBlankOrComment(Array(" # note".utf8)))
+        #expect(!LineParser.isBlankOrComment(Array(" t,sensor_id=a".utf8)))
+    }
+
     @Test func aTooLongLineIsNeverBufferedWhole() {
         var framer = LineFramer(maxLineBytes: 100)
         var count = 0
         let chunk = [UInt8](repeating: 0x41, count: 1000)
         for _ in 0..<1000 {
-            chunk.withUnsafeBytes { framer.feed($0, line: { _ in }, tooLong: { count += 1 }) }
+            chunk.withUnsafeBytes { framer.feed($0, line: { _ in }, tooLong: { _ in count += 1 }) }
             #expect(framer.bufferedBytes <= 100)
         }
-        Array("\nok\n".utf8).withUnsafeBytes { framer.feed($0, line: { _ in }, tooLong: { count += 1 }) }
+        Array("\nok\n".utf8).withUnsafeBytes { framer.feed($0, line: { _ in }, tooLong: { _ in count += 1 }) }
         #expect(count == 1)
-        let dropped = framer.finish()
-        #expect(!dropped)
+        #expect(framer.finish() == nil)
     }
 }

@@ -1,5 +1,5 @@
 """End to end, as producers use it: the questdb client over TCP, plain HTTP, signals."""
-import json, os, random, signal, socket, time
+import json, os, random, signal, socket, subprocess, time
 from questdb import Sender, TimestampNanos
 from conftest import Server, stats
 
@@ -68,6 +68,16 @@ def test_bad_lines_never_stop_the_listener_nor_lose_good_ones(server, data_dir):
                    "non_finite_value", "invalid_timestamp", "partial_line"]:
         assert server.metric("sensorlog_readings_rejected_total", reason=reason) >= 1, reason
     assert server.get("/health")[0] == 200
+    # Each refused line is logged by its number and its start, the cut-off last one too.
+    logged = {}
+    for line in open(server.log_path, errors="replace"):
+        if '"line rejected"' in line:
+            entry = json.loads(line)
+            logged[entry["reason"]] = entry
+    assert logged["partial_line"]["line_number"] == len(stream) + 1
+    assert logged["partial_line"]["line_prefix"] == "temperature,sensor_id=cut,location=l value=1"
+    assert logged["line_too_long"]["line_number"] == stream.index(bad[3]) + 1
+    assert logged["line_too_long"]["line_prefix"] == "x" * 80
 
 
 def test_sigterm_appends_and_syncs_everything_read(data_dir):
@@ -124,3 +134,12 @@ def test_http_codes_on_a_real_server(data_dir):
         assert s.metric("sensorlog_http_requests_total", route="/sensor/data", status="401") >= 2
     finally:
         s.stop()
+
+
+def test_api_keys_set_but_empty_refuse_to_start_rather_than_run_open(data_dir):
+    from conftest import BIN
+    for keys in ["", ",", " , "]:
+        r = subprocess.run([os.path.join(BIN, "sensorlogd"), "--data-dir", data_dir, "--tcp-port", "0", "--http-port", "0"],
+                           env=dict(os.environ, SENSORLOG_API_KEYS=keys), capture_output=True, text=True, timeout=60)
+        assert r.returncode == 64, (keys, r.returncode, r.stdout[-300:], r.stderr[-300:])
+        assert "SENSORLOG_API_KEYS is set but holds no key" in r.stderr + r.stdout
