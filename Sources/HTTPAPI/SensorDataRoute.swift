@@ -108,9 +108,12 @@ struct SensorDataRoute: Sendable {
         let validator = pipeline.validator
         let readings: [Reading]
         let isArray: Bool
+        // Readings refused with the body: all of it (an array is refused whole), once it parses.
+        var refused = 1
         do {
             let parsed = try body.withUnsafeReadableBytes { bytes throws(ReadingJSON.SyntaxError) in try ReadingJSON.parse(bytes) }
             isArray = parsed.isArray
+            refused = max(1, parsed.items.count)
             if isArray {
                 guard !parsed.items.isEmpty else { throw APIError(.badRequest, code: "empty_array", "the array holds no readings") }
                 guard parsed.items.count <= limits.maxReadingsPerRequest else {
@@ -123,7 +126,7 @@ struct SensorDataRoute: Sendable {
             for (i, p) in parsed.items.enumerated() { out.append(try p.reading(index: isArray ? i : nil, validator: validator)) }
             readings = out
         } catch let error as APIError {
-            throw reject(error, count: 1)
+            throw reject(error, count: refused)
         } catch let error as ReadingJSON.SyntaxError {
             throw reject(APIError(.badRequest, code: "invalid_json", "body is not a JSON reading or array of readings: \(error.message) at byte \(error.position)"), count: 1)
         } catch {

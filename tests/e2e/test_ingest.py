@@ -132,8 +132,28 @@ def test_http_codes_on_a_real_server(data_dir):
         c.close()
         assert s.get("/health")[0] == 200 and s.get("/metrics")[0] == 200
         assert s.metric("sensorlog_http_requests_total", route="/sensor/data", status="401") >= 2
+        # An array refused whole counts each of its readings under the reason.
+        batch = [dict(doc, sensor_id=f"arr{i}", location="" if i == 1 else "lab") for i in range(3)]
+        status, body, _ = s.request("POST", "/sensor/data", json.dumps(batch).encode(),
+                                    {"Content-Type": "application/json", "X-API-Key": "key-a"})
+        assert status == 400 and json.loads(body)["error"]["index"] == 1
+        assert s.metric("sensorlog_readings_rejected_total", transport="http", reason="invalid_location") == 3
     finally:
         s.stop()
+
+
+def test_debug_log_has_an_access_line_per_request_with_its_id(data_dir):
+    s = Server(data_dir, extra=["--log-level", "debug"]).start()
+    try:
+        doc = {"sensor_id": "d1", "type": "temperature", "value": 1.5, "location": "lab", "timestamp": "2025-11-24T10:00:00Z"}
+        assert s.post(doc, {"X-Request-Id": "trace-me-1"})[0] == 201
+        assert s.post(doc, {"X-Request-Id": "trace-me-2"})[0] == 409
+    finally:
+        s.stop()
+    lines = [json.loads(l) for l in open(s.log_path, errors="replace") if '"request"' in l]
+    by_id = {l.get("request_id"): l for l in lines if l.get("message") == "request"}
+    assert by_id["trace-me-1"]["status"] == 201 and by_id["trace-me-1"]["path"] == "/sensor/data"
+    assert by_id["trace-me-2"]["status"] == 409 and by_id["trace-me-2"]["method"] == "POST"
 
 
 def test_api_keys_set_but_empty_refuse_to_start_rather_than_run_open(data_dir):
