@@ -67,14 +67,15 @@ public enum HTTPServer {
         if !configuration.apiKeys.isEmpty {
             router.add(middleware: APIKeyMiddleware(keys: configuration.apiKeys.map { Array($0.utf8) }))
         }
-        router.add(middleware: APIErrorMiddleware())
+        let routes = Routes(router: router)
+        router.add(middleware: APIErrorMiddleware(routes: routes.table))
 
         let started = Date()
         let route = SensorDataRoute(
             pipeline: pipeline, limits: configuration.limits,
             rateLimiter: configuration.rateLimit.map { RateLimiter(readingsPerSecond: $0) })
-        router.post("/sensor/data") { request, context in try await route.handle(request, context: context) }
-        router.get("/health") { _, _ -> Response in
+        routes.post("/sensor/data") { request, context in try await route.handle(request, context: context) }
+        routes.get("/health") { _, _ -> Response in
             let failure = pipeline.unavailableReason
             let health = Health(
                 status: failure == nil ? "ok" : "unavailable", partitions: pipeline.log.partitions.count,
@@ -85,8 +86,8 @@ public enum HTTPServer {
             return response
         }
         QueryRoutes(log: pipeline.log, aggregator: aggregator,
-                    reader: AggregateReader(path: pipeline.log.dataDirectory + "/" + AggregateStore.fileName)).add(to: router)
-        router.get("/metrics") { _, _ -> Response in
+                    reader: AggregateReader(path: pipeline.log.dataDirectory + "/" + AggregateStore.fileName)).add(to: routes)
+        routes.get("/metrics") { _, _ -> Response in
             Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                      body: ResponseBody(byteBuffer: ByteBuffer(string: metricsText())))
         }

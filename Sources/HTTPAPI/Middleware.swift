@@ -68,17 +68,66 @@ struct RequestIDMiddleware: RouterMiddleware {
     }
 }
 
+/// The router, with a record of the methods each path answers, so that a known path asked with
+/// another method gets 405 and `Allow` rather than 404.
+struct Routes {
+    let router: Router<SensorRequestContext>
+    let table = RouteTable()
+
+    typealias Handler = @Sendable (Request, SensorRequestContext) async throws -> Response
+
+    func get(_ path: String, use handler: @escaping Handler) {
+        table.add(.get, path)
+        table.add(.head, path)  // Hummingbird answers HEAD for every GET route
+        router.get(RouterPath(path), use: handler)
+    }
+
+    func post(_ path: String, use handler: @escaping Handler) {
+        table.add(.post, path)
+        router.post(RouterPath(path), use: handler)
+    }
+}
+
+/// Path patterns (`:name` matches one segment) and their methods.
+final class RouteTable: Sendable {
+    private let routes = Mutex<[(method: HTTPRequest.Method, segments: [String])]>([])
+
+    func add(_ method: HTTPRequest.Method, _ path: String) {
+        let segments = path.split(separator: "/").map(String.init)
+        routes.withLock { $0.append((method, segments)) }
+    }
+
+    /// The methods `path` is served with, in the order the routes were added.
+    func methods(for path: String) -> [HTTPRequest.Method] {
+        let asked = path.split(separator: "/")
+        return routes.withLock { routes in
+            routes.filter { route in
+                route.segments.count == asked.count
+                    && zip(route.segments, asked).allSatisfy { $0.hasPrefix(":") || $0 == $1 }
+            }.map(\.method)
+        }
+    }
+}
+
 /// Innermost: turns every error that is not already an `APIError` (the router's 404, a body
 /// over the limit, anything unexpected) into one, so the middlewares outside see one kind of
 /// error and every answer has the API's error body.
 struct APIErrorMiddleware: RouterMiddleware {
     typealias Context = SensorRequestContext
+    let routes: RouteTable
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         do {
             return try await next(request, context)
         } catch let error as APIError {
             throw error
+        } catch let error as any HTTPResponseError where error.status == .notFound {
+            let allowed = routes.methods(for: request.uri.path)
+            guard !allowed.isEmpty else { throw Self.convert(error, logger: context.logger) }
+            let list = allowed.map(\.rawValue).joined(separator: ", ")
+            var notAllowed = APIError(.methodNotAllowed, code: "method_not_allowed", "\(request.uri.path) answers \(list), not \(request.method)")
+            notAllowed.headers[.allow] = list
+            throw notAllowed
         } catch {
             throw Self.convert(error, logger: context.logger)
         }

@@ -95,7 +95,7 @@ struct QueryRoutes: Sendable {
         }
     }
 
-    func add(to router: Router<SensorRequestContext>) {
+    func add(to router: Routes) {
         router.get("/groups") { _, _ -> Response in
             JSONBody.response(.ok, Groups(groups: GroupLag.all(log: log, aggregator: aggregator)))
         }

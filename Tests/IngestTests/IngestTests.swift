@@ -339,6 +339,21 @@ func r(_ id: String, _ ts: Int64, type: String = "temperature", value: Double = 
         }
     }
 
+    @Test func aKnownPathAskedWithAnotherMethodIs405WithAllow() async throws {
+        try await withApp { client, _ in
+            let wrong = try await client.execute(uri: "/sensor/data", method: .get) {
+                ($0.status.code, $0.headers[.allow], String(buffer: $0.body))
+            }
+            #expect(wrong.0 == 405 && wrong.1 == "POST" && wrong.2.contains("\"method_not_allowed\""))
+            let health = try await client.execute(uri: "/health", method: .delete) { ($0.status.code, $0.headers[.allow]) }
+            #expect(health.0 == 405 && health.1 == "GET, HEAD")
+            let param = try await client.execute(uri: "/sensors/s-1/readings", method: .post) { ($0.status.code, $0.headers[.allow]) }
+            #expect(param.0 == 405 && param.1 == "GET, HEAD")
+            let nowhere = try await client.execute(uri: "/sensor/data/extra", method: .get) { $0.status.code }
+            #expect(nowhere == 404)
+        }
+    }
+
     @Test func timestampsAreISO8601Only() async throws {
         try await withApp { client, _ in
             for bad in ["1763978400", "\"1763978400000000000\"", "\"2025-11-24T10:00:00\"", "\"yesterday\""] {
