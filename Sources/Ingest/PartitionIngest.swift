@@ -37,19 +37,21 @@ actor PartitionIngest {
         var type: UInt8
     }
 
-    /// A run of consecutive batches of the partition: its offsets and time bounds. Runs grow
-    /// until they hold `minSpanRecords`, so memory is 40 bytes per that many readings however
-    /// small the batches (one reading per write makes one-reading batches).
+    /// A run of consecutive batches of the partition: its offsets, time bounds and a filter of
+    /// its keys. Runs grow up to `spanRecords` (or one larger batch), so memory is about 1.3
+    /// bytes a reading however small the batches (one reading per write makes one-reading
+    /// batches): the filter's 10 bits a key, plus 40 bytes a run.
     struct BatchSpan {
         var baseOffset: Int64
         var endOffset: Int64
         var minTimestamp: Int64
         var maxTimestamp: Int64
+        var filter: KeyFilter
     }
 
-    /// Readings per span before a new one starts: an out-of-order check decodes at most about
-    /// this many (plus one batch) per span whose bounds hold its timestamp.
-    static let minSpanRecords: Int64 = 4096
+    /// Readings per span: an out-of-order check decodes about this many (plus one batch) for
+    /// each span whose bounds and filter may hold its key.
+    static let spanRecords = 4096
 
     struct Key: Hashable {
         var sensorID: String
@@ -103,10 +105,13 @@ actor PartitionIngest {
     func rebuild() throws(LogError) {
         let reader = log.reader(partition: partition, from: 0)
         var batch = DecodedBatch()
+        var hashes: [UInt64] = []
         while let first = try reader.next(into: &batch) {
             guard batch.kind == .readings else { continue }
-            addSpan(BatchSpan(baseOffset: batch.baseOffset, endOffset: batch.baseOffset + Int64(batch.count),
-                              minTimestamp: batch.header.minTimestamp, maxTimestamp: batch.header.maxTimestamp))
+            hashes.removeAll(keepingCapacity: true)
+            for i in 0..<batch.count { hashes.append(KeyFilter.hash(batch.sensorID(at: i), batch.timestamps[i])) }
+            addSpan(baseOffset: batch.baseOffset, count: batch.count,
+                    minTimestamp: batch.header.minTimestamp, maxTimestamp: batch.header.maxTimestamp, hashes: hashes)
             for i in first..<batch.count {
                 let t = Int(batch.recordTuples[i])
                 let id = batch.sensorIDs[t]
@@ -129,18 +134,22 @@ actor PartitionIngest {
         return UInt8(typeNames.count - 1)
     }
 
-    private func addSpan(_ span: BatchSpan) {
-        if let last = spans.last, last.endOffset - last.baseOffset < Self.minSpanRecords, last.endOffset == span.baseOffset {
+    private func addSpan(baseOffset: Int64, count: Int, minTimestamp: Int64, maxTimestamp: Int64, hashes: [UInt64]) {
+        if let last = spans.last, last.endOffset == baseOffset, last.filter.count + count <= last.filter.capacity {
             let i = spans.count - 1
-            spans[i].endOffset = span.endOffset
-            spans[i].minTimestamp = min(last.minTimestamp, span.minTimestamp)
-            spans[i].maxTimestamp = max(last.maxTimestamp, span.maxTimestamp)
+            spans[i].endOffset = baseOffset + Int64(count)
+            spans[i].minTimestamp = min(last.minTimestamp, minTimestamp)
+            spans[i].maxTimestamp = max(last.maxTimestamp, maxTimestamp)
+            for h in hashes { spans[i].filter.insert(h) }
             prefixMax[i] = max(i > 0 ? prefixMax[i - 1] : .min, spans[i].maxTimestamp)
             keyCache.remove(last.baseOffset)  // its keys are no longer the whole span's
             return
         }
-        prefixMax.append(max(prefixMax.last ?? .min, span.maxTimestamp))
-        spans.append(span)
+        var filter = KeyFilter(capacity: max(Self.spanRecords, count))
+        for h in hashes { filter.insert(h) }
+        prefixMax.append(max(prefixMax.last ?? .min, maxTimestamp))
+        spans.append(BatchSpan(baseOffset: baseOffset, endOffset: baseOffset + Int64(count),
+                               minTimestamp: minTimestamp, maxTimestamp: maxTimestamp, filter: filter))
     }
 
     /// The sensors among `readings` whose first reading (stored, claimed by an array being
@@ -310,12 +319,14 @@ actor PartitionIngest {
                 let result = try await log.append(chunk, toPartition: partition)
                 var lo = Int64.max
                 var hi = Int64.min
+                var hashes: [UInt64] = []
+                hashes.reserveCapacity(chunk.count)
                 for r in chunk {
                     lo = min(lo, r.timestamp)
                     hi = max(hi, r.timestamp)
+                    hashes.append(KeyFilter.hash(r.sensorID, r.timestamp))
                 }
-                addSpan(BatchSpan(baseOffset: result.baseOffset, endOffset: result.baseOffset + Int64(chunk.count),
-                                  minTimestamp: lo, maxTimestamp: hi))
+                addSpan(baseOffset: result.baseOffset, count: chunk.count, minTimestamp: lo, maxTimestamp: hi, hashes: hashes)
                 chunkBases.append(result.baseOffset)
             } catch {
                 // Readings of earlier chunks are in the log and stay known; the rest is undone.
@@ -337,16 +348,18 @@ actor PartitionIngest {
         for (id, state) in undo.reversed() { sensors[id] = state }
     }
 
-    /// Whether (sensor, timestamp) is in the partition: only batches whose time bounds hold the
-    /// timestamp are decoded (and their keys cached).
+    /// Whether (sensor, timestamp) is in the partition: only spans whose time bounds hold the
+    /// timestamp and whose filter may hold the key are decoded (and their keys cached).
     private func storedInLog(_ key: Key) -> Result<Bool, LogError> {
+        let hash = KeyFilter.hash(key.sensorID, key.timestamp)
         var lo = 0
         var hi = prefixMax.count
         while lo < hi {
             let mid = (lo + hi) / 2
             if prefixMax[mid] < key.timestamp { lo = mid + 1 } else { hi = mid }
         }
-        for j in lo..<spans.count where spans[j].minTimestamp <= key.timestamp && key.timestamp <= spans[j].maxTimestamp {
+        for j in lo..<spans.count
+        where spans[j].minTimestamp <= key.timestamp && key.timestamp <= spans[j].maxTimestamp && spans[j].filter.mayContain(hash) {
             let keys: Set<Key>
             if let cached = keyCache.get(spans[j].baseOffset) {
                 keys = cached
