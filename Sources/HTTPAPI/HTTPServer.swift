@@ -1,6 +1,8 @@
 public import Aggregator
 import Foundation
 public import Hummingbird
+import HummingbirdCore
+import NIOCore
 public import Ingest
 import LogStore
 public import Logging
@@ -92,8 +94,11 @@ public enum HTTPServer {
                      body: ResponseBody(byteBuffer: ByteBuffer(string: metricsText())))
         }
 
+        // Idle keep-alive connections and stalled requests (a slow-loris body) are closed after
+        // the idle timeout, as on the line-protocol listener; a shutdown waits at most that long.
+        let idle = TimeAmount.nanoseconds(Int64(configuration.limits.idleTimeout / .nanoseconds(1)))
         return Application(
-            router: router,
+            router: router, server: .http1(configuration: .init(idleTimeout: idle)),
             configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "sensorlog"),
             onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? configuration.port) },
             logger: logger)

@@ -136,14 +136,18 @@ public final class IngestPipeline: Sendable {
                 collect(p, result)
             case .failure(let error):
                 failure = failure ?? error
-                metrics.rejected(group.count, via: transport, reason: error.code.rawValue)
+                // The line protocol keeps what it read and retries it: not refused (yet). What it
+                // loses at shutdown is counted as `lost_at_shutdown` there.
+                if transport != .tcp { metrics.rejected(group.count, via: transport, reason: error.code.rawValue) }
             }
         }
         metrics.ingested(appended, via: transport)
         metrics.rejected(duplicates, via: transport, reason: "duplicate")
         metrics.rejected(mismatches, via: transport, reason: "type_mismatch")
         metrics.rejected(tooOld, via: transport, reason: "too_old")
-        appendFailure.withLock { $0 = failure }
+        // Only an append clears a failure: a submission of duplicates alone wrote nothing, and
+        // says nothing about whether the log can take writes again.
+        if failure != nil || appended > 0 { appendFailure.withLock { $0 = failure } }
         if let failure { throw failure }
     }
 

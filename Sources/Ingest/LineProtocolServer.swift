@@ -201,6 +201,9 @@ final class LineProtocolHandler: ChannelInboundHandler {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is IdleStateHandler.IdleStateEvent {
+            // A connection the server paused (backpressure, a retry after disk full) is silent
+            // because of us: closing it would drop what its producer believes delivered.
+            guard !readPaused && !submitting && !retryScheduled else { return }
             logger.info("closing idle connection")
             context.close(promise: nil)
         } else {

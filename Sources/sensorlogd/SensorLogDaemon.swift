@@ -73,7 +73,7 @@ struct SensorLogDaemon: AsyncParsableCommand {
     @Option(help: "Most line-protocol connections at once.")
     var maxConnections = env("MAX_CONNECTIONS").flatMap { Int($0) } ?? Limits().maxConnections
 
-    @Option(help: "Close a line-protocol connection idle for this many seconds.")
+    @Option(help: "Close a connection silent for this many seconds (a line-protocol one the server paused excepted; on HTTP, idle keep-alive or a stalled request).")
     var idleTimeoutSeconds = env("IDLE_TIMEOUT_SECONDS").flatMap { Int($0) } ?? 300
 
     @Option(help: "Longest line-protocol line in bytes; longer lines are skipped and counted.")

@@ -119,6 +119,33 @@ func r(_ id: String, _ ts: Int64, type: String = "temperature", value: Double = 
         #expect(stored.count == sent.count + late.count && stored.values.allSatisfy { $0 == 1 })
     }
 
+    /// A backfill written together with live readings makes every run's time bounds span the
+    /// whole backfill; a resend of the backfill must still be checked run by run through the
+    /// runs' key filters, not by decoding every run for every reading (that took minutes).
+    @Test func resendingABackfillMixedWithLiveReadingsIsQuick() async throws {
+        let f = try await Fixture.make(partitions: 1)
+        defer { f.close() }
+        let live: Int64 = 1_900_000_000_000_000_000
+        var history: [Reading] = []
+        for k in 0..<200 {
+            let part = (0..<500).map { i in r("h\(i % 50)", Int64(k * 500 + i) * 1000) }
+            history += part
+            _ = try await f.pipeline.submit(part + [r("live", live + Int64(k))], via: .tcp)
+        }
+        let clock = ContinuousClock()
+        let started = clock.now
+        var duplicates = 0
+        for chunk in stride(from: 0, to: history.count, by: 2000) {
+            let outcomes = try await f.pipeline.submit(Array(history[chunk..<min(chunk + 2000, history.count)]), via: .tcp)
+            duplicates += outcomes.filter { $0 == .duplicate }.count
+        }
+        #expect(duplicates == history.count)
+        #expect(clock.now - started < .seconds(30), "resend took \(clock.now - started)")
+        // And a reading of the backfill's time range that is not stored still goes in.
+        let gap = try await f.pipeline.submit([r("h1", 7)], via: .tcp)
+        #expect(gap == [.appended(partition: 0, offset: Int64(history.count + 200))])
+    }
+
     @Test func aSensorKeepsTheTypeOfItsFirstReading() async throws {
         let f = try await Fixture.make()
         defer { f.close() }
@@ -444,6 +471,46 @@ extension LineProtocolServerTests {
         try await expectStoredOnce(f, 2000, then: server)
     }
 
+    /// The idle timeout is for silent producers, not for ones the server paused: a connection held
+    /// through a failed append outlives the timeout, and what it sent lands once the log writes.
+    @Test func aConnectionPausedByTheServerIsNotIdle() async throws {
+        let full = Gate(closed: true)
+        let f = try await Fixture.make(fileOperations: writes(while: full) { errno = ENOSPC; return true })
+        defer { f.close() }
+        var limits = Limits()
+        limits.idleTimeout = .seconds(1)
+        let (server, port) = try await serve(f, limits: limits)
+        let fd = try connectTCP(port: port)
+        defer { close(fd) }
+        var text = ""
+        for i in 0..<500 { text += "temperature,sensor_id=held-\(i % 5),location=l value=1 \(1_700_000_000_000_000_000 + Int64(i))\n" }
+        let bytes = Array(text.utf8)
+        #expect(bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) } == bytes.count)
+        try await Task.sleep(for: .milliseconds(2500))
+        var probe: UInt8 = 0
+        let got = recv(fd, &probe, 1, Int32(MSG_DONTWAIT))
+        #expect(got == -1 && (errno == EAGAIN || errno == EWOULDBLOCK), "the server closed a connection it had paused")
+        full.open()
+        try await expectStoredOnce(f, 500, then: server)
+    }
+
+    /// A submission of duplicates alone writes nothing, so it says nothing about whether the log
+    /// can write again: /health stays unavailable until an append succeeds.
+    @Test func duplicatesAloneDoNotClearAFailedAppend() async throws {
+        let failing = Gate(closed: false)
+        let f = try await Fixture.make(fileOperations: writes(while: failing) { errno = EIO; return true })
+        defer { f.close() }
+        _ = try await f.pipeline.submit([r("d", 1)], via: .http)
+        failing.close()
+        await #expect(throws: LogError.self) { _ = try await f.pipeline.submit([r("d", 2)], via: .http) }
+        #expect(f.pipeline.unavailableReason != nil)
+        #expect(try await f.pipeline.submit([r("d", 1)], via: .http) == [.duplicate])
+        #expect(f.pipeline.unavailableReason != nil, "a duplicate cleared the failure")
+        failing.open()
+        #expect(try await f.pipeline.submit([r("d", 2)], via: .http) == [.appended(partition: f.pipeline.partition(for: "d"), offset: 1)])
+        #expect(f.pipeline.unavailableReason == nil)
+    }
+
     /// While the log cannot write, a connection must stop reading its socket: the producer's
     /// sends stall after a bounded amount (pending readings plus kernel buffers), instead of the
     /// server parsing everything into memory. Once the log writes again, everything lands once.
@@ -498,6 +565,7 @@ final class Gate: Sendable {
     init(closed: Bool) { state = Mutex(closed) }
     var isClosed: Bool { state.withLock { $0 } }
     func open() { state.withLock { $0 = false } }
+    func close() { state.withLock { $0 = true } }
 }
 
 /// Real writes, except while `gate` is closed: then `fault` runs first; it returns true for a
