@@ -58,8 +58,8 @@ public final class IngestPipeline: Sendable {
     /// the check. Duplicates are still skipped one by one.
     /// - Throws: as `submit`.
     public func submitWhole(_ readings: [Reading], via transport: Transport) async throws(LogError) -> WholeSubmission {
-        var groups = [[(index: Int, reading: Reading)]](repeating: [], count: partitions.count)
-        for (i, r) in readings.enumerated() { groups[log.partition(for: r.sensorID)].append((i, r)) }
+        let indices = byPartition(readings)
+        let groups = indices.map { $0.map { (index: $0, reading: readings[$0]) } }
         var claimed: [(partition: Int, sensorIDs: [String])] = []
         func release() async {
             for (p, ids) in claimed where !ids.isEmpty { await partitions[p].releaseClaims(ids) }
@@ -79,7 +79,7 @@ public final class IngestPipeline: Sendable {
             }
         }
         do {
-            let outcomes = try await submit(readings, via: transport)
+            let outcomes = try await submit(readings, groups: indices, via: transport)
             await release()
             return .submitted(outcomes)
         } catch {
@@ -93,8 +93,17 @@ public final class IngestPipeline: Sendable {
     /// - Throws: the log's error (disk full, I/O) when a partition could not append; readings of
     ///   other partitions may have been appended, and a retry is deduplicated against them.
     public func submit(_ readings: [Reading], via transport: Transport) async throws(LogError) -> [IngestOutcome] {
+        try await submit(readings, groups: byPartition(readings), via: transport)
+    }
+
+    /// The indices of `readings` by partition, as many groups as partitions.
+    private func byPartition(_ readings: [Reading]) -> [[Int]] {
         var groups = [[Int]](repeating: [], count: partitions.count)
         for (i, r) in readings.enumerated() { groups[log.partition(for: r.sensorID)].append(i) }
+        return groups
+    }
+
+    private func submit(_ readings: [Reading], groups: [[Int]], via transport: Transport) async throws(LogError) -> [IngestOutcome] {
         var outcomes = [IngestOutcome](repeating: .duplicate, count: readings.count)
         try await run(groups.map { $0.map { readings[$0] } }, detailed: true, via: transport) { p, result in
             for (k, outcome) in (result.outcomes ?? []).enumerated() { outcomes[groups[p][k]] = outcome }
