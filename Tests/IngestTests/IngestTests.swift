@@ -462,9 +462,7 @@ extension LineProtocolServerTests {
         let f = try await Fixture.make(fileOperations: writes(while: full) { errno = ENOSPC; return true })
         defer { f.close() }
         let (server, port) = try await serve(f)
-        var text = ""
-        for i in 0..<2000 { text += "temperature,sensor_id=full-\(i % 7),location=l value=1 \(1_700_000_000_000_000_000 + Int64(i))\n" }
-        try sendTCP(port: port, Array(text.utf8))
+        try sendTCP(port: port, lines(2000, sensor: "full", of: 7))
         try await Task.sleep(for: .milliseconds(1500))  // at least one refused attempt and one retry
         #expect(try f.stored().isEmpty)
         full.open()
@@ -482,9 +480,7 @@ extension LineProtocolServerTests {
         let (server, port) = try await serve(f, limits: limits)
         let fd = try connectTCP(port: port)
         defer { close(fd) }
-        var text = ""
-        for i in 0..<500 { text += "temperature,sensor_id=held-\(i % 5),location=l value=1 \(1_700_000_000_000_000_000 + Int64(i))\n" }
-        let bytes = Array(text.utf8)
+        let bytes = lines(500, sensor: "held", of: 5)
         #expect(bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) } == bytes.count)
         try await Task.sleep(for: .milliseconds(2500))
         var probe: UInt8 = 0
@@ -595,6 +591,14 @@ func connectTCP(port: Int) throws -> Int32 {
 }
 
 /// Sends bytes on a fresh TCP connection and closes it.
+/// `count` line-protocol lines of sensors `<sensor>-0` … `<sensor>-<sensors - 1>` in turn, one
+/// nanosecond apart.
+func lines(_ count: Int, sensor: String, of sensors: Int) -> [UInt8] {
+    var text = ""
+    for i in 0..<count { text += "temperature,sensor_id=\(sensor)-\(i % sensors),location=l value=1 \(1_700_000_000_000_000_000 + Int64(i))\n" }
+    return Array(text.utf8)
+}
+
 func sendTCP(port: Int, _ bytes: [UInt8]) throws {
     let fd = try connectTCP(port: port)
     defer { close(fd) }
