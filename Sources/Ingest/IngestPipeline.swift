@@ -169,7 +169,7 @@ public final class IngestPipeline: Sendable {
             guard failure.code == .diskFull, freeBytes() >= Int64(4 * log.configuration.limits.maxBatchBytes) else { return failure }
             appendFailure.withLock { if $0?.code == .diskFull { $0 = nil } }
         }
-        return log.partitions.lazy.compactMap(\.syncError).first
+        return log.syncError
     }
 
     /// Waits until every submission under way has finished (shutdown: after the listeners stop).

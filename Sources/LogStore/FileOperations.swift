@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Dispatch
 
 /// The system calls that can fail on a healthy process (the disk fills, the device errs), behind
 /// one seam so tests can inject ENOSPC and EIO without a real full disk.
@@ -108,6 +109,14 @@ func writeAll(_ ops: FileOperations, fd: Int32, _ bytes: UnsafeRawBufferPointer,
         if n == 0 { throw LogError(.io, "write made no progress", path: displayPath) }
         done += n
     }
+}
+
+/// fdatasync through `ops`, reporting its duration to `onSync`; returns errno on failure.
+func timedSync(_ ops: FileOperations, _ fd: Int32, onSync: ((Int64) -> Void)?) -> Int32? {
+    let started = DispatchTime.now().uptimeNanoseconds
+    let failure = ops.sync(fd) == 0 ? nil : errno
+    onSync?(Int64(DispatchTime.now().uptimeNanoseconds - started))
+    return failure
 }
 
 /// Fsyncs a directory so that a create, rename or unlink inside it is durable.

@@ -152,8 +152,11 @@ public final class Log: Sendable {
     public let configuration: LogConfiguration
     private let lock: DirectoryLock
     private let encoders = EncoderPool()
+    private let journal: CommitJournal
 
-    private init(dataDirectory: String, metadata: LogMetadata, partitions: [Partition], configuration: LogConfiguration, lock: DirectoryLock) {
+    private init(dataDirectory: String, metadata: LogMetadata, partitions: [Partition], configuration: LogConfiguration,
+                 lock: DirectoryLock, journal: CommitJournal) {
+        self.journal = journal
         self.dataDirectory = dataDirectory
         self.metadata = metadata
         self.partitions = partitions
@@ -183,16 +186,28 @@ public final class Log: Sendable {
                 metadata = created
             }
             let meta = metadata!
+            // Whatever policy the log ran under before, what its journal holds was acknowledged.
+            var journalOnSync: (@Sendable (Int64) -> Void)?
+            if let hook = configuration.onSync { journalOnSync = { hook(-1, $0) } }
+            let journal = try CommitJournal(
+                directory: directory + "/log", limitBytes: configuration.limits.commitJournalBytes,
+                fileOperations: configuration.fileOperations, onSync: journalOnSync)
+            let replay = try journal.records(partitions: meta.partitions, maxBatchBytes: configuration.limits.maxBatchBytes)
             for p in 0..<meta.partitions {
                 let name = partitionDirectoryName(p)
                 var onSync: (@Sendable (Int64) -> Void)?
                 if let hook = configuration.onSync { onSync = { hook(p, $0) } }
                 let partition = try Partition(
                     id: p, directory: directory + "/" + name, displayDirectory: name, limits: configuration.limits,
-                    policy: configuration.fsync, fileOperations: configuration.fileOperations, onSync: onSync)
+                    policy: configuration.fsync, fileOperations: configuration.fileOperations, onSync: onSync,
+                    journal: configuration.fsync == .always ? journal : nil, replay: replay[p] ?? [])
                 partitions.append(partition)
             }
-            return Log(dataDirectory: directory, metadata: meta, partitions: partitions, configuration: configuration, lock: lock)
+            // Every partition synced its segment on opening: the journal's records are in them.
+            try journal.empty(preallocate: configuration.fsync == .always)
+            if configuration.fsync == .always { journal.start(partitions: partitions) }
+            return Log(dataDirectory: directory, metadata: meta, partitions: partitions, configuration: configuration,
+                       lock: lock, journal: journal)
         } catch {
             for p in partitions { try? p.close() }
             lock.release()
@@ -277,6 +292,15 @@ public final class Log: Sendable {
         try PartitionReader.offset(atOrAfter: timestamp, in: partitions[partition])
     }
 
+    /// The last fdatasync failure (the commit journal's or a partition's), until a later one succeeds.
+    public var syncError: LogError? {
+        journal.syncError ?? partitions.lazy.compactMap(\.syncError).first
+    }
+
+    /// Number of fdatasync calls that committed appends under `always` (group commit makes it
+    /// lower than the number of appends).
+    public var commitSyncs: Int { journal.syncs }
+
     /// Makes every appended batch durable now.
     public func flush() throws(LogError) {
         for p in partitions { try p.flush() }
@@ -286,8 +310,12 @@ public final class Log: Sendable {
     /// again and releases nothing twice.
     public func close() throws(LogError) {
         var firstError: LogError?
+        journal.close()
         for p in partitions {
             do throws(LogError) { try p.close() } catch { firstError = firstError ?? error }
+        }
+        if firstError == nil {
+            do throws(LogError) { try journal.empty(preallocate: configuration.fsync == .always) } catch { firstError = error }
         }
         lock.release()
         if let firstError { throw firstError }

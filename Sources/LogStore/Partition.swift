@@ -6,7 +6,8 @@ import SensorLogCore
 
 /// When an append counts as durable.
 public enum FsyncPolicy: String, Sendable, Equatable, CaseIterable, CustomStringConvertible {
-    /// The append returns after fdatasync; concurrent appends share one fdatasync (group commit).
+    /// The append returns after an fdatasync of the commit journal, which concurrent appends to
+    /// every partition share (group commit); segments are synced at journal checkpoints.
     case always
     /// A background fdatasync every `Limits.fsyncInterval`; the append returns after the write.
     case interval
@@ -41,6 +42,8 @@ public struct PartitionRecovery: Sendable, Equatable {
     public var truncationReason: String?
     /// Segments whose index files were missing or corrupt and were rebuilt.
     public var rebuiltIndexes: Int
+    /// Batches appended from the commit journal (acknowledged before a crash, not yet in the segment).
+    public var journalBatches: Int = 0
 }
 
 /// A closed (immutable) segment, as the partition remembers it: its index stays on disk.
@@ -121,6 +124,8 @@ public final class Partition: PartitionView, @unchecked Sendable {
     private var syncThreadDone = true
     private var lastSyncError: LogError?
     private var syncCount = 0
+    /// Under `always`, commits this partition's appends (nil under the other policies).
+    private let journal: CommitJournal?
     /// Called after each fdatasync with its duration in nanoseconds (metrics hook).
     let onSync: (@Sendable (_ nanoseconds: Int64) -> Void)?
 
@@ -128,9 +133,12 @@ public final class Partition: PartitionView, @unchecked Sendable {
 
     init(
         id: Int, directory: String, displayDirectory: String, limits: Limits, policy: FsyncPolicy,
-        fileOperations: FileOperations, onSync: (@Sendable (Int64) -> Void)?
+        fileOperations: FileOperations, onSync: (@Sendable (Int64) -> Void)?,
+        journal: CommitJournal? = nil, replay: [JournalBatch] = []
     ) throws(LogError) {
+        precondition((policy == .always) == (journal != nil), "the commit journal is for the always policy")
         self.id = id
+        self.journal = journal
         self.directory = directory
         self.displayDirectory = displayDirectory
         self.limits = limits
@@ -185,8 +193,18 @@ public final class Partition: PartitionView, @unchecked Sendable {
         }
 
         let activeBase = bases.last!
-        let (activeSegment, truncation) = try Self.recoverActiveSegment(
-            base: activeBase, directory: directory, displayDirectory: displayDirectory, limits: limits)
+        // The journal holds whole batches; from its first one in the active segment on, it is
+        // the authority and the segment's bytes are only checked against it.
+        let replayed = replay.drop { $0.nextOffset <= activeBase }
+        var (activeSegment, truncation) = try Self.recoverActiveSegment(
+            base: activeBase, directory: directory, displayDirectory: displayDirectory, limits: limits,
+            journalFrom: replayed.first?.baseOffset)
+        var replayedBatches = 0
+        if !replayed.isEmpty {
+            let cut = try Self.replay(replayed, into: activeSegment, limits: limits, fileOperations: fileOperations)
+            replayedBatches = cut.replayed
+            if let cut = cut.truncation { truncation = cut }
+        }
         self.closedSegments = closed
         self.active = activeSegment
         self.writtenEnd = activeSegment.nextOffset
@@ -202,9 +220,10 @@ public final class Partition: PartitionView, @unchecked Sendable {
             partition: id, segments: bases.count, startOffset: bases.first!, endOffset: activeSegment.nextOffset,
             bytes: bytes, truncatedBytes: truncation?.bytes ?? 0,
             truncatedSegment: truncation.map { _ in activeSegment.file.displayPath },
-            truncatedAtPosition: truncation?.position, truncationReason: truncation?.reason, rebuiltIndexes: rebuilt)
+            truncatedAtPosition: truncation?.position, truncationReason: truncation?.reason, rebuiltIndexes: rebuilt,
+            journalBatches: replayedBatches)
 
-        if policy != .never {
+        if policy == .interval {
             syncThreadDone = false
             let thread = Thread { [self] in
                 nameCurrentThread("slog-sync-\(self.id)")
@@ -296,7 +315,9 @@ public final class Partition: PartitionView, @unchecked Sendable {
 
     /// Checks the active segment batch by batch, truncating a torn tail and refusing corruption
     /// that has valid batches after it.
-    static func recoverActiveSegment(base: Int64, directory: String, displayDirectory: String, limits: Limits)
+    /// With `journalFrom`, the scan stops at the batch holding that offset: the commit journal
+    /// has everything from there on, and `replay` checks the rest of the file against it.
+    static func recoverActiveSegment(base: Int64, directory: String, displayDirectory: String, limits: Limits, journalFrom: Int64? = nil)
         throws(LogError) -> (ActiveSegment, truncation: (position: Int64, bytes: Int64, reason: String)?)
     {
         let stem = directory + "/" + SegmentFiles.name(base)
@@ -316,6 +337,7 @@ public final class Partition: PartitionView, @unchecked Sendable {
         scan: while true {
             switch try scanner.probe(at: position, expectedOffset: expected, verifyCRC: true) {
             case .batch(let header):
+                if let journalFrom, header.nextOffset > journalFrom { break scan }
                 index.add(relative: UInt32(header.baseOffset - base), position: position, length: header.length,
                           maxTimestamp: header.maxTimestamp, interval: limits.indexIntervalBytes)
                 if firstAppend == nil { firstAppend = header.appendTime }
@@ -327,7 +349,9 @@ public final class Partition: PartitionView, @unchecked Sendable {
                 truncation = (position, size - position, "incomplete last batch: \(why)")
                 break scan
             case .invalid(let why):
-                if let later = try scanner.findValidBatch(after: position, minOffset: expected) {
+                // Damage the journal covers is an unsynced tail, not corruption.
+                let covered = journalFrom.map { expected >= $0 } ?? false
+                if !covered, let later = try scanner.findValidBatch(after: position, minOffset: expected) {
                     throw LogError(
                         .corruptBatch,
                         "corrupt batch (\(why)) with a valid batch after it at byte \(later); not a torn write, so nothing was truncated: run `sensorlog verify --repair`",
@@ -337,7 +361,7 @@ public final class Partition: PartitionView, @unchecked Sendable {
                 break scan
             }
         }
-        if let truncation {
+        if let truncation, journalFrom == nil {
             guard ftruncate(file.fd, off_t(truncation.position)) == 0 else {
                 throw LogError.system("cannot truncate torn tail", errno: errno, path: display)
             }
@@ -345,6 +369,73 @@ public final class Partition: PartitionView, @unchecked Sendable {
         }
         return (ActiveSegment(baseOffset: base, file: file, size: position, nextOffset: expected, index: index,
                               firstAppendTime: firstAppend), truncation)
+    }
+
+    /// Checks the segment's bytes from the scan's stopping point against the journal's batches
+    /// and appends what the segment lacks; the first difference cuts the segment there.
+    static func replay(_ batches: ArraySlice<JournalBatch>, into active: ActiveSegment, limits: Limits, fileOperations: FileOperations)
+        throws(LogError) -> (replayed: Int, truncation: (position: Int64, bytes: Int64, reason: String)?)
+    {
+        let file = active.file
+        let fileSize = try file.size()
+        var position = active.size
+        var expected = active.nextOffset
+        var verifying = true
+        var truncation: (position: Int64, bytes: Int64, reason: String)?
+        var replayed = 0
+        var existing = [UInt8]()
+        func cut() throws(LogError) {
+            verifying = false
+            if position < fileSize {
+                truncation = (position, fileSize - position, "unsynced tail, rewritten from the commit journal")
+            }
+            guard ftruncate(file.fd, off_t(position)) == 0 else {
+                throw LogError.system("cannot truncate the unsynced tail", errno: errno, path: file.displayPath)
+            }
+        }
+        for batch in batches where batch.nextOffset > expected {
+            guard batch.baseOffset == expected else {
+                throw LogError(
+                    .corruptBatch,
+                    "the segment ends at offset \(expected) but the commit journal resumes at \(batch.baseOffset): records between are lost; move log/commit-*.journal aside to open the log without them",
+                    path: file.displayPath, position: position)
+            }
+            let length = Int64(batch.bytes.count)
+            if verifying {
+                if position + length <= fileSize {
+                    if existing.count < batch.bytes.count { existing = [UInt8](repeating: 0, count: batch.bytes.count) }
+                    var readResult: Result<Int, LogError> = .success(0)
+                    existing.withUnsafeMutableBytes { raw in
+                        do throws(LogError) { readResult = .success(try file.read(into: raw.baseAddress!, count: batch.bytes.count, at: position)) } catch { readResult = .failure(error) }
+                    }
+                    let n = try readResult.get()
+                    if n == batch.bytes.count && existing.prefix(n).elementsEqual(batch.bytes) {
+                        active.index.add(relative: UInt32(batch.baseOffset - active.baseOffset), position: position, length: batch.bytes.count,
+                                         maxTimestamp: batch.maxTimestamp, interval: limits.indexIntervalBytes)
+                        if active.firstAppendTime == nil { active.firstAppendTime = batch.appendTime }
+                        position += length
+                        expected = batch.nextOffset
+                        continue
+                    }
+                }
+                try cut()
+            }
+            var writeFailure: LogError?
+            batch.bytes.withUnsafeBytes { raw in
+                do throws(LogError) { try writeAll(fileOperations, fd: file.fd, raw, at: position, displayPath: file.displayPath) } catch { writeFailure = error }
+            }
+            if let writeFailure { throw writeFailure }
+            active.index.add(relative: UInt32(batch.baseOffset - active.baseOffset), position: position, length: batch.bytes.count,
+                             maxTimestamp: batch.maxTimestamp, interval: limits.indexIntervalBytes)
+            if active.firstAppendTime == nil { active.firstAppendTime = batch.appendTime }
+            position += length
+            expected = batch.nextOffset
+            replayed += 1
+        }
+        if verifying { try cut() }
+        active.size = position
+        active.nextOffset = expected
+        return (replayed, truncation)
     }
 
     // MARK: Appending
@@ -371,6 +462,8 @@ public final class Partition: PartitionView, @unchecked Sendable {
         let position = active.size
         do {
             try writeAll(fileOperations, fd: active.file.fd, batch, at: position, displayPath: active.file.displayPath)
+            try journal?.append(batch, partition: self, end: base + Int64(count), segment: active.file,
+                                segmentPosition: position + Int64(batch.count))
         } catch {
             // Leave the file as it was; the next append overwrites from `position` anyway.
             _ = ftruncate(active.file.fd, off_t(position))
@@ -384,11 +477,49 @@ public final class Partition: PartitionView, @unchecked Sendable {
         active.nextOffset = writtenEnd
 
         let result = AppendResult(partition: id, baseOffset: base, count: count)
-        guard policy == .always else { return (result, nil) }
+        guard journal != nil else { return (result, nil) }
         let waiter = DurabilityWaiter(target: writtenEnd)
         waiters.append(waiter)
-        condition.broadcast()
         return (result, waiter)
+    }
+
+    /// The journal made this partition's appends up to `end` durable.
+    func journalCommitted(upTo end: Int64, segment: SharedFile, position: Int64) {
+        condition.lock()
+        defer { condition.unlock() }
+        // A roll (which syncs the segment) or a rollback may have moved on meanwhile.
+        guard end > durableEnd, end <= writtenEnd else { return }
+        durableEnd = end
+        if segment === active.file { durablePosition = position }
+        completeWaiters()
+    }
+
+    /// A journal fdatasync failed: what was not durable is cut off. Returns the appends that
+    /// waited on it, for `fail` once the journal takes appends again (an append retried at once
+    /// must not find the journal still rolling back).
+    func journalRollBack() -> [DurabilityWaiter] {
+        condition.lock()
+        defer { condition.unlock() }
+        rollBackToDurable()
+        let failed = waiters
+        waiters.removeAll()
+        return failed
+    }
+
+    func fail(_ failed: [DurabilityWaiter], _ error: LogError) {
+        condition.lock()
+        defer { condition.unlock() }
+        complete(failed, with: error)
+    }
+
+    /// Syncs the active segment for a journal checkpoint (a roll syncs the segments before it).
+    func syncForCheckpoint() throws(LogError) {
+        condition.lock()
+        let file = active.file
+        condition.unlock()
+        if let failure = timedSync(fileOperations, file.fd, onSync: onSync) {
+            throw LogError.system("fsync failed", errno: failure, path: file.displayPath)
+        }
     }
 
     /// Closes the active segment and starts a new one at `writtenEnd`. Called with the lock held.
@@ -457,26 +588,28 @@ public final class Partition: PartitionView, @unchecked Sendable {
     }
 
     private func failWaiters(_ error: LogError) {
-        for waiter in waiters {
+        let failed = waiters
+        waiters.removeAll()
+        complete(failed, with: error)
+    }
+
+    /// Lock held.
+    private func complete(_ failed: [DurabilityWaiter], with error: LogError) {
+        for waiter in failed {
             waiter.result = .failure(error)
             waiter.continuation?.resume(returning: .failure(error))
             waiter.continuation = nil
         }
-        waiters.removeAll()
         condition.broadcast()
     }
 
-    /// The sync thread: group commit under `always`, a timer under `interval`.
+    /// The sync thread under `interval` (under `always` the commit journal's thread commits).
     private func syncLoop() {
         condition.lock()
         var deadline = Date().addingTimeInterval(Self.seconds(limits.fsyncInterval))
         while true {
-            if policy == .always {
-                while !isClosed && writtenEnd == durableEnd { condition.wait() }
-            } else {
-                while !isClosed && Date() < deadline { _ = condition.wait(until: deadline) }
-                deadline = Date().addingTimeInterval(Self.seconds(limits.fsyncInterval))
-            }
+            while !isClosed && Date() < deadline { _ = condition.wait(until: deadline) }
+            deadline = Date().addingTimeInterval(Self.seconds(limits.fsyncInterval))
             if writtenEnd == durableEnd {
                 if isClosed { break }
                 continue
@@ -485,19 +618,11 @@ public final class Partition: PartitionView, @unchecked Sendable {
             let targetPosition = active.size
             let file = active.file
             condition.unlock()
-            let started = DispatchTime.now().uptimeNanoseconds
-            let rc = fileOperations.sync(file.fd)
-            let failure = rc == 0 ? nil : errno
-            onSync?(Int64(DispatchTime.now().uptimeNanoseconds - started))
+            let failure = timedSync(fileOperations, file.fd, onSync: onSync)
             condition.lock()
             syncCount += 1
             if let failure {
-                let error = LogError.system("fsync failed", errno: failure, path: file.displayPath)
-                lastSyncError = error
-                if policy == .always && file === active.file {
-                    rollBackToDurable()
-                    failWaiters(error)
-                }
+                lastSyncError = LogError.system("fsync failed", errno: failure, path: file.displayPath)
             } else {
                 lastSyncError = nil
                 if target > durableEnd {

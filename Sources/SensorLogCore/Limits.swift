@@ -50,6 +50,11 @@ public struct Limits: Sendable, Equatable {
     /// Most readings in one `POST /sensor/data` array.
     public var maxReadingsPerRequest = 10_000
 
+    /// Size of each of the two commit journal files under the `always` policy (written full of
+    /// zeros once). A file is retired (every segment synced, the file emptied) at three quarters
+    /// of it, so this bounds what recovery replays.
+    public var commitJournalBytes = 16 << 20
+
     /// Fsync period under the `interval` policy.
     public var fsyncInterval: Duration = .milliseconds(100)
 
@@ -75,6 +80,9 @@ public struct Limits: Sendable, Equatable {
         }
         guard indexIntervalBytes >= 64 else {
             throw LimitsError("index interval must be at least 64 bytes, got \(indexIntervalBytes)")
+        }
+        guard commitJournalBytes >= 64 << 10 else {
+            throw LimitsError("commit journal bytes must be at least 64 KiB, got \(commitJournalBytes)")
         }
         guard fsyncInterval > .zero else {
             throw LimitsError("fsync interval must be positive")

@@ -119,22 +119,24 @@ import Testing
         #expect(fcntl(other, F_GETFD) != -1, "descriptor \(other) was closed by the second Log.close")
     }
 
-    @Test func groupCommitSharesFsyncs() async throws {
+    @Test func groupCommitSharesFsyncsAcrossPartitions() async throws {
         let dir = TemporaryDirectory()
         defer { dir.cleanup() }
-        let log = try Log.open(dataDirectory: dir.path, configuration: LogConfiguration(limits: limits(partitions: 1), fsync: .always))
+        let log = try Log.open(dataDirectory: dir.path, configuration: LogConfiguration(limits: limits(partitions: 4), fsync: .always))
         let appends = 400
+        let sensors = (0..<4).map { p in (0...).lazy.map { "sensor-\($0)" }.first { log.partition(for: $0) == p }! }
         try await withThrowingTaskGroup(of: AppendResult.self) { group in
             for i in 0..<appends {
-                group.addTask { try await log.append(oneSensorReadings(1, start: Int64(i)), toPartition: 0) }
+                group.addTask { try await log.append(oneSensorReadings(1, sensor: sensors[i % 4], start: Int64(i)), toPartition: i % 4) }
             }
-            var offsets = Set<Int64>()
-            for try await r in group { offsets.insert(r.baseOffset) }
-            #expect(offsets == Set(0..<Int64(appends)))
+            var offsets: [[Int64]] = [[], [], [], []]
+            for try await r in group { offsets[r.partition].append(r.baseOffset) }
+            let perPartition = Array(0..<Int64(appends / 4))
+            #expect(offsets.map { $0.sorted() } == [perPartition, perPartition, perPartition, perPartition])
         }
-        let syncs = log.partitions[0].syncs
-        #expect(syncs < appends, "\(syncs) fsyncs for \(appends) appends")
-        #expect(log.partitions[0].endOffset == Int64(appends))
+        let syncs = log.commitSyncs
+        #expect(syncs > 0 && syncs < appends, "\(syncs) fsyncs for \(appends) appends")
+        for p in 0..<4 { #expect(log.partitions[p].endOffset == Int64(appends / 4)) }
         try log.close()
     }
 

@@ -268,7 +268,7 @@ import Testing
         faults.lock.lock(); faults.failSyncs = EIO; faults.lock.unlock()
         #expect(throws: LogError.self) { try log.appendBlocking(oneSensorReadings(10, start: 5), toPartition: 0) }
         #expect(log.partitions[0].endOffset == 10)
-        #expect(log.partitions[0].syncError?.errno == EIO)
+        #expect(log.syncError?.errno == EIO)
         faults.lock.lock(); faults.failSyncs = 0; faults.lock.unlock()
         let second = oneSensorReadings(10, start: 8_000_000_000_000)
         #expect(try log.appendBlocking(second, toPartition: 0).baseOffset == 10)

@@ -1,0 +1,159 @@
+import Foundation
+import SensorLogCore
+import Testing
+
+@testable import LogStore
+
+/// The commit journal under `--fsync always`: what it acknowledged survives the loss of every
+/// unsynced segment write. A power cut is simulated by copying the data directory while the log
+/// is open (the journal is synced, the segments only written) and damaging the copy's segments.
+@Suite struct CommitJournalTests {
+    let start: Int64 = 1_700_000_000_000_000_000
+
+    func configuration(partitions: Int, fsync: FsyncPolicy = .always, journalBytes: Int? = nil) -> LogConfiguration {
+        var l = Limits()
+        l.partitions = partitions
+        if let journalBytes { l.commitJournalBytes = journalBytes }
+        return LogConfiguration(limits: l, fsync: fsync)
+    }
+
+    /// One sensor name per partition.
+    func sensors(_ log: Log) -> [String] {
+        (0..<log.partitions.count).map { p in (0...).lazy.map { "sensor-\($0)" }.first { log.partition(for: $0) == p }! }
+    }
+
+    /// Appends `batches` batches of `size` readings, alternating partitions; returns each
+    /// partition's readings in order.
+    func append(_ log: Log, batches: Int, size: Int) throws -> [[Reading]] {
+        let names = sensors(log)
+        var expected = [[Reading]](repeating: [], count: log.partitions.count)
+        for b in 0..<batches {
+            let p = b % log.partitions.count
+            let rs = oneSensorReadings(size, sensor: names[p], start: start + Int64(b) * 1_000_000_000_000)
+            _ = try log.appendBlocking(rs, toPartition: p)
+            expected[p] += rs
+        }
+        return expected
+    }
+
+    func snapshot(_ dir: TemporaryDirectory) throws -> TemporaryDirectory {
+        let copy = TemporaryDirectory()
+        try FileManager.default.removeItem(atPath: copy.path)
+        try FileManager.default.copyItem(atPath: dir.path, toPath: copy.path)
+        return copy
+    }
+
+    func expectContents(_ log: Log, _ expected: [[Reading]], sourceLocation: SourceLocation = #_sourceLocation) throws {
+        for (p, readings) in expected.enumerated() {
+            let stored = try readAll(log.reader(partition: p, from: 0))
+            #expect(stored.map(\.offset) == Array(0..<Int64(readings.count)), sourceLocation: sourceLocation)
+            #expect(identical(stored.map(\.reading), readings), "partition \(p)", sourceLocation: sourceLocation)
+        }
+    }
+
+    @Test func acknowledgedAppendsLostFromTheSegmentsComeBackFromTheJournal() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.cleanup() }
+        let log = try Log.open(dataDirectory: dir.path, configuration: configuration(partitions: 2))
+        let expected = try append(log, batches: 40, size: 20)
+        let crashed = try snapshot(dir)
+        defer { crashed.cleanup() }
+        try log.close()
+
+        // Partition 0 lost every segment write; partition 1 a block in the middle, and its tail
+        // holds garbage.
+        #expect(truncate(segmentFiles(crashed.path, partition: 0).last!, 0) == 0)
+        let segment = segmentFiles(crashed.path, partition: 1).last!
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: segment))
+        let middle = bytes.count / 2
+        bytes.replaceSubrange(middle..<(middle + 100), with: Data(count: 100))
+        bytes.append(Data((0..<300).map { UInt8(truncatingIfNeeded: $0 &* 7) }))
+        try bytes.write(to: URL(fileURLWithPath: segment))
+
+        // Replayed whatever policy the log is opened with.
+        let recovered = try Log.open(dataDirectory: crashed.path, configuration: configuration(partitions: 2, fsync: .interval))
+        #expect(recovered.partitions[0].recovery.journalBatches == 20)
+        #expect(recovered.partitions[1].recovery.journalBatches > 0)
+        #expect(recovered.partitions[1].recovery.journalBatches < 20)
+        #expect(recovered.partitions[1].recovery.truncatedBytes > 0)
+        try expectContents(recovered, expected)
+        try recovered.close()
+
+        let again = try Log.open(dataDirectory: crashed.path, configuration: configuration(partitions: 2))
+        #expect(again.partitions.allSatisfy { $0.recovery.journalBatches == 0 && $0.recovery.truncatedBytes == 0 })
+        try expectContents(again, expected)
+        try again.close()
+    }
+
+    @Test func anIntactSegmentIsCheckedNotRewritten() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.cleanup() }
+        let log = try Log.open(dataDirectory: dir.path, configuration: configuration(partitions: 2))
+        let expected = try append(log, batches: 30, size: 7)
+        let crashed = try snapshot(dir)
+        defer { crashed.cleanup() }
+        try log.close()
+        let recovered = try Log.open(dataDirectory: crashed.path, configuration: configuration(partitions: 2))
+        #expect(recovered.partitions.allSatisfy { $0.recovery.journalBatches == 0 && $0.recovery.truncatedBytes == 0 })
+        try expectContents(recovered, expected)
+        try recovered.close()
+    }
+
+    @Test func replayStopsAtATornJournalRecord() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.cleanup() }
+        let log = try Log.open(dataDirectory: dir.path, configuration: configuration(partitions: 2))
+        let expected = try append(log, batches: 40, size: 10)
+        let crashed = try snapshot(dir)
+        defer { crashed.cleanup() }
+        try log.close()
+
+        // Corrupt the record of batch 30 (each batch is one record, in append order).
+        let journal = crashed.path + "/log/" + CommitJournal.fileNames[0]
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: journal))
+        var at = 0
+        for _ in 0..<30 {
+            let length = bytes[(at + 20)..<(at + 24)].withUnsafeBytes { Int(UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self))) }
+            at += CommitJournal.headerSize + length
+        }
+        bytes[at + CommitJournal.headerSize + 60] ^= 0x40
+        try bytes.write(to: URL(fileURLWithPath: journal))
+        for p in 0..<2 { #expect(truncate(segmentFiles(crashed.path, partition: p).last!, 0) == 0) }
+
+        let recovered = try Log.open(dataDirectory: crashed.path, configuration: configuration(partitions: 2))
+        // Batches 0..<30 alternate partitions: 15 each, 150 readings each.
+        try expectContents(recovered, expected.map { Array($0.prefix(150)) })
+        try recovered.close()
+    }
+
+    @Test func retiredJournalFilesStayTheirSizeAndHoldOnlyTheCurrentLap() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.cleanup() }
+        let config = configuration(partitions: 2, journalBytes: 64 << 10)
+        let log = try Log.open(dataDirectory: dir.path, configuration: config)
+        let batches = 3000
+        let expected = try append(log, batches: batches, size: 5)
+        for name in CommitJournal.fileNames {
+            #expect(fileSize(dir.path + "/log/" + name) <= 64 << 10, "\(name) grew past its zeros")
+        }
+        let crashed = try snapshot(dir)
+        defer { crashed.cleanup() }
+        try log.close()
+
+        // What the journal holds is contiguous per partition and only since the last retirement.
+        let journal = try CommitJournal(directory: crashed.path + "/log", limitBytes: 64 << 10, fileOperations: .system, onSync: nil)
+        let records = try journal.records(partitions: 2, maxBatchBytes: Limits().maxBatchBytes)
+        var total = 0
+        for (_, batches) in records {
+            total += batches.count
+            for (a, b) in zip(batches, batches.dropFirst()) { #expect(b.baseOffset == a.nextOffset) }
+            #expect(batches.last?.nextOffset == Int64(expected[0].count))
+        }
+        #expect(total > 0 && total < batches / 2, "\(total) records of \(batches) batches")
+
+        // A segment cut below the last checkpoint lost synced records the journal no longer has:
+        // refused, not papered over.
+        #expect(truncate(segmentFiles(crashed.path, partition: 0).last!, 0) == 0)
+        #expect(throws: LogError.self) { _ = try Log.open(dataDirectory: crashed.path, configuration: config) }
+    }
+}
