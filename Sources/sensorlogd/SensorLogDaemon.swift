@@ -251,7 +251,7 @@ struct SensorLogDaemon: AsyncParsableCommand {
         var metadata: Logger.Metadata = [
             "partition": "\(r.partition)", "segments": "\(r.segments)", "start_offset": "\(r.startOffset)",
             "end_offset": "\(r.endOffset)", "bytes": "\(r.bytes)", "truncated_bytes": "\(r.truncatedBytes)",
-            "rebuilt_indexes": "\(r.rebuiltIndexes)",
+            "rebuilt_indexes": "\(r.rebuiltIndexes)", "journal_batches": "\(r.journalBatches)",
         ]
         if let segment = r.truncatedSegment, let at = r.truncatedAtPosition {
             metadata["truncated_segment"] = "\(segment)"
