@@ -156,4 +156,38 @@ import Testing
         #expect(truncate(segmentFiles(crashed.path, partition: 0).last!, 0) == 0)
         #expect(throws: LogError.self) { _ = try Log.open(dataDirectory: crashed.path, configuration: config) }
     }
+
+    @Test func aFailedJournalSyncNeverComesBackAfterACrash() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.cleanup() }
+        let faults = IOFailureTests.Faults()
+        var l = Limits()
+        l.partitions = 2
+        let log = try Log.open(dataDirectory: dir.path, configuration: LogConfiguration(limits: l, fsync: .always, fileOperations: faults.operations()))
+        let expected = try append(log, batches: 10, size: 5)
+        let names = sensors(log)
+        faults.lock.lock(); faults.failSyncs = EIO; faults.lock.unlock()
+        for p in 0..<2 {
+            #expect(throws: LogError.self) {
+                try log.appendBlocking(oneSensorReadings(5, sensor: names[p], start: start + 900_000_000_000_000), toPartition: p)
+            }
+        }
+        #expect(log.syncError?.errno == EIO)
+        faults.lock.lock(); faults.failSyncs = 0; faults.lock.unlock()
+        // The power goes before anything else is written: the refused batches' journal records
+        // were zeroed, and their segment bytes cut.
+        let crashed = try snapshot(dir)
+        defer { crashed.cleanup() }
+        // Retried once the disk is back, they land at the offsets the refused ones had.
+        let later = try append(log, batches: 2, size: 3)
+        #expect(log.syncError == nil)
+        try log.close()
+
+        let recovered = try Log.open(dataDirectory: crashed.path, configuration: configuration(partitions: 2))
+        try expectContents(recovered, expected)
+        try recovered.close()
+        let reopened = try Log.open(dataDirectory: dir.path, configuration: configuration(partitions: 2))
+        try expectContents(reopened, zip(expected, later).map { $0 + $1 })
+        try reopened.close()
+    }
 }
