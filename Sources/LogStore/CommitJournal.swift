@@ -35,6 +35,8 @@ final class CommitJournal: @unchecked Sendable {
     private struct Pending {
         let partition: Partition
         let file: Int
+        /// Position in `file` after the record.
+        let journalEnd: Int64
         /// The partition's written end after this batch.
         let end: Int64
         let segment: SharedFile
@@ -60,8 +62,10 @@ final class CommitJournal: @unchecked Sendable {
     private var lastError: LogError?
     /// After a failed fdatasync, appends fail until every partition touched is rolled back.
     private var rollingBack = false
-    /// A checkpoint failed; it is retried after the next successful commit.
-    private var checkpointFailed = false
+    /// Files whose refused records were zeroed but not yet synced; appends fail meanwhile.
+    private var unsyncedZeros: Set<Int> = []
+    /// Set when a segment's fdatasync failed; appends fail until the log is reopened.
+    private var poisoned: LogError?
     private var syncCount = 0
     private let onSync: (@Sendable (_ nanoseconds: Int64) -> Void)?
 
@@ -105,7 +109,8 @@ final class CommitJournal: @unchecked Sendable {
         condition.lock()
         defer { condition.unlock() }
         guard !isClosed else { throw LogError(.closed, "the log is closed") }
-        if rollingBack, let lastError { throw lastError }
+        if let poisoned { throw poisoned }
+        if rollingBack || !unsyncedZeros.isEmpty, let lastError { throw lastError }
         let total = Self.headerSize + batch.count
         if scratch.count < total { scratch = [UInt8](repeating: 0, count: max(total, scratch.count * 2, 4096)) }
         let file = current
@@ -131,11 +136,24 @@ final class CommitJournal: @unchecked Sendable {
             throw failure
         }
         written[file] += Int64(total)
-        pending.append(Pending(partition: partition, file: file, end: end, segment: segment, segmentPosition: segmentPosition))
+        pending.append(Pending(partition: partition, file: file, journalEnd: written[file], end: end,
+                               segment: segment, segmentPosition: segmentPosition))
         condition.broadcast()
     }
 
-    /// The last fdatasync failure, until a later one succeeds.
+    /// Refuses every append from now on, until the log is reopened: a segment's fdatasync failed,
+    /// and Linux reports a write-back error once, so a retry that returns 0 proves nothing. The
+    /// journal keeps what the segment may lack; reopening replays it.
+    func poison(_ error: LogError) {
+        condition.lock()
+        defer { condition.unlock() }
+        let message = "\(error.message); appends are refused until sensorlogd restarts and replays the commit journal"
+        // Not `.diskFull`, which heals by itself: this takes a restart.
+        poisoned = LogError(.io, message, path: error.path, errno: error.errno)
+        lastError = poisoned
+    }
+
+    /// The last fdatasync failure, until a later one succeeds (or for good once poisoned).
     var syncError: LogError? {
         condition.lock()
         defer { condition.unlock() }
@@ -154,49 +172,61 @@ final class CommitJournal: @unchecked Sendable {
     private func syncLoop() {
         condition.lock()
         while true {
-            while !isClosed && !hasWork && (retiring == nil || checkpointFailed) { condition.wait() }
+            if !unsyncedZeros.isEmpty {
+                syncZeros()
+                if !unsyncedZeros.isEmpty {
+                    if isClosed { break }
+                    _ = condition.wait(until: Date().addingTimeInterval(0.1))
+                    continue
+                }
+            }
             if hasWork {
                 commitRound()
+                continue
             }
-            if let old = retiring, written[old] == durable[old], !checkpointFailed {
+            if let old = retiring, poisoned == nil {
                 checkpoint(old)
+                continue
             }
-            if isClosed && !hasWork { break }
+            if isClosed { break }
+            condition.wait()
         }
         threadDone = true
         condition.broadcast()
         condition.unlock()
     }
 
-    /// One group commit: fdatasync the files with unsynced records, then tell the partitions.
-    /// Called and returns with the lock held.
+    /// One group commit: fdatasync the files with unsynced records, the retiring one first (its
+    /// records are the older), then tell the partitions. Lock held on entry and exit.
     private func commitRound() {
         let targets = written
-        let count = pending.count
-        let dirty = (0..<2).filter { written[$0] > durable[$0] }
+        let order = [1 - current, current].filter { written[$0] > durable[$0] }
         condition.unlock()
+        var synced: [Int] = []
         var failure: (errno: Int32, file: Int)?
-        for f in dirty {
+        for f in order {
             if let error = timedSync(fileOperations, files[f].fd, onSync: onSync) {
                 failure = (error, f)
                 break
             }
+            synced.append(f)
         }
         condition.lock()
         syncCount += 1
-        if let failure {
-            fail(LogError.system("fsync failed", errno: failure.errno, path: files[failure.file].displayPath))
-            return
-        }
-        lastError = nil
-        checkpointFailed = false
-        for f in dirty { durable[f] = targets[f] }
+        for f in synced { durable[f] = targets[f] }
+        // A record is acknowledged only with every record before it: the prefix now durable.
+        let count = pending.prefix { durable[$0.file] >= $0.journalEnd }.count
         let done = Array(pending.prefix(count))
         pending.removeFirst(count)
-        // Early enough that appends during the switch rarely grow the file past its zeros.
-        if retiring == nil && written[current] >= limitBytes * 3 / 4 {
-            retiring = current
-            current = 1 - current
+        if let failure {
+            fail(LogError.system("fsync failed", errno: failure.errno, path: files[failure.file].displayPath))
+        } else {
+            if poisoned == nil { lastError = nil }
+            // Early enough that appends during the switch rarely grow the file past its zeros.
+            if retiring == nil && written[current] >= limitBytes * 3 / 4 {
+                retiring = current
+                current = 1 - current
+            }
         }
         condition.unlock()
         // The highest end per partition; the lock order is partition, then journal.
@@ -208,18 +238,18 @@ final class CommitJournal: @unchecked Sendable {
         condition.lock()
     }
 
-    /// After a failed fdatasync nothing unsynced may become durable or visible: the files are cut
-    /// back to their durable points and every partition with an unsynced record rolls back.
-    /// Called and returns with the lock held.
+    /// After a failed fdatasync nothing unsynced may become durable or visible: the unsynced
+    /// records are zeroed (and appends refused until the zeros are synced, so a crash cannot
+    /// replay a refused append, nor let a refused record shadow a later one at the same offsets),
+    /// and every partition with an unsynced record rolls back. Lock held on entry and exit.
     private func fail(_ error: LogError) {
         lastError = error
         rollingBack = true
         for f in 0..<2 where written[f] > durable[f] {
-            // Zeroed so that a crash before the next commit does not replay what was refused
-            // (best effort: the device just failed a sync).
             let zeros = [UInt8](repeating: 0, count: Int(written[f] - durable[f]))
             zeros.withUnsafeBytes { raw in _ = try? writeAll(fileOperations, fd: files[f].fd, raw, at: durable[f], displayPath: files[f].displayPath) }
             written[f] = durable[f]
+            unsyncedZeros.insert(f)
         }
         var touched: [ObjectIdentifier: Partition] = [:]
         for record in pending { touched[ObjectIdentifier(record.partition)] = record.partition }
@@ -233,6 +263,16 @@ final class CommitJournal: @unchecked Sendable {
         condition.lock()
     }
 
+    /// Retried every 100 ms until the device takes them. Lock held on entry and exit.
+    private func syncZeros() {
+        let pendingFiles = unsyncedZeros
+        condition.unlock()
+        let synced = pendingFiles.filter { timedSync(fileOperations, files[$0].fd, onSync: onSync) == nil }
+        condition.lock()
+        unsyncedZeros.subtract(synced)
+        if unsyncedZeros.isEmpty && poisoned == nil { lastError = nil }
+    }
+
     /// Syncs every partition's active segment (which holds everything `old` recorded: a batch
     /// reaches the segment before the journal), then empties `old`. Lock held on entry and exit.
     private func checkpoint(_ old: Int) {
@@ -242,19 +282,20 @@ final class CommitJournal: @unchecked Sendable {
         for partition in partitions {
             do throws(LogError) { try partition.syncForCheckpoint() } catch { failure = error; break }
         }
+        var invalidated = false
         if failure == nil {
-            do throws(LogError) { try invalidate(files[old]) } catch { failure = error }
+            do throws(LogError) { try invalidate(files[old]); invalidated = true } catch { failure = error }
         }
         condition.lock()
-        if let failure {
-            // Retried after the next successful commit; until then the old file stays whole.
-            lastError = failure
-            checkpointFailed = true
-            return
+        if invalidated {
+            written[old] = 0
+            durable[old] = 0
+            retiring = nil
+        } else if let failure {
+            condition.unlock()
+            poison(failure)
+            condition.lock()
         }
-        written[old] = 0
-        durable[old] = 0
-        retiring = nil
     }
 
     /// Stops the sync thread after it commits what was appended. The partitions then sync their

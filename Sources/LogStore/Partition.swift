@@ -44,6 +44,8 @@ public struct PartitionRecovery: Sendable, Equatable {
     public var rebuiltIndexes: Int
     /// Batches appended from the commit journal (acknowledged before a crash, not yet in the segment).
     public var journalBatches: Int = 0
+    /// Set when the commit journal resumed past the segment's end (its records were not replayed).
+    public var journalGap: String?
 }
 
 /// A closed (immutable) segment, as the partition remembers it: its index stays on disk.
@@ -200,10 +202,12 @@ public final class Partition: PartitionView, @unchecked Sendable {
             base: activeBase, directory: directory, displayDirectory: displayDirectory, limits: limits,
             journalFrom: replayed.first?.baseOffset)
         var replayedBatches = 0
+        var journalGap: String?
         if !replayed.isEmpty {
-            let cut = try Self.replay(replayed, into: activeSegment, limits: limits, fileOperations: fileOperations)
-            replayedBatches = cut.replayed
-            if let cut = cut.truncation { truncation = cut }
+            let outcome = try Self.replay(replayed, into: activeSegment, limits: limits, fileOperations: fileOperations)
+            replayedBatches = outcome.replayed
+            journalGap = outcome.gap
+            if let cut = outcome.truncation { truncation = cut }
         }
         self.closedSegments = closed
         self.active = activeSegment
@@ -221,7 +225,7 @@ public final class Partition: PartitionView, @unchecked Sendable {
             bytes: bytes, truncatedBytes: truncation?.bytes ?? 0,
             truncatedSegment: truncation.map { _ in activeSegment.file.displayPath },
             truncatedAtPosition: truncation?.position, truncationReason: truncation?.reason, rebuiltIndexes: rebuilt,
-            journalBatches: replayedBatches)
+            journalBatches: replayedBatches, journalGap: journalGap)
 
         if policy == .interval {
             syncThreadDone = false
@@ -371,71 +375,80 @@ public final class Partition: PartitionView, @unchecked Sendable {
                               firstAppendTime: firstAppend), truncation)
     }
 
-    /// Checks the segment's bytes from the scan's stopping point against the journal's batches
-    /// and appends what the segment lacks; the first difference cuts the segment there.
+    /// Rewrites the journal's batches into the segment from the scan's stopping point, cutting
+    /// the segment at the first batch that differs, and keeps the segment's own valid batches the
+    /// journal lacks (synced by `flush` or a roll, or written and never committed). A journal
+    /// that resumes past the segment's end is a gap: nothing after it was acknowledged (an
+    /// acknowledgement needs every earlier record synced), so it is not replayed.
     static func replay(_ batches: ArraySlice<JournalBatch>, into active: ActiveSegment, limits: Limits, fileOperations: FileOperations)
-        throws(LogError) -> (replayed: Int, truncation: (position: Int64, bytes: Int64, reason: String)?)
+        throws(LogError) -> (replayed: Int, truncation: (position: Int64, bytes: Int64, reason: String)?, gap: String?)
     {
         let file = active.file
-        let fileSize = try file.size()
+        var fileSize = try file.size()
         var position = active.size
         var expected = active.nextOffset
-        var verifying = true
         var truncation: (position: Int64, bytes: Int64, reason: String)?
         var replayed = 0
+        var gap: String?
         var existing = [UInt8]()
-        func cut() throws(LogError) {
-            verifying = false
-            if position < fileSize {
-                truncation = (position, fileSize - position, "unsynced tail, rewritten from the commit journal")
-            }
-            guard ftruncate(file.fd, off_t(position)) == 0 else {
-                throw LogError.system("cannot truncate the unsynced tail", errno: errno, path: file.displayPath)
+        func add(length: Int, base: Int64, next: Int64, maxTimestamp: Int64, appendTime: Int64) {
+            active.index.add(relative: UInt32(base - active.baseOffset), position: position, length: length,
+                             maxTimestamp: maxTimestamp, interval: limits.indexIntervalBytes)
+            if active.firstAppendTime == nil { active.firstAppendTime = appendTime }
+            position += Int64(length)
+            expected = next
+        }
+        func scanSegment() throws(LogError) {
+            guard position < fileSize else { return }
+            let scanner = SegmentScanner(file: file, size: fileSize, buffer: GrowableBuffer(capacity: 64 << 10), maxBatchBytes: limits.maxBatchBytes)
+            while case .batch(let h) = try scanner.probe(at: position, expectedOffset: expected, verifyCRC: true) {
+                add(length: h.length, base: h.baseOffset, next: h.nextOffset, maxTimestamp: h.maxTimestamp, appendTime: h.appendTime)
             }
         }
+        func cut(_ reason: String) throws(LogError) {
+            guard position < fileSize else { return }
+            if truncation == nil { truncation = (position, fileSize - position, reason) }
+            guard ftruncate(file.fd, off_t(position)) == 0 else {
+                throw LogError.system("cannot truncate the segment for the commit journal's replay", errno: errno, path: file.displayPath)
+            }
+            fileSize = position
+        }
         for batch in batches where batch.nextOffset > expected {
-            guard batch.baseOffset == expected else {
-                throw LogError(
-                    .corruptBatch,
-                    "the segment ends at offset \(expected) but the commit journal resumes at \(batch.baseOffset): records between are lost; move log/commit-*.journal aside to open the log without them",
-                    path: file.displayPath, position: position)
-            }
-            let length = Int64(batch.bytes.count)
-            if verifying {
-                if position + length <= fileSize {
-                    if existing.count < batch.bytes.count { existing = [UInt8](repeating: 0, count: batch.bytes.count) }
-                    var readResult: Result<Int, LogError> = .success(0)
-                    existing.withUnsafeMutableBytes { raw in
-                        do throws(LogError) { readResult = .success(try file.read(into: raw.baseAddress!, count: batch.bytes.count, at: position)) } catch { readResult = .failure(error) }
-                    }
-                    let n = try readResult.get()
-                    if n == batch.bytes.count && existing.prefix(n).elementsEqual(batch.bytes) {
-                        active.index.add(relative: UInt32(batch.baseOffset - active.baseOffset), position: position, length: batch.bytes.count,
-                                         maxTimestamp: batch.maxTimestamp, interval: limits.indexIntervalBytes)
-                        if active.firstAppendTime == nil { active.firstAppendTime = batch.appendTime }
-                        position += length
-                        expected = batch.nextOffset
-                        continue
-                    }
+            if batch.baseOffset != expected {
+                try scanSegment()
+                if batch.nextOffset <= expected { continue }
+                guard batch.baseOffset == expected else {
+                    gap = "the commit journal resumes at offset \(batch.baseOffset), past the segment's end at \(expected): records from there on were never acknowledged (or the disk lost synced data), and are not replayed"
+                    break
                 }
-                try cut()
             }
+            let length = batch.bytes.count
+            var same = false
+            if position + Int64(length) <= fileSize {
+                if existing.count < length { existing = [UInt8](repeating: 0, count: length) }
+                var readResult: Result<Int, LogError> = .success(0)
+                existing.withUnsafeMutableBytes { raw in
+                    do throws(LogError) { readResult = .success(try file.read(into: raw.baseAddress!, count: length, at: position)) } catch { readResult = .failure(error) }
+                }
+                same = try readResult.get() == length && existing.prefix(length).elementsEqual(batch.bytes)
+            }
+            if !same { try cut("unsynced tail, rewritten from the commit journal") }
+            // Written even when the bytes match: they may be clean pages of the page cache whose
+            // write-back failed (Linux reports that once), and the open's fdatasync must cover them.
             var writeFailure: LogError?
             batch.bytes.withUnsafeBytes { raw in
                 do throws(LogError) { try writeAll(fileOperations, fd: file.fd, raw, at: position, displayPath: file.displayPath) } catch { writeFailure = error }
             }
             if let writeFailure { throw writeFailure }
-            active.index.add(relative: UInt32(batch.baseOffset - active.baseOffset), position: position, length: batch.bytes.count,
-                             maxTimestamp: batch.maxTimestamp, interval: limits.indexIntervalBytes)
-            if active.firstAppendTime == nil { active.firstAppendTime = batch.appendTime }
-            position += length
-            expected = batch.nextOffset
-            replayed += 1
+            fileSize = max(fileSize, position + Int64(length))
+            add(length: length, base: batch.baseOffset, next: batch.nextOffset, maxTimestamp: batch.maxTimestamp, appendTime: batch.appendTime)
+            if !same { replayed += 1 }
         }
-        if verifying { try cut() }
+        try scanSegment()
+        try cut("torn tail after the commit journal's batches")
         active.size = position
         active.nextOffset = expected
-        return (replayed, truncation)
+        return (replayed, truncation, gap)
     }
 
     // MARK: Appending
@@ -526,7 +539,10 @@ public final class Partition: PartitionView, @unchecked Sendable {
     private func roll() throws(LogError) {
         let old = active
         guard fileOperations.sync(old.file.fd) == 0 else {
-            throw LogError.system("fsync failed while rolling the segment", errno: errno, path: old.file.displayPath)
+            let error = LogError.system("fsync failed while rolling the segment", errno: errno, path: old.file.displayPath)
+            // A retry could close the segment on an fdatasync that returns 0 without the data.
+            journal?.poison(error)
+            throw error
         }
         var index = old.index
         index.seal()

@@ -258,7 +258,12 @@ struct SensorLogDaemon: AsyncParsableCommand {
             metadata["truncated_at"] = "\(at)"
             metadata["truncation_reason"] = "\(r.truncationReason ?? "")"
         }
-        logger.info(r.truncatedBytes > 0 ? "partition recovered: torn tail truncated" : "partition opened", metadata: metadata)
+        if let gap = r.journalGap {
+            metadata["journal_gap"] = "\(gap)"
+            logger.warning("partition recovered: commit journal records past a gap not replayed", metadata: metadata)
+        } else {
+            logger.info(r.truncatedBytes > 0 ? "partition recovered: torn tail truncated" : "partition opened", metadata: metadata)
+        }
     }
 
     static func isLoopback(_ host: String) -> Bool {

@@ -195,6 +195,8 @@ import Testing
         let lock = NSLock()
         var failWrites: Int32 = 0
         var failSyncs: Int32 = 0
+        /// Fails only the fdatasyncs of segment files (`*.log`), not the commit journal's.
+        var failSegmentSyncs: Int32 = 0
         var writes = 0
 
         func operations() -> FileOperations {
@@ -213,7 +215,12 @@ import Testing
                 },
                 sync: { fd in
                     self.lock.lock()
-                    let fail = self.failSyncs
+                    var fail = self.failSyncs
+                    if fail == 0 && self.failSegmentSyncs != 0,
+                       let path = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(fd)"),
+                       path.hasSuffix(".log") {
+                        fail = self.failSegmentSyncs
+                    }
                     self.lock.unlock()
                     if fail != 0 {
                         errno = fail
@@ -271,7 +278,7 @@ import Testing
         #expect(log.syncError?.errno == EIO)
         faults.lock.lock(); faults.failSyncs = 0; faults.lock.unlock()
         let second = oneSensorReadings(10, start: 8_000_000_000_000)
-        #expect(try log.appendBlocking(second, toPartition: 0).baseOffset == 10)
+        #expect(try appendWhenAccepted(log, second, toPartition: 0).baseOffset == 10)
         #expect(identical(try readAll(log.reader(partition: 0, from: 0)).map(\.reading), first + second))
         try log.close()
     }

@@ -96,3 +96,17 @@ func noisyReadings(_ count: Int, sensor: String = "sensor-1", start: Int64 = 1_7
                 timestamp: start + Int64($0) * 1_000_000_000 + Int64(rng.next() % 1000))
     }
 }
+
+/// Appends once the log takes appends again: after a failed fdatasync under `always` it refuses
+/// them until the commit journal's zeroed records are synced (retried every 100 ms).
+func appendWhenAccepted(_ log: Log, _ readings: [Reading], toPartition partition: Int) throws -> AppendResult {
+    let deadline = Date().addingTimeInterval(5)
+    while true {
+        do {
+            return try log.appendBlocking(readings, toPartition: partition)
+        } catch {
+            if Date() >= deadline { throw error }
+            Thread.sleep(forTimeInterval: 0.02)
+        }
+    }
+}
