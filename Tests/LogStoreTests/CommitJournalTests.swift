@@ -36,6 +36,16 @@ import Testing
         return expected
     }
 
+    /// Where the journal file's record number `record` starts (records are back to back).
+    func recordStart(_ bytes: Data, record: Int) -> Int {
+        var at = 0
+        for _ in 0..<record {
+            let length = bytes[(at + 20)..<(at + 24)].withUnsafeBytes { Int(UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self))) }
+            at += CommitJournal.headerSize + length
+        }
+        return at
+    }
+
     func snapshot(_ dir: TemporaryDirectory) throws -> TemporaryDirectory {
         let copy = TemporaryDirectory()
         try FileManager.default.removeItem(atPath: copy.path)
@@ -111,11 +121,7 @@ import Testing
         // Corrupt the record of batch 30 (each batch is one record, in append order).
         let journal = crashed.path + "/log/" + CommitJournal.fileNames[0]
         var bytes = try Data(contentsOf: URL(fileURLWithPath: journal))
-        var at = 0
-        for _ in 0..<30 {
-            let length = bytes[(at + 20)..<(at + 24)].withUnsafeBytes { Int(UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self))) }
-            at += CommitJournal.headerSize + length
-        }
+        let at = recordStart(bytes, record: 30)
         bytes[at + CommitJournal.headerSize + 60] ^= 0x40
         try bytes.write(to: URL(fileURLWithPath: journal))
         for p in 0..<2 { #expect(truncate(segmentFiles(crashed.path, partition: p).last!, 0) == 0) }
@@ -213,11 +219,7 @@ import Testing
         try log.close()
         let journal = crashed.path + "/log/" + CommitJournal.fileNames[0]
         var bytes = try Data(contentsOf: URL(fileURLWithPath: journal))
-        var at = 0
-        for _ in 0..<5 {
-            let length = bytes[(at + 20)..<(at + 24)].withUnsafeBytes { Int(UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self))) }
-            at += CommitJournal.headerSize + length
-        }
+        let at = recordStart(bytes, record: 5)
         bytes.replaceSubrange(at..<(at + CommitJournal.headerSize), with: Data(count: CommitJournal.headerSize))
         try bytes.write(to: URL(fileURLWithPath: journal))
 
