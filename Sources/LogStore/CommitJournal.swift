@@ -62,8 +62,8 @@ final class CommitJournal: @unchecked Sendable {
     private var lastError: LogError?
     /// After a failed fdatasync, appends fail until every partition touched is rolled back.
     private var rollingBack = false
-    /// Files whose refused records were zeroed but not yet synced; appends fail meanwhile.
-    private var unsyncedZeros: Set<Int> = []
+    /// Per file, the range of refused records to zero and sync; appends fail until it is done.
+    private var refusedRanges: [Int: Range<Int64>] = [:]
     /// Set when a segment's fdatasync failed; appends fail until the log is reopened.
     private var poisoned: LogError?
     private var syncCount = 0
@@ -110,7 +110,7 @@ final class CommitJournal: @unchecked Sendable {
         defer { condition.unlock() }
         guard !isClosed else { throw LogError(.closed, "the log is closed") }
         if let poisoned { throw poisoned }
-        if rollingBack || !unsyncedZeros.isEmpty, let lastError { throw lastError }
+        if rollingBack || !refusedRanges.isEmpty, let lastError { throw lastError }
         let total = Self.headerSize + batch.count
         if scratch.count < total { scratch = [UInt8](repeating: 0, count: max(total, scratch.count * 2, 4096)) }
         let file = current
@@ -139,6 +139,13 @@ final class CommitJournal: @unchecked Sendable {
         pending.append(Pending(partition: partition, file: file, journalEnd: written[file], end: end,
                                segment: segment, segmentPosition: segmentPosition))
         condition.broadcast()
+    }
+
+    /// The error appends get once poisoned.
+    var poisonError: LogError? {
+        condition.lock()
+        defer { condition.unlock() }
+        return poisoned
     }
 
     /// Refuses every append from now on, until the log is reopened: a segment's fdatasync failed,
@@ -172,22 +179,21 @@ final class CommitJournal: @unchecked Sendable {
     private func syncLoop() {
         condition.lock()
         while true {
-            if !unsyncedZeros.isEmpty {
-                syncZeros()
-                if !unsyncedZeros.isEmpty {
+            if !refusedRanges.isEmpty {
+                eraseRefused()
+                if !refusedRanges.isEmpty {
                     if isClosed { break }
                     _ = condition.wait(until: Date().addingTimeInterval(0.1))
                     continue
                 }
             }
-            if hasWork {
-                commitRound()
-                continue
-            }
-            if let old = retiring, poisoned == nil {
+            if hasWork { commitRound() }
+            // Not only when idle: under steady load there is always more to commit.
+            if let old = retiring, written[old] == durable[old], refusedRanges.isEmpty, poisoned == nil {
                 checkpoint(old)
                 continue
             }
+            if hasWork || !refusedRanges.isEmpty { continue }
             if isClosed { break }
             condition.wait()
         }
@@ -218,6 +224,15 @@ final class CommitJournal: @unchecked Sendable {
         let count = pending.prefix { durable[$0.file] >= $0.journalEnd }.count
         let done = Array(pending.prefix(count))
         pending.removeFirst(count)
+        condition.unlock()
+        // Before any rollback: what the retiring file made durable stays, even when the current
+        // file's fdatasync failed. The highest end per partition; lock order partition, journal.
+        var ends: [ObjectIdentifier: Pending] = [:]
+        for record in done { ends[ObjectIdentifier(record.partition)] = record }
+        for record in ends.values {
+            record.partition.journalCommitted(upTo: record.end, segment: record.segment, position: record.segmentPosition)
+        }
+        condition.lock()
         if let failure {
             fail(LogError.system("fsync failed", errno: failure.errno, path: files[failure.file].displayPath))
         } else {
@@ -228,14 +243,6 @@ final class CommitJournal: @unchecked Sendable {
                 current = 1 - current
             }
         }
-        condition.unlock()
-        // The highest end per partition; the lock order is partition, then journal.
-        var ends: [ObjectIdentifier: Pending] = [:]
-        for record in done { ends[ObjectIdentifier(record.partition)] = record }
-        for record in ends.values {
-            record.partition.journalCommitted(upTo: record.end, segment: record.segment, position: record.segmentPosition)
-        }
-        condition.lock()
     }
 
     /// After a failed fdatasync nothing unsynced may become durable or visible: the unsynced
@@ -246,10 +253,9 @@ final class CommitJournal: @unchecked Sendable {
         lastError = error
         rollingBack = true
         for f in 0..<2 where written[f] > durable[f] {
-            let zeros = [UInt8](repeating: 0, count: Int(written[f] - durable[f]))
-            zeros.withUnsafeBytes { raw in _ = try? writeAll(fileOperations, fd: files[f].fd, raw, at: durable[f], displayPath: files[f].displayPath) }
+            let range = durable[f]..<written[f]
+            refusedRanges[f] = refusedRanges[f].map { min($0.lowerBound, range.lowerBound)..<max($0.upperBound, range.upperBound) } ?? range
             written[f] = durable[f]
-            unsyncedZeros.insert(f)
         }
         var touched: [ObjectIdentifier: Partition] = [:]
         for record in pending { touched[ObjectIdentifier(record.partition)] = record.partition }
@@ -263,14 +269,23 @@ final class CommitJournal: @unchecked Sendable {
         condition.lock()
     }
 
-    /// Retried every 100 ms until the device takes them. Lock held on entry and exit.
-    private func syncZeros() {
-        let pendingFiles = unsyncedZeros
+    /// Zeroes and syncs the refused records; retried every 100 ms until the device takes both.
+    /// Lock held on entry and exit.
+    private func eraseRefused() {
+        let ranges = refusedRanges
         condition.unlock()
-        let synced = pendingFiles.filter { timedSync(fileOperations, files[$0].fd, onSync: onSync) == nil }
+        var erased: [Int] = []
+        for (f, range) in ranges {
+            let zeros = [UInt8](repeating: 0, count: Int(range.count))
+            var failed = false
+            zeros.withUnsafeBytes { raw in
+                do throws(LogError) { try writeAll(fileOperations, fd: files[f].fd, raw, at: range.lowerBound, displayPath: files[f].displayPath) } catch { failed = true }
+            }
+            if !failed && timedSync(fileOperations, files[f].fd, onSync: onSync) == nil { erased.append(f) }
+        }
         condition.lock()
-        unsyncedZeros.subtract(synced)
-        if unsyncedZeros.isEmpty && poisoned == nil { lastError = nil }
+        for f in erased where refusedRanges[f] == ranges[f] { refusedRanges[f] = nil }
+        if refusedRanges.isEmpty && poisoned == nil { lastError = nil }
     }
 
     /// Syncs every partition's active segment (which holds everything `old` recorded: a batch

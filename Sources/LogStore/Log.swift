@@ -314,7 +314,8 @@ public final class Log: Sendable {
         for p in partitions {
             do throws(LogError) { try p.close() } catch { firstError = firstError ?? error }
         }
-        if firstError == nil {
+        // A poisoned journal holds what a segment may have lost: only a reopen's replay may drop it.
+        if firstError == nil && journal.poisonError == nil {
             do throws(LogError) { try journal.empty(preallocate: configuration.fsync == .always) } catch { firstError = error }
         }
         lock.release()

@@ -466,7 +466,12 @@ public final class Partition: PartitionView, @unchecked Sendable {
             let tooBig = active.size + Int64(batch.count) > Int64(limits.segmentBytes)
             let tooOld = active.firstAppendTime.map { appendTime - $0 > Int64(limits.segmentMaxAge / .nanoseconds(1)) } ?? false
             let offsetsFull = writtenEnd + Int64(count) - active.baseOffset > Int64(UInt32.max)
-            if tooBig || tooOld || offsetsFull { try roll() }
+            if tooBig || tooOld || offsetsFull {
+                // A roll syncs and closes the segment; after a failed segment sync that must wait
+                // for the reopen's replay (`CommitJournal.poison`).
+                if let poisoned = journal?.poisonError { throw poisoned }
+                try roll()
+            }
         }
 
         let base = writtenEnd
@@ -681,7 +686,9 @@ public final class Partition: PartitionView, @unchecked Sendable {
         condition.lock()
         defer { condition.unlock() }
         guard fileOperations.sync(active.file.fd) == 0 else {
-            throw LogError.system("fsync failed", errno: errno, path: active.file.displayPath)
+            let error = LogError.system("fsync failed", errno: errno, path: active.file.displayPath)
+            journal?.poison(error)
+            throw error
         }
         durableEnd = writtenEnd
         durablePosition = active.size

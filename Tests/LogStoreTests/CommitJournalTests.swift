@@ -238,7 +238,7 @@ import Testing
         l.commitJournalBytes = 64 << 10
         let log = try Log.open(dataDirectory: dir.path, configuration: LogConfiguration(limits: l, fsync: .always, fileOperations: faults.operations()))
         let names = sensors(log)
-        faults.lock.lock(); faults.failSegmentSyncs = EIO; faults.lock.unlock()
+        faults.lock.lock(); faults.failSyncs = EIO; faults.failSyncsOnlyOf = ".log"; faults.lock.unlock()
         var acknowledged = [[Reading]](repeating: [], count: 2)
         var refusal: LogError?
         // Filling three quarters of a 64 KiB journal file starts a checkpoint, whose segment
@@ -254,14 +254,64 @@ import Testing
             }
         }
         #expect(refusal?.message.contains("restarts") == true, "\(String(describing: refusal))")
-        faults.lock.lock(); faults.failSegmentSyncs = 0; faults.lock.unlock()
+        faults.lock.lock(); faults.failSyncs = 0; faults.lock.unlock()
         Thread.sleep(forTimeInterval: 0.3)
         #expect(throws: LogError.self) { try log.appendBlocking(oneSensorReadings(1, sensor: names[0], start: 1), toPartition: 0) }
         #expect(log.syncError != nil)
+        // The close's own fdatasync now returns 0 (the kernel reported the error once): the
+        // journal must survive it for the reopen to rewrite what the segment may lack.
         try log.close()
+        let kept = try CommitJournal(directory: dir.path + "/log", limitBytes: 64 << 10, fileOperations: .system, onSync: nil)
+        #expect(try !kept.records(partitions: 2, maxBatchBytes: Limits().maxBatchBytes).isEmpty)
 
         let reopened = try Log.open(dataDirectory: dir.path, configuration: configuration(partitions: 2))
         try expectContents(reopened, acknowledged)
         try reopened.close()
+    }
+
+    @Test func theSecondJournalFileFailingRefusesOnlyWhatItHeld() async throws {
+        let dir = TemporaryDirectory()
+        defer { dir.cleanup() }
+        let faults = IOFailureTests.Faults()
+        var l = Limits()
+        l.partitions = 2
+        l.commitJournalBytes = 64 << 10
+        let log = try Log.open(dataDirectory: dir.path, configuration: LogConfiguration(limits: l, fsync: .always, fileOperations: faults.operations()))
+        let names = sensors(log)
+        faults.lock.withLock { faults.failSyncs = EIO; faults.failSyncsOnlyOf = CommitJournal.fileNames[1] }
+        // Concurrent appends: once the first file is three quarters full they move to the second,
+        // whose fdatasyncs fail, while the first file's last records may still be committing.
+        var acknowledged = [[Reading]](repeating: [], count: 2)
+        var refused = 0
+        for round in 0..<40 {
+            let outcomes = await withTaskGroup(of: (Int, [Reading], Bool).self) { group in
+                for t in 0..<16 {
+                    let p = t % 2
+                    let rs = oneSensorReadings(3, sensor: names[p], start: start + Int64(round * 16 + t) * 1_000_000_000_000)
+                    group.addTask { (p, rs, (try? await log.append(rs, toPartition: p)) != nil) }
+                }
+                var all: [(Int, [Reading], Bool)] = []
+                for await o in group { all.append(o) }
+                return all
+            }
+            for (p, rs, ok) in outcomes { if ok { acknowledged[p] += rs } else { refused += 1 } }
+        }
+        #expect(refused > 0)
+        faults.lock.withLock { faults.failSyncs = 0 }
+        // What was acknowledged is what is stored (offsets from 0, no gaps), in offset order.
+        for p in 0..<2 {
+            let stored = try readAll(log.reader(partition: p, from: 0)).map(\.reading)
+            #expect(Set(stored.map(\.timestamp)) == Set(acknowledged[p].map(\.timestamp)))
+            #expect(stored.count == acknowledged[p].count)
+        }
+        let crashed = try snapshot(dir)
+        defer { crashed.cleanup() }
+        try log.close()
+        let recovered = try Log.open(dataDirectory: crashed.path, configuration: configuration(partitions: 2))
+        for p in 0..<2 {
+            let stored = try readAll(recovered.reader(partition: p, from: 0)).map(\.reading)
+            #expect(Set(stored.map(\.timestamp)) == Set(acknowledged[p].map(\.timestamp)))
+        }
+        try recovered.close()
     }
 }

@@ -195,8 +195,8 @@ import Testing
         let lock = NSLock()
         var failWrites: Int32 = 0
         var failSyncs: Int32 = 0
-        /// Fails only the fdatasyncs of segment files (`*.log`), not the commit journal's.
-        var failSegmentSyncs: Int32 = 0
+        /// When set, `failSyncs` fails only the fdatasyncs of files whose path ends so.
+        var failSyncsOnlyOf: String?
         var writes = 0
 
         func operations() -> FileOperations {
@@ -216,10 +216,9 @@ import Testing
                 sync: { fd in
                     self.lock.lock()
                     var fail = self.failSyncs
-                    if fail == 0 && self.failSegmentSyncs != 0,
-                       let path = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(fd)"),
-                       path.hasSuffix(".log") {
-                        fail = self.failSegmentSyncs
+                    if let suffix = self.failSyncsOnlyOf,
+                       (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(fd)"))?.hasSuffix(suffix) != true {
+                        fail = 0
                     }
                     self.lock.unlock()
                     if fail != 0 {
