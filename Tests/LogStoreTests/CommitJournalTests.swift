@@ -36,6 +36,16 @@ import Testing
         return expected
     }
 
+    /// Two partitions under `always` with 64 KiB journal files, through injectable faults.
+    func openSmallJournalWithFaults(_ dir: TemporaryDirectory) throws -> (Log, IOFailureTests.Faults) {
+        let faults = IOFailureTests.Faults()
+        var l = Limits()
+        l.partitions = 2
+        l.commitJournalBytes = 64 << 10
+        let log = try Log.open(dataDirectory: dir.path, configuration: LogConfiguration(limits: l, fsync: .always, fileOperations: faults.operations()))
+        return (log, faults)
+    }
+
     /// Where the journal file's record number `record` starts (records are back to back).
     func recordStart(_ bytes: Data, record: Int) -> Int {
         var at = 0
@@ -232,11 +242,7 @@ import Testing
     @Test func aSegmentSyncFailingAtACheckpointStopsAppendsUntilReopened() throws {
         let dir = TemporaryDirectory()
         defer { dir.cleanup() }
-        let faults = IOFailureTests.Faults()
-        var l = Limits()
-        l.partitions = 2
-        l.commitJournalBytes = 64 << 10
-        let log = try Log.open(dataDirectory: dir.path, configuration: LogConfiguration(limits: l, fsync: .always, fileOperations: faults.operations()))
+        let (log, faults) = try openSmallJournalWithFaults(dir)
         let names = sensors(log)
         faults.lock.lock(); faults.failSyncs = EIO; faults.failSyncsOnlyOf = ".log"; faults.lock.unlock()
         var acknowledged = [[Reading]](repeating: [], count: 2)
@@ -272,11 +278,7 @@ import Testing
     @Test func theSecondJournalFileFailingRefusesOnlyWhatItHeld() async throws {
         let dir = TemporaryDirectory()
         defer { dir.cleanup() }
-        let faults = IOFailureTests.Faults()
-        var l = Limits()
-        l.partitions = 2
-        l.commitJournalBytes = 64 << 10
-        let log = try Log.open(dataDirectory: dir.path, configuration: LogConfiguration(limits: l, fsync: .always, fileOperations: faults.operations()))
+        let (log, faults) = try openSmallJournalWithFaults(dir)
         let names = sensors(log)
         faults.lock.withLock { faults.failSyncs = EIO; faults.failSyncsOnlyOf = CommitJournal.fileNames[1] }
         // Concurrent appends: once the first file is three quarters full they move to the second,
