@@ -277,12 +277,8 @@ final class CommitJournal: @unchecked Sendable {
         condition.unlock()
         var erased: [Int] = []
         for (f, range) in ranges {
-            let zeros = [UInt8](repeating: 0, count: Int(range.count))
-            var failed = false
-            zeros.withUnsafeBytes { raw in
-                do throws(LogError) { try writeAll(fileOperations, fd: files[f].fd, raw, at: range.lowerBound, displayPath: files[f].displayPath) } catch { failed = true }
-            }
-            if !failed && timedSync(fileOperations, files[f].fd, onSync: onSync) == nil { erased.append(f) }
+            guard (try? writeZeros(files[f], range)) != nil else { continue }
+            if timedSync(fileOperations, files[f].fd, onSync: onSync) == nil { erased.append(f) }
         }
         condition.lock()
         for f in erased where refusedRanges[f] == ranges[f] { refusedRanges[f] = nil }
@@ -329,19 +325,8 @@ final class CommitJournal: @unchecked Sendable {
     func empty(preallocate: Bool) throws(LogError) {
         for file in files {
             if preallocate {
-                var size = try file.size()
-                let zeros = [UInt8](repeating: 0, count: 1 << 20)
-                while size < limitBytes {
-                    let n = Int(min(Int64(zeros.count), limitBytes - size))
-                    var failure: LogError?
-                    zeros.withUnsafeBytes { raw in
-                        do throws(LogError) {
-                            try writeAll(fileOperations, fd: file.fd, UnsafeRawBufferPointer(rebasing: raw[0..<n]), at: size, displayPath: file.displayPath)
-                        } catch { failure = error }
-                    }
-                    if let failure { throw failure }
-                    size += Int64(n)
-                }
+                let size = try file.size()
+                if size < limitBytes { try writeZeros(file, size..<limitBytes) }
                 try invalidate(file)
             } else if try file.size() > 0 {
                 guard ftruncate(file.fd, 0) == 0, fileOperations.sync(file.fd) == 0 else {
@@ -353,14 +338,26 @@ final class CommitJournal: @unchecked Sendable {
 
     /// Zeroes the first record's header, which ends the file's lap for a reader, and syncs.
     private func invalidate(_ file: SharedFile) throws(LogError) {
-        let zeros = [UInt8](repeating: 0, count: Self.headerSize)
-        var failure: LogError?
-        zeros.withUnsafeBytes { raw in
-            do throws(LogError) { try writeAll(fileOperations, fd: file.fd, raw, at: 0, displayPath: file.displayPath) } catch { failure = error }
-        }
-        if let failure { throw failure }
+        try writeZeros(file, 0..<Int64(Self.headerSize))
         guard fileOperations.sync(file.fd) == 0 else {
             throw LogError.system("cannot sync the commit journal", errno: errno, path: file.displayPath)
+        }
+    }
+
+    /// Writes zeros over `range` of `file`, at most 1 MiB at a time.
+    private func writeZeros(_ file: SharedFile, _ range: Range<Int64>) throws(LogError) {
+        let zeros = [UInt8](repeating: 0, count: Int(min(range.count, 1 << 20)))
+        var at = range.lowerBound
+        while at < range.upperBound {
+            let n = Int(min(Int64(zeros.count), range.upperBound - at))
+            var failure: LogError?
+            zeros.withUnsafeBytes { raw in
+                do throws(LogError) {
+                    try writeAll(fileOperations, fd: file.fd, UnsafeRawBufferPointer(rebasing: raw[0..<n]), at: at, displayPath: file.displayPath)
+                } catch { failure = error }
+            }
+            if let failure { throw failure }
+            at += Int64(n)
         }
     }
 }

@@ -608,12 +608,6 @@ public final class Partition: PartitionView, @unchecked Sendable {
         condition.broadcast()
     }
 
-    private func failWaiters(_ error: LogError) {
-        let failed = waiters
-        waiters.removeAll()
-        complete(failed, with: error)
-    }
-
     /// Lock held.
     private func complete(_ failed: [DurabilityWaiter], with error: LogError) {
         for waiter in failed {
