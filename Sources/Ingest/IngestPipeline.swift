@@ -18,6 +18,7 @@ public final class IngestPipeline: Sendable {
     private let rejectLogBudget = Mutex<(second: Int64, lines: Int)>((0, 0))
     private let appendFailure = Mutex<LogError?>(nil)
     private let draining = Atomic<Bool>(false)
+    private let lost = Atomic<Int>(0)
     /// The next timestamp for a line that carries none (see `serverTimestamp()`).
     private let lastServerTimestamp = Atomic<Int64>(0)
 
@@ -36,6 +37,17 @@ public final class IngestPipeline: Sendable {
             partitions.append(ingest)
         }
         self.partitions = partitions
+    }
+
+    /// Readings that were read but could not be appended before shutdown (the log refused them).
+    /// sensorlogd exits non-zero when there are any.
+    public var lostReadings: Int { lost.load(ordering: .relaxed) }
+
+    /// Counts readings lost at shutdown: logged, counted as `lost_at_shutdown` and remembered
+    /// for the exit status.
+    public func recordLost(_ count: Int, via transport: Transport) {
+        lost.add(count, ordering: .relaxed)
+        metrics.rejected(count, via: transport, reason: "lost_at_shutdown")
     }
 
     /// Distinct sensors known, over all partitions.

@@ -121,7 +121,8 @@ public final class LineProtocolServer: Service, Sendable {
     }
 
     public func run() async throws {
-        try await start()
+        // sensorlogd binds before it says ready; a test or embedder may leave it to run().
+        if state.withLock({ $0.server == nil }) { try await start() }
         // Suspends until the service group starts a graceful shutdown (SIGTERM/SIGINT).
         try? await gracefulShutdown()
         await shutdown()
@@ -316,7 +317,7 @@ final class LineProtocolHandler: ChannelInboundHandler {
         if pipeline.isDraining {
             logger.error("readings lost at shutdown: the log cannot accept writes",
                          metadata: ["error": "\(error)", "readings": "\(count + pendingCount)"])
-            pipeline.metrics.rejected(count + pendingCount, via: .tcp, reason: "lost_at_shutdown")
+            pipeline.recordLost(count + pendingCount, via: .tcp)
             for p in pending.indices { pending[p].removeAll() }
             pendingCount = 0
             return

@@ -32,31 +32,32 @@ struct SensorLogDaemon: AsyncParsableCommand {
               sensorlogd --data-dir /var/lib/sensorlog --fsync always
               sensorlogd --bind 0.0.0.0 --api-keys-file /etc/sensorlog/keys --rate-limit 5000
               sensorlogd --sensor-type temperature --sensor-type humidity=0:100 --sensor-type co2=0:10000
-            """)
+            """,
+        version: SensorLogVersion.current)
 
-    @Option(help: "Data directory (created when missing).")
-    var dataDir = env("DATA_DIR") ?? "./data"
+    @Option(help: "Data directory (created when missing; default ./data).")
+    var dataDir: String?
 
-    @Option(help: "TCP port of the line-protocol listener (0 picks a free port).")
-    var tcpPort = env("TCP_PORT").flatMap { Int($0) } ?? 9009
+    @Option(help: "TCP port of the line-protocol listener (0 picks a free port; default 9009).")
+    var tcpPort: Int?
 
-    @Option(help: "HTTP port (0 picks a free port).")
-    var httpPort = env("HTTP_PORT").flatMap { Int($0) } ?? 8080
+    @Option(help: "HTTP port (0 picks a free port; default 8080).")
+    var httpPort: Int?
 
-    @Option(help: "Address both listeners bind to. Beyond loopback, configure API keys.")
-    var bind = env("BIND") ?? "127.0.0.1"
+    @Option(help: "Address both listeners bind to (default 127.0.0.1). Beyond loopback, configure API keys.")
+    var bind: String?
 
-    @Option(help: "Partitions of a new log (fixed once the log exists).")
-    var partitions = env("PARTITIONS").flatMap { Int($0) } ?? Limits().partitions
+    @Option(help: "Partitions of a new log (fixed once the log exists; default 8).")
+    var partitions: Int?
 
-    @Option(help: "When an append is durable: always (fdatasync before acknowledging, group commit), interval, never.")
-    var fsync = env("FSYNC").flatMap { FsyncPolicy(rawValue: $0) } ?? .interval
+    @Option(help: "When an append is durable: always (fdatasync before acknowledging, group commit), interval (the default), never.")
+    var fsync: FsyncPolicy?
 
-    @Option(help: "Fsync period in milliseconds under --fsync interval.")
-    var fsyncIntervalMs = env("FSYNC_INTERVAL_MS").flatMap { Int($0) } ?? 100
+    @Option(help: "Fsync period in milliseconds under --fsync interval (default 100).")
+    var fsyncIntervalMs: Int?
 
-    @Option(help: "Roll the active segment at this size in bytes (at least 65536).")
-    var segmentBytes = env("SEGMENT_BYTES").flatMap { Int($0) } ?? Limits().segmentBytes
+    @Option(help: "Roll the active segment at this size in bytes (at least 65536; default 67108864).")
+    var segmentBytes: Int?
 
     @Option(help: "File of API keys, one per line (# comments). With keys, every route but /health and /metrics needs X-API-Key.")
     var apiKeysFile: String?
@@ -67,51 +68,77 @@ struct SensorLogDaemon: AsyncParsableCommand {
     @Option(help: "Origin allowed by CORS (e.g. https://dashboard.example); off when absent.")
     var corsOrigin: String?
 
-    @Option(help: "Largest POST body in bytes.")
-    var maxBodyBytes = env("MAX_BODY_BYTES").flatMap { Int($0) } ?? Limits().maxBodyBytes
+    @Option(help: "Largest POST body in bytes (default 1048576).")
+    var maxBodyBytes: Int?
 
-    @Option(help: "Most line-protocol connections at once.")
-    var maxConnections = env("MAX_CONNECTIONS").flatMap { Int($0) } ?? Limits().maxConnections
+    @Option(help: "Most line-protocol connections at once (default 1024).")
+    var maxConnections: Int?
 
-    @Option(help: "Close a connection silent for this many seconds (a line-protocol one the server paused excepted; on HTTP, idle keep-alive or a stalled request).")
-    var idleTimeoutSeconds = env("IDLE_TIMEOUT_SECONDS").flatMap { Int($0) } ?? 300
+    @Option(help: "Close a connection silent for this many seconds (a line-protocol one the server paused excepted; on HTTP, idle keep-alive or a stalled request; default 300).")
+    var idleTimeoutSeconds: Int?
 
-    @Option(help: "Longest line-protocol line in bytes; longer lines are skipped and counted.")
-    var maxLineBytes = env("MAX_LINE_BYTES").flatMap { Int($0) } ?? Limits().maxLineBytes
+    @Option(help: "Longest line-protocol line in bytes; longer lines are skipped and counted (default 65536).")
+    var maxLineBytes: Int?
 
     @Option(name: .customLong("sensor-type"),
             help: "An accepted type, optionally with its valid range: NAME or NAME=MIN:MAX. Repeat for each; replaces the default temperature, humidity=0:100, pressure.")
-    var sensorTypes: [String] = env("SENSOR_TYPES").map { $0.split(separator: ",").map(String.init) } ?? []
+    var sensorTypes: [String] = []
 
-    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
-    var logLevel = env("LOG_LEVEL") ?? "info"
+    @Option(help: "Log level: trace, debug, info (the default), notice, warning, error, critical.")
+    var logLevel: Logger.Level?
 
-    static func env(_ name: String) -> String? {
-        ProcessInfo.processInfo.environment["SENSORLOG_" + name].flatMap { $0.isEmpty ? nil : $0 }
+    @Flag(help: "With API keys configured, let the line protocol (which has no authentication) listen on --bind beyond loopback anyway; without it, it listens on 127.0.0.1 only.")
+    var tcpBeyondLoopback = false
+
+    /// Every flag's value, else its environment variable's, else the embedded default.
+    func settings(_ environment: Environment = Environment()) throws -> Settings {
+        let e = environment
+        let limits = Limits()
+        return Settings(
+            dataDir: try e.value(dataDir, "DATA_DIR") ?? "./data",
+            tcpPort: try e.value(tcpPort, "TCP_PORT") ?? 9009,
+            httpPort: try e.value(httpPort, "HTTP_PORT") ?? 8080,
+            bind: try e.value(bind, "BIND") ?? "127.0.0.1",
+            partitions: try e.value(partitions, "PARTITIONS"),
+            fsync: try e.value(fsync, "FSYNC") ?? .interval,
+            fsyncIntervalMs: try e.value(fsyncIntervalMs, "FSYNC_INTERVAL_MS") ?? 100,
+            segmentBytes: try e.value(segmentBytes, "SEGMENT_BYTES") ?? limits.segmentBytes,
+            keysFile: try e.value(apiKeysFile, "API_KEYS_FILE"),
+            rateLimit: try e.value(rateLimit, "RATE_LIMIT"),
+            corsOrigin: try e.value(corsOrigin, "CORS_ORIGIN"),
+            maxBodyBytes: try e.value(maxBodyBytes, "MAX_BODY_BYTES") ?? limits.maxBodyBytes,
+            maxConnections: try e.value(maxConnections, "MAX_CONNECTIONS") ?? limits.maxConnections,
+            idleTimeoutSeconds: try e.value(idleTimeoutSeconds, "IDLE_TIMEOUT_SECONDS") ?? 300,
+            maxLineBytes: try e.value(maxLineBytes, "MAX_LINE_BYTES") ?? limits.maxLineBytes,
+            sensorTypes: sensorTypes.isEmpty ? (e.text("SENSOR_TYPES")?.split(separator: ",").map(String.init) ?? []) : sensorTypes,
+            logLevel: try e.value(logLevel, "LOG_LEVEL") ?? .info,
+            tcpBeyondLoopback: try tcpBeyondLoopback || (e.value(nil as Bool?, "TCP_BEYOND_LOOPBACK") ?? false))
     }
 
-    // Optional flags fall back to the environment here (ArgumentParser wants no default on them).
-    var keysFile: String? { apiKeysFile ?? Self.env("API_KEYS_FILE") }
-    var readingsPerSecond: Double? { rateLimit ?? Self.env("RATE_LIMIT").flatMap { Double($0) } }
-    var allowedOrigin: String? { corsOrigin ?? Self.env("CORS_ORIGIN") }
+    /// The names after `SENSORLOG_` that something reads (SENSORLOG_API_KEYS holds keys themselves).
+    static let environmentNames: Set<String> = [
+        "DATA_DIR", "TCP_PORT", "HTTP_PORT", "BIND", "PARTITIONS", "FSYNC", "FSYNC_INTERVAL_MS", "SEGMENT_BYTES",
+        "API_KEYS_FILE", "RATE_LIMIT", "CORS_ORIGIN", "MAX_BODY_BYTES", "MAX_CONNECTIONS", "IDLE_TIMEOUT_SECONDS",
+        "MAX_LINE_BYTES", "SENSOR_TYPES", "LOG_LEVEL", "TCP_BEYOND_LOOPBACK", "API_KEYS",
+    ]
 
-    func limits() throws -> Limits {
+    static func limits(_ s: Settings) throws -> Limits {
         var limits = Limits()
-        limits.partitions = partitions
-        limits.segmentBytes = segmentBytes
-        limits.fsyncInterval = .milliseconds(fsyncIntervalMs)
-        limits.maxBodyBytes = maxBodyBytes
-        limits.maxConnections = maxConnections
-        limits.idleTimeout = .seconds(idleTimeoutSeconds)
-        limits.maxLineBytes = maxLineBytes
+        limits.partitions = s.partitions ?? limits.partitions
+        limits.segmentBytes = s.segmentBytes
+        limits.fsyncInterval = .milliseconds(s.fsyncIntervalMs)
+        limits.maxBodyBytes = s.maxBodyBytes
+        limits.maxConnections = s.maxConnections
+        limits.idleTimeout = .seconds(s.idleTimeoutSeconds)
+        limits.maxLineBytes = s.maxLineBytes
         do { try limits.validate() } catch { throw ValidationError(error.description) }
         return limits
     }
 
-    func types() throws -> SensorTypes {
-        guard !sensorTypes.isEmpty else { return .standard }
+    static func types(_ specs: [String]) throws -> SensorTypes {
+        guard !specs.isEmpty else { return .standard }
         var ranges: [String: ClosedRange<Double>?] = [:]
-        for spec in sensorTypes {
+        for spec in specs {
             let parts = spec.split(separator: "=", maxSplits: 1).map(String.init)
             let name = parts[0].trimmingCharacters(in: .whitespaces)
             guard !name.isEmpty, name.utf8.count <= Limits().maxTypeBytes, name.utf8.allSatisfy({ $0 > 32 && $0 < 127 && $0 != 44 && $0 != 61 }) else {
@@ -132,16 +159,16 @@ struct SensorLogDaemon: AsyncParsableCommand {
         return SensorTypes(ranges: ranges)
     }
 
-    func apiKeys() throws -> [String] {
+    static func apiKeys(file: String?, environment: Environment = Environment()) throws -> [String] {
         var keys: [String] = []
-        if let file = keysFile {
+        if let file {
             guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
                 throw ValidationError("cannot read --api-keys-file \(file)")
             }
             keys += text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }
                 .filter { !$0.isEmpty && !$0.hasPrefix("#") }
         }
-        if let env = ProcessInfo.processInfo.environment["SENSORLOG_API_KEYS"] {
+        if let env = environment.variables["SENSORLOG_API_KEYS"] {
             let given = env.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
             // Set but empty is a mistake (an unset shell variable, a stray comma), and turning
             // authentication off for it would fail open.
@@ -150,68 +177,50 @@ struct SensorLogDaemon: AsyncParsableCommand {
             }
             keys += given
         }
-        if let file = keysFile, keys.isEmpty { throw ValidationError("--api-keys-file \(file) holds no key") }
+        if let file, keys.isEmpty { throw ValidationError("--api-keys-file \(file) holds no key") }
         return keys
     }
 
     func validate() throws {
-        _ = try limits()
-        _ = try types()
-        _ = try apiKeys()
-        guard (0...65535).contains(tcpPort), (0...65535).contains(httpPort) else { throw ValidationError("ports must be 0-65535") }
-        guard fsyncIntervalMs > 0 else { throw ValidationError("--fsync-interval-ms must be positive") }
-        guard idleTimeoutSeconds > 0 else { throw ValidationError("--idle-timeout-seconds must be positive") }
-        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
-        if let rateLimit = readingsPerSecond { guard rateLimit > 0 && rateLimit.isFinite else { throw ValidationError("--rate-limit must be positive") } }
+        let s = try settings()
+        _ = try Self.limits(s)
+        _ = try Self.types(s.sensorTypes)
+        _ = try Self.apiKeys(file: s.keysFile)
+        guard (0...65535).contains(s.tcpPort) else { throw ValidationError("--tcp-port (SENSORLOG_TCP_PORT) must be 0-65535, got \(s.tcpPort)") }
+        guard (0...65535).contains(s.httpPort) else { throw ValidationError("--http-port (SENSORLOG_HTTP_PORT) must be 0-65535, got \(s.httpPort)") }
+        guard s.fsyncIntervalMs > 0 else { throw ValidationError("--fsync-interval-ms (SENSORLOG_FSYNC_INTERVAL_MS) must be positive") }
+        guard s.idleTimeoutSeconds > 0 else { throw ValidationError("--idle-timeout-seconds (SENSORLOG_IDLE_TIMEOUT_SECONDS) must be positive") }
+        if let rate = s.rateLimit { guard rate > 0 && rate.isFinite else { throw ValidationError("--rate-limit (SENSORLOG_RATE_LIMIT) must be positive") } }
     }
 
     func run() async throws {
-        let level = Logger.Level(rawValue: logLevel) ?? .info
+        let settings = try settings()
         LoggingSystem.bootstrap { label in
             var handler = JSONLogHandler(label: label)
-            handler.logLevel = level
+            handler.logLevel = settings.logLevel
             return handler
         }
         let registry = PrometheusCollectorRegistry()
-        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        MetricsSystem.bootstrap(DescribedMetricsFactory(registry: registry))
         let logger = Logger(label: "sensorlogd")
-
-        let limits = try limits()
-        let fsyncTimer = Metrics.Timer(label: "sensorlog_fsync_duration_seconds", preferredDisplayUnit: .seconds)
-        let configuration = LogConfiguration(limits: limits, fsync: fsync, onSync: { _, ns in fsyncTimer.recordNanoseconds(ns) })
-        let log: Log
-        do {
-            log = try Log.open(dataDirectory: dataDir, configuration: configuration)
-        } catch {
-            logger.critical("cannot open the log", metadata: ["error": "\(error)", "code": "\(error.code)", "data_dir": "\(dataDir)"])
-            throw ExitCode(error.code == .locked ? 75 : 74)
+        let unknown = Environment().unknownNames(known: Self.environmentNames)
+        if !unknown.isEmpty {
+            logger.warning("environment variables no flag reads (misspelt?)", metadata: ["names": "\(unknown.joined(separator: ","))"])
         }
-        if log.metadata.partitions != partitions && partitions != Limits().partitions {
-            logger.warning("--partitions ignored: the log already exists with its own partition count",
-                           metadata: ["partitions": "\(log.metadata.partitions)"])
-        }
-        for p in log.partitions { logRecovery(p.recovery, logger) }
 
-        let metrics = IngestMetrics()
+        let limits = try Self.limits(settings)
+        let log = try openLog(settings, limits: limits, logger: logger)
         let pipeline: IngestPipeline
         do {
-            pipeline = try await IngestPipeline(log: log, validator: ReadingValidator(types: try types(), limits: limits), metrics: metrics)
+            pipeline = try await IngestPipeline(log: log, validator: ReadingValidator(types: try Self.types(settings.sensorTypes), limits: limits),
+                                                metrics: IngestMetrics())
         } catch {
-            logger.critical("cannot read the log", metadata: ["error": "\(error)"])
+            logger.critical("cannot read the log; run `sensorlog verify --data-dir \(settings.dataDir)` to find the damage and `--repair` to salvage it",
+                            metadata: ["error": "\(error)"])
             try? log.close()
             throw ExitCode(74)
         }
-
-        let keys = try apiKeys()
-        if keys.isEmpty {
-            logger.info("API keys off: no --api-keys-file or SENSORLOG_API_KEYS (the embedded default)")
-            if !Self.isLoopback(bind) {
-                logger.warning("listening beyond loopback with no API keys: anyone who can reach this host can write", metadata: ["bind": "\(bind)"])
-            }
-        } else {
-            logger.info("API keys on", metadata: ["keys": "\(keys.count)"])
-        }
-
+        let keys = try Self.apiKeys(file: settings.keysFile)
         let aggregator: AggregatorService
         do {
             aggregator = try AggregatorService(log: log, logger: logger)
@@ -220,23 +229,18 @@ struct SensorLogDaemon: AsyncParsableCommand {
             try? log.close()
             throw ExitCode(74)
         }
-        let gauges = LogGauges(log: log, aggregator: aggregator)
-        let tcp = LineProtocolServer(
-            configuration: .init(host: bind, port: tcpPort, limits: limits), pipeline: pipeline, logger: logger)
-        let http = HTTPServer.make(
-            configuration: HTTPServerConfiguration(host: bind, port: httpPort, apiKeys: keys, rateLimit: readingsPerSecond,
-                                                   corsOrigin: allowedOrigin, limits: limits),
-            pipeline: pipeline, aggregator: aggregator, logger: logger,
-            metricsText: {
-                gauges.refresh()
-                return registry.emitToString()
-            },
-            onRunning: { port in logger.info("http listening", metadata: ["address": "\(bind):\(port)"]) })
-        let sensors = await pipeline.sensorCount()
-        logger.info("sensorlogd ready", metadata: [
-            "data_dir": "\(log.dataDirectory)", "partitions": "\(log.partitions.count)", "fsync": "\(fsync)",
-            "sensors": "\(sensors)", "pid": "\(getpid())",
-        ])
+        let tcpHost = Self.lineProtocolHost(settings, keysOn: !keys.isEmpty)
+        logAccess(settings, keys: keys, tcpHost: tcpHost, logger: logger)
+        let tcp = LineProtocolServer(configuration: .init(host: tcpHost, port: settings.tcpPort, limits: limits), pipeline: pipeline, logger: logger)
+        // Both listeners bind before `ready`: a port in use stops start-up with its name, not a
+        // stack of errors after the server said it was up.
+        do {
+            try await tcp.start()
+        } catch {
+            try? log.close()
+            Self.failToListen("line protocol", host: tcpHost, port: settings.tcpPort, error: error, logger: logger)
+        }
+        let http = makeHTTP(settings, keys: keys, limits: limits, pipeline: pipeline, aggregator: aggregator, registry: registry, logger: logger)
 
         // Shutdown runs in reverse: HTTP, the line protocol (drains into the log), the aggregator
         // (commits what it folded), the log.
@@ -244,7 +248,94 @@ struct SensorLogDaemon: AsyncParsableCommand {
             services: [.init(service: LogService(log: log, logger: logger)), .init(service: aggregator), .init(service: tcp),
                        .init(service: http)],
             gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-        try await group.run()
+        do {
+            try await group.run()
+        } catch let error as ListenError {
+            Self.failToListen("http", host: settings.bind, port: settings.httpPort, error: error.underlying, logger: logger)
+        }
+        if pipeline.lostReadings > 0 {
+            logger.error("shutdown lost readings that were read but could not be appended", metadata: ["readings": "\(pipeline.lostReadings)"])
+            throw ExitCode(74)
+        }
+    }
+
+    func openLog(_ settings: Settings, limits: Limits, logger: Logger) throws -> Log {
+        let fsyncTimer = Metrics.Timer(label: "sensorlog_fsync_duration_seconds", preferredDisplayUnit: .seconds)
+        let configuration = LogConfiguration(limits: limits, fsync: settings.fsync, onSync: { _, ns in fsyncTimer.recordNanoseconds(ns) })
+        let log: Log
+        do {
+            log = try Log.open(dataDirectory: settings.dataDir, configuration: configuration)
+        } catch {
+            var metadata: Logger.Metadata = ["error": "\(error)", "code": "\(error.code)", "data_dir": "\(settings.dataDir)"]
+            if error.code != .locked && error.code != .io {
+                metadata["hint"] = "run `sensorlog verify --data-dir \(settings.dataDir)` to list the damage, then `sensorlog verify --repair` (server stopped) to salvage it"
+            }
+            logger.critical("cannot open the log", metadata: metadata)
+            throw ExitCode(error.code == .locked ? 75 : 74)
+        }
+        if let asked = settings.partitions, log.metadata.partitions != asked {
+            logger.warning("--partitions ignored: the log already exists with its own partition count",
+                           metadata: ["partitions": "\(log.metadata.partitions)"])
+        }
+        for p in log.partitions { logRecovery(p.recovery, logger) }
+        return log
+    }
+
+    func makeHTTP(_ settings: Settings, keys: [String], limits: Limits, pipeline: IngestPipeline, aggregator: AggregatorService,
+                  registry: PrometheusCollectorRegistry, logger: Logger) -> ListeningService<HTTPServer.App> {
+        let gauges = LogGauges(log: pipeline.log, aggregator: aggregator)
+        let listener = ListeningService<HTTPServer.App>()
+        let app = HTTPServer.make(
+            configuration: HTTPServerConfiguration(host: settings.bind, port: settings.httpPort, apiKeys: keys, rateLimit: settings.rateLimit,
+                                                   corsOrigin: settings.corsOrigin, limits: limits),
+            pipeline: pipeline, aggregator: aggregator, logger: logger,
+            metricsText: {
+                gauges.refresh()
+                return registry.emitToString()
+            },
+            onRunning: { port in
+                listener.markListening()
+                let sensors = await pipeline.sensorCount()
+                logger.info("http listening", metadata: ["address": "\(settings.bind):\(port)"])
+                logger.info("sensorlogd ready", metadata: [
+                    "data_dir": "\(pipeline.log.dataDirectory)", "partitions": "\(pipeline.log.partitions.count)", "fsync": "\(settings.fsync)",
+                    "sensors": "\(sensors)", "pid": "\(getpid())", "version": "\(SensorLogVersion.current)",
+                ])
+            })
+        listener.wrap(app)
+        return listener
+    }
+
+    /// Where the line protocol listens. It has no authentication of its own, so with API keys on
+    /// it stays on loopback unless the operator explicitly lets it out.
+    static func lineProtocolHost(_ s: Settings, keysOn: Bool) -> String {
+        keysOn && !isLoopback(s.bind) && !s.tcpBeyondLoopback ? "127.0.0.1" : s.bind
+    }
+
+    func logAccess(_ s: Settings, keys: [String], tcpHost: String, logger: Logger) {
+        let tcp = "\(tcpHost):\(s.tcpPort)"
+        if keys.isEmpty {
+            logger.info("API keys off: no --api-keys-file or SENSORLOG_API_KEYS (the embedded default)")
+            if !Self.isLoopback(s.bind) {
+                logger.warning("listening beyond loopback with no API keys: anyone who can reach this host can write", metadata: ["bind": "\(s.bind)"])
+            }
+        } else if tcpHost != s.bind {
+            logger.info("API keys on for HTTP; the line protocol has no authentication and listens on loopback only (--tcp-beyond-loopback to open it)",
+                        metadata: ["keys": "\(keys.count)", "line_protocol": "\(tcp)"])
+        } else if !Self.isLoopback(tcpHost) {
+            logger.warning("API keys on for HTTP, but the line protocol listens beyond loopback WITHOUT authentication (--tcp-beyond-loopback): anyone who can reach this port can write",
+                           metadata: ["keys": "\(keys.count)", "line_protocol": "\(tcp)"])
+        } else {
+            logger.info("API keys on for HTTP; the line protocol listens on loopback only", metadata: ["keys": "\(keys.count)", "line_protocol": "\(tcp)"])
+        }
+    }
+
+    /// A listener could not bind: say which, and exit 69 (EX_UNAVAILABLE).
+    static func failToListen(_ name: String, host: String, port: Int, error: any Error, logger: Logger) -> Never {
+        logger.critical("cannot listen: \(name) port \(port) on \(host)", metadata: [
+            "listener": "\(name)", "address": "\(host):\(port)", "error": "\(error)",
+        ])
+        Glibc.exit(69)
     }
 
     func logRecovery(_ r: PartitionRecovery, _ logger: Logger) {
@@ -288,40 +379,3 @@ struct LogService: Service {
     }
 }
 
-/// `sensorlog_log_end_offset{partition}`, `sensorlog_log_bytes{partition}` and
-/// `sensorlog_consumer_lag{group,partition}`, set at scrape time.
-final class LogGauges: Sendable {
-    let log: Log
-    let aggregator: AggregatorService
-    let endOffsets: [Metrics.Gauge]
-    let bytes: [Metrics.Gauge]
-    let lags = Mutex<[String: Metrics.Gauge]>([:])
-
-    init(log: Log, aggregator: AggregatorService) {
-        self.log = log
-        self.aggregator = aggregator
-        endOffsets = log.partitions.map { Metrics.Gauge(label: "sensorlog_log_end_offset", dimensions: [("partition", String($0.id))]) }
-        bytes = log.partitions.map { Metrics.Gauge(label: "sensorlog_log_bytes", dimensions: [("partition", String($0.id))]) }
-    }
-
-    func refresh() {
-        for (i, p) in log.partitions.enumerated() {
-            endOffsets[i].record(Double(p.endOffset))
-            bytes[i].record(Double(p.bytes))
-        }
-        for group in GroupLag.all(log: log, aggregator: aggregator) {
-            for p in group.partitions {
-                let key = group.group + "/" + String(p.partition)
-                let gauge = lags.withLock { g in
-                    if let gauge = g[key] { return gauge }
-                    let gauge = Metrics.Gauge(label: "sensorlog_consumer_lag", dimensions: [("group", group.group), ("partition", String(p.partition))])
-                    g[key] = gauge
-                    return gauge
-                }
-                gauge.record(Double(p.lag))
-            }
-        }
-    }
-}
-
-extension FsyncPolicy: ExpressibleByArgument {}
