@@ -32,14 +32,8 @@ public enum Compactor {
             try recover(partitionDirectory: view.directory)
             let bases = try view.segmentBases()
             result.segmentsBefore += bases.count
-            // Sensors deleted by a deletion record: their readings before it are dropped.
-            var deletes: [String: Int64] = [:]
-            let scan = PartitionReader(view: view, startOffset: 0, partition: p)
-            var batch = DecodedBatch()
-            while let first = try scan.next(into: &batch) {
-                guard batch.kind == .sensorDeletions else { continue }
-                for i in first..<batch.count { deletes[batch.sensorID(at: i)] = max(deletes[batch.sensorID(at: i)] ?? 0, batch.offset(at: i)) }
-            }
+            let deletes = try deletions(view: view, partition: p)
+            let holding = try segmentsHoldingDeleted(view: view, partition: p, bases: bases, deletes: deletes)
             let closed = Array(bases.dropLast())
             var runs: [[Int64]] = []
             var run: [Int64] = []
@@ -56,8 +50,9 @@ public enum Compactor {
             }
             if !run.isEmpty { runs.append(run) }
             var after = bases.count
-            // With deletions every closed segment is rewritten (a single one too); else only runs to merge.
-            for run in runs where run.count > 1 || !deletes.isEmpty {
+            // A run is rewritten to merge it, or to drop a deleted sensor's readings; a run that is
+            // one segment with nothing to drop is left alone (rewriting it would gain nothing).
+            for run in runs where run.count > 1 || run.contains(where: holding.contains) {
                 let end = bases[bases.firstIndex(of: run.last!)! + 1]
                 let (before, written, records) = try rewrite(view: view, run: run, end: end, deletes: deletes, limits: limits)
                 result.bytesBefore += before
@@ -70,6 +65,38 @@ public enum Compactor {
         }
         result.seconds = Date().timeIntervalSince(started)
         return result
+    }
+
+    /// Sensors named by deletion records, each with the offset of its latest deletion: readings
+    /// of the sensor before that offset are deleted.
+    static func deletions(view: ReadOnlyPartition, partition: Int) throws -> [String: Int64] {
+        var deletes: [String: Int64] = [:]
+        let scan = PartitionReader(view: view, startOffset: 0, partition: partition)
+        var batch = DecodedBatch()
+        while let first = try scan.next(into: &batch) {
+            guard batch.kind == .sensorDeletions else { continue }
+            for i in first..<batch.count { deletes[batch.sensorID(at: i)] = max(deletes[batch.sensorID(at: i)] ?? 0, batch.offset(at: i)) }
+        }
+        return deletes
+    }
+
+    /// Base offsets of the segments that still hold a reading `deletes` deletes.
+    static func segmentsHoldingDeleted(view: ReadOnlyPartition, partition: Int, bases: [Int64], deletes: [String: Int64]) throws -> Set<Int64> {
+        guard !deletes.isEmpty else { return [] }
+        var holding: Set<Int64> = []
+        let scan = PartitionReader(view: view, startOffset: 0, partition: partition)
+        var batch = DecodedBatch()
+        while let first = try scan.next(into: &batch) {
+            guard batch.kind == .readings else { continue }
+            for i in first..<batch.count {
+                if let deletedAt = deletes[batch.sensorID(at: i)], batch.offset(at: i) < deletedAt,
+                   let base = bases.last(where: { $0 <= batch.offset(at: i) }) {
+                    holding.insert(base)
+                    break
+                }
+            }
+        }
+        return holding
     }
 
     static func fileSize(_ path: String) -> Int64 {

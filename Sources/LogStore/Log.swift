@@ -281,6 +281,13 @@ public final class Log: Sendable {
         return result
     }
 
+    /// Closes every non-empty active segment (fsync, index files) and starts new ones, so that
+    /// what was appended so far lies in closed segments. For offline maintenance: compaction and
+    /// retention touch closed segments only.
+    public func rollActiveSegments() throws(LogError) {
+        for p in partitions { try p.rollNow() }
+    }
+
     /// A reader of `partition` from `offset`.
     public func reader(partition: Int, from offset: Int64) -> PartitionReader {
         partitions[partition].reader(from: offset)

@@ -540,6 +540,17 @@ public final class Partition: PartitionView, @unchecked Sendable {
         }
     }
 
+    /// Closes the active segment now if it holds anything, so that maintenance which rewrites or
+    /// deletes closed segments only (compaction, retention) reaches every record written so far.
+    func rollNow() throws(LogError) {
+        condition.lock()
+        defer { condition.unlock() }
+        guard !isClosed else { throw LogError(.closed, "the log is closed") }
+        guard active.size > 0 else { return }
+        if let poisoned = journal?.poisonError { throw poisoned }
+        try roll()
+    }
+
     /// Closes the active segment and starts a new one at `writtenEnd`. Called with the lock held.
     private func roll() throws(LogError) {
         let old = active

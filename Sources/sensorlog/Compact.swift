@@ -30,23 +30,7 @@ struct Compact: ParsableCommand {
 
     func run() throws {
         let dataDirectory = URL(fileURLWithPath: options.dataDir).standardizedFileURL.path
-        if !deleteSensors.isEmpty {
-            // Written as the log's writer (this takes, and then releases, the directory lock).
-            do {
-                let existing = try LogDirectory(dataDirectory: dataDirectory)
-                var limits = Limits()
-                limits.partitions = existing.partitionCount
-                let log = try Log.open(dataDirectory: dataDirectory, configuration: LogConfiguration(limits: limits, fsync: .always))
-                var byPartition: [Int: [String]] = [:]
-                for id in deleteSensors { byPartition[log.partition(for: id), default: []].append(id) }
-                for (p, ids) in byPartition { _ = try log.appendDeletions(ids, toPartition: p) }
-                try log.close()
-            } catch let error as LogError where error.code == .locked {
-                Terminal.fail(error.message, code: 75)
-            } catch {
-                Terminal.fail("cannot record the deletions: \(error)", code: 74)
-            }
-        }
+        if !deleteSensors.isEmpty { recordDeletions(dataDirectory) }
         let lock: DirectoryLock
         do { lock = try DirectoryLock(dataDirectory: dataDirectory) } catch { Terminal.fail(error.message, code: 75) }
         defer { lock.release() }
@@ -66,9 +50,41 @@ struct Compact: ParsableCommand {
             Terminal.printJSON(["segments_before": result.segmentsBefore, "segments_after": result.segmentsAfter,
                                 "bytes_rewritten_before": result.bytesBefore, "bytes_rewritten_after": result.bytesAfter,
                                 "records": result.records, "seconds": result.seconds])
+        } else if result.segmentsBefore == result.segmentsAfter && result.records == 0 {
+            print("nothing to compact: \(result.segmentsBefore) segments, no run of closed segments to merge and no deleted sensor's readings left")
         } else {
             print(String(format: "compacted %d segments into %d; rewrote %lld records, %lld -> %lld bytes in %.2f s", result.segmentsBefore,
                          result.segmentsAfter, result.records, result.bytesBefore, result.bytesAfter, result.seconds))
+        }
+    }
+
+    /// Appends the deletion records as the log's writer (this takes, and then releases, the
+    /// directory lock), then closes the active segments: compaction rewrites closed segments
+    /// only, and a deleted sensor's readings in the active one would otherwise still be served,
+    /// still count as duplicates of a re-post and still bind its type.
+    func recordDeletions(_ dataDirectory: String) {
+        do {
+            let existing = try LogDirectory(dataDirectory: dataDirectory)
+            var limits = Limits()
+            limits.partitions = existing.partitionCount
+            let log = try Log.open(dataDirectory: dataDirectory, configuration: LogConfiguration(limits: limits, fsync: .always))
+            defer { try? log.close() }
+            let unknown = try deleteSensors.filter { id in
+                try log.reader(partition: log.partition(for: id), from: 0).scan(sensorID: id, from: .min, to: .max, limit: 1).readings.isEmpty
+            }
+            guard unknown.isEmpty else {
+                try? log.close()
+                Terminal.fail("no readings of sensor \(unknown.map { "'\($0)'" }.joined(separator: ", ")) in the log: nothing to delete (a typo?); nothing was changed", code: 64)
+            }
+            var byPartition: [Int: [String]] = [:]
+            for id in Set(deleteSensors) { byPartition[log.partition(for: id), default: []].append(id) }
+            for (p, ids) in byPartition { _ = try log.appendDeletions(ids.sorted(), toPartition: p) }
+            try log.rollActiveSegments()
+            try log.close()
+        } catch let error as LogError where error.code == .locked {
+            Terminal.fail(error.message, code: 75)
+        } catch {
+            Terminal.fail("cannot record the deletions: \(error)", code: 74)
         }
     }
 }
