@@ -21,18 +21,37 @@ enum Terminal {
 }
 
 /// A progress bar with rate and ETA on a terminal; a plain line every few seconds otherwise.
+/// Nothing is drawn during the first second: a bar for a shorter run would show a first
+/// fraction and an ETA extrapolated from a few milliseconds, and never move.
 final class Progress {
     let label: String
     let started = Date()
-    var lastPrint = Date.distantPast
+    static let quietSeconds = 1.0
+    private var lastPrint: Date?
+    private var done: Int64 = 0
+    private var total: Int64 = 1
 
     init(label: String) { self.label = label }
 
     func update(done: Int64, total: Int64) {
+        self.done = done
+        self.total = total
         let now = Date()
-        let interval = Terminal.isTTY ? 0.1 : 5
-        guard now.timeIntervalSince(lastPrint) >= interval else { return }
+        guard now.timeIntervalSince(started) >= Self.quietSeconds else { return }
+        if let lastPrint, now.timeIntervalSince(lastPrint) < (Terminal.isTTY ? 0.1 : 5) { return }
         lastPrint = now
+        draw(now: now)
+    }
+
+    /// Ends a bar that was drawn at 100 %.
+    func finish() {
+        guard lastPrint != nil else { return }
+        done = max(done, total)
+        draw(now: Date())
+        if Terminal.isTTY { FileHandle.standardError.write(Data("\n".utf8)) }
+    }
+
+    private func draw(now: Date) {
         let fraction = total > 0 ? min(1, Double(done) / Double(total)) : 0
         let elapsed = now.timeIntervalSince(started)
         let rate = Double(done) / max(elapsed, 1e-9) / 1e6
@@ -45,9 +64,5 @@ final class Progress {
         } else {
             FileHandle.standardError.write(Data(String(format: "%@: %.0f%% %.1f MB/s ETA %.0fs\n", label, fraction * 100, rate, eta).utf8))
         }
-    }
-
-    func finish() {
-        if Terminal.isTTY { FileHandle.standardError.write(Data("\n".utf8)) }
     }
 }
