@@ -2,7 +2,7 @@
 import Glibc
 #endif
 import Foundation
-public import LogStore
+import LogStore
 import SensorLogCore
 
 /// Replays the log from its first offset into a new aggregates database: what the live
@@ -43,7 +43,7 @@ public enum AggregateRebuild {
             while let first = try reader.next(into: &batch) {
                 if let until, batch.header.appendTime > until { break }
                 try folder.fold(batch, from: first)
-                readings += Int64(batch.count - first)
+                if batch.kind == .readings { readings += Int64(batch.count - first) }  // not removed records
                 offsets[p] = reader.nextOffset
                 if folder.pendingRows > 1_000_000 { try folder.commit(offsets: offsets) }
                 if Date().timeIntervalSince(lastReport) > 0.2 {
@@ -75,14 +75,11 @@ public enum AggregateRebuild {
         return Result(readings: readings, rows: rows, seconds: Date().timeIntervalSince(started), offsets: offsets, keptRows: kept)
     }
 
+    /// The bytes of every segment a full read of the log goes through (at least 1): the total
+    /// of a progress bar.
     public static func logBytes(_ dataDirectory: String) -> Int64 {
-        var total: Int64 = 0
-        if let e = FileManager.default.enumerator(atPath: dataDirectory + "/log") {
-            for case let name as String in e where name.hasSuffix(".log") {
-                total += ((try? FileManager.default.attributesOfItem(atPath: dataDirectory + "/log/" + name))?[.size] as? Int64) ?? 0
-            }
-        }
-        return max(total, 1)
+        guard let directory = try? LogDirectory(dataDirectory: dataDirectory) else { return 1 }
+        return max(1, (0..<directory.partitionCount).reduce(0) { $0 + ((try? directory.segmentBytes(partition: $1)) ?? 0) })
     }
 
     /// Replaces `dataDirectory/aggregates.sqlite` with `rebuilt` atomically. The server must be
@@ -95,10 +92,55 @@ public enum AggregateRebuild {
         guard rename(rebuilt, target) == 0 else {
             throw LogError.system("cannot move the rebuilt database into place", errno: errno, path: AggregateStore.fileName)
         }
-        let fd = open(dataDirectory, O_RDONLY | O_DIRECTORY)
-        if fd >= 0 {
-            fsync(fd)
-            close(fd)
+        syncDirectory(dataDirectory)
+    }
+}
+
+extension AggregateRebuild {
+    /// Present while `aggregates.sqlite` may hold folds of records the log no longer has: a
+    /// repair writes it before it changes a segment and removes it once the rebuilt store is in
+    /// place, so a repair interrupted in between is finished by the next `verify --repair`.
+    public static let pendingMarker = "aggregates.rebuild-pending"
+
+    /// Whether a repair changed the log and the aggregates were not rebuilt since.
+    public static func isPending(dataDirectory: String) -> Bool {
+        FileManager.default.fileExists(atPath: dataDirectory + "/" + pendingMarker)
+    }
+
+    /// Writes the marker durably (before the log changes).
+    public static func markPending(dataDirectory: String) throws {
+        let path = dataDirectory + "/" + pendingMarker
+        guard FileManager.default.createFile(atPath: path, contents: Data("rebuild aggregates.sqlite: sensorlog verify --repair\n".utf8)) else {
+            throw LogError.system("cannot create the rebuild marker", errno: errno, path: pendingMarker)
         }
+        syncDirectory(dataDirectory)
+    }
+
+    /// Rebuilds `aggregates.sqlite` from the whole log into a new file beside it, swaps it in
+    /// atomically (a crash leaves the old store or the new one, never a mix) and clears the
+    /// marker. The server must be stopped (the caller holds the lock).
+    /// - Parameter until: see `build`; the offsets then say where the aggregator resumes.
+    public static func rebuildInPlace(dataDirectory: String, until: Int64? = nil,
+                                      progress: (Int64, Int64) -> Void = { _, _ in }) throws -> Result {
+        let target = dataDirectory + "/" + AggregateStore.fileName + ".rebuild"
+        for suffix in ["", "-wal", "-shm"] { unlink(target + suffix) }  // left by an interrupted rebuild
+        let result: Result
+        do {
+            result = try build(dataDirectory: dataDirectory, output: target, until: until, progress: progress)
+            try swapIn(target, dataDirectory: dataDirectory)
+        } catch {
+            unlink(target)
+            throw error
+        }
+        unlink(dataDirectory + "/" + pendingMarker)
+        syncDirectory(dataDirectory)
+        return result
+    }
+
+    private static func syncDirectory(_ path: String) {
+        let fd = open(path, O_RDONLY | O_DIRECTORY)
+        guard fd >= 0 else { return }
+        fsync(fd)
+        close(fd)
     }
 }

@@ -38,6 +38,8 @@ extension LogDirectory {
     /// Checks every batch of `partition`: CRC, header fields, offsets contiguous within and across
     /// segments, every column decodes and timestamps lie within the batch's bounds, and the index
     /// files of closed segments point at batch starts. Reads only; safe while sensorlogd runs.
+    /// - Parameter progress: called with the bytes read since the last call; over a run they add
+    ///   up to `segmentBytes(partition:)`.
     public func verify(partition: Int, progress: (Int64) -> Void = { _ in }) throws(LogError) -> PartitionVerification {
         let view = views[partition]
         var result = PartitionVerification(partition: partition)
@@ -63,6 +65,9 @@ extension LogDirectory {
             result.bytes += size
             let scanner = SegmentScanner(file: file, size: size, buffer: buffer, maxBatchBytes: view.limits.maxBatchBytes)
             var position: Int64 = 0
+            var reported: Int64 = 0
+            // The bytes a damaged range skipped count too, so a run ends at the total.
+            defer { progress(size - reported) }
             var starts: [Int64: Int64] = [:]  // position -> base offset, to check the index
             scan: while true {
                 let probe = try scanner.probe(at: position, expectedOffset: expected, verifyCRC: true)
@@ -80,6 +85,7 @@ extension LogDirectory {
                     position += Int64(header.length)
                     expected = header.nextOffset
                     progress(Int64(header.length))
+                    reported += Int64(header.length)
                 case .end:
                     break scan
                 case .incomplete(let why), .invalid(let why):
@@ -192,10 +198,39 @@ extension LogDirectory {
             + "\nreplaced by a salvaged segment: \(removed) record(s) could not be read and are now removed records; the original is beside this report\n"
         try text.write(toFile: kept + ".report.txt", atomically: true, encoding: .utf8)
         guard rename(temporary, path) == 0 else { throw LogError.system("cannot replace the segment", errno: errno, path: display) }
+        syncDirectory(view.directory)
+        // The old indexes point into the old file. A closed segment gets new ones now; the
+        // active segment's live in memory (sensorlogd drops stale files when it opens).
+        if end != nil {
+            try rebuildIndexFiles(partition: partition, segment: base)
+        } else {
+            let stem = view.directory + "/" + SegmentFiles.name(base)
+            unlink(stem + SegmentFiles.offsetIndexSuffix)
+            unlink(stem + SegmentFiles.timeIndexSuffix)
+        }
+        return "\(display): \(removed) unreadable record(s) replaced by removed records, \(size - written) bytes dropped; original in quarantine/"
+            + (end != nil ? "; index files rebuilt" : "")
+    }
+
+    /// Writes a closed segment's index files anew from its batches, as sensorlogd does when it
+    /// opens a segment without valid ones.
+    public func rebuildIndexFiles(partition: Int, segment base: Int64) throws(LogError) {
+        let view = views[partition]
         let stem = view.directory + "/" + SegmentFiles.name(base)
+        // Gone first: the check that keeps valid files looks only at their tail.
         unlink(stem + SegmentFiles.offsetIndexSuffix)
         unlink(stem + SegmentFiles.timeIndexSuffix)
-        syncDirectory(view.directory)
-        return "\(display): \(removed) unreadable record(s) replaced by removed records, \(size - written) bytes dropped; original in quarantine/"
+        _ = try Partition.inspectClosedSegment(base: base, directory: view.directory, displayDirectory: view.displayDirectory, limits: view.limits)
+    }
+
+    /// The bytes of `partition`'s segment files, as they are now.
+    public func segmentBytes(partition: Int) throws(LogError) -> Int64 {
+        let view = views[partition]
+        var total: Int64 = 0
+        for base in try view.segmentBases() {
+            var st = stat()
+            if stat(view.directory + "/" + SegmentFiles.name(base) + SegmentFiles.logSuffix, &st) == 0 { total += Int64(st.st_size) }
+        }
+        return total
     }
 }

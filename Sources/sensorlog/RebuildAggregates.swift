@@ -36,37 +36,32 @@ struct RebuildAggregates: ParsableCommand {
     func run() throws {
         let directory = URL(fileURLWithPath: options.dataDir).standardizedFileURL.path
         var lock: DirectoryLock?
-        let target: String
-        if let output {
-            target = URL(fileURLWithPath: output).standardizedFileURL.path
-        } else {
+        if output == nil {
             do {
                 lock = try DirectoryLock(dataDirectory: directory)
             } catch {
                 Terminal.fail("\(error.message); use --output to rebuild into another file while it runs", code: 75)
             }
-            target = directory + "/" + AggregateStore.fileName + ".rebuild"
-            try? FileManager.default.removeItem(atPath: target)
         }
         defer { lock?.release() }
+        let target = output.map { URL(fileURLWithPath: $0).standardizedFileURL.path } ?? directory + "/" + AggregateStore.fileName
         let progress = Progress(label: "rebuild")
         let result: AggregateRebuild.Result
         do {
-            result = try AggregateRebuild.build(
-                dataDirectory: directory, output: target, until: until.flatMap(Timestamp.parse),
-                progress: { done, total in progress.update(done: done, total: total) })
+            if output != nil {
+                result = try AggregateRebuild.build(
+                    dataDirectory: directory, output: target, until: until.flatMap(Timestamp.parse),
+                    progress: { done, total in progress.update(done: done, total: total) })
+            } else {
+                result = try AggregateRebuild.rebuildInPlace(
+                    dataDirectory: directory, until: until.flatMap(Timestamp.parse),
+                    progress: { done, total in progress.update(done: done, total: total) })
+            }
         } catch {
-            try? FileManager.default.removeItem(atPath: target)
+            if output != nil { try? FileManager.default.removeItem(atPath: target) }
             Terminal.fail("rebuild failed: \(error)", code: 74)
         }
         progress.finish()
-        if output == nil {
-            do {
-                try AggregateRebuild.swapIn(target, dataDirectory: directory)
-            } catch {
-                Terminal.fail("cannot swap in the rebuilt database: \(error)", code: 74)
-            }
-        }
         let rate = Double(result.readings) / max(result.seconds, 1e-9)
         if result.keptRows > 0 {
             Terminal.error("kept \(result.keptRows) hourly rows from the current store: their hours began before the retained log")
@@ -74,11 +69,11 @@ struct RebuildAggregates: ParsableCommand {
         if options.json {
             Terminal.printJSON([
                 "readings": result.readings, "rows": result.rows, "seconds": result.seconds, "readings_per_second": rate, "kept_rows": result.keptRows,
-                "output": output == nil ? directory + "/" + AggregateStore.fileName : target, "offsets": result.offsets,
+                "output": target, "offsets": result.offsets,
             ])
         } else {
             print(String(format: "rebuilt %lld readings into %d hourly rows in %.2f s (%.1f M readings/s) -> %@", result.readings, result.rows,
-                         result.seconds, rate / 1e6, output == nil ? directory + "/" + AggregateStore.fileName : target))
+                         result.seconds, rate / 1e6, target))
         }
     }
 }

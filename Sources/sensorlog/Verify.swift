@@ -7,16 +7,25 @@ import SensorLogCore
 /// `sensorlog verify [--repair]`.
 struct Verify: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Check every batch, index and group offset; name every problem by file and byte.",
+        abstract: "Check every batch, index and group offset; name every problem by file and byte; --repair salvages.",
         discussion: """
             Checks each batch's CRC32C and header, that offsets are contiguous within and across \
             segments, that every column decodes with timestamps inside the batch's bounds, that \
             closed segments' indexes point at batch starts, and that consumer-group offsets lie \
             within the log. Reads only, so it works while sensorlogd runs.
 
-            --repair (server stopped: it takes the data directory's lock) truncates a corrupt or \
-            torn tail of the active segment and removes bad index files (rebuilt at the next start). \
-            Exit codes: 0 clean (warnings allowed), 1 problems found, 66 no log, 75 --repair while \
+            --repair (server stopped: it takes the data directory's lock) salvages every segment \
+            with a damaged batch: each readable batch is kept, each unreadable range becomes \
+            removed records (no offset moves, so every group's offsets stay valid), and the \
+            original file is quarantined in quarantine/<partition>/ with a report. A torn tail of \
+            the active segment is cut. Bad or missing index files are rebuilt. When records were \
+            removed or cut, aggregates.sqlite is rebuilt from the repaired log (into a new file, \
+            swapped in atomically), so it no longer counts the lost readings and producers' resends \
+            of them count exactly once. Then the log is verified again and the state after the \
+            repair is reported.
+
+            Exit codes: 0 clean (warnings allowed; with --repair: clean after the repair), 1 \
+            problems found (with --repair: problems remain), 66 no log, 75 --repair while \
             sensorlogd runs.
 
             Examples:
@@ -26,7 +35,15 @@ struct Verify: ParsableCommand {
             """)
 
     @OptionGroup var options: CommonOptions
-    @Flag(help: "Truncate a corrupt active-segment tail and drop bad index files (server stopped).") var repair = false
+    @Flag(help: "Salvage damaged segments (originals quarantined), cut a torn tail, rebuild indexes and aggregates (server stopped).")
+    var repair = false
+
+    /// What one pass of the checks found.
+    struct Findings {
+        var partitions: [PartitionVerification]
+        var problems: [VerifyProblem]
+        var errors: [VerifyProblem] { problems.filter { $0.severity == .error } }
+    }
 
     func run() throws {
         let directory: LogDirectory
@@ -36,21 +53,41 @@ struct Verify: ParsableCommand {
             do { lock = try DirectoryLock(dataDirectory: directory.dataDirectory) } catch { Terminal.fail(error.message, code: 75) }
         }
         defer { lock?.release() }
-        var results: [PartitionVerification] = []
+        let found = try Self.check(directory)
+        guard repair else {
+            report(found: found, repairs: nil, after: nil)
+            if !found.errors.isEmpty { throw ExitCode(1) }
+            return
+        }
+        let repairs = Self.repair(directory, found: found)
+        let after = try Self.check(directory)
+        report(found: found, repairs: repairs, after: after)
+        if !after.errors.isEmpty { throw ExitCode(1) }
+    }
+
+    /// Verifies every partition and every group's offsets.
+    static func check(_ directory: LogDirectory) throws -> Findings {
         let progress = Progress(label: "verify")
         var done: Int64 = 0
-        let total = max(1, AggregateRebuild.logBytes(directory.dataDirectory))
+        let total = AggregateRebuild.logBytes(directory.dataDirectory)
+        var partitions: [PartitionVerification] = []
         for p in 0..<directory.partitionCount {
-            results.append(try directory.verify(partition: p) { bytes in
+            partitions.append(try directory.verify(partition: p) { bytes in
                 done += bytes
                 progress.update(done: done, total: total)
             })
         }
         progress.finish()
-        var problems = results.flatMap(\.problems)
-        // Group offsets must lie within the log.
-        let ends = results.map(\.endOffset)
-        let starts = results.map(\.startOffset)
+        var problems = partitions.flatMap(\.problems) + groupProblems(directory, partitions: partitions)
+        if AggregateRebuild.isPending(dataDirectory: directory.dataDirectory) {
+            problems.append(VerifyProblem(severity: .error, path: AggregateStore.fileName, position: nil,
+                message: "a repair changed the log but the aggregates were not rebuilt; run sensorlog verify --repair (server stopped)"))
+        }
+        return Findings(partitions: partitions, problems: problems)
+    }
+
+    /// Group offsets must lie within the log.
+    static func groupProblems(_ directory: LogDirectory, partitions: [PartitionVerification]) -> [VerifyProblem] {
         var offsets: [(String, [Int64])] = []
         let storePath = directory.dataDirectory + "/" + AggregateStore.fileName
         if FileManager.default.fileExists(atPath: storePath), let store = try? AggregateStore(path: storePath, readOnly: true),
@@ -59,65 +96,63 @@ struct Verify: ParsableCommand {
         }
         let groups = ConsumerGroups(dataDirectory: directory.dataDirectory, partitions: directory.partitionCount)
         for name in groups.list() { if let c = try? groups.committed(name) { offsets.append((name, c)) } }
+        var problems: [VerifyProblem] = []
         for (group, committed) in offsets {
-            for (p, c) in committed.enumerated() where c > ends[p] || (c < starts[p] && c != 0) {
+            for (p, c) in committed.enumerated() where c > partitions[p].endOffset || (c < partitions[p].startOffset && c != 0) {
                 problems.append(VerifyProblem(severity: .error, path: group == AggregateStore.group ? AggregateStore.fileName : "groups/\(group).json",
-                                              position: nil, message: "group \(group) partition \(p) committed offset \(c) outside the log [\(starts[p]), \(ends[p])]"))
+                    position: nil, message: "group \(group) partition \(p) committed offset \(c) outside the log [\(partitions[p].startOffset), \(partitions[p].endOffset)]"))
             }
         }
+        return problems
+    }
 
-        var repaired: [String] = []
-        if repair {
-            for r in results {
-                // Segments with an error in their .log: salvaged (closed, or active with data after
-                // the damage); a torn active tail: cut.
-                let damaged = Set(r.problems.filter { $0.severity == .error && $0.path.hasSuffix(".log") }.map(\.path))
-                let bases = try directory.segmentBases(partition: r.partition)
-                for (i, base) in bases.enumerated() {
-                    let display = partitionDirectoryName(r.partition) + "/" + String(format: "%020lld", base) + ".log"
-                    if damaged.contains(display) {
-                        do {
-                            repaired.append(try directory.salvage(partition: r.partition, segment: base, end: i + 1 < bases.count ? bases[i + 1] : nil,
-                                                                  report: r.problems.filter { $0.path == display }))
-                        } catch {
-                            Terminal.error("cannot salvage \(display): \(error)")
-                        }
-                    } else if i == bases.count - 1, let cut = r.truncateActiveAt, cut.path == display {
-                        if truncate(directory.dataDirectory + "/" + cut.path, off_t(cut.position)) == 0 {
-                            repaired.append("\(cut.path): torn tail truncated at byte \(cut.position)")
-                        }
-                    }
-                }
-                for problem in r.problems where problem.path.hasSuffix(".index") && problem.severity == .error {
-                    let stem = directory.dataDirectory + "/" + String(problem.path.dropLast(".index".count))
-                    unlink(stem + ".index")
-                    unlink(stem + ".timeindex")
-                    repaired.append("\(problem.path): removed (rebuilt at the next start)")
-                }
-            }
+    /// Repairs what `check` found (see `LogRepair`), with a progress bar for the aggregate rebuild.
+    static func repair(_ directory: LogDirectory, found: Findings) -> LogRepair.Outcome {
+        let progress = Progress(label: "rebuild aggregates")
+        defer { progress.finish() }
+        do {
+            return try LogRepair.run(directory, found: found.partitions) { progress.update(done: $0, total: $1) }
+        } catch {
+            Terminal.fail("nothing repaired: \(error)", code: 74)
         }
+    }
 
-        let errors = problems.filter { $0.severity == .error }
+    func report(found: Findings, repairs: LogRepair.Outcome?, after: Findings?) {
+        let final = after ?? found
         if options.json {
-            Terminal.printJSON([
-                "ok": errors.isEmpty, "repaired": repaired,
-                "problems": problems.map { p -> [String: Any] in
-                    var d: [String: Any] = ["severity": p.severity.rawValue, "path": p.path, "message": p.message]
-                    if let position = p.position { d["position"] = position }
-                    return d
-                },
-                "partitions": results.map { ["partition": $0.partition, "segments": $0.segments, "batches": $0.batches,
-                                             "records": $0.records, "bytes": $0.bytes, "start_offset": $0.startOffset, "end_offset": $0.endOffset] },
-            ])
-        } else {
-            for p in problems {
-                print("\(p.severity.rawValue.uppercased()) \(p.path)\(p.position.map { " at byte \($0)" } ?? ""): \(p.message)")
+            var doc: [String: Any] = [
+                "ok": final.errors.isEmpty, "repaired": repairs?.done ?? [],
+                "problems": found.problems.map(Self.json),
+                "partitions": final.partitions.map { ["partition": $0.partition, "segments": $0.segments, "batches": $0.batches,
+                                                      "records": $0.records, "bytes": $0.bytes, "start_offset": $0.startOffset, "end_offset": $0.endOffset] },
+            ]
+            if let repairs, let after {
+                doc["not_repaired"] = repairs.failed
+                doc["remaining_problems"] = after.problems.map(Self.json)
             }
-            for line in repaired { print("REPAIRED \(line)") }
-            let batches = results.reduce(0) { $0 + $1.batches }
-            let records = results.reduce(Int64(0)) { $0 + $1.records }
-            print("\(errors.isEmpty ? "ok" : "FAILED"): \(results.count) partitions, \(batches) batches, \(records) records, \(errors.count) errors, \(problems.count - errors.count) warnings")
+            Terminal.printJSON(doc)
+            return
         }
-        if !errors.isEmpty && !repair { throw ExitCode(1) }
+        for p in found.problems { print(Self.text(p)) }
+        if let repairs, let after {
+            for line in repairs.done { print("REPAIRED \(line)") }
+            for line in repairs.failed { print("NOT REPAIRED \(line)") }
+            print(after.problems.isEmpty ? "after the repair: no problems" : "after the repair:")
+            for p in after.problems { print(Self.text(p)) }
+        }
+        let batches = final.partitions.reduce(0) { $0 + $1.batches }
+        let records = final.partitions.reduce(Int64(0)) { $0 + $1.records }
+        print("\(final.errors.isEmpty ? "ok" : "FAILED"): \(final.partitions.count) partitions, \(batches) batches, \(records) records, "
+              + "\(final.errors.count) errors, \(final.problems.count - final.errors.count) warnings")
+    }
+
+    static func text(_ p: VerifyProblem) -> String {
+        "\(p.severity.rawValue.uppercased()) \(p.path)\(p.position.map { " at byte \($0)" } ?? ""): \(p.message)"
+    }
+
+    static func json(_ p: VerifyProblem) -> [String: Any] {
+        var d: [String: Any] = ["severity": p.severity.rawValue, "path": p.path, "message": p.message]
+        if let position = p.position { d["position"] = position }
+        return d
     }
 }

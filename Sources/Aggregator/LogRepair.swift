@@ -1,0 +1,39 @@
+public import LogStore
+
+/// `verify --repair` on a stopped server: repairs every partition, then keeps the invariant
+/// "aggregates = the fold of the log" by rebuilding `aggregates.sqlite` when records changed.
+/// Otherwise the store would keep counting readings the log lost, while the dedupe (rebuilt
+/// from the log) accepts their resends: counted twice.
+public enum LogRepair {
+    /// What a repair did, and what it could not do (and why), one line per file.
+    public struct Outcome: Sendable {
+        public var done: [String] = []
+        public var failed: [String] = []
+    }
+
+    /// Repairs what `verify` found. The marker goes down before the first segment changes, so
+    /// that a repair interrupted before the rebuild still ends in one (at the next repair).
+    /// - Parameters:
+    ///   - found: every partition's verification, as `LogDirectory.verify(partition:)` returned it.
+    ///   - progress: the aggregate rebuild's (bytes read, bytes in the log).
+    /// - Throws: only when the marker cannot be written (nothing was changed then).
+    public static func run(_ directory: LogDirectory, found: [PartitionVerification],
+                           progress: (Int64, Int64) -> Void = { _, _ in }) throws -> Outcome {
+        let dataDirectory = directory.dataDirectory
+        if found.contains(where: \.repairChangesRecords) { try AggregateRebuild.markPending(dataDirectory: dataDirectory) }
+        var outcome = Outcome()
+        for partition in found {
+            let repair = directory.repair(partition)
+            outcome.done += repair.done
+            outcome.failed += repair.failed
+        }
+        guard AggregateRebuild.isPending(dataDirectory: dataDirectory) else { return outcome }
+        do {
+            let result = try AggregateRebuild.rebuildInPlace(dataDirectory: dataDirectory, progress: progress)
+            outcome.done.append("\(AggregateStore.fileName): rebuilt from the repaired log (\(result.readings) readings, \(result.rows) hourly rows)")
+        } catch {
+            outcome.failed.append("\(AggregateStore.fileName): rebuild failed, run verify --repair again: \(error)")
+        }
+        return outcome
+    }
+}

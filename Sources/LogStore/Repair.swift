@@ -1,0 +1,73 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What `verify --repair` did to one partition.
+public struct PartitionRepair: Sendable {
+    public var partition: Int
+    /// One line per file repaired, for the operator.
+    public var done: [String] = []
+    /// What could not be repaired, and why.
+    public var failed: [String] = []
+    /// Whether records changed (a segment salvaged or cut): what was folded from them is stale.
+    public var changedRecords = false
+}
+
+extension PartitionVerification {
+    /// The segments (display paths) with an error in their batches: a repair salvages them.
+    var damagedSegments: Set<String> {
+        Set(problems.filter { $0.severity == .error && $0.path.hasSuffix(SegmentFiles.logSuffix) }.map(\.path))
+    }
+
+    /// Whether `LogDirectory.repair` would change records of this partition, so that consumers
+    /// which folded them must fold again.
+    public var repairChangesRecords: Bool { !damagedSegments.isEmpty || truncateActiveAt != nil }
+}
+
+extension LogDirectory {
+    /// Repairs what `verify(partition:)` found: salvages every segment with a damaged batch
+    /// (`salvage`), cuts a torn tail of the active segment, and rebuilds the index files of
+    /// closed segments that are bad or missing. The server must be stopped (the caller holds
+    /// the data directory's lock).
+    public func repair(_ found: PartitionVerification) -> PartitionRepair {
+        var repair = PartitionRepair(partition: found.partition)
+        let view = views[found.partition]
+        let bases: [Int64]
+        do { bases = try view.segmentBases() } catch {
+            repair.failed.append("\(view.displayDirectory): \(error.message)")
+            return repair
+        }
+        let damaged = found.damagedSegments
+        let indexProblems = Set(found.problems.map(\.path).filter { $0.hasSuffix(SegmentFiles.offsetIndexSuffix) })
+        for (i, base) in bases.enumerated() {
+            let stem = view.displayDirectory + "/" + SegmentFiles.name(base)
+            let display = stem + SegmentFiles.logSuffix
+            let next = i + 1 < bases.count ? bases[i + 1] : nil
+            do {
+                if damaged.contains(display) {
+                    let report = found.problems.filter { $0.path == display }
+                    repair.done.append(try salvage(partition: found.partition, segment: base, end: next, report: report))
+                    repair.changedRecords = true
+                } else if next == nil, let cut = found.truncateActiveAt, cut.path == display {
+                    try truncateTail(dataDirectory + "/" + display, at: cut.position, display: display)
+                    repair.done.append("\(display): torn tail truncated at byte \(cut.position)")
+                    repair.changedRecords = true
+                } else if next != nil, indexProblems.contains(stem + SegmentFiles.offsetIndexSuffix) {
+                    try rebuildIndexFiles(partition: found.partition, segment: base)
+                    repair.done.append("\(stem + SegmentFiles.offsetIndexSuffix): rebuilt from the segment")
+                }
+            } catch {
+                repair.failed.append("\(display): \(error)")
+            }
+        }
+        return repair
+    }
+
+    private func truncateTail(_ path: String, at position: Int64, display: String) throws(LogError) {
+        let fd = try FileDescriptor.open(path, flags: O_RDWR, displayPath: display)
+        let file = SharedFile(fd, displayPath: display)
+        guard ftruncate(file.fd, off_t(position)) == 0, fsync(file.fd) == 0 else {
+            throw LogError.system("cannot truncate the torn tail", errno: errno, path: display)
+        }
+    }
+}
