@@ -45,3 +45,19 @@ ensure_python_venv() {
     .venv/bin/pip install -q --disable-pip-version-check "questdb==6.0.0" "pytest>=8" requests
   fi
 }
+
+# promtool, which checks the /metrics exposition (tools/check-docs, tests/e2e): from Debian's
+# prometheus package, installed only when missing. The package's service is not started.
+ensure_promtool() {
+  command -v promtool >/dev/null 2>&1 && return 0
+  echo "installing prometheus for promtool (apt-get)" >&2
+  # policy-rc.d 101 keeps apt from starting the prometheus daemons it installs.
+  local policy=/usr/sbin/policy-rc.d created=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+    as_root chmod +x "$policy"
+    created=1
+  fi
+  apt_install --no-install-recommends prometheus
+  if [ "$created" -eq 1 ]; then as_root rm -f "$policy"; fi
+}

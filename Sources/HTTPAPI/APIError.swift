@@ -2,13 +2,16 @@ import Foundation
 public import Hummingbird
 
 /// Every error the API answers with: `{"error":{"code","message","field","index"}}`, never
-/// internals. `code` is stable; `field` and `index` say where in the body the problem is.
+/// internals. `code` is stable; `field` and `index` say where in the body the problem is;
+/// `partition` and `offset` where in the log (a damaged batch).
 public struct APIError: Error, HTTPResponseError, Sendable {
     public var status: HTTPResponse.Status
     public var code: String
     public var message: String
     public var field: String?
     public var index: Int?
+    public var partition: Int?
+    public var offset: Int64?
     public var headers: HTTPFields = [:]
 
     public init(_ status: HTTPResponse.Status, code: String, _ message: String, field: String? = nil, index: Int? = nil) {
@@ -25,12 +28,14 @@ public struct APIError: Error, HTTPResponseError, Sendable {
             var message: String
             var field: String?
             var index: Int?
+            var partition: Int?
+            var offset: Int64?
         }
         var error: Detail
     }
 
     public func response(from request: Request, context: some RequestContext) throws -> Response {
-        var response = JSONBody.response(status, Body(error: .init(code: code, message: message, field: field, index: index)))
+        var response = JSONBody.response(status, Body(error: .init(code: code, message: message, field: field, index: index, partition: partition, offset: offset)))
         response.headers.append(contentsOf: headers)
         return response
     }

@@ -1,5 +1,6 @@
 public import Aggregator
 import Foundation
+import HTTPTypes
 public import Hummingbird
 import HummingbirdCore
 import NIOCore
@@ -48,6 +49,17 @@ struct Health: Encodable {
 public enum HTTPServer {
     public typealias App = Application<RouterResponder<SensorRequestContext>>
 
+    /// The metrics the API creates, with their help text.
+    public static var metricDescriptions: [MetricDescription] { RouteMetrics.descriptions }
+
+    /// The statuses whose `sensorlog_http_requests_total` series exist from start-up, per method
+    /// of a route: those alerts watch (errors, overload, an unavailable log) and the success.
+    static func preregisteredStatuses(_ methods: [HTTPRequest.Method]) -> [Int] {
+        let common: [Int] = [400, 401, 500, 503]
+        if methods.contains(.post) { return [201, 409, 413, 415, 429] + common }
+        return [200] + common
+    }
+
     /// Builds the application.
     /// - Parameters:
     ///   - metricsText: renders the Prometheus exposition (the executable owns the registry).
@@ -58,8 +70,10 @@ public enum HTTPServer {
         onRunning: @escaping @Sendable (Int) async -> Void = { _ in }
     ) -> App {
         let router = Router(context: SensorRequestContext.self)
+        let routes = Routes(router: router)
+        let routeMetrics = RouteMetrics()
         router.add(middleware: RequestIDMiddleware())
-        router.add(middleware: HTTPMetricsMiddleware())
+        router.add(middleware: HTTPMetricsMiddleware(metrics: routeMetrics, routes: routes.table))
         if let origin = configuration.corsOrigin {
             router.add(middleware: CORSMiddleware(
                 allowOrigin: .custom(origin),
@@ -69,7 +83,6 @@ public enum HTTPServer {
         if !configuration.apiKeys.isEmpty {
             router.add(middleware: APIKeyMiddleware(keys: configuration.apiKeys.map { Array($0.utf8) }))
         }
-        let routes = Routes(router: router)
         router.add(middleware: APIErrorMiddleware(routes: routes.table))
 
         let started = Date()
@@ -93,6 +106,12 @@ public enum HTTPServer {
             Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                      body: ResponseBody(byteBuffer: ByteBuffer(string: metricsText())))
         }
+
+        for (template, methods) in routes.table.templates {
+            routeMetrics.preregister(route: template, statuses: preregisteredStatuses(methods))
+        }
+        routeMetrics.preregister(route: RouteMetrics.unmatched, statuses: [404])
+        pipeline.metrics.preregister(reasons: SensorDataRoute.rejectionReasons, via: .http)
 
         // Idle keep-alive connections and stalled requests (a slow-loris body) are closed after
         // the idle timeout, as on the line-protocol listener; a shutdown waits at most that long.

@@ -2,8 +2,10 @@ import Dispatch
 import Foundation
 import HTTPTypes
 import Hummingbird
+import Ingest
 import Logging
 import Metrics
+import NIOCore
 import Synchronization
 
 /// Takes `X-Request-Id` from the request (when it is a sane token) or makes one, puts it on the
@@ -21,7 +23,10 @@ struct RequestIDMiddleware: RouterMiddleware {
             id = Self.generate()
         }
         context.requestID = id
+        // One id a line: ours, which the response echoes, not Hummingbird's own `hb.request.id`.
+        context.logger[metadataKey: "hb.request.id"] = nil
         context.logger[metadataKey: "request_id"] = .string(id)
+        if let remote = context.remoteAddress.flatMap(Self.format) { context.logger[metadataKey: "remote"] = .string(remote) }
         let start = DispatchTime.now().uptimeNanoseconds
         var response: Response
         do {
@@ -40,6 +45,13 @@ struct RequestIDMiddleware: RouterMiddleware {
             "duration_ms": "\(Double((DispatchTime.now().uptimeNanoseconds - start) / 1000) / 1000)",
         ])
         return response
+    }
+
+    /// `127.0.0.1:57454` or `[::1]:57454`, not NIO's `[IPv4]127.0.0.1/127.0.0.1:57454`.
+    static func format(_ address: SocketAddress) -> String? {
+        guard let ip = address.ipAddress, let port = address.port else { return address.pathname }
+        if case .v6 = address { return "[\(ip)]:\(port)" }
+        return "\(ip):\(port)"
     }
 
     static func isSane(_ id: String) -> Bool {
@@ -90,21 +102,48 @@ struct Routes {
 
 /// Path patterns (`:name` matches one segment) and their methods.
 final class RouteTable: Sendable {
-    private let routes = Mutex<[(method: HTTPRequest.Method, segments: [String])]>([])
+    private let routes = Mutex<[(method: HTTPRequest.Method, segments: [String], template: String)]>([])
 
     func add(_ method: HTTPRequest.Method, _ path: String) {
         let segments = path.split(separator: "/").map(String.init)
-        routes.withLock { $0.append((method, segments)) }
+        // The template as Hummingbird names a matched route (`/sensors/{id}/readings`), so a 405
+        // and a 200 of one path share the metrics label.
+        let template = RouterPath(path).description
+        routes.withLock { $0.append((method, segments, template)) }
     }
 
-    /// The methods `path` is served with, in the order the routes were added.
-    func methods(for path: String) -> [HTTPRequest.Method] {
+    private func matching(_ path: String) -> [(method: HTTPRequest.Method, segments: [String], template: String)] {
         let asked = path.split(separator: "/")
         return routes.withLock { routes in
             routes.filter { route in
                 route.segments.count == asked.count
                     && zip(route.segments, asked).allSatisfy { $0.hasPrefix(":") || $0 == $1 }
-            }.map(\.method)
+            }
+        }
+    }
+
+    /// The methods `path` is served with, in the order the routes were added.
+    func methods(for path: String) -> [HTTPRequest.Method] {
+        matching(path).map(\.method)
+    }
+
+    /// The template of the route serving `path` with any method, or nil when no route does.
+    func template(for path: String) -> String? {
+        matching(path).first?.template
+    }
+
+    /// Every route template with the methods it answers, in the order added.
+    var templates: [(template: String, methods: [HTTPRequest.Method])] {
+        routes.withLock { routes in
+            var out: [(template: String, methods: [HTTPRequest.Method])] = []
+            for route in routes {
+                if let i = out.firstIndex(where: { $0.template == route.template }) {
+                    out[i].methods.append(route.method)
+                } else {
+                    out.append((route.template, [route.method]))
+                }
+            }
+            return out
         }
     }
 }
@@ -142,62 +181,92 @@ struct APIErrorMiddleware: RouterMiddleware {
         return APIError(.internalServerError, code: "internal_error", "internal error")
     }
 
+    /// The code of an error Hummingbird raised: a closed set, each listed in docs/protocol.md.
     static func code(_ status: HTTPResponse.Status) -> String {
         switch status.code {
+        case 401: return "unauthorized"
         case 404: return "not_found"
         case 405: return "method_not_allowed"
         case 413: return "body_too_large"
-        default: return status.reasonPhrase.lowercased().replacingOccurrences(of: " ", with: "_")
+        case 415: return "unsupported_media_type"
+        case 500...: return "internal_error"
+        default: return "bad_request"
         }
     }
 }
 
 /// `sensorlog_http_requests_total{route,status}` and `sensorlog_http_request_duration_seconds{route}`,
-/// labelled by route template, never by raw path.
+/// labelled by route template, never by raw path: a known path asked with another method (405)
+/// counts under its template too; only a path no route serves is `route="unmatched"`.
 struct HTTPMetricsMiddleware: RouterMiddleware {
     typealias Context = SensorRequestContext
-    private let metrics = RouteMetrics()
+    let metrics: RouteMetrics
+    let routes: RouteTable
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         let start = DispatchTime.now().uptimeNanoseconds
-        let status: Int
         do {
             let response = try await next(request, context)
-            status = response.status.code
-            record(route: context.endpointPath ?? "unmatched", status: status, since: start)
+            record(request, context, status: response.status.code, since: start)
             return response
         } catch let error as any HTTPResponseError {
-            record(route: context.endpointPath ?? "unmatched", status: error.status.code, since: start)
+            record(request, context, status: error.status.code, since: start)
             throw error
         }
     }
 
-    private func record(route: String, status: Int, since start: UInt64) {
-        metrics.record(route: route, status: status, nanoseconds: Int64(DispatchTime.now().uptimeNanoseconds - start))
+    private func record(_ request: Request, _ context: Context, status: Int, since start: UInt64) {
+        metrics.record(route: route(request, context), status: status, nanoseconds: Int64(DispatchTime.now().uptimeNanoseconds - start))
+    }
+
+    private func route(_ request: Request, _ context: Context) -> String {
+        // Hummingbird sets the matched template, or "NotFound" when no route took the method.
+        if let path = context.endpointPath, path != "NotFound" { return path }
+        return routes.template(for: request.uri.path) ?? RouteMetrics.unmatched
     }
 }
 
 /// The per-route metrics, created once per (route, status).
 final class RouteMetrics: Sendable {
+    static let descriptions = [
+        MetricDescription("sensorlog_http_requests_total", help: "HTTP requests answered, by route template and status."),
+        MetricDescription("sensorlog_http_request_duration_seconds", help: "HTTP request durations in seconds, by route template."),
+    ]
+    /// The label of requests for paths no route serves.
+    static let unmatched = "unmatched"
+
     private let counters = Mutex<[String: Counter]>([:])
     private let timers = Mutex<[String: Metrics.Timer]>([:])
 
+    /// Creates the series of `route` at 0 for each status, so that the first of them is seen by
+    /// `rate()` and `increase()` rather than starting the series at 1.
+    func preregister(route: String, statuses: [Int]) {
+        for status in statuses { _ = counter(route, status) }
+        _ = timer(route)
+    }
+
     func record(route: String, status: Int, nanoseconds: Int64) {
+        counter(route, status).increment()
+        timer(route).recordNanoseconds(nanoseconds)
+    }
+
+    private func counter(_ route: String, _ status: Int) -> Counter {
         let key = route + " " + String(status)
-        let counter = counters.withLock { c in
+        return counters.withLock { c in
             if let counter = c[key] { return counter }
             let counter = Counter(label: "sensorlog_http_requests_total", dimensions: [("route", route), ("status", String(status))])
             c[key] = counter
             return counter
         }
-        counter.increment()
-        let timer = timers.withLock { t in
+    }
+
+    private func timer(_ route: String) -> Metrics.Timer {
+        timers.withLock { t in
             if let timer = t[route] { return timer }
             let timer = Metrics.Timer(label: "sensorlog_http_request_duration_seconds", dimensions: [("route", route)], preferredDisplayUnit: .seconds)
             t[route] = timer
             return timer
         }
-        timer.recordNanoseconds(nanoseconds)
     }
 }
 

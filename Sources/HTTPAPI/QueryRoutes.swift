@@ -2,6 +2,7 @@ public import Aggregator
 import Foundation
 import Hummingbird
 public import LogStore
+import Logging
 import SensorLogCore
 import Synchronization
 
@@ -139,14 +140,88 @@ struct QueryRoutes: Sendable {
             } else {
                 start = log.partitions[p].startOffset
             }
-            let scan = try log.reader(partition: p, from: start)
-                .scan(sensorID: id, from: from ?? .min, to: to.map { $0 == .min ? .min : $0 - 1 } ?? .max, limit: limit, maxBatches: 4096)
+            let low: Int64 = from ?? .min
+            let high: Int64 = to.map { (t: Int64) -> Int64 in t == Int64.min ? Int64.min : t - 1 } ?? Int64.max
+            let scan = try page(partition: p, sensorID: id, start: start, from: low, to: high, limit: limit, logger: context.logger)
             let readings = scan.readings.sorted { ($0.reading.timestamp, $0.offset) < ($1.reading.timestamp, $1.offset) }.map {
                 ReadingJSON(sensorID: $0.reading.sensorID, type: $0.reading.type, value: $0.reading.value, location: $0.reading.location,
                             timestamp: Timestamp.formatISO8601($0.reading.timestamp), partition: $0.partition, offset: $0.offset)
             }
             return JSONBody.response(.ok, Readings(readings: readings, nextCursor: scan.next.map(String.init)))
         }
+    }
+
+    /// Batches one page of `/sensors/{id}/readings` looks at, at most.
+    static let maxBatches = 4096
+
+    /// One page of a sensor's readings in [from, to] from `start`; see `readableBeforeDamage` for a
+    /// page that meets a corrupt batch.
+    private func page(partition p: Int, sensorID id: String, start: Int64, from: Int64, to: Int64, limit: Int,
+                      logger: Logger) throws -> (readings: [LocatedReading], next: Int64?) {
+        let reader = log.reader(partition: p, from: start)
+        switch Result(catching: { () throws(LogError) in
+            try reader.scan(sensorID: id, from: from, to: to, limit: limit, maxBatches: Self.maxBatches)
+        }) {
+        case .success(let page):
+            return page
+        case .failure(let error) where error.code == .corruptBatch:
+            return try readableBeforeDamage(partition: p, sensorID: id, start: start, from: from, to: to, limit: limit, logger: logger)
+        case .failure(let error):
+            throw error
+        }
+    }
+
+    /// The page of readings before a damaged batch, read again batch by batch once a scan has met
+    /// the damage. The page ends at the damaged batch: its `next_cursor` points there, and the page
+    /// asked from there answers `corrupt_segment`, so a client paging through a range is never
+    /// handed a silent gap. When nothing readable comes before the damage, throws that error now.
+    private func readableBeforeDamage(partition p: Int, sensorID id: String, start: Int64, from: Int64, to: Int64, limit: Int,
+                                      logger: Logger) throws -> (readings: [LocatedReading], next: Int64?) {
+        let reader = log.reader(partition: p, from: start)
+        var out: [LocatedReading] = []
+        for _ in 0..<Self.maxBatches {
+            let before = reader.nextOffset
+            let remaining = limit - out.count
+            switch Result(catching: { () throws(LogError) in
+                try reader.scan(sensorID: id, from: from, to: to, limit: remaining, maxBatches: 1)
+            }) {
+            case .success(let page):
+                out += page.readings
+                if page.next == nil || out.count >= limit { return (out, page.next) }
+            case .failure(let error) where error.code == .corruptBatch:
+                guard !out.isEmpty else { throw Self.corrupt(error, partition: p, offset: before, logger: logger) }
+                logger.warning("readings page cut short by a corrupt batch; the next page answers corrupt_segment",
+                               metadata: Self.metadata(error, partition: p, offset: before))
+                return (out, before)
+            case .failure(let error):
+                throw error
+            }
+        }
+        return (out, reader.nextOffset)
+    }
+
+    /// `500 corrupt_segment`: the log holds a damaged batch where the page must read. Not a
+    /// retryable 503: only an operator's `sensorlog verify --repair` (server stopped) mends it.
+    static func corrupt(_ error: LogError, partition: Int, offset: Int64, logger: Logger) -> APIError {
+        logger.error("readings unreadable: corrupt batch in a segment; run sensorlog verify --repair with the server stopped",
+                     metadata: metadata(error, partition: partition, offset: offset))
+        var api = APIError(
+            .internalServerError, code: "corrupt_segment",
+            "partition \(partition) holds a corrupt batch at offset \(offset): its readings from there on cannot be served until an operator runs `sensorlog verify --repair` (server stopped); the readings before it are served")
+        api.partition = partition
+        api.offset = offset
+        return api
+    }
+
+    /// Where the damage is, for the operator: the segment file and byte, not only the offset.
+    static func metadata(_ error: LogError, partition: Int, offset: Int64) -> Logger.Metadata {
+        var metadata: Logger.Metadata = [:]
+        metadata["partition"] = .string(String(partition))
+        metadata["offset"] = .string(String(offset))
+        metadata["segment"] = .string(error.path ?? "")
+        metadata["position"] = .string(error.position.map { String($0) } ?? "")
+        metadata["error"] = .string(error.message)
+        return metadata
     }
 
     private func storeRead<T>(_ body: (AggregateStore) throws -> T) throws -> T {

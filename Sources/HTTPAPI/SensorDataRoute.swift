@@ -207,6 +207,18 @@ struct SensorDataRoute: Sendable {
         APIError(.contentTooLarge, code: "body_too_large", "request body over \(limits.maxBodyBytes) bytes")
     }
 
+    /// Every reason a posted reading is refused for (`sensorlog_readings_rejected_total{transport="http"}`),
+    /// created at 0 at start-up: the codes this route refuses with, the reading's validation codes,
+    /// and the ingest path's (duplicates, type mismatches, too old, a log that refused the append).
+    static let rejectionReasons: [String] = {
+        let route: [String] = ["unsupported_media_type", "body_too_large", "invalid_json", "empty_array", "too_many_readings",
+                               "rate_limited", "invalid_value"]
+        let validation: [ReadingError.Code] = [.missingField, .invalidSensorID, .unknownType, .nonFiniteValue, .outOfRange,
+                                               .invalidLocation, .invalidTimestamp]
+        let log: [LogError.Code] = [.diskFull, .io]
+        return route + validation.map(\.rawValue) + log.map(\.rawValue) + IngestMetrics.commonReasons
+    }()
+
     /// Counts the refused readings by reason and passes the error on.
     private func reject(_ error: APIError, count: Int) -> APIError {
         pipeline.metrics.rejected(count, via: .http, reason: error.code)

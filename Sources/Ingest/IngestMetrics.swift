@@ -1,3 +1,4 @@
+import LineProtocol
 import Metrics
 import Synchronization
 
@@ -7,8 +8,44 @@ public enum Transport: String, Sendable, CaseIterable {
     case http
 }
 
+/// A metric's name and the `# HELP` text `/metrics` gives it. The code that creates a metric
+/// describes it next to where it does so; the executable's metrics factory looks the text up by
+/// name (swift-metrics' `Counter(label:)` has no place for it).
+public struct MetricDescription: Sendable, Hashable {
+    public let name: String
+    public let help: String
+
+    public init(_ name: String, help: String) {
+        self.name = name
+        self.help = help
+    }
+}
+
 /// The ingest counters, created once; labels are bounded (transport, reason), never sensor ids.
 public final class IngestMetrics: Sendable {
+    /// The metrics of this type, with their help text.
+    public static let descriptions: [MetricDescription] = [
+        MetricDescription("sensorlog_readings_ingested_total",
+                          help: "Readings appended to the log, counted once durable under the fsync policy, by transport."),
+        MetricDescription("sensorlog_readings_rejected_total",
+                          help: "Readings refused, by transport and reason (docs/protocol.md), duplicates included."),
+        MetricDescription("sensorlog_tcp_connections", help: "Open line-protocol connections."),
+    ]
+
+    /// Every reason a line-protocol reading is refused for: these series exist at 0 from start-up,
+    /// so that an alert on their rate sees the first refusal.
+    public static let tcpReasons: [String] = {
+        let reasons: [LineProtocolError.Reason] = [
+            .syntax, .invalidUTF8, .unknownType, .multipleTypes, .missingSensorID, .missingLocation, .missingValue, .invalidValue,
+            .nonFiniteValue, .outOfRange, .invalidSensorID, .invalidLocation, .invalidTimestamp, .binaryProtocol, .lineTooLong,
+            .partialLine, .duplicate, .typeMismatch, .tooOld,
+        ]
+        return reasons.map(\.rawValue) + ["lost_at_shutdown"]
+    }()
+
+    /// The reasons the ingest path itself refuses for on every transport (the HTTP API adds its own).
+    public static let commonReasons = ["duplicate", "type_mismatch", "too_old"]
+
     private let ingested: [Transport: Counter]
     private let rejected = Mutex<[String: Counter]>([:])
     private let tcpConnections = Gauge(label: "sensorlog_tcp_connections")
@@ -19,6 +56,15 @@ public final class IngestMetrics: Sendable {
             ingested[t] = Counter(label: "sensorlog_readings_ingested_total", dimensions: [("transport", t.rawValue)])
         }
         self.ingested = ingested
+        tcpConnections.record(0)
+        preregister(reasons: Self.tcpReasons, via: .tcp)
+        preregister(reasons: Self.commonReasons, via: .http)
+    }
+
+    /// Creates `sensorlog_readings_rejected_total{transport,reason}` at 0 for each reason, so the
+    /// series alerts use exist before the first refusal.
+    public func preregister(reasons: [String], via transport: Transport) {
+        for reason in reasons { _ = rejectedCounter(transport, reason) }
     }
 
     /// Open line-protocol connections.
@@ -34,13 +80,16 @@ public final class IngestMetrics: Sendable {
     /// Readings refused, by reason (`duplicate`, `syntax`, `out_of_range`, ...).
     public func rejected(_ count: Int, via transport: Transport, reason: String) {
         guard count > 0 else { return }
+        rejectedCounter(transport, reason).increment(by: Int64(count))
+    }
+
+    private func rejectedCounter(_ transport: Transport, _ reason: String) -> Counter {
         let key = transport.rawValue + "/" + reason
-        let counter = rejected.withLock { counters in
+        return rejected.withLock { counters in
             if let c = counters[key] { return c }
             let c = Counter(label: "sensorlog_readings_rejected_total", dimensions: [("transport", transport.rawValue), ("reason", reason)])
             counters[key] = c
             return c
         }
-        counter.increment(by: Int64(count))
     }
 }
