@@ -8,7 +8,7 @@ struct CommonOptions: ParsableArguments {
     @Option(help: "Data directory of the log.")
     var dataDir = "./data"
 
-    @Flag(help: "Write one JSON document to stdout.")
+    @Flag(help: "Write one JSON document to stdout (dump: one object a line).")
     var json = false
 }
 
@@ -18,5 +18,6 @@ struct SensorLogTool: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sensorlog",
         abstract: "Inspect and maintain a sensorlog data directory.",
+        version: SensorLogVersion.current,
         subcommands: [Stats.self, Dump.self, Verify.self, Groups.self, ResetOffsets.self, Compact.self, Retention.self, Backup.self, Restore.self, RebuildAggregates.self])
 }
