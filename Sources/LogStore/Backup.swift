@@ -5,18 +5,37 @@ import Foundation
 import SensorLogCore
 
 /// Consistent copies of the log, taken while sensorlogd runs: closed segments are immutable, so
-/// they are hard-linked (copied across file systems); the active segment is copied up to its last
-/// complete batch. Files are taken in an order that keeps the copy consistent with itself.
+/// they are cloned whole (a reflink where the file system shares extents copy-on-write, else a
+/// plain copy); the active segment is copied up to its last complete batch. Files are taken in an
+/// order that keeps the copy consistent with itself.
 public enum LogBackup {
+    /// How closed segments reach the backup.
+    public enum SegmentMode: Sendable {
+        /// An independent copy: a reflink (FICLONE) where the file system offers one, else bytes copied.
+        case copy
+        /// A hard link (a copy across file systems): fast, but the backup shares the data's bytes,
+        /// so damage to one is damage to both.
+        case hardLink
+    }
+
     public struct Result: Sendable {
         public var files = 0
+        /// Closed-segment files cloned by the file system (independent, no bytes copied).
+        public var reflinked = 0
+        /// Files whose bytes were copied.
+        public var copied = 0
+        /// Closed-segment files hard-linked (only under `SegmentMode.hardLink`).
         public var linked = 0
         public var bytes: Int64 = 0
     }
 
     /// Copies the log of `dataDirectory` into `target` (created when absent), except
     /// `aggregates.sqlite`, which the caller copies first with SQLite's online backup.
-    public static func backup(dataDirectory: String, to target: String) throws -> Result {
+    /// - Parameters:
+    ///   - segments: how closed segments are taken; `.copy` unless the caller accepts shared bytes.
+    /// - Throws: `.invalidLog` when `dataDirectory` holds no log; `LogError` on I/O errors.
+    /// - Complexity: O(bytes of the log) copied, or O(files) where the file system reflinks.
+    public static func backup(dataDirectory: String, to target: String, segments mode: SegmentMode = .copy) throws -> Result {
         let source = try LogDirectory(dataDirectory: dataDirectory)
         try FileManager.default.createDirectory(atPath: target, withIntermediateDirectories: true)
         var result = Result()
@@ -41,7 +60,7 @@ public enum LogBackup {
                 if i < bases.count - 1 {
                     for suffix in [SegmentFiles.logSuffix, SegmentFiles.offsetIndexSuffix, SegmentFiles.timeIndexSuffix]
                     where FileManager.default.fileExists(atPath: view.directory + "/" + stem + suffix) {
-                        try linkOrCopy(view.directory + "/" + stem + suffix, to: out + "/" + stem + suffix, result: &result)
+                        try takeClosed(view.directory + "/" + stem + suffix, to: out + "/" + stem + suffix, mode: mode, result: &result)
                     }
                 } else {
                     // The active segment: up to the last complete, valid batch.
@@ -58,6 +77,7 @@ public enum LogBackup {
                     }
                     try copyPrefix(file, bytes: end, to: out + "/" + name)
                     result.files += 1
+                    result.copied += 1
                     result.bytes += end
                 }
             }
@@ -78,7 +98,7 @@ public enum LogBackup {
         for case let relative as String in e {
             let from = backup + "/" + relative
             var isDirectory: ObjCBool = false
-            FileManager.default.fileExists(atPath: from, isDirectory: &isDirectory)
+            _ = FileManager.default.fileExists(atPath: from, isDirectory: &isDirectory)
             if isDirectory.boolValue {
                 try FileManager.default.createDirectory(atPath: dataDirectory + "/" + relative, withIntermediateDirectories: true)
             } else {
@@ -88,7 +108,9 @@ public enum LogBackup {
         return result
     }
 
-    static func makeEmptyDirectory(_ path: String) throws {
+    /// Creates `path`, or checks that it is an empty directory.
+    /// - Throws: `.invalidArgument` when it holds anything (a backup or restore never mixes files in).
+    public static func makeEmptyDirectory(_ path: String) throws {
         if FileManager.default.fileExists(atPath: path) {
             guard try FileManager.default.contentsOfDirectory(atPath: path).isEmpty else {
                 throw LogError(.invalidArgument, "\(path) is not empty")
@@ -98,14 +120,45 @@ public enum LogBackup {
         }
     }
 
-    static func linkOrCopy(_ from: String, to: String, result: inout Result) throws {
-        if link(from, to) == 0 {
+    /// A closed segment's file into the backup: linked only when asked, else cloned or copied.
+    static func takeClosed(_ from: String, to: String, mode: SegmentMode, result: inout Result) throws {
+        if mode == .hardLink && link(from, to) == 0 {
             result.files += 1
             result.linked += 1
             result.bytes += Compactor.fileSize(to)
             return
         }
+        if try reflink(from, to: to) {
+            result.files += 1
+            result.reflinked += 1
+            result.bytes += Compactor.fileSize(to)
+            return
+        }
         try copyFile(from, to: to, result: &result)
+    }
+
+    /// FICLONE (`_IOW(0x94, 9, int)`): the file system shares the extents copy-on-write, so a later
+    /// write to either file leaves the other as it was.
+    static let ficlone: UInt = 0x4004_9409
+
+    /// Clones `from` into a new `to`.
+    /// - Returns: false, leaving no file at `to`, when the file system cannot clone (ext4,
+    ///   another file system, tmpfs), so that the caller copies instead.
+    static func reflink(_ from: String, to: String) throws -> Bool {
+        let source = SharedFile(try FileDescriptor.open(from, flags: O_RDONLY, displayPath: from), displayPath: from)
+        let out = try FileDescriptor.open(to, flags: O_WRONLY | O_CREAT | O_TRUNC, displayPath: to)
+        let status = ioctl(out.rawValue, ficlone, source.fd)
+        let failure = errno
+        let synced = status == 0 && fsync(out.rawValue) == 0
+        let syncFailure = errno
+        out.close()
+        if synced { return true }
+        unlink(to)
+        if status == 0 { throw LogError.system("fsync failed", errno: syncFailure, path: to) }
+        guard [EOPNOTSUPP, EXDEV, EINVAL, ENOTTY, ENOSYS].contains(failure) else {
+            throw LogError.system("cannot clone file", errno: failure, path: to)
+        }
+        return false
     }
 
     static func copyFile(_ from: String, to: String, result: inout Result) throws {
@@ -113,6 +166,7 @@ public enum LogBackup {
         let file = SharedFile(fd, displayPath: from)
         try copyPrefix(file, bytes: try file.size(), to: to)
         result.files += 1
+        result.copied += 1
         result.bytes += try file.size()
     }
 
