@@ -12,10 +12,13 @@ struct ResetOffsets: ParsableCommand {
         discussion: """
             A dry run unless --execute: prints the offsets the group would get. Refuses the \
             aggregator group (its reset is rebuild-aggregates: moving its offsets would count \
-            readings twice or never). With --execute the server must be stopped.
+            readings twice or never). Refuses a group that has no committed offsets (exit 64, naming \
+            the groups there are), so that a mistyped name never creates a group: pass --create to \
+            start a new one. With --execute the server must be stopped.
 
             Examples:
               sensorlog reset-offsets --data-dir ./data --group exporter --to-earliest
+              sensorlog reset-offsets --data-dir ./data --group exporter --to-earliest --create --execute
               sensorlog reset-offsets --data-dir ./data --group exporter --to-datetime 2026-11-24T10:00:00Z --execute
               sensorlog reset-offsets --data-dir ./data --group exporter --to-offset 5000 --partition 3 --execute
             """)
@@ -28,6 +31,7 @@ struct ResetOffsets: ParsableCommand {
     @Option(help: "To the first batch holding a reading at or after this time (ISO-8601 or epoch ns).") var toDatetime: String?
     @Option(help: "Only this partition.") var partition: Int?
     @Flag(help: "Write the new offsets (otherwise a dry run).") var execute = false
+    @Flag(help: "Create the group when it does not exist yet (otherwise an unknown group is refused).") var create = false
 
     func validate() throws {
         let targets = [toEarliest, toLatest, toOffset != nil, toDatetime != nil].filter { $0 }.count
@@ -50,7 +54,12 @@ struct ResetOffsets: ParsableCommand {
         let groups = ConsumerGroups(dataDirectory: directory.dataDirectory, partitions: directory.partitionCount)
         let target: ConsumerGroups.ResetTarget =
             toEarliest ? .earliest : toLatest ? .latest : toOffset.map { .offset($0) } ?? .timestamp(Timestamp.parse(toDatetime!)!)
-        let before = (try? groups.committed(group)) ?? nil
+        let before: [Int64]?
+        do { before = try groups.committed(group) } catch { Terminal.fail("\(error)", code: error.code == .invalidArgument ? 64 : 65) }
+        if before == nil && !create {
+            let known = groups.list()
+            Terminal.fail("no consumer group '\(group)' (groups: \(known.isEmpty ? "none" : known.joined(separator: ", "))); pass --create to start it", code: 64)
+        }
         let after: [Int64]
         do {
             after = try groups.resetOffsets(

@@ -83,8 +83,8 @@ def test_groups_reset_and_retention_refuses_under_a_lagging_group(data_dir):
     s = Server(data_dir, extra=["--segment-bytes", "65536"]).start()
     fill(s, n=300_000, sensors=1000)
     s.stop()
-    assert "dry run" in tool("reset-offsets", "--data-dir", data_dir, "--group", "exporter", "--to-earliest").stdout
-    assert tool("reset-offsets", "--data-dir", data_dir, "--group", "exporter", "--to-earliest", "--execute").returncode == 0
+    assert "dry run" in tool("reset-offsets", "--data-dir", data_dir, "--group", "exporter", "--to-earliest", "--create").stdout
+    assert tool("reset-offsets", "--data-dir", data_dir, "--group", "exporter", "--to-earliest", "--create", "--execute").returncode == 0
     r = tool("retention", "--data-dir", data_dir, "--older-than", "1s")
     assert r.returncode == 1 and "exporter" in r.stderr
     assert tool("reset-offsets", "--data-dir", data_dir, "--group", "exporter", "--to-latest", "--execute").returncode == 0
