@@ -12,7 +12,8 @@ struct Retention: ParsableCommand {
             Deletes from the start of each partition only, never the active segment. Refuses while \
             a consumer group (the aggregator included) has not read a segment yet, unless --force. \
             Remembers, per partition, the newest timestamp it removed: sensorlogd then refuses older \
-            readings as too old, so a late resend is never counted twice. The server must be stopped.
+            readings as too old, so a late resend is never counted twice. The server must be stopped, \
+            except for --dry-run, which only reads.
 
             Examples:
               sensorlog retention --data-dir ./data --older-than 30d --dry-run
@@ -46,13 +47,37 @@ struct Retention: ParsableCommand {
     func run() throws {
         let directory: LogDirectory
         do { directory = try LogDirectory(dataDirectory: options.dataDir) } catch { Terminal.fail("\(error)", code: 66) }
-        let lock: DirectoryLock
-        do { lock = try DirectoryLock(dataDirectory: directory.dataDirectory) } catch { Terminal.fail(error.message, code: 75) }
-        defer { lock.release() }
+        // A dry run only reads, so it runs beside sensorlogd (the disk-full runbook starts with it).
+        var lock: DirectoryLock?
+        if !dryRun {
+            do { lock = try DirectoryLock(dataDirectory: directory.dataDirectory) } catch { Terminal.fail(error.message, code: 75) }
+        }
+        defer { lock?.release() }
         let cutoff = olderThan.flatMap(Self.seconds).map { WallClock.nowNanoseconds() - $0 * 1_000_000_000 }
-        let candidates = try LogStore.Retention.plan(directory, olderThan: cutoff, maxBytes: maxBytes)
+        let candidates: [LogStore.Retention.Candidate]
+        let blocked: [String]
+        do {
+            candidates = try LogStore.Retention.plan(directory, olderThan: cutoff, maxBytes: maxBytes)
+            blocked = try unread(candidates, directory)
+        } catch {
+            Terminal.fail("\(error)", code: 65)
+        }
+        let refused = !blocked.isEmpty && !force
+        let deleting = !dryRun && !refused && !candidates.isEmpty
+        if deleting {
+            do { try LogStore.Retention.apply(candidates, dataDirectory: directory.dataDirectory, partitions: directory.partitionCount) } catch {
+                Terminal.fail("\(error)", code: 74)
+            }
+        }
+        report(candidates, blocked: blocked, deleted: deleting)
+        if refused {
+            for b in blocked { Terminal.error("refusing: \(b)") }
+            Terminal.fail("\(blocked.count) segment(s) not yet read by a consumer group; let it catch up or pass --force", code: 1)
+        }
+    }
 
-        // Who has not read them yet.
+    /// Why each candidate may not go yet: a group (the aggregator included) has not read it.
+    func unread(_ candidates: [LogStore.Retention.Candidate], _ directory: LogDirectory) throws -> [String] {
         var groups: [(String, [Int64])] = []
         let storePath = directory.dataDirectory + "/" + AggregateStore.fileName
         if FileManager.default.fileExists(atPath: storePath) {
@@ -66,16 +91,28 @@ struct Retention: ParsableCommand {
                 blocked.append("\(c.path): group \(name) has read partition \(c.partition) only up to offset \(committed[c.partition]), the segment ends at \(c.endOffset)")
             }
         }
-        for c in candidates { print("\(dryRun || (!blocked.isEmpty && !force) ? "would delete" : "delete") \(c.path) (offsets \(c.baseOffset)..<\(c.endOffset), newest reading \(Timestamp.formatISO8601(c.maxTimestamp)), \(c.bytes) bytes)") }
-        if !blocked.isEmpty && !force {
-            for b in blocked { Terminal.error("refusing: \(b)") }
-            Terminal.fail("\(blocked.count) segment(s) not yet read by a consumer group; let it catch up or pass --force", code: 1)
-        }
-        if dryRun || candidates.isEmpty {
-            print(candidates.isEmpty ? "nothing to delete" : "dry run: nothing deleted")
+        return blocked
+    }
+
+    func report(_ candidates: [LogStore.Retention.Candidate], blocked: [String], deleted: Bool) {
+        let bytes = candidates.reduce(Int64(0)) { $0 + $1.bytes }
+        if options.json {
+            let segments: [[String: Any]] = candidates.map {
+                ["path": $0.path, "partition": $0.partition, "base_offset": $0.baseOffset, "end_offset": $0.endOffset,
+                 "max_timestamp": $0.maxTimestamp, "bytes": $0.bytes]
+            }
+            Terminal.printJSON(["dry_run": dryRun, "deleted": deleted, "segments": segments, "bytes": bytes, "refused": force ? [] : blocked])
             return
         }
-        try LogStore.Retention.apply(candidates, dataDirectory: directory.dataDirectory, partitions: directory.partitionCount)
-        print("deleted \(candidates.count) segment(s), \(candidates.reduce(Int64(0)) { $0 + $1.bytes }) bytes")
+        for c in candidates {
+            print("\(deleted ? "delete" : "would delete") \(c.path) (offsets \(c.baseOffset)..<\(c.endOffset), newest reading \(Timestamp.formatISO8601(c.maxTimestamp)), \(c.bytes) bytes)")
+        }
+        if candidates.isEmpty {
+            print("nothing to delete")
+        } else if deleted {
+            print("deleted \(candidates.count) segment(s), \(bytes) bytes")
+        } else if dryRun {
+            print("dry run: nothing deleted")
+        }
     }
 }
