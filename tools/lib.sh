@@ -39,10 +39,10 @@ ensure_python_venv() {
     echo "installing python3 and python3-venv (apt-get)" >&2
     apt_install python3 python3-venv python3-pip
   fi
-  if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import questdb, pytest, requests' >/dev/null 2>&1; then
-    echo "setting up .venv (questdb, pytest, requests)" >&2
+  if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import questdb, pytest, requests, cryptography' >/dev/null 2>&1; then
+    echo "setting up .venv (questdb, pytest, requests, cryptography)" >&2
     python3 -m venv .venv
-    .venv/bin/pip install -q --disable-pip-version-check "questdb==6.0.0" "pytest>=8" requests
+    .venv/bin/pip install -q --disable-pip-version-check "questdb==6.0.0" "pytest>=8" requests cryptography
   fi
 }
 

@@ -126,16 +126,28 @@ public final class IngestPipeline: Sendable {
     /// The partition of a sensor's readings.
     public func partition(for sensorID: String) -> Int { log.partition(for: sensorID) }
 
+    /// What `submitCounting` did: counts, and one refused reading to show in a log line.
+    public struct Counted: Sendable {
+        public var appended = 0
+        public var refused: [String: Int] = [:]
+        public var example: (reading: Reading, outcome: IngestOutcome)?
+    }
+
     /// The line protocol's form of `submit`: the same checks and append, counted, with no
     /// per-reading report.
     /// - Parameter groups: the readings by partition (`partition(for:)`), as many groups as partitions.
-    /// - Returns: how many readings were appended.
     @discardableResult
-    public func submitCounting(_ groups: [[Reading]], via transport: Transport) async throws(LogError) -> Int {
+    public func submitCounting(_ groups: [[Reading]], via transport: Transport) async throws(LogError) -> Counted {
         precondition(groups.count == partitions.count)
-        var appended = 0
-        try await run(groups, detailed: false, via: transport) { _, result in appended += result.appended }
-        return appended
+        var counted = Counted()
+        try await run(groups, detailed: false, via: transport) { p, result in
+            counted.appended += result.appended
+            for (reason, n) in [("duplicate", result.duplicates), ("type_mismatch", result.mismatches), ("too_old", result.tooOld)] where n > 0 {
+                counted.refused[reason, default: 0] += n
+            }
+            if counted.example == nil, let first = result.firstRefused { counted.example = (groups[p][first.index], first.outcome) }
+        }
+        return counted
     }
 
     private func run(_ groups: [[Reading]], detailed: Bool, via transport: Transport,

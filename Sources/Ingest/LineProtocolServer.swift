@@ -26,10 +26,14 @@ public final class LineProtocolServer: Service, Sendable {
         /// parses past `maxPendingReadings` before its pause takes effect.
         public var maxReadBytes: Int
         public var readsPerWakeup: Int
+        /// When set, every connection authenticates (QuestDB's challenge-response) before its
+        /// first line is read.
+        public var keys: LineProtocolKeys?
 
-        public init(host: String = "127.0.0.1", port: Int = 9009, limits: Limits = Limits()) {
+        public init(host: String = "127.0.0.1", port: Int = 9009, limits: Limits = Limits(), keys: LineProtocolKeys? = nil) {
             self.host = host
             self.port = port
+            self.keys = keys
             self.maxConnections = limits.maxConnections
             self.idleTimeout = .nanoseconds(Int64(limits.idleTimeout / .nanoseconds(1)))
             self.maxLineBytes = limits.maxLineBytes
@@ -103,6 +107,9 @@ public final class LineProtocolServer: Service, Sendable {
         connectionLogger[metadataKey: "remote"] = "\(channel.remoteAddress?.description ?? "?")"
         let sync = channel.pipeline.syncOperations
         try sync.addHandler(IdleStateHandler(readTimeout: configuration.idleTimeout))
+        if let keys = configuration.keys {
+            try sync.addHandler(LineProtocolAuthHandler(keys: keys, logger: connectionLogger))
+        }
         try sync.addHandler(LineProtocolHandler(
             pipeline: pipeline, parser: parser, logger: connectionLogger, maxLineBytes: configuration.maxLineBytes,
             maxPendingReadings: configuration.maxPendingReadings))
@@ -271,11 +278,13 @@ final class LineProtocolHandler: ChannelInboundHandler {
         let loop = context.eventLoop
         let bound = NIOLoopBound((self, context), eventLoop: loop)
         let pipeline = self.pipeline
+        let logger = self.logger
         pipeline.begin()  // before the task exists: a shutdown's drain() must wait for it
         Task {
             var failure: LogError?
             do throws(LogError) {
-                try await pipeline.submitCounting(batch, via: .tcp)
+                let counted = try await pipeline.submitCounting(batch, via: .tcp)
+                LineProtocolHandler.logRefused(counted, pipeline: pipeline, logger: logger)
             } catch {
                 failure = error
             }
@@ -293,6 +302,21 @@ final class LineProtocolHandler: ChannelInboundHandler {
                 pipeline.end()
             }
         }
+    }
+
+    /// Readings that parsed but were refused (duplicates, type mismatches, too old) are known
+    /// only after the append, a batch at a time: one line a batch, with the counts and the first.
+    static func logRefused(_ counted: IngestPipeline.Counted, pipeline: IngestPipeline, logger: Logger) {
+        guard let (reading, outcome) = counted.example else { return }
+        var metadata: Logger.Metadata = ["sensor_id": "\(reading.sensorID)", "timestamp": "\(reading.timestamp)"]
+        for (reason, n) in counted.refused { metadata[reason] = "\(n)" }
+        switch outcome {
+        case .duplicate: metadata["reason"] = "duplicate"
+        case .typeMismatch(let expected): metadata["reason"] = "type_mismatch"; metadata["expected_type"] = "\(expected)"
+        case .tooOld: metadata["reason"] = "too_old"
+        case .appended: return
+        }
+        pipeline.logRejection(logger, "readings refused", metadata: metadata)
     }
 
     /// Stops reading the socket (TCP backpressure), unless already stopped or closed.

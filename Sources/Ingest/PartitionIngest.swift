@@ -8,6 +8,14 @@ public struct SubmissionResult: Sendable {
     public var mismatches = 0
     public var tooOld = 0
     public var outcomes: [IngestOutcome]?
+    /// The first reading refused (its index in the submission) and why: what a summary log line
+    /// shows when no per-reading report was asked for.
+    public var firstRefused: (index: Int, outcome: IngestOutcome)?
+
+    mutating func refuse(_ index: Int, _ outcome: IngestOutcome) {
+        outcomes?[index] = outcome
+        if firstRefused == nil { firstRefused = (index, outcome) }
+    }
 }
 
 /// Readings whose sensor is bound to another type: (index, the sensor's type).
@@ -248,7 +256,7 @@ actor PartitionIngest {
             for (i, r) in submission.readings.enumerated() {
                 if let floor, r.timestamp <= floor {
                     results[s].tooOld += 1
-                    results[s].outcomes?[i] = .tooOld
+                    results[s].refuse(i, .tooOld)
                     continue
                 }
                 if r.type != lastTypeName {
@@ -261,7 +269,7 @@ actor PartitionIngest {
                     let state = sensors[slot: slot]
                     if state.type != type {
                         results[s].mismatches += 1
-                        results[s].outcomes?[i] = .typeMismatch(expected: typeNames[Int(state.type)])
+                        results[s].refuse(i, .typeMismatch(expected: typeNames[Int(state.type)]))
                         continue
                     }
                     if r.timestamp > state.lastTimestamp {
@@ -289,7 +297,7 @@ actor PartitionIngest {
                 } else {
                     if !claims.isEmpty, let claim = claims[r.sensorID], claim.type != type {
                         results[s].mismatches += 1
-                        results[s].outcomes?[i] = .typeMismatch(expected: typeNames[Int(claim.type)])
+                        results[s].refuse(i, .typeMismatch(expected: typeNames[Int(claim.type)]))
                         continue
                     }
                     undo.append((r.sensorID, nil))
@@ -303,6 +311,7 @@ actor PartitionIngest {
                     fresh.append(r)
                 } else {
                     results[s].duplicates += 1
+                    if results[s].firstRefused == nil { results[s].firstRefused = (i, .duplicate) }
                 }
             }
         }

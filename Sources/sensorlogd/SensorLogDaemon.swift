@@ -87,7 +87,10 @@ struct SensorLogDaemon: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info (the default), notice, warning, error, critical.")
     var logLevel: Logger.Level?
 
-    @Flag(help: "With API keys configured, let the line protocol (which has no authentication) listen on --bind beyond loopback anyway; without it, it listens on 127.0.0.1 only.")
+    @Option(help: "File of line-protocol public keys in QuestDB's auth.db form (KEY_ID ec-p-256-sha256 X Y a line): every line-protocol connection then authenticates as QuestDB's clients do (username/token settings), and the listener may listen on --bind.")
+    var tcpAuthFile: String?
+
+    @Flag(help: "With API keys configured and no --tcp-auth-file, let the unauthenticated line protocol listen on --bind beyond loopback anyway; without it, it listens on 127.0.0.1 only.")
     var tcpBeyondLoopback = false
 
     /// Every flag's value, else its environment variable's, else the embedded default.
@@ -112,6 +115,7 @@ struct SensorLogDaemon: AsyncParsableCommand {
             maxLineBytes: try e.value(maxLineBytes, "MAX_LINE_BYTES") ?? limits.maxLineBytes,
             sensorTypes: sensorTypes.isEmpty ? (e.text("SENSOR_TYPES")?.split(separator: ",").map(String.init) ?? []) : sensorTypes,
             logLevel: try e.value(logLevel, "LOG_LEVEL") ?? .info,
+            tcpAuthFile: try e.value(tcpAuthFile, "TCP_AUTH_FILE"),
             tcpBeyondLoopback: try tcpBeyondLoopback || (e.value(nil as Bool?, "TCP_BEYOND_LOOPBACK") ?? false))
     }
 
@@ -119,7 +123,7 @@ struct SensorLogDaemon: AsyncParsableCommand {
     static let environmentNames: Set<String> = [
         "DATA_DIR", "TCP_PORT", "HTTP_PORT", "BIND", "PARTITIONS", "FSYNC", "FSYNC_INTERVAL_MS", "SEGMENT_BYTES",
         "API_KEYS_FILE", "RATE_LIMIT", "CORS_ORIGIN", "MAX_BODY_BYTES", "MAX_CONNECTIONS", "IDLE_TIMEOUT_SECONDS",
-        "MAX_LINE_BYTES", "SENSOR_TYPES", "LOG_LEVEL", "TCP_BEYOND_LOOPBACK", "API_KEYS",
+        "MAX_LINE_BYTES", "SENSOR_TYPES", "LOG_LEVEL", "TCP_AUTH_FILE", "TCP_BEYOND_LOOPBACK", "API_KEYS",
     ]
 
     static func limits(_ s: Settings) throws -> Limits {
@@ -181,8 +185,15 @@ struct SensorLogDaemon: AsyncParsableCommand {
         return keys
     }
 
+    static func lineProtocolKeys(file: String?) throws -> LineProtocolKeys? {
+        guard let file else { return nil }
+        guard let text = try? String(contentsOfFile: file, encoding: .utf8) else { throw ValidationError("cannot read --tcp-auth-file \(file)") }
+        do { return try LineProtocolKeys(text: text) } catch { throw ValidationError("--tcp-auth-file \(file): \(error)") }
+    }
+
     func validate() throws {
         let s = try settings()
+        _ = try Self.lineProtocolKeys(file: s.tcpAuthFile)
         _ = try Self.limits(s)
         _ = try Self.types(s.sensorTypes)
         _ = try Self.apiKeys(file: s.keysFile)
@@ -229,9 +240,11 @@ struct SensorLogDaemon: AsyncParsableCommand {
             try? log.close()
             throw ExitCode(74)
         }
-        let tcpHost = Self.lineProtocolHost(settings, keysOn: !keys.isEmpty)
-        logAccess(settings, keys: keys, tcpHost: tcpHost, logger: logger)
-        let tcp = LineProtocolServer(configuration: .init(host: tcpHost, port: settings.tcpPort, limits: limits), pipeline: pipeline, logger: logger)
+        let tcpKeys = try Self.lineProtocolKeys(file: settings.tcpAuthFile)
+        let tcpHost = Self.lineProtocolHost(settings, keysOn: !keys.isEmpty, tcpAuth: tcpKeys != nil)
+        logAccess(settings, keys: keys, tcpKeys: tcpKeys, tcpHost: tcpHost, logger: logger)
+        let tcp = LineProtocolServer(configuration: .init(host: tcpHost, port: settings.tcpPort, limits: limits, keys: tcpKeys),
+                                     pipeline: pipeline, logger: logger)
         // Both listeners bind before `ready`: a port in use stops start-up with its name, not a
         // stack of errors after the server said it was up.
         do {
@@ -306,15 +319,21 @@ struct SensorLogDaemon: AsyncParsableCommand {
         return listener
     }
 
-    /// Where the line protocol listens. It has no authentication of its own, so with API keys on
-    /// it stays on loopback unless the operator explicitly lets it out.
-    static func lineProtocolHost(_ s: Settings, keysOn: Bool) -> String {
-        keysOn && !isLoopback(s.bind) && !s.tcpBeyondLoopback ? "127.0.0.1" : s.bind
+    /// Where the line protocol listens. Without its own keys it has no authentication, so with
+    /// API keys on it stays on loopback unless the operator explicitly lets it out.
+    static func lineProtocolHost(_ s: Settings, keysOn: Bool, tcpAuth: Bool) -> String {
+        keysOn && !tcpAuth && !isLoopback(s.bind) && !s.tcpBeyondLoopback ? "127.0.0.1" : s.bind
     }
 
-    func logAccess(_ s: Settings, keys: [String], tcpHost: String, logger: Logger) {
+    func logAccess(_ s: Settings, keys: [String], tcpKeys: LineProtocolKeys?, tcpHost: String, logger: Logger) {
         let tcp = "\(tcpHost):\(s.tcpPort)"
-        if keys.isEmpty {
+        if let tcpKeys {
+            logger.info("line protocol authenticates every connection (QuestDB's ECDSA challenge)",
+                        metadata: ["line_protocol": "\(tcp)", "tcp_keys": "\(tcpKeys.count)", "http_keys": "\(keys.count)"])
+            if keys.isEmpty && !Self.isLoopback(s.bind) {
+                logger.warning("HTTP listens beyond loopback with no API keys: anyone who can reach it can write", metadata: ["bind": "\(s.bind)"])
+            }
+        } else if keys.isEmpty {
             logger.info("API keys off: no --api-keys-file or SENSORLOG_API_KEYS (the embedded default)")
             if !Self.isLoopback(s.bind) {
                 logger.warning("listening beyond loopback with no API keys: anyone who can reach this host can write", metadata: ["bind": "\(s.bind)"])

@@ -24,6 +24,7 @@ struct Settings {
     var maxLineBytes: Int
     var sensorTypes: [String]
     var logLevel: Logger.Level
+    var tcpAuthFile: String?
     var tcpBeyondLoopback: Bool
 }
 
