@@ -12,8 +12,10 @@ struct LoadGenerator: ParsableCommand {
             The standard workload: N sensors (default 10 000), 3 types, 50 locations, one reading per \
             sensor per second of simulated time, values with 3 decimals, about 81 bytes a line. Lines \
             are generated before sending starts; each connection carries its own sensors, so each \
-            sensor's readings stay in order. Timestamps start at --base-seconds (default: now), so \
-            repeated runs do not collide with each other's readings.
+            sensor's readings stay in order. Timestamps start at --base-seconds, or by default at \
+            now to the nanosecond: a sensor's readings are whole seconds apart, so two runs collide \
+            only if their starts differ by a whole number of seconds to the nanosecond, which is \
+            as good as never, however long the first run's simulated time.
 
             Examples:
               tools/loadgen --readings 1000000 --connections 4
@@ -29,7 +31,7 @@ struct LoadGenerator: ParsableCommand {
     @Option(help: "TCP connections.") var connections = 4
     @Option(help: "Target readings a second over all connections (0: flat out).") var rate = 0.0
     @Option(help: "Epoch seconds of the first simulated second (default: now).") var baseSeconds: Int64?
-    @Option(help: "Give up waiting for the server after this many seconds.") var timeout = 600.0
+    @Option(help: "Give up after this many seconds, sending (a server that stopped reading) or waiting for the server to ingest.") var timeout = 600.0
     @Flag(help: "Print one JSON document instead of text.") var json = false
 
     func validate() throws {
@@ -38,7 +40,7 @@ struct LoadGenerator: ParsableCommand {
     }
 
     func run() throws {
-        let base = (baseSeconds ?? Int64(Date().timeIntervalSince1970)) * 1_000_000_000
+        let base = baseSeconds.map { $0 * 1_000_000_000 } ?? Self.nowNanoseconds()
         var payloads = [[UInt8]](repeating: [], count: connections)
         for c in 0..<connections { payloads[c].reserveCapacity(readings / connections * 84) }
         var seed: UInt64 = 7
@@ -57,6 +59,7 @@ struct LoadGenerator: ParsableCommand {
 
         let before = httpPort > 0 ? try ingestedCount() : 0
         let started = Date()
+        let deadline = started.addingTimeInterval(timeout)
         let perConnectionRate = rate / Double(connections)
         let group = DispatchGroup()
         let failures = NSLock()
@@ -67,7 +70,8 @@ struct LoadGenerator: ParsableCommand {
             Thread {
                 defer { group.leave() }
                 do {
-                    try Self.send(payload, host: host, port: tcpPort, linesPerSecond: perConnectionRate, bytesPerLine: Double(payload.count) / Double(max(1, readings / connections)))
+                    try Self.send(payload, host: host, port: tcpPort, linesPerSecond: perConnectionRate,
+                                  bytesPerLine: Double(payload.count) / Double(max(1, readings / connections)), deadline: deadline)
                 } catch {
                     failures.lock()
                     failure = "\(error)"
@@ -107,10 +111,20 @@ struct LoadGenerator: ParsableCommand {
         }
     }
 
-    /// Sends `payload` on one connection, in 256 KiB writes, paced when a rate is set.
-    static func send(_ payload: [UInt8], host: String, port: Int, linesPerSecond: Double, bytesPerLine: Double) throws {
+    static func nowNanoseconds() -> Int64 {
+        var t = timespec()
+        clock_gettime(CLOCK_REALTIME, &t)
+        return Int64(t.tv_sec) * 1_000_000_000 + Int64(t.tv_nsec)
+    }
+
+    /// Sends `payload` on one connection, in 256 KiB writes, paced when a rate is set. A send
+    /// blocked past `deadline` (the server paused the connection and never resumed) fails.
+    static func send(_ payload: [UInt8], host: String, port: Int, linesPerSecond: Double, bytesPerLine: Double, deadline: Date) throws {
         let fd = try connectTCP(host: host, port: port)
         defer { close(fd) }
+        // A blocked send wakes at least every 100 ms to look at the deadline.
+        var wake = timeval(tv_sec: 0, tv_usec: 100_000)
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &wake, socklen_t(MemoryLayout<timeval>.size))
         let chunk = linesPerSecond > 0 ? max(4096, Int(linesPerSecond * bytesPerLine / 100)) : 256 << 10
         let started = Date()
         var sent = 0
@@ -122,6 +136,12 @@ struct LoadGenerator: ParsableCommand {
                     let w = Glibc.send(fd, raw.baseAddress! + done, raw.count - done, Int32(MSG_NOSIGNAL))
                     if w < 0 {
                         if errno == EINTR { continue }
+                        if errno == EAGAIN || errno == EWOULDBLOCK {
+                            guard Date() < deadline else {
+                                throw ValidationError("timed out sending after \(sent + done) of \(payload.count) bytes: the server stopped reading (--timeout)")
+                            }
+                            continue
+                        }
                         throw ValidationError("send: \(String(cString: strerror(errno)))")
                     }
                     done += w
