@@ -232,6 +232,7 @@ struct SensorLogDaemon: AsyncParsableCommand {
             throw ExitCode(74)
         }
         let keys = try Self.apiKeys(file: settings.keysFile)
+        try finishInterruptedRepair(log, logger: logger)
         let aggregator: AggregatorService
         do {
             aggregator = try AggregatorService(log: log, logger: logger)
@@ -268,6 +269,22 @@ struct SensorLogDaemon: AsyncParsableCommand {
         }
         if pipeline.lostReadings > 0 {
             logger.error("shutdown lost readings that were read but could not be appended", metadata: ["readings": "\(pipeline.lostReadings)"])
+            throw ExitCode(74)
+        }
+    }
+
+    /// A `verify --repair` interrupted between changing the log and rebuilding the aggregates
+    /// leaves them holding folds of records the log no longer has; serving them would count a
+    /// producer's resend twice. Finish the rebuild before anything is served.
+    func finishInterruptedRepair(_ log: Log, logger: Logger) throws {
+        guard AggregateRebuild.isPending(dataDirectory: log.dataDirectory) else { return }
+        logger.warning("an interrupted verify --repair left the aggregates to rebuild: rebuilding them from the log before serving")
+        do {
+            let result = try AggregateRebuild.rebuildInPlace(dataDirectory: log.dataDirectory)
+            logger.info("aggregates rebuilt", metadata: ["readings": "\(result.readings)"])
+        } catch {
+            logger.critical("cannot rebuild the aggregates; run `sensorlog verify --repair` with the server stopped", metadata: ["error": "\(error)"])
+            try? log.close()
             throw ExitCode(74)
         }
     }
