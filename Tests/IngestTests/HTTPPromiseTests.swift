@@ -98,7 +98,7 @@ struct CapturingLogHandler: LogHandler {
 
     func get(_ client: any TestClientProtocol, _ uri: String) async throws -> (Int, Data, HTTPFields) {
         try await client.execute(uri: uri, method: .get) { response in
-            (response.status.code, Data(buffer: response.body), response.headers)
+            (response.status.code, Data(String(buffer: response.body).utf8), response.headers)
         }
     }
 
