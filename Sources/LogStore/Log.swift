@@ -284,8 +284,9 @@ public final class Log: Sendable {
     /// Closes every non-empty active segment (fsync, index files) and starts new ones, so that
     /// what was appended so far lies in closed segments. For offline maintenance: compaction and
     /// retention touch closed segments only.
-    public func rollActiveSegments() throws(LogError) {
-        for p in partitions { try p.rollNow() }
+    /// - Parameter only: the partitions to roll (all when nil).
+    public func rollActiveSegments(only: Set<Int>? = nil) throws(LogError) {
+        for p in partitions where only?.contains(p.id) ?? true { try p.rollNow() }
     }
 
     /// A reader of `partition` from `offset`.

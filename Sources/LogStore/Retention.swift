@@ -18,6 +18,9 @@ public enum Retention {
         public var maxTimestamp: Int64
         public var bytes: Int64
         public var path: String
+        /// The active segment, all of whose readings are older than the cutoff: it must be
+        /// closed (`Log.rollActiveSegments`) before it can go.
+        public var isActive = false
     }
 
     /// Per partition, the newest timestamp retention removed (nil: nothing removed yet).
@@ -36,8 +39,9 @@ public enum Retention {
         return file.floors
     }
 
-    /// The closed segments, oldest first per partition, that are older than `cutoff` (all their
-    /// readings before it) or that must go to bring a partition under `maxBytes`.
+    /// The segments, oldest first per partition, that are older than `cutoff` (all their readings
+    /// before it; the active one too, marked `isActive`) or that must go to bring a partition
+    /// under `maxBytes` (closed ones only, as Kafka's retention.bytes).
     public static func plan(_ directory: LogDirectory, olderThan cutoff: Int64?, maxBytes: Int64?) throws(LogError) -> [Candidate] {
         var out: [Candidate] = []
         for p in 0..<directory.partitionCount {
@@ -50,14 +54,22 @@ public enum Retention {
                 let bytes = [SegmentFiles.logSuffix, SegmentFiles.offsetIndexSuffix, SegmentFiles.timeIndexSuffix]
                     .reduce(Int64(0)) { $0 + Compactor.fileSize(stem + $1) }
                 total += bytes
-                guard i < bases.count - 1 else { break }  // never the active segment
+                let path = view.displayDirectory + "/" + SegmentFiles.name(base) + SegmentFiles.logSuffix
+                guard i < bases.count - 1 else {
+                    // The active segment goes by age only, and only once closed: a log that never
+                    // filled a segment (the default is 64 MiB) would otherwise keep everything.
+                    if let cutoff, bytes > 0, case let newest = try maxTimestamp(view, base), newest < cutoff {
+                        segments.append(Candidate(partition: p, baseOffset: base, endOffset: try directory.endOffset(partition: p),
+                                                  maxTimestamp: newest, bytes: bytes, path: path, isActive: true))
+                    }
+                    break
+                }
                 segments.append(Candidate(partition: p, baseOffset: base, endOffset: bases[i + 1],
-                                          maxTimestamp: try maxTimestamp(view, base), bytes: bytes,
-                                          path: view.displayDirectory + "/" + SegmentFiles.name(base) + SegmentFiles.logSuffix))
+                                          maxTimestamp: try maxTimestamp(view, base), bytes: bytes, path: path))
             }
             for s in segments {
                 let old = cutoff.map { s.maxTimestamp < $0 } ?? false
-                let big = maxBytes.map { total > $0 } ?? false
+                let big = !s.isActive && (maxBytes.map { total > $0 } ?? false)
                 guard old || big else { break }  // whole segments from the start only
                 out.append(s)
                 total -= s.bytes

@@ -9,7 +9,9 @@ struct Retention: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Delete whole closed segments older than an age, or beyond a size per partition.",
         discussion: """
-            Deletes from the start of each partition only, never the active segment. Refuses while \
+            Deletes from the start of each partition only. With --older-than, an active segment \
+            whose readings are all older is closed first and goes too (--max-bytes never takes the \
+            active segment). Refuses while \
             a consumer group (the aggregator included) has not read a segment yet, unless --force. \
             Remembers, per partition, the newest timestamp it removed: sensorlogd then refuses older \
             readings as too old, so a late resend is never counted twice. The server must be stopped, \
@@ -48,12 +50,13 @@ struct Retention: ParsableCommand {
         let directory: LogDirectory
         do { directory = try LogDirectory(dataDirectory: options.dataDir) } catch { Terminal.fail("\(error)", code: 66) }
         // A dry run only reads, so it runs beside sensorlogd (the disk-full runbook starts with it).
+        let cutoff = olderThan.flatMap(Self.seconds).map { WallClock.nowNanoseconds() - $0 * 1_000_000_000 }
+        if !dryRun, let cutoff { closeStaleActiveSegments(directory, cutoff: cutoff, force: force) }
         var lock: DirectoryLock?
         if !dryRun {
             do { lock = try DirectoryLock(dataDirectory: directory.dataDirectory) } catch { Terminal.fail(error.message, code: 75) }
         }
         defer { lock?.release() }
-        let cutoff = olderThan.flatMap(Self.seconds).map { WallClock.nowNanoseconds() - $0 * 1_000_000_000 }
         let candidates: [LogStore.Retention.Candidate]
         let blocked: [String]
         do {
@@ -73,6 +76,27 @@ struct Retention: ParsableCommand {
         if refused {
             for b in blocked { Terminal.error("refusing: \(b)") }
             Terminal.fail("\(blocked.count) segment(s) not yet read by a consumer group; let it catch up or pass --force", code: 1)
+        }
+    }
+
+    /// Closes the active segments whose readings are all older than the cutoff, as the log's
+    /// writer (this takes and releases the directory lock), so that they can go whole like any
+    /// closed segment: with 64 MiB segments a small log may never have closed one.
+    /// Leaves them open when a consumer group has not read them (the run then refuses anyway).
+    func closeStaleActiveSegments(_ directory: LogDirectory, cutoff: Int64, force: Bool) {
+        do {
+            let active = try LogStore.Retention.plan(directory, olderThan: cutoff, maxBytes: nil).filter(\.isActive)
+            let stale = Set(active.map(\.partition))
+            guard try !stale.isEmpty && (force || unread(active, directory).isEmpty) else { return }
+            var limits = Limits()
+            limits.partitions = directory.partitionCount
+            let log = try Log.open(dataDirectory: directory.dataDirectory, configuration: LogConfiguration(limits: limits, fsync: .interval))
+            defer { try? log.close() }
+            try log.rollActiveSegments(only: stale)
+        } catch let error as LogError where error.code == .locked {
+            Terminal.fail(error.message, code: 75)
+        } catch {
+            Terminal.fail("cannot close the active segments: \(error)", code: 74)
         }
     }
 
@@ -99,13 +123,13 @@ struct Retention: ParsableCommand {
         if options.json {
             let segments: [[String: Any]] = candidates.map {
                 ["path": $0.path, "partition": $0.partition, "base_offset": $0.baseOffset, "end_offset": $0.endOffset,
-                 "max_timestamp": $0.maxTimestamp, "bytes": $0.bytes]
+                 "max_timestamp": $0.maxTimestamp, "bytes": $0.bytes, "active": $0.isActive]
             }
             Terminal.printJSON(["dry_run": dryRun, "deleted": deleted, "segments": segments, "bytes": bytes, "refused": force ? [] : blocked])
             return
         }
         for c in candidates {
-            print("\(deleted ? "delete" : "would delete") \(c.path) (offsets \(c.baseOffset)..<\(c.endOffset), newest reading \(Timestamp.formatISO8601(c.maxTimestamp)), \(c.bytes) bytes)")
+            print("\(deleted ? "delete" : "would delete")\(c.isActive ? " (closing it first: the active segment)" : "") \(c.path) (offsets \(c.baseOffset)..<\(c.endOffset), newest reading \(Timestamp.formatISO8601(c.maxTimestamp)), \(c.bytes) bytes)")
         }
         if candidates.isEmpty {
             print("nothing to delete")
