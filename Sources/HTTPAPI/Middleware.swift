@@ -26,7 +26,7 @@ struct RequestIDMiddleware: RouterMiddleware {
         // One id a line: ours, which the response echoes, not Hummingbird's own `hb.request.id`.
         context.logger[metadataKey: "hb.request.id"] = nil
         context.logger[metadataKey: "request_id"] = .string(id)
-        if let remote = context.remoteAddress.flatMap(Self.format) { context.logger[metadataKey: "remote"] = .string(remote) }
+        if let remote = context.remoteAddress { context.logger[metadataKey: "remote"] = .string(remote.logDescription) }
         let start = DispatchTime.now().uptimeNanoseconds
         var response: Response
         do {
@@ -45,13 +45,6 @@ struct RequestIDMiddleware: RouterMiddleware {
             "duration_ms": "\(Double((DispatchTime.now().uptimeNanoseconds - start) / 1000) / 1000)",
         ])
         return response
-    }
-
-    /// `127.0.0.1:57454` or `[::1]:57454`, not NIO's `[IPv4]127.0.0.1/127.0.0.1:57454`.
-    static func format(_ address: SocketAddress) -> String? {
-        guard let ip = address.ipAddress, let port = address.port else { return address.pathname }
-        if case .v6 = address { return "[\(ip)]:\(port)" }
-        return "\(ip):\(port)"
     }
 
     static func isSane(_ id: String) -> Bool {

@@ -90,7 +90,7 @@ public final class LineProtocolServer: Service, Sendable {
         }
         guard admitted else {
             pipeline.logRejection(logger, "connection refused: connection limit reached",
-                                  metadata: ["limit": "\(configuration.maxConnections)", "remote": "\(channel.remoteAddress?.description ?? "?")"])
+                                  metadata: ["limit": "\(configuration.maxConnections)", "remote": "\(channel.remoteAddress?.logDescription ?? "?")"])
             channel.close(promise: nil)
             return
         }
@@ -104,7 +104,7 @@ public final class LineProtocolServer: Service, Sendable {
         }
         var connectionLogger = logger
         connectionLogger[metadataKey: "connection_id"] = "\(id)"
-        connectionLogger[metadataKey: "remote"] = "\(channel.remoteAddress?.description ?? "?")"
+        connectionLogger[metadataKey: "remote"] = "\(channel.remoteAddress?.logDescription ?? "?")"
         let sync = channel.pipeline.syncOperations
         try sync.addHandler(IdleStateHandler(readTimeout: configuration.idleTimeout))
         if let keys = configuration.keys {

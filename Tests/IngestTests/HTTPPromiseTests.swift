@@ -172,7 +172,7 @@ struct CapturingLogHandler: LogHandler {
         ("::1", 8080, "[::1]:8080"),
     ])
     func remoteAddressesAreHostAndPort(ip: String, port: Int, expected: String) throws {
-        #expect(RequestIDMiddleware.format(try SocketAddress(ipAddress: ip, port: port)) == expected)
+        #expect(try SocketAddress(ipAddress: ip, port: port).logDescription == expected)
     }
 
     @Test func aKnownPathAskedWithAnotherMethodHasItsRouteTemplate() {
