@@ -1,3 +1,4 @@
+import Foundation
 public import LogStore
 
 /// `verify --repair` on a stopped server: repairs every partition, then keeps the invariant
@@ -20,7 +21,7 @@ public enum LogRepair {
     public static func run(_ directory: LogDirectory, found: [PartitionVerification],
                            progress: (Int64, Int64) -> Void = { _, _ in }) throws -> Outcome {
         let dataDirectory = directory.dataDirectory
-        if found.contains(where: \.repairChangesRecords) { try AggregateRebuild.markPending(dataDirectory: dataDirectory) }
+        if foldsGoStale(found, dataDirectory: dataDirectory) { try AggregateRebuild.markPending(dataDirectory: dataDirectory) }
         var outcome = Outcome()
         for partition in found {
             let repair = directory.repair(partition)
@@ -35,5 +36,16 @@ public enum LogRepair {
             outcome.failed.append("\(AggregateStore.fileName): rebuild failed, run verify --repair again: \(error)")
         }
         return outcome
+    }
+
+    /// Whether the aggregator may have folded records the repair removes. A torn tail alone
+    /// (what a crash leaves) usually was never folded, and rebuilding a large log for it would
+    /// cost hours for nothing; when the store cannot be read, assume it was.
+    static func foldsGoStale(_ found: [PartitionVerification], dataDirectory: String) -> Bool {
+        guard found.contains(where: \.repairChangesRecords) else { return false }
+        let path = dataDirectory + "/" + AggregateStore.fileName
+        guard FileManager.default.fileExists(atPath: path) else { return false }
+        guard let committed = try? AggregateStore(path: path, readOnly: true).offsets(partitions: found.count) else { return true }
+        return found.contains { $0.repairInvalidatesFolds(committed: committed[$0.partition]) }
     }
 }

@@ -15,7 +15,7 @@ public struct LineProtocolKeys: Sendable {
     /// - Throws: `LineProtocolKeysError` naming the first bad line.
     public init(text: String) throws(LineProtocolKeysError) {
         var keys: [String: P256.Signing.PublicKey] = [:]
-        for (n, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+        for (n, raw) in text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).enumerated() {
             let line = raw.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
             let fields = line.split(whereSeparator: \.isWhitespace).map(String.init)
             if fields.isEmpty { continue }
@@ -82,7 +82,11 @@ final class LineProtocolAuthHandler: ChannelInboundHandler, RemovableChannelHand
     }
 
     let keys: LineProtocolKeys
-    let logger: Logger
+    let timeout: TimeAmount
+    /// Logs a refusal, rate-limited with the other rejections (a connect-and-garbage loop must
+    /// not flood the log).
+    let logRefusal: (String, Logger.Metadata) -> Void
+    private var deadline: Scheduled<Void>?
     private var state = State.keyID
     private var buffered: ByteBuffer?
     private var isDone: Bool {
@@ -90,9 +94,24 @@ final class LineProtocolAuthHandler: ChannelInboundHandler, RemovableChannelHand
         return false
     }
 
-    init(keys: LineProtocolKeys, logger: Logger) {
+    init(keys: LineProtocolKeys, timeout: TimeAmount, logRefusal: @escaping (String, Logger.Metadata) -> Void) {
         self.keys = keys
-        self.logger = logger
+        self.timeout = timeout
+        self.logRefusal = logRefusal
+    }
+
+    /// The handshake has a deadline of its own: the idle timeout restarts on every byte, so a
+    /// peer dribbling a byte at a time would otherwise hold a connection slot for hours.
+    func handlerAdded(context: ChannelHandlerContext) {
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        deadline = context.eventLoop.scheduleTask(in: timeout) {
+            let (handler, context) = bound.value
+            if !handler.isDone { handler.refuse("no authentication within \(handler.timeout.nanoseconds / 1_000_000) ms", context: context) }
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        deadline?.cancel()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -139,7 +158,6 @@ final class LineProtocolAuthHandler: ChannelInboundHandler, RemovableChannelHand
                 refuse("signature does not verify", keyID: keyID, context: context)
                 return false
             }
-            logger.debug("line protocol producer authenticated", metadata: ["key_id": "\(keyID)"])
             state = .done
         case .done:
             break
@@ -150,7 +168,7 @@ final class LineProtocolAuthHandler: ChannelInboundHandler, RemovableChannelHand
     private func refuse(_ why: String, keyID: String? = nil, context: ChannelHandlerContext) {
         var metadata: Logger.Metadata = ["reason": "\(why)"]
         if let keyID { metadata["key_id"] = "\(keyID.prefix(64))" }
-        logger.warning("line protocol connection refused: authentication failed", metadata: metadata)
+        logRefusal("line protocol connection refused: authentication failed", metadata)
         buffered = nil
         context.close(promise: nil)
     }

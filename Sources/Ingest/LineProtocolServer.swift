@@ -29,11 +29,14 @@ public final class LineProtocolServer: Service, Sendable {
         /// When set, every connection authenticates (QuestDB's challenge-response) before its
         /// first line is read.
         public var keys: LineProtocolKeys?
+        /// How long a connection may take to authenticate.
+        public var authTimeout: TimeAmount
 
         public init(host: String = "127.0.0.1", port: Int = 9009, limits: Limits = Limits(), keys: LineProtocolKeys? = nil) {
             self.host = host
             self.port = port
             self.keys = keys
+            self.authTimeout = .nanoseconds(Int64(limits.lineProtocolAuthTimeout / .nanoseconds(1)))
             self.maxConnections = limits.maxConnections
             self.idleTimeout = .nanoseconds(Int64(limits.idleTimeout / .nanoseconds(1)))
             self.maxLineBytes = limits.maxLineBytes
@@ -108,7 +111,10 @@ public final class LineProtocolServer: Service, Sendable {
         let sync = channel.pipeline.syncOperations
         try sync.addHandler(IdleStateHandler(readTimeout: configuration.idleTimeout))
         if let keys = configuration.keys {
-            try sync.addHandler(LineProtocolAuthHandler(keys: keys, logger: connectionLogger))
+            let refused = { [pipeline, connectionLogger] (message: String, metadata: Logger.Metadata) in
+                pipeline.logRejection(connectionLogger, "\(message)", metadata: metadata, level: .warning)
+            }
+            try sync.addHandler(LineProtocolAuthHandler(keys: keys, timeout: configuration.authTimeout, logRefusal: refused))
         }
         try sync.addHandler(LineProtocolHandler(
             pipeline: pipeline, parser: parser, logger: connectionLogger, maxLineBytes: configuration.maxLineBytes,

@@ -19,9 +19,15 @@ extension PartitionVerification {
         Set(problems.filter { $0.severity == .error && $0.path.hasSuffix(SegmentFiles.logSuffix) }.map(\.path))
     }
 
-    /// Whether `LogDirectory.repair` would change records of this partition, so that consumers
-    /// which folded them must fold again.
+    /// Whether `LogDirectory.repair` would change records of this partition.
     public var repairChangesRecords: Bool { !damagedSegments.isEmpty || truncateActiveAt != nil }
+
+    /// Whether a consumer committed at `committed` may have folded records the repair removes:
+    /// always after a salvage; after cutting a torn tail only if it read past the cut, since
+    /// what a torn tail holds never decoded (a tail that did decode before it rotted has been).
+    public func repairInvalidatesFolds(committed: Int64) -> Bool {
+        !damagedSegments.isEmpty || (truncateActiveAt != nil && committed > endOffset)
+    }
 }
 
 extension LogDirectory {

@@ -97,6 +97,9 @@ public enum Retention {
     /// never leaves deleted readings without their floor. The caller holds the directory lock.
     public static func apply(_ candidates: [Candidate], dataDirectory: String, partitions: Int) throws(LogError) {
         guard !candidates.isEmpty else { return }
+        // An active segment goes only once a writer has closed it (`Log.rollActiveSegments`) and
+        // `plan` found it closed: unlinking a live one would reset the partition's offsets.
+        precondition(!candidates.contains(where: \.isActive), "retention asked to delete an active segment")
         var floors = try floors(dataDirectory: dataDirectory, partitions: partitions)
         for c in candidates { floors[c.partition] = max(floors[c.partition] ?? .min, c.maxTimestamp) }
         let text = "{\"floors\":[" + floors.map { $0.map(String.init) ?? "null" }.joined(separator: ",") + "]}\n"

@@ -35,6 +35,9 @@ public struct Limits: Sendable, Equatable {
     public var maxConnections = 1024
     /// A line-protocol connection that sends nothing for this long is closed.
     public var idleTimeout: Duration = .seconds(300)
+    /// A line-protocol connection must finish its authentication (with `--tcp-auth-file`) within
+    /// this: until then it holds a connection slot without being a producer.
+    public var lineProtocolAuthTimeout: Duration = .seconds(10)
     /// Parsed readings one connection may hold while the log catches up; past it the connection
     /// stops reading its socket. A connection holds at most this, plus what one wake-up reads
     /// (below), plus one submission in flight: about 64 bytes a reading, so some 5 MiB.
@@ -90,6 +93,7 @@ public struct Limits: Sendable, Equatable {
         guard maxLineBytes >= 256 else { throw LimitsError("max line bytes must be at least 256, got \(maxLineBytes)") }
         guard maxConnections >= 1 else { throw LimitsError("max connections must be at least 1, got \(maxConnections)") }
         guard idleTimeout > .zero else { throw LimitsError("idle timeout must be positive") }
+        guard lineProtocolAuthTimeout > .zero else { throw LimitsError("line-protocol authentication timeout must be positive") }
         guard maxPendingReadingsPerConnection >= 1 else { throw LimitsError("max pending readings must be at least 1") }
         guard maxSocketReadBytes >= 4096 else { throw LimitsError("max socket read bytes must be at least 4096, got \(maxSocketReadBytes)") }
         guard socketReadsPerWakeup >= 1 else { throw LimitsError("socket reads per wake-up must be at least 1") }

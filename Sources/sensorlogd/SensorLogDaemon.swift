@@ -6,6 +6,7 @@ import Ingest
 import LogStore
 import Logging
 import Metrics
+import NIOCore
 import Prometheus
 import SensorLogCore
 import ServiceLifecycle
@@ -266,11 +267,13 @@ struct SensorLogDaemon: AsyncParsableCommand {
             try await group.run()
         } catch let error as ListenError {
             Self.failToListen("http", host: settings.bind, port: settings.httpPort, error: error.underlying, logger: logger)
+        } catch {
+            // A shutdown on a failing disk may both lose readings and fail to close the log:
+            // the loss decides the exit status.
+            try Self.exitIfLost(pipeline, logger: logger)
+            throw error
         }
-        if pipeline.lostReadings > 0 {
-            logger.error("shutdown lost readings that were read but could not be appended", metadata: ["readings": "\(pipeline.lostReadings)"])
-            throw ExitCode(74)
-        }
+        try Self.exitIfLost(pipeline, logger: logger)
     }
 
     /// A `verify --repair` interrupted between changing the log and rebuilding the aggregates
@@ -366,6 +369,12 @@ struct SensorLogDaemon: AsyncParsableCommand {
         }
     }
 
+    static func exitIfLost(_ pipeline: IngestPipeline, logger: Logger) throws {
+        guard pipeline.lostReadings > 0 else { return }
+        logger.error("shutdown lost readings that were read but could not be appended", metadata: ["readings": "\(pipeline.lostReadings)"])
+        throw ExitCode(74)
+    }
+
     /// A listener could not bind: say which, and exit 69 (EX_UNAVAILABLE).
     static func failToListen(_ name: String, host: String, port: Int, error: any Error, logger: Logger) -> Never {
         logger.critical("cannot listen: \(name) port \(port) on \(host)", metadata: [
@@ -393,8 +402,15 @@ struct SensorLogDaemon: AsyncParsableCommand {
         }
     }
 
+    /// Only an address, never a name that merely starts like one (`127.example.com`).
     static func isLoopback(_ host: String) -> Bool {
-        host == "localhost" || host.hasPrefix("127.") || host == "::1"
+        if host == "localhost" { return true }
+        guard let address = try? SocketAddress(ipAddress: host, port: 0) else { return false }
+        switch address {
+        case .v4(let v4): return UInt32(bigEndian: v4.address.sin_addr.s_addr) >> 24 == 127
+        case .v6: return host == "::1" || address.ipAddress == "::1"
+        default: return false
+        }
     }
 }
 

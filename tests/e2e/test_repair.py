@@ -132,3 +132,15 @@ def test_sensorlogd_finishes_a_repair_interrupted_before_its_aggregate_rebuild(d
         s.stop()
     assert counts(store) == expected
     assert not os.path.exists(os.path.join(data_dir, "aggregates.rebuild-pending"))
+
+
+def test_a_torn_tail_alone_is_cut_without_rebuilding_the_aggregates(data_dir):
+    s = Server(data_dir).start()
+    fill(s, n=5_000, sensors=100)
+    s.stop()
+    segment = os.path.join(data_dir, "log", "partition-000", "00000000000000000000.log")
+    with open(segment, "ab") as f:
+        f.write(b"\x07" * 40)          # what a crash mid-write leaves: never decoded, never folded
+    r = tool("verify", "--data-dir", data_dir, "--repair")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "torn tail truncated" in r.stdout and "rebuilt from the repaired log" not in r.stdout, r.stdout

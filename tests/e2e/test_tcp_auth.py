@@ -1,6 +1,6 @@
 """The line protocol with QuestDB's TCP authentication, driven by the questdb client's own
 username/token settings: a key pair made here, its public half in sensorlogd's keys file."""
-import base64, socket
+import base64, socket, time
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -25,7 +25,7 @@ def keys(data_dir):
     other_d, _, _ = key_pair()
     path = data_dir + "-tcp-keys"
     with open(path, "w") as f:
-        f.write(f"# producers\nplant1 ec-p-256-sha256 {x} {y}\n")
+        f.write(f"# producers, CRLF as an editor on another system may save it\r\nplant1 ec-p-256-sha256 {x} {y}\r\n")
     return path, d, x, y, other_d
 
 
@@ -91,3 +91,30 @@ def test_a_bad_keys_file_stops_start_up_with_64(data_dir):
     s = Server(data_dir, extra=["--tcp-auth-file", path])
     with pytest.raises(AssertionError, match="exited with 64"):
         s.start(timeout=20)
+
+
+def test_a_peer_that_never_finishes_the_handshake_is_closed(data_dir, keys):
+    # The idle timeout restarts on every byte; the handshake has a deadline of its own (10 s).
+    path = keys[0]
+    s = Server(data_dir, extra=["--tcp-auth-file", path]).start()
+    try:
+        c = socket.create_connection(("127.0.0.1", s.tcp))
+        c.settimeout(1)
+        started = time.time()
+        closed = False
+        while time.time() - started < 30:
+            try:
+                c.sendall(b"p")          # a key id that never ends
+                if c.recv(1) == b"":
+                    closed = True
+                    break
+            except socket.timeout:
+                continue
+            except OSError:
+                closed = True
+                break
+        assert closed, "the server kept a connection that never authenticated"
+        assert time.time() - started < 25
+        assert "no authentication within" in open(s.log_path).read()
+    finally:
+        s.stop()
