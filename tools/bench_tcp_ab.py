@@ -1,0 +1,29 @@
+"""Driver of tools/bench-tcp-ab (see there)."""
+import json, os, shutil, statistics, subprocess, sys, tempfile, time, urllib.request
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_ingest import free_port, settle_disk
+A, B, LOADGEN = sys.argv[1], sys.argv[2], sys.argv[3]
+rounds = int(os.environ.get("ROUNDS", "3"))
+res = {"A": [], "B": []}
+for r in range(rounds):
+    for label, binary in (("A", A), ("B", B)):
+        settle_disk()
+        d = tempfile.mkdtemp(prefix="ab-tcp-")
+        tcp, http = free_port(), free_port()
+        p = subprocess.Popen([binary, "--data-dir", d, "--tcp-port", str(tcp), "--http-port", str(http)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{http}/health", timeout=1); break
+            except Exception:
+                time.sleep(0.05)
+        out = subprocess.run([LOADGEN, "--tcp-port", str(tcp), "--http-port", str(http), "--readings", "2000000",
+                              "--sensors", "10000", "--connections", "4", "--json"], capture_output=True, text=True, check=True).stdout
+        rate = json.loads(out)["readings_per_second"]
+        res[label].append(rate)
+        print(f"round {r} {label}: {rate/1e6:.2f} M readings/s", flush=True)
+        p.terminate(); p.wait()
+        shutil.rmtree(d)
+ma, mb = statistics.median(res["A"]), statistics.median(res["B"])
+print(f"median A {ma/1e6:.2f} M/s, B {mb/1e6:.2f} M/s, B/A {mb/ma:.3f}")
+print("per-round ratios", [round(b / a, 3) for a, b in zip(res["A"], res["B"])])
