@@ -141,7 +141,7 @@ final class LineProtocolAuthHandler: ChannelInboundHandler, RemovableChannelHand
     private func step(_ line: String, context: ChannelHandlerContext) -> Bool {
         switch state {
         case .keyID:
-            let keyID = line.trimmingCharacters(in: .whitespaces)
+            let keyID = line.trimmingCharacters(in: .whitespacesAndNewlines)
             guard keys.knows(keyID) else {
                 refuse("unknown key id", keyID: keyID, context: context)
                 return false
@@ -154,7 +154,7 @@ final class LineProtocolAuthHandler: ChannelInboundHandler, RemovableChannelHand
             context.writeAndFlush(wrapOutboundOut(out), promise: nil)
             state = .signature(keyID: keyID, challenge: challenge)
         case .signature(let keyID, let challenge):
-            guard keys.verify(keyID: keyID, challenge: challenge, signature: line.trimmingCharacters(in: .whitespaces)) else {
+            guard keys.verify(keyID: keyID, challenge: challenge, signature: line.trimmingCharacters(in: .whitespacesAndNewlines)) else {
                 refuse("signature does not verify", keyID: keyID, context: context)
                 return false
             }
