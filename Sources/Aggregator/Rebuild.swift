@@ -136,11 +136,4 @@ extension AggregateRebuild {
         syncDirectory(dataDirectory)
         return result
     }
-
-    private static func syncDirectory(_ path: String) {
-        let fd = open(path, O_RDONLY | O_DIRECTORY)
-        guard fd >= 0 else { return }
-        fsync(fd)
-        close(fd)
-    }
 }

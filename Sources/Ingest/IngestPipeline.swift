@@ -142,9 +142,7 @@ public final class IngestPipeline: Sendable {
         var counted = Counted()
         try await run(groups, detailed: false, via: transport) { p, result in
             counted.appended += result.appended
-            for (reason, n) in [("duplicate", result.duplicates), ("type_mismatch", result.mismatches), ("too_old", result.tooOld)] where n > 0 {
-                counted.refused[reason, default: 0] += n
-            }
+            for (reason, n) in result.refusals where n > 0 { counted.refused[reason, default: 0] += n }
             if counted.example == nil, let first = result.firstRefused { counted.example = (groups[p][first.index], first.outcome) }
         }
         return counted
@@ -156,16 +154,12 @@ public final class IngestPipeline: Sendable {
         defer { end() }
         var failure: LogError?
         var appended = 0
-        var duplicates = 0
-        var mismatches = 0
-        var tooOld = 0
+        var refused: [String: Int] = [:]
         for (p, group) in groups.enumerated() where !group.isEmpty {
             switch await partitions[p].submit(group, detailed: detailed) {
             case .success(let result):
                 appended += result.appended
-                duplicates += result.duplicates
-                mismatches += result.mismatches
-                tooOld += result.tooOld
+                for (reason, n) in result.refusals { refused[reason, default: 0] += n }
                 collect(p, result)
             case .failure(let error):
                 failure = failure ?? error
@@ -175,9 +169,7 @@ public final class IngestPipeline: Sendable {
             }
         }
         metrics.ingested(appended, via: transport)
-        metrics.rejected(duplicates, via: transport, reason: "duplicate")
-        metrics.rejected(mismatches, via: transport, reason: "type_mismatch")
-        metrics.rejected(tooOld, via: transport, reason: "too_old")
+        for (reason, n) in refused { metrics.rejected(n, via: transport, reason: reason) }
         // Only an append clears a failure: a submission of duplicates alone wrote nothing, and
         // says nothing about whether the log can take writes again.
         if failure != nil || appended > 0 { appendFailure.withLock { $0 = failure } }

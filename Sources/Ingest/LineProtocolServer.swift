@@ -313,15 +313,10 @@ final class LineProtocolHandler: ChannelInboundHandler {
     /// Readings that parsed but were refused (duplicates, type mismatches, too old) are known
     /// only after the append, a batch at a time: one line a batch, with the counts and the first.
     static func logRefused(_ counted: IngestPipeline.Counted, pipeline: IngestPipeline, logger: Logger) {
-        guard let (reading, outcome) = counted.example else { return }
-        var metadata: Logger.Metadata = ["sensor_id": "\(reading.sensorID)", "timestamp": "\(reading.timestamp)"]
+        guard let (reading, outcome) = counted.example, let reason = outcome.reason else { return }
+        var metadata: Logger.Metadata = ["sensor_id": "\(reading.sensorID)", "timestamp": "\(reading.timestamp)", "reason": "\(reason)"]
         for (reason, n) in counted.refused { metadata[reason] = "\(n)" }
-        switch outcome {
-        case .duplicate: metadata["reason"] = "duplicate"
-        case .typeMismatch(let expected): metadata["reason"] = "type_mismatch"; metadata["expected_type"] = "\(expected)"
-        case .tooOld: metadata["reason"] = "too_old"
-        case .appended: return
-        }
+        if case .typeMismatch(let expected) = outcome { metadata["expected_type"] = "\(expected)" }
         pipeline.logRejection(logger, "readings refused", metadata: metadata)
     }
 

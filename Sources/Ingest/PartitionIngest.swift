@@ -16,6 +16,11 @@ public struct SubmissionResult: Sendable {
         outcomes?[index] = outcome
         if firstRefused == nil { firstRefused = (index, outcome) }
     }
+
+    /// The refused counts under the reasons metrics and logs name them by.
+    var refusals: [(reason: String, count: Int)] {
+        [("duplicate", duplicates), ("type_mismatch", mismatches), ("too_old", tooOld)]
+    }
 }
 
 /// Readings whose sensor is bound to another type: (index, the sensor's type).
@@ -31,6 +36,17 @@ public enum IngestOutcome: Sendable, Equatable {
     case typeMismatch(expected: String)
     /// Older than what retention removed from its partition: it may have been counted already.
     case tooOld
+
+    /// The reason a refused reading is counted and logged under (as `SubmissionResult.refusals`);
+    /// nil for an appended one.
+    public var reason: String? {
+        switch self {
+        case .appended: nil
+        case .duplicate: "duplicate"
+        case .typeMismatch: "type_mismatch"
+        case .tooOld: "too_old"
+        }
+    }
 }
 
 /// The state of one partition's producers: per-sensor type and latest timestamp, and enough of the

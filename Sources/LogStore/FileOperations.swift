@@ -120,7 +120,7 @@ func timedSync(_ ops: FileOperations, _ fd: Int32, onSync: ((Int64) -> Void)?) -
 }
 
 /// Fsyncs a directory so that a create, rename or unlink inside it is durable.
-func syncDirectory(_ path: String) {
+public func syncDirectory(_ path: String) {
     let fd = Glibc.open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
     if fd >= 0 {
         _ = fsync(fd)

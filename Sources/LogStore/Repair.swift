@@ -9,8 +9,6 @@ public struct PartitionRepair: Sendable {
     public var done: [String] = []
     /// What could not be repaired, and why.
     public var failed: [String] = []
-    /// Whether records changed (a segment salvaged or cut): what was folded from them is stale.
-    public var changedRecords = false
 }
 
 extension PartitionVerification {
@@ -53,11 +51,9 @@ extension LogDirectory {
                 if damaged.contains(display) {
                     let report = found.problems.filter { $0.path == display }
                     repair.done.append(try salvage(partition: found.partition, segment: base, end: next, report: report))
-                    repair.changedRecords = true
                 } else if next == nil, let cut = found.truncateActiveAt, cut.path == display {
                     try truncateTail(dataDirectory + "/" + display, at: cut.position, display: display)
                     repair.done.append("\(display): torn tail truncated at byte \(cut.position)")
-                    repair.changedRecords = true
                 } else if next != nil, indexProblems.contains(stem + SegmentFiles.offsetIndexSuffix) {
                     try rebuildIndexFiles(partition: found.partition, segment: base)
                     repair.done.append("\(stem + SegmentFiles.offsetIndexSuffix): rebuilt from the segment")

@@ -226,11 +226,6 @@ extension LogDirectory {
     /// The bytes of `partition`'s segment files, as they are now.
     public func segmentBytes(partition: Int) throws(LogError) -> Int64 {
         let view = views[partition]
-        var total: Int64 = 0
-        for base in try view.segmentBases() {
-            var st = stat()
-            if stat(view.directory + "/" + SegmentFiles.name(base) + SegmentFiles.logSuffix, &st) == 0 { total += Int64(st.st_size) }
-        }
-        return total
+        return try view.segmentBases().reduce(0) { $0 + Compactor.fileSize(view.directory + "/" + SegmentFiles.name($1) + SegmentFiles.logSuffix) }
     }
 }
