@@ -134,7 +134,7 @@ actor PartitionIngest {
             guard batch.kind == .readings else { continue }
             hashes.removeAll(keepingCapacity: true)
             for i in 0..<batch.count { hashes.append(KeyFilter.hash(batch.sensorID(at: i), batch.timestamps[i])) }
-            addSpan(baseOffset: batch.baseOffset, count: batch.count,
+            addSpan(baseOffset: batch.baseOffset, endOffset: batch.nextOffset,
                     minTimestamp: batch.header.minTimestamp, maxTimestamp: batch.header.maxTimestamp, hashes: hashes)
             for i in first..<batch.count {
                 let t = Int(batch.recordTuples[i])
@@ -158,10 +158,11 @@ actor PartitionIngest {
         return UInt8(typeNames.count - 1)
     }
 
-    private func addSpan(baseOffset: Int64, count: Int, minTimestamp: Int64, maxTimestamp: Int64, hashes: [UInt64]) {
-        if let last = spans.last, last.endOffset == baseOffset, last.filter.count + count <= last.filter.capacity {
+    /// Adds a batch's keys; its offsets [baseOffset, endOffset) may hold removed records too.
+    private func addSpan(baseOffset: Int64, endOffset: Int64, minTimestamp: Int64, maxTimestamp: Int64, hashes: [UInt64]) {
+        if let last = spans.last, last.endOffset == baseOffset, last.filter.count + hashes.count <= last.filter.capacity {
             let i = spans.count - 1
-            spans[i].endOffset = baseOffset + Int64(count)
+            spans[i].endOffset = endOffset
             spans[i].minTimestamp = min(last.minTimestamp, minTimestamp)
             spans[i].maxTimestamp = max(last.maxTimestamp, maxTimestamp)
             for h in hashes { spans[i].filter.insert(h) }
@@ -169,10 +170,10 @@ actor PartitionIngest {
             keyCache.remove(last.baseOffset)  // its keys are no longer the whole span's
             return
         }
-        var filter = KeyFilter(capacity: max(Self.spanRecords, count))
+        var filter = KeyFilter(capacity: max(Self.spanRecords, hashes.count))
         for h in hashes { filter.insert(h) }
         prefixMax.append(max(prefixMax.last ?? .min, maxTimestamp))
-        spans.append(BatchSpan(baseOffset: baseOffset, endOffset: baseOffset + Int64(count),
+        spans.append(BatchSpan(baseOffset: baseOffset, endOffset: endOffset,
                                minTimestamp: minTimestamp, maxTimestamp: maxTimestamp, filter: filter))
     }
 
@@ -351,7 +352,7 @@ actor PartitionIngest {
                     hi = max(hi, r.timestamp)
                     hashes.append(KeyFilter.hash(r.sensorID, r.timestamp))
                 }
-                addSpan(baseOffset: result.baseOffset, count: chunk.count, minTimestamp: lo, maxTimestamp: hi, hashes: hashes)
+                addSpan(baseOffset: result.baseOffset, endOffset: result.baseOffset + Int64(chunk.count), minTimestamp: lo, maxTimestamp: hi, hashes: hashes)
                 chunkBases.append(result.baseOffset)
             } catch {
                 // Readings of earlier chunks are in the log and stay known; the rest is undone.
@@ -413,7 +414,7 @@ actor PartitionIngest {
             if batch.kind == .readings {
                 for i in 0..<batch.count { keys.insert(Key(sensorID: batch.sensorID(at: i), timestamp: batch.timestamps[i])) }
             }
-            next = batch.baseOffset + Int64(batch.count)
+            next = batch.nextOffset
         }
         return keys
     }

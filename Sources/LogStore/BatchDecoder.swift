@@ -19,6 +19,9 @@ public struct DecodedBatch: Sendable {
     public internal(set) var timestamps: [Int64] = []
     /// Per record (readings only).
     public internal(set) var values: [Double] = []
+    /// Per record of a sparse readings batch, its position among the batch's offsets (the
+    /// removed records fill the positions not listed); empty for every other batch.
+    public internal(set) var livePositions: [Int32] = []
 
     public init() {
         header = BatchHeader(
@@ -26,12 +29,33 @@ public struct DecodedBatch: Sendable {
             recordCount: 0, minTimestamp: 0, maxTimestamp: 0, appendTime: 0, uncompressedLength: 0)
     }
 
-    public var kind: RecordKind { header.kind }
+    /// What the records are. A sparse readings batch holds readings (its removed records are
+    /// not records here), so readers see `.readings`; `header.kind` tells the stored form.
+    public var kind: RecordKind { header.kind == .sparseReadings ? .readings : header.kind }
+    /// The records decoded: for a sparse batch fewer than the offsets it covers.
     public var count: Int { recordTuples.count }
     public var baseOffset: Int64 { header.baseOffset }
+    /// The offset after the batch's last offset (removed records included).
+    public var nextOffset: Int64 { header.nextOffset }
 
     /// The offset of record `i`.
-    public func offset(at i: Int) -> Int64 { header.baseOffset + Int64(i) }
+    public func offset(at i: Int) -> Int64 {
+        header.baseOffset + Int64(livePositions.isEmpty ? i : Int(livePositions[i]))
+    }
+
+    /// The index of the first record at or after `offset` (`count` when none is).
+    public func firstIndex(atOrAfter offset: Int64) -> Int {
+        let position = offset - header.baseOffset
+        guard position > 0 else { return 0 }
+        guard !livePositions.isEmpty else { return Int(min(position, Int64(count))) }
+        var low = 0
+        var high = count
+        while low < high {
+            let mid = (low + high) / 2
+            if Int64(livePositions[mid]) < position { low = mid + 1 } else { high = mid }
+        }
+        return low
+    }
 
     /// Record `i` of a readings batch.
     public func reading(at i: Int) -> Reading {
@@ -57,6 +81,7 @@ public struct DecodedBatch: Sendable {
         recordTuples.removeAll(keepingCapacity: true)
         timestamps.removeAll(keepingCapacity: true)
         values.removeAll(keepingCapacity: true)
+        livePositions.removeAll(keepingCapacity: true)
     }
 }
 
@@ -94,7 +119,10 @@ final class BatchDecoder {
         let payload = try decompressedPayload(raw, header: header)
         var reader = ByteReader(payload)
         switch header.kind {
-        case .readings: try decodeReadings(&reader, header: header, into: &batch)
+        case .readings: try decodeReadings(&reader, header: header, count: header.recordCount, into: &batch)
+        case .sparseReadings:
+            try readLivePositions(&reader, header: header, into: &batch.livePositions)
+            try decodeReadings(&reader, header: header, count: batch.livePositions.count, into: &batch)
         case .sensorDeletions: try decodeDeletions(&reader, header: header, into: &batch)
         case .removed:
             // One version byte; the records are offsets only.
@@ -149,8 +177,30 @@ final class BatchDecoder {
         }
     }
 
-    private func decodeReadings(_ reader: inout ByteReader, header: BatchHeader, into batch: inout DecodedBatch) throws(DecodeError) {
-        let count = header.recordCount
+    /// The removed-runs prefix of a sparse readings batch, turned into the live records'
+    /// positions. At least one record is removed and at least one is not.
+    func readLivePositions(_ reader: inout ByteReader, header: BatchHeader, into positions: inout [Int32]) throws(DecodeError) {
+        let total = header.recordCount
+        let runs = try reader.readCount(max: total - 1)
+        guard runs >= 1 else { throw DecodeError("sparse batch without removed records") }
+        positions.reserveCapacity(total)
+        var position = 0
+        for r in 0..<runs {
+            let live = try reader.readCount(max: total - position - 1)
+            guard live > 0 || r == 0 else { throw DecodeError("removed runs are not separated by a reading") }
+            for p in position..<(position + live) { positions.append(Int32(p)) }
+            position += live
+            let removed = try reader.readCount(max: total - position - (positions.isEmpty ? 1 : 0))
+            guard removed >= 1 else { throw DecodeError("empty removed run") }
+            position += removed
+        }
+        for p in position..<total { positions.append(Int32(p)) }
+        guard total - positions.count == header.removedCount else {
+            throw DecodeError("removed runs hold \(total - positions.count) records, the header says \(header.removedCount)")
+        }
+    }
+
+    private func decodeReadings(_ reader: inout ByteReader, header: BatchHeader, count: Int, into batch: inout DecodedBatch) throws(DecodeError) {
         // Each record costs at least 3 payload bytes (ref, timestamp, value); reject claims the
         // payload cannot back before reserving anything.
         guard count <= reader.remaining else { throw DecodeError("record count exceeds what the payload can hold") }

@@ -38,12 +38,19 @@ final class BatchEncoder {
 
     /// Encodes `readings` as one batch with base offset 0; the log patches the offset in (it is
     /// outside the CRC) once it knows it.
+    ///
+    /// With `removed` runs it is a sparse readings batch (kind 3): the batch's offsets are the
+    /// readings and the removed records interleaved as the runs say, so compaction can drop a
+    /// deleted sensor's readings without splitting the batch.
     /// - Returns: the batch bytes, valid until the next call.
     /// - Complexity: O(n) in the number of readings, plus LZ4.
-    func encode(_ readings: UnsafeBufferPointer<Reading>, appendTime: Int64, maxBatchBytes: Int) throws(LogError) -> UnsafeRawBufferPointer {
+    func encode(_ readings: UnsafeBufferPointer<Reading>, removed: [RemovedRun] = [], appendTime: Int64, maxBatchBytes: Int)
+        throws(LogError) -> UnsafeRawBufferPointer
+    {
         precondition(!readings.isEmpty)
         resetDictionaries()
         payload.removeAll()
+        let removedCount = writeRemovedRuns(removed, liveCount: readings.count)
 
         // Timestamps: bounds, then the largest power-of-1000 unit that divides every distance
         // from the minimum (readings stamped to the second, millisecond or microsecond cost less).
@@ -121,8 +128,27 @@ final class BatchEncoder {
         writeValues(readings)
 
         return try finish(
-            kind: .readings, count: readings.count, minTimestamp: minTimestamp, maxTimestamp: maxTimestamp,
-            appendTime: appendTime, maxBatchBytes: maxBatchBytes)
+            kind: removed.isEmpty ? .readings : .sparseReadings, count: readings.count + removedCount, removedCount: removedCount,
+            minTimestamp: minTimestamp, maxTimestamp: maxTimestamp, appendTime: appendTime, maxBatchBytes: maxBatchBytes)
+    }
+
+    /// The removed-records prefix of a sparse batch: the run count, then per run the live
+    /// records before it (since the previous run) and its length.
+    /// - Returns: the number of removed records.
+    private func writeRemovedRuns(_ runs: [RemovedRun], liveCount: Int) -> Int {
+        guard !runs.isEmpty else { return 0 }
+        payload.appendVarint(UInt64(runs.count))
+        var removed = 0
+        var live = 0
+        for run in runs {
+            precondition(run.count > 0 && (run.liveBefore > 0 || removed == 0), "runs are maximal and non-empty")
+            payload.appendVarint(UInt64(run.liveBefore))
+            payload.appendVarint(UInt64(run.count))
+            removed += run.count
+            live += run.liveBefore
+        }
+        precondition(live <= liveCount, "runs place more readings than the batch holds")
+        return removed
     }
 
     /// Encodes sensor deletions: one record per sensor_id, stamped with the append time.
@@ -278,7 +304,7 @@ final class BatchEncoder {
 
     /// Writes header + (maybe compressed) payload into `output` and fills in the CRC.
     private func finish(
-        kind: RecordKind, count: Int, minTimestamp: Int64, maxTimestamp: Int64, appendTime: Int64, maxBatchBytes: Int
+        kind: RecordKind, count: Int, removedCount: Int = 0, minTimestamp: Int64, maxTimestamp: Int64, appendTime: Int64, maxBatchBytes: Int
     ) throws(LogError) -> UnsafeRawBufferPointer {
         output.removeAll()
         _ = output.appendZeros(BatchHeader.size)
@@ -311,10 +337,18 @@ final class BatchEncoder {
         output.storeLittleEndian(maxTimestamp, at: 32)
         output.storeLittleEndian(appendTime, at: 40)
         output.storeLittleEndian(UInt32(raw.count), at: 48)
+        output.storeLittleEndian(UInt32(removedCount), at: 52)
         let crc = BatchHeader.checksum(output.bytes)
         output.storeLittleEndian(crc, at: 12)
         return output.bytes
     }
+}
+
+/// A run of removed records inside a sparse readings batch: `liveBefore` readings since the
+/// previous run (or the batch's start), then `count` removed offsets.
+struct RemovedRun: Equatable {
+    var liveBefore: Int
+    var count: Int
 }
 
 /// Distinct strings in first-seen order, each with its index.

@@ -10,6 +10,9 @@ public enum RecordKind: UInt8, Sendable {
     /// Offsets whose records were removed (by compaction of a deleted sensor, or a repair that
     /// cut a corrupt range): they keep the offsets contiguous and hold no data.
     case removed = 2
+    /// Readings with removed records among them (what compaction writes when it drops a deleted
+    /// sensor's readings): a list of removed runs, then a readings payload for the rest.
+    case sparseReadings = 3
 }
 
 /// The payload codec.
@@ -33,7 +36,7 @@ public enum BatchCodec: UInt8, Sendable {
 /// 32  i64 max timestamp (ns)
 /// 40  i64 append time (ns)
 /// 48  u32 uncompressed payload length
-/// 52  u32 reserved (0)
+/// 52  u32 removed records: of a sparse readings batch (1 ... count - 1), else 0
 /// ```
 public struct BatchHeader: Sendable, Equatable {
     public static let size = 56
@@ -52,6 +55,17 @@ public struct BatchHeader: Sendable, Equatable {
     public var maxTimestamp: Int64
     public var appendTime: Int64
     public var uncompressedLength: Int
+    /// Offsets of a sparse readings batch that hold no reading (0 for every other kind).
+    public var removedCount: Int = 0
+
+    /// How many readings the batch holds (0 for a batch of another kind).
+    public var readingCount: Int {
+        switch kind {
+        case .readings: recordCount
+        case .sparseReadings: recordCount - removedCount
+        case .sensorDeletions, .removed: 0
+        }
+    }
 
     /// The offset after this batch's last record.
     public var nextOffset: Int64 { baseOffset + Int64(recordCount) }
@@ -76,10 +90,16 @@ public struct BatchHeader: Sendable, Equatable {
         guard minTimestamp <= maxTimestamp else { throw DecodeError("min timestamp after max timestamp") }
         let uncompressed = Int(load(48, UInt32.self))
         guard uncompressed <= maxBatchBytes * 8 else { throw DecodeError("uncompressed length \(uncompressed) out of range") }
+        let removed = Int(load(52, UInt32.self))
+        if kind == .sparseReadings {
+            guard removed >= 1, removed < count else { throw DecodeError("sparse batch removes \(removed) of \(count) records") }
+        } else {
+            guard removed == 0 else { throw DecodeError("removed-records field \(removed) set on a batch of kind \(kind.rawValue)") }
+        }
         return BatchHeader(
             baseOffset: baseOffset, length: length, crc: load(12, UInt32.self), version: version, kind: kind,
             codec: codec, recordCount: count, minTimestamp: minTimestamp, maxTimestamp: maxTimestamp,
-            appendTime: load(40, Int64.self), uncompressedLength: uncompressed)
+            appendTime: load(40, Int64.self), uncompressedLength: uncompressed, removedCount: removed)
     }
 
     /// CRC32C of a whole batch's bytes from `crcStart` on.

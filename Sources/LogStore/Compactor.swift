@@ -118,10 +118,10 @@ public enum Compactor {
         var position: Int64 = 0
         var index = SegmentIndex()
         let encoder = BatchEncoder()
-        // Records waiting to be written from `cursor` on: readings to re-batch, or a run of removed ones.
+        // Records waiting to be written from `cursor` on: readings with the removed records
+        // among them, merged across the input's batches up to the batch limit.
         var cursor = first
-        var readings: [Reading] = []
-        var removedCount = 0
+        var batchBuilt = PendingBatch()
         var records: Int64 = 0
         var before: Int64 = 0
         for base in run { before += fileSize(dir + "/" + SegmentFiles.name(base) + SegmentFiles.logSuffix) }
@@ -135,57 +135,61 @@ public enum Compactor {
             position += Int64(bytes.count)
             cursor += Int64(count)
         }
-        func flushReadings() throws {
-            var start = 0
-            while start < readings.count {
-                let chunk = Array(readings[start..<min(start + limits.maxBatchRecords, readings.count)])
-                // The compacted batch is stamped with the time it was written.
-                let bytes = try chunk.withUnsafeBufferPointer { b throws(LogError) in
-                    try encoder.encode(b, appendTime: WallClock.nowNanoseconds(), maxBatchBytes: limits.maxBatchBytes)
-                }
-                try write(bytes, count: chunk.count, maxTimestamp: chunk.map(\.timestamp).max()!)
-                start += chunk.count
-            }
-            readings.removeAll(keepingCapacity: true)
-        }
-        func flushRemoved() throws {
-            guard removedCount > 0 else { return }
+        func flush() throws {
+            // The compacted batch is stamped with the time it was written.
             let now = WallClock.nowNanoseconds()
-            try write(try encoder.encodeRemoved(count: removedCount, appendTime: now, maxBatchBytes: limits.maxBatchBytes),
-                      count: removedCount, maxTimestamp: now)
-            removedCount = 0
+            if batchBuilt.readings.isEmpty {
+                guard batchBuilt.offsets > 0 else { return }
+                try write(try encoder.encodeRemoved(count: batchBuilt.offsets, appendTime: now, maxBatchBytes: limits.maxBatchBytes),
+                          count: batchBuilt.offsets, maxTimestamp: now)
+            } else {
+                let bytes = try batchBuilt.readings.withUnsafeBufferPointer { b throws(LogError) in
+                    try encoder.encode(b, removed: batchBuilt.runs, appendTime: now, maxBatchBytes: limits.maxBatchBytes)
+                }
+                try write(bytes, count: batchBuilt.offsets, maxTimestamp: batchBuilt.readings.map { $0.timestamp }.max()!)
+            }
+            batchBuilt = PendingBatch()
+        }
+        func remove(_ count: Int) throws {
+            var left = count
+            while left > 0 {
+                let n = min(left, limits.maxBatchRecords - batchBuilt.offsets)
+                batchBuilt.remove(n)
+                left -= n
+                if batchBuilt.offsets >= limits.maxBatchRecords { try flush() }
+            }
         }
 
         let reader = PartitionReader(view: view, startOffset: first, partition: 0)
         var batch = DecodedBatch()
         while reader.nextOffset < end, let firstIndex = try reader.next(into: &batch) {
-            precondition(firstIndex == 0 && batch.baseOffset == cursor + Int64(readings.count + removedCount), "offsets must stay contiguous")
-            records += Int64(batch.count)
+            precondition(firstIndex == 0 && batch.baseOffset == cursor + Int64(batchBuilt.offsets), "offsets must stay contiguous")
+            records += Int64(batch.header.recordCount)
             switch batch.kind {
             case .readings:
+                var position = batch.baseOffset
                 for i in 0..<batch.count {
-                    if let deletedAt = deletes[batch.sensorID(at: i)], batch.offset(at: i) < deletedAt {
-                        try flushReadings()
-                        removedCount += 1
+                    let offset = batch.offset(at: i)
+                    try remove(Int(offset - position))
+                    if let deletedAt = deletes[batch.sensorID(at: i)], offset < deletedAt {
+                        try remove(1)
                     } else {
-                        try flushRemoved()
-                        readings.append(batch.reading(at: i))
-                        if readings.count >= limits.maxBatchRecords { try flushReadings() }
+                        batchBuilt.add(batch.reading(at: i))
+                        if batchBuilt.offsets >= limits.maxBatchRecords { try flush() }
                     }
+                    position = offset + 1
                 }
+                try remove(Int(batch.nextOffset - position))
             case .sensorDeletions:
-                try flushReadings()
-                try flushRemoved()
+                try flush()
                 let ids = (0..<batch.count).map(batch.sensorID(at:))
                 try write(try encoder.encodeDeletions(ids, appendTime: batch.header.appendTime, maxBatchBytes: limits.maxBatchBytes),
                           count: batch.count, maxTimestamp: batch.header.maxTimestamp)
-            case .removed:
-                try flushReadings()
-                removedCount += batch.count
+            case .removed, .sparseReadings:
+                try remove(batch.count)
             }
         }
-        try flushReadings()
-        try flushRemoved()
+        try flush()
         guard cursor == end else { throw LogError(.invalidLog, "segments \(run) end at \(cursor), expected \(end)", path: display) }
         guard fsync(file.fd) == 0 else { throw LogError.system("fsync failed", errno: errno, path: display) }
         index.seal()
@@ -228,5 +232,33 @@ public enum Compactor {
         for name in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] where name.hasSuffix(pendingSuffix) {
             unlink(dir + "/" + name)
         }
+    }
+}
+
+/// The batch compaction is building: readings, and the runs of removed records among them.
+private struct PendingBatch {
+    var readings: [Reading] = []
+    var runs: [RemovedRun] = []
+    /// Offsets covered so far (readings and removed records).
+    var offsets = 0
+    /// Readings added since the last removed run.
+    private var liveSinceRun = 0
+
+    mutating func add(_ reading: Reading) {
+        readings.append(reading)
+        offsets += 1
+        liveSinceRun += 1
+    }
+
+    /// Adds `count` removed records after what is there.
+    mutating func remove(_ count: Int) {
+        guard count > 0 else { return }
+        if liveSinceRun == 0, !runs.isEmpty {
+            runs[runs.count - 1].count += count
+        } else {
+            runs.append(RemovedRun(liveBefore: liveSinceRun, count: count))
+        }
+        liveSinceRun = 0
+        offsets += count
     }
 }

@@ -51,7 +51,7 @@ public final class PartitionReader {
             throw LogError(.corruptBatch, "batch does not decode: \(error.message)", path: file?.displayPath,
                            position: position - Int64(header.length))
         }
-        let first = Int(max(0, nextOffset - header.baseOffset))
+        let first = batch.firstIndex(atOrAfter: nextOffset)
         nextOffset = header.nextOffset
         return first
     }

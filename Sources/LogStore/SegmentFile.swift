@@ -143,7 +143,7 @@ struct SegmentScanner {
             var i = 0
             while i + BatchHeader.size <= got {
                 // Cheap filters before a CRC: version byte, known kind and codec, zero reserved byte.
-                if raw[i + 16] == BatchHeader.formatVersion, raw[i + 17] <= 2, raw[i + 18] <= 1, raw[i + 19] == 0,
+                if raw[i + 16] == BatchHeader.formatVersion, RecordKind(rawValue: raw[i + 17]) != nil, BatchCodec(rawValue: raw[i + 18]) != nil, raw[i + 19] == 0,
                    let header = try? BatchHeader.parse(UnsafeRawBufferPointer(rebasing: raw[i..<(i + BatchHeader.size)]), maxBatchBytes: maxBatchBytes),
                    header.baseOffset >= minOffset
                 {

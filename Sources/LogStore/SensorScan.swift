@@ -15,23 +15,28 @@ extension BatchDecoder {
     func scan(_ raw: UnsafeRawBufferPointer, header: BatchHeader, sensorID: [UInt8], from: Int64, to: Int64,
               partition: Int, into out: inout [LocatedReading]) throws(DecodeError)
     {
-        guard header.kind == .readings else { return }
-        // The tuple section comes first; decoding it alone answers "is the sensor here".
+        guard header.readingCount > 0 else { return }
+        // The tuple section comes first (after a sparse batch's removed runs); decoding it alone
+        // answers "is the sensor here".
         let payload = try decompressedPayload(raw, header: header)
         var reader = ByteReader(payload)
+        var livePositions: [Int32] = []
+        if header.kind == .sparseReadings { try readLivePositions(&reader, header: header, into: &livePositions) }
         let types = try readStrings(&reader)
         let locations = try readStrings(&reader)
         let typeCount = types.count
-        var target: (index: Int, type: Int, location: Int)?
+        // A sensor that moved or changed type inside the batch has several tuples.
+        var targets: [(index: Int, type: Int, location: Int)] = []
         var t = 0
         let tupleCount = try readTuples(&reader, header: header, typeCount: typeCount, locationCount: locations.count) { id, type, location in
-            if id == sensorID { target = (t, type, location) }
+            if id == sensorID { targets.append((t, type, location)) }
             t += 1
         }
-        guard let target else { return }
+        guard !targets.isEmpty else { return }
         // The sensor is here: one pass over the record columns, keeping only its records.
-        let count = header.recordCount
+        let count = header.readingCount
         var mine: [Int] = []
+        var mineTarget: [Int] = []
         var introduced = 0
         for i in 0..<count {
             let ref = try reader.readCount(max: introduced)
@@ -43,7 +48,10 @@ extension BatchDecoder {
             } else {
                 tuple = ref - 1
             }
-            if tuple == target.index { mine.append(i) }
+            if let k = targets.firstIndex(where: { $0.index == tuple }) {
+                mine.append(i)
+                mineTarget.append(k)
+            }
         }
         let unit = try reader.readVarint()
         guard unit >= 1, unit <= 1_000_000_000 else { throw DecodeError("timestamp unit \(unit) out of range") }
@@ -77,10 +85,10 @@ extension BatchDecoder {
             let exponent = try reader.readCount(max: BatchEncoder.maxScaleExponent)
             var typeMin: [Int64] = []
             for _ in 0..<typeCount { typeMin.append(try reader.readZigZag()) }
-            let base = typeMin[target.type]
             for i in 0..<count {
                 let raw = try reader.readVarint()
                 if k < mine.count && mine[k] == i {
+                    let base = typeMin[targets[mineTarget[k]].type]
                     let (integer, overflow) = base.addingReportingOverflow(Int64(bitPattern: raw))
                     guard !overflow else { throw DecodeError("scaled value out of range") }
                     values.append(exponent == 0 ? Double(integer) : Double(integer) / BatchEncoder.powersOfTen[exponent])
@@ -92,9 +100,10 @@ extension BatchDecoder {
         }
         let id = String(decoding: sensorID, as: UTF8.self)
         for (j, i) in mine.enumerated() where stamps[j] >= from && stamps[j] <= to {
+            let target = targets[mineTarget[j]]
             out.append(LocatedReading(
                 reading: Reading(sensorID: id, type: types[target.type], value: values[j], location: locations[target.location], timestamp: stamps[j]),
-                partition: partition, offset: header.baseOffset + Int64(i)))
+                partition: partition, offset: header.baseOffset + Int64(livePositions.isEmpty ? i : Int(livePositions[i]))))
         }
     }
 }

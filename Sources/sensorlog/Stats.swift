@@ -57,7 +57,7 @@ struct Stats: ParsableCommand {
         var minTimestamp = Int64.max
         var maxTimestamp = Int64.min
         while let batch = try reader.nextRaw() {
-            if batch.header.kind == .readings { readings += Int64(batch.header.recordCount) }
+            readings += Int64(batch.header.readingCount)
             minTimestamp = min(minTimestamp, batch.header.minTimestamp)
             maxTimestamp = max(maxTimestamp, batch.header.maxTimestamp)
         }

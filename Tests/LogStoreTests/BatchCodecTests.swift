@@ -166,3 +166,125 @@ func identical(_ a: [Reading], _ b: [Reading]) -> Bool {
         }
     }
 }
+
+/// Sparse readings batches (kind 3): what compaction writes when it drops a deleted sensor's
+/// readings without splitting the batch.
+@Suite struct SparseBatchTests {
+    /// Removed runs for `gaps[i]` removed records before reading i, then `trailing` after the last.
+    static func runs(gaps: [Int], trailing: Int) -> [RemovedRun] {
+        var runs: [RemovedRun] = []
+        var live = 0
+        for g in gaps + [trailing] {
+            if g > 0 {
+                runs.append(RemovedRun(liveBefore: live, count: g))
+                live = 0
+            }
+            live += 1
+        }
+        return runs
+    }
+
+    static func encode(_ readings: [Reading], _ runs: [RemovedRun]) throws -> [UInt8] {
+        // The bytes live in the encoder's buffer: keep it alive while they are copied.
+        let encoder = BatchEncoder()
+        return try withExtendedLifetime(encoder) {
+            try readings.withUnsafeBufferPointer { Array(try encoder.encode($0, removed: runs, appendTime: 42, maxBatchBytes: 32 << 20)) }
+        }
+    }
+
+    @Test func sparseBatchesRoundTripWithTheirOffsets() async {
+        let input = zip(BatchCodecTests.readingGen, Gen.oneOf(Gen.always(0), Gen.always(0), Gen.int(in: 1...3)))
+            .array(of: 1...120)
+        await propertyCheck(count: 300, input: input, Gen.int(in: 0...4)) { pairs, trailing in
+            let readings = pairs.map(\.0)
+            var gaps = pairs.map(\.1)
+            if gaps.allSatisfy({ $0 == 0 }) && trailing == 0 { gaps[0] = 1 }
+            var expectedOffsets: [Int64] = []
+            var position: Int64 = 0
+            for g in gaps {
+                position += Int64(g)
+                expectedOffsets.append(position)
+                position += 1
+            }
+            let total = Int(position) + trailing
+            do {
+                var bytes = try Self.encode(readings, Self.runs(gaps: gaps, trailing: trailing))
+                bytes.withUnsafeMutableBytes { $0.storeBytes(of: Int64(1000).littleEndian, toByteOffset: 0, as: Int64.self) }
+                try bytes.withUnsafeBytes { raw in
+                    let header = try BatchHeader.parse(raw, maxBatchBytes: 32 << 20)
+                    #expect(header.kind == .sparseReadings && header.recordCount == total)
+                    #expect(header.removedCount == total - readings.count && header.readingCount == readings.count)
+                    #expect(header.crc == BatchHeader.checksum(raw))
+                    var batch = DecodedBatch()
+                    try BatchDecoder().decode(raw, header: header, into: &batch)
+                    #expect(batch.kind == .readings && identical(batch.readings, readings))
+                    #expect((0..<batch.count).map { batch.offset(at: $0) } == expectedOffsets.map { $0 + 1000 })
+                    #expect(batch.nextOffset == 1000 + Int64(total))
+                    for (i, offset) in expectedOffsets.enumerated() {
+                        #expect(batch.firstIndex(atOrAfter: 1000 + offset) == i)
+                    }
+                    #expect(batch.firstIndex(atOrAfter: 1000 + Int64(total)) == batch.count)
+                    // The sensor scan finds the same records at the same offsets.
+                    let id = readings[0].sensorID
+                    var found: [LocatedReading] = []
+                    try BatchDecoder().scan(raw, header: header, sensorID: Array(id.utf8), from: .min, to: .max, partition: 0, into: &found)
+                    let expected = (0..<batch.count).filter { batch.reading(at: $0).sensorID == id }
+                    #expect(found.map(\.offset) == expected.map { batch.offset(at: $0) })
+                    #expect(identical(found.map(\.reading), expected.map { batch.reading(at: $0) }))
+                }
+            } catch {
+                Issue.record("sparse round trip threw \(error)")
+            }
+        }
+    }
+
+    @Test func aHeaderThatDisagreesWithItsRunsIsRefused() throws {
+        let readings = oneSensorReadings(5)
+        var bytes = try Self.encode(readings, [RemovedRun(liveBefore: 2, count: 3)])
+        // Claim one removed record fewer, and re-seal the CRC: the decoder still refuses it.
+        bytes.withUnsafeMutableBytes { raw in
+            raw.storeBytes(of: UInt32(2).littleEndian, toByteOffset: 52, as: UInt32.self)
+            raw.storeBytes(of: BatchHeader.checksum(UnsafeRawBufferPointer(raw)).littleEndian, toByteOffset: 12, as: UInt32.self)
+        }
+        try bytes.withUnsafeBytes { raw in
+            let header = try BatchHeader.parse(raw, maxBatchBytes: 32 << 20)
+            var batch = DecodedBatch()
+            #expect(throws: DecodeError.self) { try BatchDecoder().decode(raw, header: header, into: &batch) }
+        }
+        // A removed count on another kind, or all of a sparse batch removed, fails the header check.
+        let encoder = BatchEncoder()
+        var dense = try withExtendedLifetime(encoder) {
+            try readings.withUnsafeBufferPointer { Array(try encoder.encode($0, appendTime: 1, maxBatchBytes: 32 << 20)) }
+        }
+        dense.withUnsafeMutableBytes { $0.storeBytes(of: UInt32(1).littleEndian, toByteOffset: 52, as: UInt32.self) }
+        dense.withUnsafeBytes { raw in #expect(throws: DecodeError.self) { try BatchHeader.parse(raw, maxBatchBytes: 32 << 20) } }
+        bytes.withUnsafeMutableBytes { $0.storeBytes(of: UInt32(8).littleEndian, toByteOffset: 52, as: UInt32.self) }
+        bytes.withUnsafeBytes { raw in #expect(throws: DecodeError.self) { try BatchHeader.parse(raw, maxBatchBytes: 32 << 20) } }
+    }
+
+    @Test func hostileSparsePayloadsNeverTrap() async {
+        await propertyCheck(count: 500, input: Gen.uint8().array(of: 1...300), Gen.int(in: 2...50), Gen.int(in: 1...49)) { payload, count, removed in
+            guard removed < count else { return }
+            var header = [UInt8](repeating: 0, count: BatchHeader.size)
+            func put<T: FixedWidthInteger>(_ v: T, _ at: Int) { withUnsafeBytes(of: v.littleEndian) { header.replaceSubrange(at..<(at + $0.count), with: $0) } }
+            put(UInt32(BatchHeader.size + payload.count), 8)
+            header[16] = 1
+            header[17] = RecordKind.sparseReadings.rawValue
+            put(UInt32(count), 20)
+            put(UInt32(payload.count), 48)
+            put(UInt32(removed), 52)
+            (header + payload).withUnsafeBytes { raw in
+                guard let parsed = try? BatchHeader.parse(raw, maxBatchBytes: 32 << 20) else { return }
+                var batch = DecodedBatch()
+                if (try? BatchDecoder().decode(raw, header: parsed, into: &batch)) != nil {
+                    // What decodes is consistent: every live offset inside the batch, ascending.
+                    let offsets = (0..<batch.count).map { batch.offset(at: $0) }
+                    #expect(offsets == offsets.sorted() && Set(offsets).count == offsets.count)
+                    #expect(offsets.allSatisfy { $0 < Int64(count) } && batch.count == count - removed)
+                }
+                var found: [LocatedReading] = []
+                _ = try? BatchDecoder().scan(raw, header: parsed, sensorID: Array("a".utf8), from: .min, to: .max, partition: 0, into: &found)
+            }
+        }
+    }
+}

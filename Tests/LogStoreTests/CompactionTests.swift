@@ -30,13 +30,17 @@ import Testing
             let reader = files.reader(partition: p, from: 0)
             while let first = try reader.next(into: &batch) {
                 for i in first..<batch.count {
+                    // Removed records inside a sparse batch are offsets without a record.
+                    while Int64(out.count) < batch.offset(at: i) { out.append("\(out.count) removed") }
                     switch batch.kind {
                     case .readings:
                         out.append("\(batch.offset(at: i)) \(batch.reading(at: i).sensorID) \(batch.timestamps[i]) \(batch.values[i].bitPattern)")
                     case .sensorDeletions: out.append("\(batch.offset(at: i)) delete \(batch.sensorID(at: i))")
                     case .removed: out.append("\(batch.offset(at: i)) removed")
+                    case .sparseReadings: Issue.record("a decoded batch reports its records' kind")
                     }
                 }
+                while Int64(out.count) < batch.nextOffset { out.append("\(out.count) removed") }
             }
             return out
         }
@@ -76,6 +80,60 @@ import Testing
         let log = try Log.open(dataDirectory: dir.path, configuration: LogConfiguration(limits: limits))
         _ = try log.appendBlocking(oneSensorReadings(3, sensor: "after"), toPartition: log.partition(for: "after"))
         try log.close()
+    }
+
+    /// Batches per partition, and whether any is a sparse one.
+    func batchCounts(_ path: String) throws -> (batches: Int, sparse: Int) {
+        let files = try LogDirectory(dataDirectory: path)
+        var batches = 0
+        var sparse = 0
+        for p in 0..<files.partitionCount {
+            let reader = files.reader(partition: p, from: 0)
+            while let raw = try reader.nextRaw() {
+                batches += 1
+                if raw.header.kind == .sparseReadings { sparse += 1 }
+            }
+        }
+        return (batches, sparse)
+    }
+
+    @Test func deletingASensorDoesNotSplitBatches() throws {
+        // Few large batches, one sensor among many deleted: compaction drops its readings inside
+        // the batches (sparse batches), so the batch count does not grow, and a second
+        // compaction finds nothing to do.
+        let dir = TemporaryDirectory()
+        defer { dir.cleanup() }
+        var limits = Limits()
+        limits.partitions = 2
+        limits.segmentBytes = 64 << 10
+        let log = try Log.open(dataDirectory: dir.path, configuration: LogConfiguration(limits: limits, fsync: .never))
+        let readings = standardWorkload(seconds: 600, sensors: 400)
+        _ = try log.appendAll(readings, batch: 4000)
+        _ = try log.appendDeletions(["sensor-00007"], toPartition: log.partition(for: "sensor-00007"))
+        try log.close()
+        let before = try contents(dir.path)
+        let (batchesBefore, _) = try batchCounts(dir.path)
+        _ = try Compactor.compact(dataDirectory: dir.path, targetSegmentBytes: 1 << 20)
+        let after = try contents(dir.path)
+        let changed = zip(after.joined(), before.joined()).filter { $0 != $1 }
+        #expect(!changed.isEmpty && changed.allSatisfy { $0.0.hasSuffix(" removed") && $0.1.contains(" sensor-00007 ") })
+        #expect(after.map(\.count) == before.map(\.count))
+        let (batchesAfter, sparse) = try batchCounts(dir.path)
+        #expect(sparse > 0)
+        #expect(batchesAfter <= batchesBefore, "\(batchesBefore) batches became \(batchesAfter)")
+        let again = try Compactor.compact(dataDirectory: dir.path, targetSegmentBytes: 1 << 20)
+        #expect(again.bytesBefore == 0, "a second compaction rewrote \(again.bytesBefore) bytes")
+        #expect(try contents(dir.path) == after)
+        // Readers that start inside a sparse batch resume at the right record.
+        let files = try LogDirectory(dataDirectory: dir.path)
+        let p = files.views.indices.first { !after[$0].isEmpty }!
+        let live = after[p].enumerated().filter { !$0.element.hasSuffix(" removed") }
+        for (offset, line) in live.prefix(400).dropFirst(37) where offset % 13 == 0 {
+            var batch = DecodedBatch()
+            let first = try #require(try files.reader(partition: p, from: Int64(offset)).next(into: &batch))
+            #expect("\(batch.offset(at: first)) \(batch.reading(at: first).sensorID)" == line.split(separator: " ").prefix(2).joined(separator: " "))
+        }
+        #expect(try (0..<2).allSatisfy { try files.verify(partition: $0).problems.allSatisfy { $0.severity != .error } })
     }
 
     @Test(.timeLimit(.minutes(3)))
