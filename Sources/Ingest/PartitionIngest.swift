@@ -405,7 +405,8 @@ actor PartitionIngest {
     private func decodeKeys(_ span: BatchSpan) throws(LogError) -> Set<Key> {
         let reader = log.reader(partition: partition, from: span.baseOffset)
         var batch = DecodedBatch()
-        var keys = Set<Key>(minimumCapacity: Int(span.endOffset - span.baseOffset))
+        // Sized by the keys the span holds: its offsets may include many removed records.
+        var keys = Set<Key>(minimumCapacity: span.filter.count)
         var next = span.baseOffset
         while next < span.endOffset {
             guard try reader.next(into: &batch) != nil, batch.baseOffset == next else {

@@ -121,16 +121,14 @@ final class BatchDecoder {
         switch header.kind {
         case .readings: try decodeReadings(&reader, header: header, count: header.recordCount, into: &batch)
         case .sparseReadings:
-            try readLivePositions(&reader, header: header, into: &batch.livePositions)
-            try decodeReadings(&reader, header: header, count: batch.livePositions.count, into: &batch)
+            let runs = try readRemovedRuns(&reader, header: header)
+            Self.livePositions(runs, header: header, into: &batch.livePositions)
+            try decodeReadings(&reader, header: header, count: header.readingCount, into: &batch)
         case .sensorDeletions: try decodeDeletions(&reader, header: header, into: &batch)
         case .removed:
-            // One version byte; the records are offsets only.
+            // One version byte. The batch's offsets hold no records: it decodes to none (a
+            // salvaged range may cover millions of offsets; nothing is allocated per offset).
             guard try reader.readByte() == 0 else { throw DecodeError("unknown removed-records version") }
-            for i in 0..<header.recordCount {
-                batch.recordTuples.append(Int32(i))
-                batch.timestamps.append(header.minTimestamp)
-            }
         }
         guard reader.remaining == 0 else { throw DecodeError("\(reader.remaining) bytes after the last column") }
     }
@@ -177,27 +175,43 @@ final class BatchDecoder {
         }
     }
 
-    /// The removed-runs prefix of a sparse readings batch, turned into the live records'
-    /// positions. At least one record is removed and at least one is not.
-    func readLivePositions(_ reader: inout ByteReader, header: BatchHeader, into positions: inout [Int32]) throws(DecodeError) {
+    /// The removed-runs prefix of a sparse readings batch, checked against the header: the runs
+    /// hold exactly its removed count, leave its readings between them, and the payload can
+    /// still hold those readings (at least a byte each), so nothing later allocates beyond it.
+    func readRemovedRuns(_ reader: inout ByteReader, header: BatchHeader) throws(DecodeError) -> [RemovedRun] {
         let total = header.recordCount
-        let runs = try reader.readCount(max: total - 1)
-        guard runs >= 1 else { throw DecodeError("sparse batch without removed records") }
-        positions.reserveCapacity(total)
+        let readings = header.readingCount
+        guard total <= Int(Int32.max), readings <= reader.remaining else { throw DecodeError("sparse batch claims more than its payload holds") }
+        let count = try reader.readCount(max: min(total - 1, reader.remaining / 2))
+        guard count >= 1 else { throw DecodeError("sparse batch without removed records") }
+        var runs: [RemovedRun] = []
+        runs.reserveCapacity(count)
+        var live = 0
+        var removed = 0
+        for r in 0..<count {
+            let before = try reader.readCount(max: readings - live)
+            guard before > 0 || r == 0 else { throw DecodeError("removed runs are not separated by a reading") }
+            let length = try reader.readCount(max: header.removedCount - removed)
+            guard length >= 1 else { throw DecodeError("empty removed run") }
+            live += before
+            removed += length
+            runs.append(RemovedRun(liveBefore: before, count: length))
+        }
+        guard removed == header.removedCount else {
+            throw DecodeError("removed runs hold \(removed) records, the header says \(header.removedCount)")
+        }
+        return runs
+    }
+
+    /// The position among the batch's offsets of each reading, from checked runs.
+    static func livePositions(_ runs: [RemovedRun], header: BatchHeader, into positions: inout [Int32]) {
+        positions.reserveCapacity(header.readingCount)
         var position = 0
-        for r in 0..<runs {
-            let live = try reader.readCount(max: total - position - 1)
-            guard live > 0 || r == 0 else { throw DecodeError("removed runs are not separated by a reading") }
-            for p in position..<(position + live) { positions.append(Int32(p)) }
-            position += live
-            let removed = try reader.readCount(max: total - position - (positions.isEmpty ? 1 : 0))
-            guard removed >= 1 else { throw DecodeError("empty removed run") }
-            position += removed
+        for run in runs {
+            for p in position..<(position + run.liveBefore) { positions.append(Int32(p)) }
+            position += run.liveBefore + run.count
         }
-        for p in position..<total { positions.append(Int32(p)) }
-        guard total - positions.count == header.removedCount else {
-            throw DecodeError("removed runs hold \(total - positions.count) records, the header says \(header.removedCount)")
-        }
+        for p in position..<header.recordCount { positions.append(Int32(p)) }
     }
 
     private func decodeReadings(_ reader: inout ByteReader, header: BatchHeader, count: Int, into batch: inout DecodedBatch) throws(DecodeError) {

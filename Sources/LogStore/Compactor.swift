@@ -186,7 +186,7 @@ public enum Compactor {
                 try write(try encoder.encodeDeletions(ids, appendTime: batch.header.appendTime, maxBatchBytes: limits.maxBatchBytes),
                           count: batch.count, maxTimestamp: batch.header.maxTimestamp)
             case .removed, .sparseReadings:
-                try remove(batch.count)
+                try remove(Int(batch.nextOffset - batch.baseOffset))
             }
         }
         try flush()

@@ -20,8 +20,7 @@ extension BatchDecoder {
         // answers "is the sensor here".
         let payload = try decompressedPayload(raw, header: header)
         var reader = ByteReader(payload)
-        var livePositions: [Int32] = []
-        if header.kind == .sparseReadings { try readLivePositions(&reader, header: header, into: &livePositions) }
+        let runs = header.kind == .sparseReadings ? try readRemovedRuns(&reader, header: header) : []
         let types = try readStrings(&reader)
         let locations = try readStrings(&reader)
         let typeCount = types.count
@@ -33,6 +32,9 @@ extension BatchDecoder {
             t += 1
         }
         guard !targets.isEmpty else { return }
+        // Per tuple, which of the sensor's tuples it is (-1: another sensor's).
+        var targetOf = [Int32](repeating: -1, count: tupleCount)
+        for (k, target) in targets.enumerated() { targetOf[target.index] = Int32(k) }
         // The sensor is here: one pass over the record columns, keeping only its records.
         let count = header.readingCount
         var mine: [Int] = []
@@ -48,9 +50,9 @@ extension BatchDecoder {
             } else {
                 tuple = ref - 1
             }
-            if let k = targets.firstIndex(where: { $0.index == tuple }) {
+            if targetOf[tuple] >= 0 {
                 mine.append(i)
-                mineTarget.append(k)
+                mineTarget.append(Int(targetOf[tuple]))
             }
         }
         let unit = try reader.readVarint()
@@ -99,6 +101,8 @@ extension BatchDecoder {
             throw DecodeError("unknown value encoding \(mode)")
         }
         let id = String(decoding: sensorID, as: UTF8.self)
+        var livePositions: [Int32] = []
+        if !runs.isEmpty { BatchDecoder.livePositions(runs, header: header, into: &livePositions) }
         for (j, i) in mine.enumerated() where stamps[j] >= from && stamps[j] <= to {
             let target = targets[mineTarget[j]]
             out.append(LocatedReading(

@@ -263,7 +263,10 @@ func identical(_ a: [Reading], _ b: [Reading]) -> Bool {
     }
 
     @Test func hostileSparsePayloadsNeverTrap() async {
-        await propertyCheck(count: 500, input: Gen.uint8().array(of: 1...300), Gen.int(in: 2...50), Gen.int(in: 1...49)) { payload, count, removed in
+        // Small counts, and counts near the u32 limit that a careless decoder would allocate for.
+        let counts = Gen.oneOf(Gen.int(in: 2...50), Gen.int(in: Int(Int32.max) - 2...Int(UInt32.max)))
+        await propertyCheck(count: 500, input: Gen.uint8().array(of: 1...300), counts, Gen.oneOf(Gen.int(in: 1...49), Gen.int(in: 1...Int(Int32.max)))) {
+            payload, count, removed in
             guard removed < count else { return }
             var header = [UInt8](repeating: 0, count: BatchHeader.size)
             func put<T: FixedWidthInteger>(_ v: T, _ at: Int) { withUnsafeBytes(of: v.littleEndian) { header.replaceSubrange(at..<(at + $0.count), with: $0) } }
@@ -280,11 +283,48 @@ func identical(_ a: [Reading], _ b: [Reading]) -> Bool {
                     // What decodes is consistent: every live offset inside the batch, ascending.
                     let offsets = (0..<batch.count).map { batch.offset(at: $0) }
                     #expect(offsets == offsets.sorted() && Set(offsets).count == offsets.count)
-                    #expect(offsets.allSatisfy { $0 < Int64(count) } && batch.count == count - removed)
+                    #expect(offsets.allSatisfy { $0 < Int64(count) } && batch.count == count - removed && batch.count <= payload.count)
                 }
                 var found: [LocatedReading] = []
                 _ = try? BatchDecoder().scan(raw, header: parsed, sensorID: Array("a".utf8), from: .min, to: .max, partition: 0, into: &found)
             }
+        }
+    }
+
+    @Test func aHugeClaimIsRefusedWithoutAllocating() throws {
+        // Found in review: one run of 2^31 removed records in a batch claiming 2^32 - 1 offsets
+        // made the decoder reserve ~17 GB and then trap converting a position to Int32; and a
+        // removed-records batch allocated per offset. Both now decode (or refuse) at once.
+        func batch(kind: RecordKind, count: UInt32, removed: UInt32, payload: [UInt8]) -> [UInt8] {
+            var bytes = [UInt8](repeating: 0, count: BatchHeader.size) + payload
+            bytes.withUnsafeMutableBytes { raw in
+                raw.storeBytes(of: UInt32(raw.count).littleEndian, toByteOffset: 8, as: UInt32.self)
+                raw[16] = BatchHeader.formatVersion
+                raw[17] = kind.rawValue
+                raw.storeBytes(of: count.littleEndian, toByteOffset: 20, as: UInt32.self)
+                raw.storeBytes(of: UInt32(payload.count).littleEndian, toByteOffset: 48, as: UInt32.self)
+                raw.storeBytes(of: removed.littleEndian, toByteOffset: 52, as: UInt32.self)
+                raw.storeBytes(of: BatchHeader.checksum(UnsafeRawBufferPointer(raw)).littleEndian, toByteOffset: 12, as: UInt32.self)
+            }
+            return bytes
+        }
+        for bytes in [batch(kind: .sparseReadings, count: .max, removed: 1 << 31, payload: [1, 0, 0x80, 0x80, 0x80, 0x80, 8]),
+                      batch(kind: .sparseReadings, count: UInt32(Int32.max), removed: 1, payload: [1, 0, 1])] {
+            try bytes.withUnsafeBytes { raw in
+                let header = try BatchHeader.parse(raw, maxBatchBytes: 32 << 20)
+                var decoded = DecodedBatch()
+                #expect(throws: DecodeError.self) { try BatchDecoder().decode(raw, header: header, into: &decoded) }
+                var found: [LocatedReading] = []
+                #expect(throws: DecodeError.self) {
+                    try BatchDecoder().scan(raw, header: header, sensorID: [0x61], from: .min, to: .max, partition: 0, into: &found)
+                }
+            }
+        }
+        try batch(kind: .removed, count: .max, removed: 0, payload: [0]).withUnsafeBytes { raw in
+            let header = try BatchHeader.parse(raw, maxBatchBytes: 32 << 20)
+            var decoded = DecodedBatch()
+            try BatchDecoder().decode(raw, header: header, into: &decoded)
+            #expect(decoded.count == 0 && decoded.nextOffset == Int64(UInt32.max))
         }
     }
 }
