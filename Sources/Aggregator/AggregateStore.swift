@@ -1,4 +1,5 @@
 import CSQLite
+import LogStore
 import Foundation
 public import SensorLogCore
 
@@ -26,7 +27,8 @@ public struct Aggregate: Sendable, Equatable, Codable {
 /// `aggregates.sqlite`: the hourly aggregates and the log offsets they reflect, always written in
 /// the same transaction. The schema is an interface (docs/analysts.md).
 public final class AggregateStore {
-    public static let fileName = "aggregates.sqlite"
+    /// The store's file as messages name it (`DataLayout.aggregates` is where it is).
+    public static let fileName = DataLayout.aggregatesDisplay
     public static let group = "aggregator"
     static let schemaVersion = 1
 

@@ -22,7 +22,7 @@ public final class AggregatorService: Service, @unchecked Sendable {
 
     public init(log: Log, logger: Logger, commitInterval: Duration = .milliseconds(100), commitRecords: Int = 2_000_000) throws(SQLiteError) {
         self.log = log
-        self.storePath = log.dataDirectory + "/" + AggregateStore.fileName
+        self.storePath = DataLayout(log.dataDirectory).aggregates
         self.logger = logger
         self.commitInterval = commitInterval
         self.commitRecords = commitRecords

@@ -43,7 +43,7 @@ public enum LogRepair {
     /// cost hours for nothing; when the store cannot be read, assume it was.
     static func foldsGoStale(_ found: [PartitionVerification], dataDirectory: String) -> Bool {
         guard found.contains(where: \.repairChangesRecords) else { return false }
-        let path = dataDirectory + "/" + AggregateStore.fileName
+        let path = DataLayout(dataDirectory).aggregates
         guard FileManager.default.fileExists(atPath: path) else { return false }
         guard let committed = try? AggregateStore(path: path, readOnly: true).offsets(partitions: found.count) else { return true }
         return found.contains { $0.repairInvalidatesFolds(committed: committed[$0.partition]) }

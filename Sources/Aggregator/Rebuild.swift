@@ -58,7 +58,7 @@ public enum AggregateRebuild {
         // longer holds: the current store's rows for them are the complete ones.
         var kept = 0
         let floors = try Retention.floors(dataDirectory: directory.dataDirectory, partitions: directory.partitionCount)
-        let currentPath = directory.dataDirectory + "/" + AggregateStore.fileName
+        let currentPath = directory.layout.aggregates
         if floors.contains(where: { $0 != nil }), FileManager.default.fileExists(atPath: currentPath) {
             let current = try AggregateStore(path: currentPath, readOnly: true)
             let keep = try current.allAggregates().filter { row in
@@ -85,7 +85,7 @@ public enum AggregateRebuild {
     /// Replaces `dataDirectory/aggregates.sqlite` with `rebuilt` atomically. The server must be
     /// stopped (the caller checks the lock).
     public static func swapIn(_ rebuilt: String, dataDirectory: String) throws {
-        let target = dataDirectory + "/" + AggregateStore.fileName
+        let target = DataLayout(dataDirectory).aggregates
         // The old database's WAL must not be replayed onto the new file.
         for suffix in ["-wal", "-shm"] { unlink(target + suffix) }
         for suffix in ["-wal", "-shm"] { unlink(rebuilt + suffix) }
@@ -100,16 +100,16 @@ extension AggregateRebuild {
     /// Present while `aggregates.sqlite` may hold folds of records the log no longer has: a
     /// repair writes it before it changes a segment and removes it once the rebuilt store is in
     /// place, so a repair interrupted in between is finished by the next `verify --repair`.
-    public static let pendingMarker = "aggregates.rebuild-pending"
+    public static let pendingMarker = DataLayout.aggregatesRebuildPendingDisplay
 
     /// Whether a repair changed the log and the aggregates were not rebuilt since.
     public static func isPending(dataDirectory: String) -> Bool {
-        FileManager.default.fileExists(atPath: dataDirectory + "/" + pendingMarker)
+        FileManager.default.fileExists(atPath: DataLayout(dataDirectory).aggregatesRebuildPending)
     }
 
     /// Writes the marker durably (before the log changes).
     public static func markPending(dataDirectory: String) throws {
-        let path = dataDirectory + "/" + pendingMarker
+        let path = DataLayout(dataDirectory).aggregatesRebuildPending
         guard FileManager.default.createFile(atPath: path, contents: Data("rebuild aggregates.sqlite: sensorlog verify --repair\n".utf8)) else {
             throw LogError.system("cannot create the rebuild marker", errno: errno, path: pendingMarker)
         }
@@ -122,7 +122,7 @@ extension AggregateRebuild {
     /// - Parameter until: see `build`; the offsets then say where the aggregator resumes.
     public static func rebuildInPlace(dataDirectory: String, until: Int64? = nil,
                                       progress: (Int64, Int64) -> Void = { _, _ in }) throws -> Result {
-        let target = dataDirectory + "/" + AggregateStore.fileName + ".rebuild"
+        let target = DataLayout(dataDirectory).aggregatesRebuilding
         for suffix in ["", "-wal", "-shm"] { unlink(target + suffix) }  // left by an interrupted rebuild
         let result: Result
         do {
@@ -132,7 +132,7 @@ extension AggregateRebuild {
             unlink(target)
             throw error
         }
-        unlink(dataDirectory + "/" + pendingMarker)
+        unlink(DataLayout(dataDirectory).aggregatesRebuildPending)
         syncDirectory(dataDirectory)
         return result
     }

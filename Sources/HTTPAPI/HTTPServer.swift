@@ -101,7 +101,7 @@ public enum HTTPServer {
             return response
         }
         QueryRoutes(log: pipeline.log, aggregator: aggregator,
-                    reader: AggregateReader(path: pipeline.log.dataDirectory + "/" + AggregateStore.fileName)).add(to: routes)
+                    reader: AggregateReader(path: DataLayout(pipeline.log.dataDirectory).aggregates)).add(to: routes)
         routes.get("/metrics") { _, _ -> Response in
             Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                      body: ResponseBody(byteBuffer: ByteBuffer(string: metricsText())))

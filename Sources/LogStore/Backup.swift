@@ -39,46 +39,37 @@ public enum LogBackup {
         let source = try LogDirectory(dataDirectory: dataDirectory)
         try FileManager.default.createDirectory(atPath: target, withIntermediateDirectories: true)
         var result = Result()
-        try copyFile(source.dataDirectory + "/" + LogMetadata.fileName, to: target + "/" + LogMetadata.fileName, result: &result)
-        for name in [Retention.floorFile] where FileManager.default.fileExists(atPath: source.dataDirectory + "/" + name) {
-            try copyFile(source.dataDirectory + "/" + name, to: target + "/" + name, result: &result)
+        let (from, to) = (source.layout, DataLayout(target))
+        try copyFile(from.metadata, to: to.metadata, result: &result)
+        if FileManager.default.fileExists(atPath: from.retentionFloors) {
+            try copyFile(from.retentionFloors, to: to.retentionFloors, result: &result)
         }
-        let groups = source.dataDirectory + "/groups"
-        if FileManager.default.fileExists(atPath: groups) {
-            try FileManager.default.createDirectory(atPath: target + "/groups", withIntermediateDirectories: true)
-            for name in try FileManager.default.contentsOfDirectory(atPath: groups) where name.hasSuffix(".json") {
-                try copyFile(groups + "/" + name, to: target + "/groups/" + name, result: &result)
+        if FileManager.default.fileExists(atPath: from.groups) {
+            try FileManager.default.createDirectory(atPath: to.groups, withIntermediateDirectories: true)
+            for name in DataLayout.groupNames(in: try FileManager.default.contentsOfDirectory(atPath: from.groups)) {
+                try copyFile(from.group(name).path, to: to.group(name).path, result: &result)
             }
         }
         for p in 0..<source.partitionCount {
             let view = source.views[p]
-            let out = target + "/" + view.displayDirectory
+            let out = to.partition(p).directory
             try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
             let bases = try view.segmentBases()
             for (i, base) in bases.enumerated() {
-                let stem = SegmentFiles.name(base)
+                let (paths, copies) = (view.segmentPaths(base), to.partition(p).segment(base))
                 if i < bases.count - 1 {
-                    for suffix in [SegmentFiles.logSuffix, SegmentFiles.offsetIndexSuffix, SegmentFiles.timeIndexSuffix]
-                    where FileManager.default.fileExists(atPath: view.directory + "/" + stem + suffix) {
-                        try takeClosed(view.directory + "/" + stem + suffix, to: out + "/" + stem + suffix, mode: mode, result: &result)
+                    for (file, copy) in zip(paths.files, copies.files) where FileManager.default.fileExists(atPath: file) {
+                        try takeClosed(file, to: copy, mode: mode, result: &result)
                     }
                 } else {
                     // The active segment: up to the last complete, valid batch.
-                    let name = stem + SegmentFiles.logSuffix
-                    let fd = try FileDescriptor.open(view.directory + "/" + name, flags: O_RDONLY, displayPath: view.displayDirectory + "/" + name)
-                    let file = SharedFile(fd, displayPath: view.displayDirectory + "/" + name)
-                    let scanner = SegmentScanner(file: file, size: try file.size(), buffer: GrowableBuffer(capacity: 64 << 10),
-                                                 maxBatchBytes: view.limits.maxBatchBytes)
-                    var end: Int64 = 0
-                    var expected = base
-                    while case .batch(let h) = try scanner.probe(at: end, expectedOffset: expected, verifyCRC: true) {
-                        end += Int64(h.length)
-                        expected = h.nextOffset
-                    }
-                    try copyPrefix(file, bytes: end, to: out + "/" + name)
+                    let segment = try view.openSegment(base)
+                    var batches = try segment.batches(expecting: base, verifyCRC: true, buffer: GrowableBuffer(capacity: 64 << 10))
+                    while try batches.next() != nil {}
+                    try copyPrefix(segment.file, bytes: batches.position, to: copies.log)
                     result.files += 1
                     result.copied += 1
-                    result.bytes += end
+                    result.bytes += batches.position
                 }
             }
             syncDirectory(out)
@@ -89,7 +80,7 @@ public enum LogBackup {
 
     /// Restores a backup into `dataDirectory`, which must be empty or absent.
     public static func restore(from backup: String, into dataDirectory: String) throws -> Result {
-        guard FileManager.default.fileExists(atPath: backup + "/" + LogMetadata.fileName) else {
+        guard FileManager.default.fileExists(atPath: DataLayout(backup).metadata) else {
             throw LogError(.invalidLog, "\(backup) is not a sensorlog backup (\(LogMetadata.fileName) missing)")
         }
         try makeEmptyDirectory(dataDirectory)

@@ -28,7 +28,7 @@ import SensorLogCore
 /// Record (little-endian): u32 magic, u32 CRC32C of the bytes after it, u64 lap, u32 partition,
 /// u32 batch length, then the batch exactly as written to the segment.
 final class CommitJournal: @unchecked Sendable {
-    static let fileNames = ["commit-0.journal", "commit-1.journal"]
+    static let fileNames = DataLayout.journalNames
     static let magic: UInt32 = 0x4C4A_4C53  // "SLJL"
     static let headerSize = 24
 
@@ -72,19 +72,20 @@ final class CommitJournal: @unchecked Sendable {
 
     /// Opens (creating) both files in `directory`. What they hold is for `records` to replay;
     /// `empty()` then clears them before `start`.
-    init(directory: String, limitBytes: Int, fileOperations: FileOperations, onSync: (@Sendable (Int64) -> Void)?) throws(LogError) {
+    init(layout: DataLayout, limitBytes: Int, fileOperations: FileOperations, onSync: (@Sendable (Int64) -> Void)?) throws(LogError) {
+        let directory = layout.log
         self.fileOperations = fileOperations
         self.limitBytes = Int64(limitBytes)
         self.onSync = onSync
         do {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         } catch {
-            throw LogError(.io, "cannot create the log directory", path: "log")
+            throw LogError(.io, "cannot create the log directory", path: DataLayout.logName)
         }
         var files: [SharedFile] = []
-        for name in Self.fileNames {
-            let fd = try FileDescriptor.open(directory + "/" + name, flags: O_RDWR | O_CREAT, displayPath: "log/" + name)
-            files.append(SharedFile(fd, displayPath: "log/" + name))
+        for journal in layout.journals {
+            let fd = try FileDescriptor.open(journal.path, flags: O_RDWR | O_CREAT, displayPath: journal.display)
+            files.append(SharedFile(fd, displayPath: journal.display))
         }
         self.files = files
         syncDirectory(directory)

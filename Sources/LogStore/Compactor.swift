@@ -29,7 +29,7 @@ public enum Compactor {
         var result = Result()
         for p in 0..<directory.partitionCount {
             let view = directory.views[p]
-            try recover(partitionDirectory: view.directory)
+            try recover(view.paths)
             let bases = try view.segmentBases()
             result.segmentsBefore += bases.count
             let deletes = try deletions(view: view, partition: p)
@@ -39,7 +39,7 @@ public enum Compactor {
             var run: [Int64] = []
             var runBytes: Int64 = 0
             for base in closed {
-                let size = fileSize(view.directory + "/" + SegmentFiles.name(base) + SegmentFiles.logSuffix)
+                let size = fileSize(view.segmentPaths(base).log)
                 if !run.isEmpty && runBytes + size > Int64(targetSegmentBytes) {
                     runs.append(run)
                     run = []
@@ -110,9 +110,9 @@ public enum Compactor {
     {
         let dir = view.directory
         let first = run[0]
-        let stem = dir + "/" + SegmentFiles.name(first)
-        let display = view.displayDirectory + "/" + SegmentFiles.name(first) + SegmentFiles.logSuffix
-        let pending = stem + SegmentFiles.logSuffix + pendingSuffix
+        let paths = view.segmentPaths(first)
+        let display = paths.display
+        let pending = paths.log + pendingSuffix
         let fd = try FileDescriptor.open(pending, flags: O_RDWR | O_CREAT | O_TRUNC, displayPath: display + pendingSuffix)
         let file = SharedFile(fd, displayPath: display)
         var position: Int64 = 0
@@ -124,7 +124,7 @@ public enum Compactor {
         var batchBuilt = PendingBatch()
         var records: Int64 = 0
         var before: Int64 = 0
-        for base in run { before += fileSize(dir + "/" + SegmentFiles.name(base) + SegmentFiles.logSuffix) }
+        for base in run { before += fileSize(view.segmentPaths(base).log) }
 
         func write(_ bytes: UnsafeRawBufferPointer, count: Int, maxTimestamp: Int64) throws {
             let mutable = UnsafeMutableRawBufferPointer(mutating: bytes)
@@ -193,19 +193,17 @@ public enum Compactor {
         guard cursor == end else { throw LogError(.invalidLog, "segments \(run) end at \(cursor), expected \(end)", path: display) }
         guard fsync(file.fd) == 0 else { throw LogError.system("fsync failed", errno: errno, path: display) }
         index.seal()
-        try SegmentFiles.writeAtomically(index.offsetFileBytes(), to: stem + SegmentFiles.offsetIndexSuffix + pendingSuffix, directory: dir,
-                                         displayPath: display)
-        try SegmentFiles.writeAtomically(index.timeFileBytes(), to: stem + SegmentFiles.timeIndexSuffix + pendingSuffix, directory: dir,
-                                         displayPath: display)
+        try Segment.writeIndexes(index, paths: paths, directory: dir, suffix: pendingSuffix)
         // The manifest makes the swap a single decision: once it is durable, the swap completes.
         let manifest = "\(first)\n" + run.map(String.init).joined(separator: "\n") + "\n"
         try SegmentFiles.writeAtomically(Array(manifest.utf8), to: dir + "/" + manifestName, directory: dir, displayPath: display)
-        try recover(partitionDirectory: dir)
+        try recover(view.paths)
         return (before, position, records)
     }
 
     /// Completes or discards an interrupted compaction in a partition directory. Idempotent.
-    public static func recover(partitionDirectory dir: String) throws {
+    static func recover(_ partition: PartitionPaths) throws {
+        let dir = partition.directory
         let manifestPath = dir + "/" + manifestName
         if let bytes = SegmentFiles.readWholeFile(manifestPath) {
             let lines = String(decoding: bytes, as: UTF8.self).split(separator: "\n").compactMap { Int64($0) }
@@ -213,16 +211,17 @@ public enum Compactor {
                 unlink(manifestPath)
                 return
             }
-            let stem = dir + "/" + SegmentFiles.name(first)
-            for suffix in [SegmentFiles.offsetIndexSuffix, SegmentFiles.timeIndexSuffix, SegmentFiles.logSuffix] {
-                let pending = stem + suffix + pendingSuffix
-                if FileManager.default.fileExists(atPath: pending) {
-                    guard rename(pending, stem + suffix) == 0 else { throw LogError.system("cannot finish compaction", errno: errno, path: pending) }
+            // The indexes first: the log renamed last marks the new segment complete.
+            let merged = partition.segment(first)
+            for path in [merged.offsetIndex, merged.timeIndex, merged.log] where FileManager.default.fileExists(atPath: path + pendingSuffix) {
+                guard rename(path + pendingSuffix, path) == 0 else {
+                    throw LogError.system("cannot finish compaction", errno: errno, path: merged.display + pendingSuffix)
                 }
             }
             for base in lines.dropFirst().dropFirst() {
-                let other = dir + "/" + SegmentFiles.name(base)
-                for suffix in [SegmentFiles.logSuffix, SegmentFiles.offsetIndexSuffix, SegmentFiles.timeIndexSuffix] { unlink(other + suffix) }
+                for path in partition.segment(base).files where unlink(path) != 0 && errno != ENOENT {
+                    throw LogError.system("cannot remove a compacted segment", errno: errno, path: partition.segment(base).display)
+                }
             }
             syncDirectory(dir)
             unlink(manifestPath)

@@ -17,7 +17,7 @@ public struct ConsumerGroups: Sendable {
         self.partitions = partitions
     }
 
-    var directory: String { dataDirectory + "/groups" }
+    var directory: String { DataLayout(dataDirectory).groups }
 
     /// Where a group may start when it has no committed offsets.
     public enum Start: Sendable { case earliest, latest }
@@ -39,19 +39,19 @@ public struct ConsumerGroups: Sendable {
 
     /// Group names with committed offsets, sorted.
     public func list() -> [String] {
-        ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [])
-            .filter { $0.hasSuffix(".json") }.map { String($0.dropLast(5)) }.filter(Self.validName).sorted()
+        DataLayout.groupNames(in: (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter(Self.validName).sorted()
     }
 
     /// The committed offsets of `group`, or nil when it has none.
     public func committed(_ group: String) throws(LogError) -> [Int64]? {
         guard Self.validName(group) else { throw LogError(.invalidArgument, "bad group name '\(group)' (letters, digits, - _ .)") }
-        guard let bytes = SegmentFiles.readWholeFile(directory + "/" + group + ".json") else { return nil }
+        let file = DataLayout(dataDirectory).group(group)
+        guard let bytes = SegmentFiles.readWholeFile(file.path) else { return nil }
         struct File: Decodable { var offsets: [Int64] }
-        guard let file = try? JSONDecoder().decode(File.self, from: Data(bytes)), file.offsets.count == partitions,
-              file.offsets.allSatisfy({ $0 >= 0 })
-        else { throw LogError(.invalidLog, "unreadable offsets of group \(group)", path: "groups/\(group).json") }
-        return file.offsets
+        guard let decoded = try? JSONDecoder().decode(File.self, from: Data(bytes)), decoded.offsets.count == partitions,
+              decoded.offsets.allSatisfy({ $0 >= 0 })
+        else { throw LogError(.invalidLog, "unreadable offsets of group \(group)", path: file.display) }
+        return decoded.offsets
     }
 
     /// Commits `offsets` for `group`, durably and atomically.
@@ -59,10 +59,14 @@ public struct ConsumerGroups: Sendable {
         guard Self.validName(group) else { throw LogError(.invalidArgument, "bad group name '\(group)'") }
         guard group != "aggregator" else { throw LogError(.invalidArgument, "the aggregator group's offsets live in aggregates.sqlite") }
         guard offsets.count == partitions, offsets.allSatisfy({ $0 >= 0 }) else { throw LogError(.invalidArgument, "one offset per partition") }
-        try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let file = DataLayout(dataDirectory).group(group)
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        } catch {
+            throw LogError(.io, "cannot create the groups folder: \(error)", path: file.display)
+        }
         let text = "{\"offsets\":[" + offsets.map(String.init).joined(separator: ",") + "]}\n"
-        try SegmentFiles.writeAtomically(Array(text.utf8), to: directory + "/" + group + ".json", directory: directory,
-                                         displayPath: "groups/\(group).json")
+        try SegmentFiles.writeAtomically(Array(text.utf8), to: file.path, directory: directory, displayPath: file.display)
     }
 
     /// The offsets a reset of `group` to `target` gives, for `partition` or all of them.

@@ -26,7 +26,7 @@ public struct LogConfiguration: Sendable {
 /// The log's metadata file, `meta.json`: fixed when the log is created.
 public struct LogMetadata: Codable, Sendable, Equatable {
     public static let currentVersion = 1
-    public static let fileName = "meta.json"
+    public static let fileName = DataLayout.metadataName
 
     public var format = "sensorlog"
     public var formatVersion = LogMetadata.currentVersion
@@ -40,7 +40,7 @@ public struct LogMetadata: Codable, Sendable, Equatable {
 
     /// Reads and checks `meta.json` in `dataDirectory`; nil when there is none.
     static func read(_ dataDirectory: String, maxPartitions: Int) throws(LogError) -> LogMetadata? {
-        let path = dataDirectory + "/" + fileName
+        let path = DataLayout(dataDirectory).metadata
         guard let bytes = SegmentFiles.readWholeFile(path) else { return nil }
         let meta: LogMetadata
         do {
@@ -64,24 +64,19 @@ public struct LogMetadata: Codable, Sendable, Equatable {
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         let data: Data
         do { data = try encoder.encode(self) } catch { fatalError("metadata always encodes") }
-        try SegmentFiles.writeAtomically([UInt8](data) + [0x0A], to: dataDirectory + "/" + Self.fileName,
+        try SegmentFiles.writeAtomically([UInt8](data) + [0x0A], to: DataLayout(dataDirectory).metadata,
                                          directory: dataDirectory, displayPath: Self.fileName)
     }
 }
 
-/// Where partition `p`'s directory is, relative to the data directory.
-public func partitionDirectoryName(_ partition: Int) -> String {
-    let digits = String(partition)
-    return "log/partition-" + String(repeating: "0", count: max(0, 3 - digits.count)) + digits
-}
 
 /// The exclusive lock on a data directory: `flock` on `LOCK`, which holds the owner's pid.
 public final class DirectoryLock: Sendable {
-    static let fileName = "LOCK"
+    static let fileName = DataLayout.lockName
     let fd: Int32
 
     public init(dataDirectory: String) throws(LogError) {
-        let path = dataDirectory + "/" + Self.fileName
+        let path = DataLayout(dataDirectory).lock
         let fd = Glibc.open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw LogError.system("cannot open lock file", errno: errno, path: Self.fileName) }
         guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
@@ -99,7 +94,7 @@ public final class DirectoryLock: Sendable {
 
     /// The pid written in `LOCK` if some process holds the lock now, else nil.
     static func holder(dataDirectory: String) -> Int32? {
-        let fd = Glibc.open(dataDirectory + "/" + fileName, O_RDONLY | O_CLOEXEC)
+        let fd = Glibc.open(DataLayout(dataDirectory).lock, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         defer { _ = Glibc.close(fd) }
         if flock(fd, LOCK_SH | LOCK_NB) == 0 {
@@ -190,15 +185,15 @@ public final class Log: Sendable {
             var journalOnSync: (@Sendable (Int64) -> Void)?
             if let hook = configuration.onSync { journalOnSync = { hook(-1, $0) } }
             let journal = try CommitJournal(
-                directory: directory + "/log", limitBytes: configuration.limits.commitJournalBytes,
+                layout: DataLayout(directory), limitBytes: configuration.limits.commitJournalBytes,
                 fileOperations: configuration.fileOperations, onSync: journalOnSync)
             let replay = try journal.records(partitions: meta.partitions, maxBatchBytes: configuration.limits.maxBatchBytes)
             for p in 0..<meta.partitions {
-                let name = partitionDirectoryName(p)
+                let paths = DataLayout(directory).partition(p)
                 var onSync: (@Sendable (Int64) -> Void)?
                 if let hook = configuration.onSync { onSync = { hook(p, $0) } }
                 let partition = try Partition(
-                    id: p, directory: directory + "/" + name, displayDirectory: name, limits: configuration.limits,
+                    id: p, directory: paths.directory, displayDirectory: paths.display, limits: configuration.limits,
                     policy: configuration.fsync, fileOperations: configuration.fileOperations, onSync: onSync,
                     journal: configuration.fsync == .always ? journal : nil, replay: replay[p] ?? [])
                 partitions.append(partition)

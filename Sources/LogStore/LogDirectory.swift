@@ -24,10 +24,10 @@ final class ReadOnlyPartition: PartitionView, @unchecked Sendable {
     func visibleEnd() -> Int64? { nil }
 
     func index(forSegment base: Int64) -> SegmentIndex? {
-        let path = directory + "/" + SegmentFiles.name(base) + SegmentFiles.logSuffix
+        let paths = segmentPaths(base)
         var st = stat()
-        guard stat(path, &st) == 0 else { return nil }
-        return loadIndexFiles(directory: directory, base: base, size: Int64(st.st_size), records: Int64(UInt32.max) + 1)
+        guard stat(paths.log, &st) == 0 else { return nil }
+        return loadIndexFiles(paths, size: Int64(st.st_size), records: Int64(UInt32.max) + 1)
     }
 
     func maxTimestamp(ofSegment base: Int64) -> Int64? {
@@ -51,11 +51,15 @@ public final class LogDirectory: Sendable {
         self.dataDirectory = directory
         self.metadata = metadata
         self.views = (0..<metadata.partitions).map {
-            ReadOnlyPartition(directory: directory + "/" + partitionDirectoryName($0), displayDirectory: partitionDirectoryName($0), limits: limits)
+            let paths = DataLayout(directory).partition($0)
+            return ReadOnlyPartition(directory: paths.directory, displayDirectory: paths.display, limits: limits)
         }
     }
 
     public var partitionCount: Int { views.count }
+
+    /// Where everything in the data directory is.
+    public var layout: DataLayout { DataLayout(dataDirectory) }
 
     /// A reader of `partition` from `offset`.
     public func reader(partition: Int, from offset: Int64) -> PartitionReader {
@@ -83,20 +87,14 @@ extension LogDirectory {
         let view = views[partition]
         let bases = try view.segmentBases()
         guard let last = bases.last else { return 0 }
-        let name = SegmentFiles.name(last) + SegmentFiles.logSuffix
-        let fd = try FileDescriptor.open(view.directory + "/" + name, flags: O_RDONLY, displayPath: view.displayDirectory + "/" + name)
-        let file = SharedFile(fd, displayPath: view.displayDirectory + "/" + name)
-        let scanner = SegmentScanner(file: file, size: try file.size(), buffer: GrowableBuffer(capacity: 4096), maxBatchBytes: view.limits.maxBatchBytes)
-        var position: Int64 = 0
+        var start: Int64 = 0
         var expected = last
         if let entry = view.index(forSegment: last)?.offsets.last {
-            position = Int64(entry.position)
+            start = Int64(entry.position)
             expected = last + Int64(entry.relativeOffset)
         }
-        while case .batch(let header) = try scanner.probe(at: position, expectedOffset: expected, verifyCRC: false) {
-            position += Int64(header.length)
-            expected = header.nextOffset
-        }
+        var batches = try view.openSegment(last).batches(from: start, expecting: expected)
+        while let header = try batches.next() { expected = header.nextOffset }
         return expected
     }
 

@@ -58,17 +58,18 @@ struct ClosedSegment {
 
 /// The segment being appended to.
 final class ActiveSegment {
-    let baseOffset: Int64
-    let file: SharedFile
+    let segment: Segment
     var size: Int64
     var nextOffset: Int64
     var index: SegmentIndex
     /// Append time of its first batch; the age roll counts from here.
     var firstAppendTime: Int64?
 
-    init(baseOffset: Int64, file: SharedFile, size: Int64, nextOffset: Int64, index: SegmentIndex, firstAppendTime: Int64?) {
-        self.baseOffset = baseOffset
-        self.file = file
+    var baseOffset: Int64 { segment.base }
+    var file: SharedFile { segment.file }
+
+    init(segment: Segment, size: Int64, nextOffset: Int64, index: SegmentIndex, firstAppendTime: Int64?) {
+        self.segment = segment
         self.size = size
         self.nextOffset = nextOffset
         self.index = index
@@ -158,7 +159,7 @@ public final class Partition: PartitionView, @unchecked Sendable {
         }
         // An interrupted compaction is finished (or discarded) before anything is read.
         do {
-            try Compactor.recover(partitionDirectory: directory)
+            try Compactor.recover(PartitionPaths(directory: directory, display: displayDirectory))
         } catch let error as LogError {
             throw error
         } catch {
@@ -171,10 +172,8 @@ public final class Partition: PartitionView, @unchecked Sendable {
 
         var bases = try SegmentFiles.list(directory, displayPath: displayDirectory)
         if bases.isEmpty {
-            let fd = try FileDescriptor.open(
-                directory + "/" + SegmentFiles.name(0) + SegmentFiles.logSuffix, flags: O_RDWR | O_CREAT,
-                displayPath: displayDirectory + "/" + SegmentFiles.name(0) + SegmentFiles.logSuffix)
-            fd.close()
+            let first = SegmentPaths(directory: directory, displayDirectory: displayDirectory, base: 0)
+            try FileDescriptor.open(first.log, flags: O_RDWR | O_CREAT, displayPath: first.display).close()
             syncDirectory(directory)
             bases = [0]
         }
@@ -189,7 +188,7 @@ public final class Partition: PartitionView, @unchecked Sendable {
                 throw LogError(
                     .invalidLog,
                     "segment ends at offset \(segment.nextOffset) but the next segment starts at \(bases[i + 1])",
-                    path: displayDirectory + "/" + SegmentFiles.name(base) + SegmentFiles.logSuffix)
+                    path: SegmentPaths(directory: directory, displayDirectory: displayDirectory, base: base).display)
             }
             closed.append(segment)
         }
@@ -244,15 +243,11 @@ public final class Partition: PartitionView, @unchecked Sendable {
     static func inspectClosedSegment(base: Int64, directory: String, displayDirectory: String, limits: Limits)
         throws(LogError) -> (ClosedSegment, rebuilt: Bool)
     {
-        let stem = directory + "/" + SegmentFiles.name(base)
-        let display = displayDirectory + "/" + SegmentFiles.name(base) + SegmentFiles.logSuffix
-        let fd = try FileDescriptor.open(stem + SegmentFiles.logSuffix, flags: O_RDONLY, displayPath: display)
-        let file = SharedFile(fd, displayPath: display)
-        let size = try file.size()
-        let scanner = SegmentScanner(file: file, size: size, buffer: GrowableBuffer(capacity: 4096), maxBatchBytes: limits.maxBatchBytes)
-
-        if let offsets = SegmentFiles.readWholeFile(stem + SegmentFiles.offsetIndexSuffix),
-           let times = SegmentFiles.readWholeFile(stem + SegmentFiles.timeIndexSuffix),
+        let paths = SegmentPaths(directory: directory, displayDirectory: displayDirectory, base: base)
+        let segment = try Segment.open(paths, maxBatchBytes: limits.maxBatchBytes)
+        let size = try segment.file.size()
+        if let offsets = SegmentFiles.readWholeFile(paths.offsetIndex),
+           let times = SegmentFiles.readWholeFile(paths.timeIndex),
            offsets.count >= SegmentIndex.offsetEntrySize, offsets.count % SegmentIndex.offsetEntrySize == 0,
            times.count >= SegmentIndex.timeEntrySize, times.count % SegmentIndex.timeEntrySize == 0
         {
@@ -264,56 +259,33 @@ public final class Partition: PartitionView, @unchecked Sendable {
                 Int64(littleEndian: raw.loadUnaligned(fromByteOffset: raw.count - 12, as: Int64.self))
             }
             // Walk the headers after the last entry: they must chain exactly to the end of the file.
-            var position = Int64(lastOffset.1)
-            var expected = base + Int64(lastOffset.0)
+            let start = Int64(lastOffset.1)
+            var batches = try segment.batches(from: start, expecting: base + Int64(lastOffset.0), size: size)
             var walkedMax = Int64.min
-            var consistent = position < size
-            while consistent {
-                switch try scanner.probe(at: position, expectedOffset: expected, verifyCRC: false) {
-                case .batch(let header):
-                    position += Int64(header.length)
-                    expected = header.nextOffset
-                    walkedMax = max(walkedMax, header.maxTimestamp)
-                    continue
-                case .end:
-                    break
-                case .incomplete, .invalid:
-                    consistent = false
-                }
-                break
-            }
-            if consistent && walkedMax <= maxTimestamp {
-                return (ClosedSegment(baseOffset: base, nextOffset: expected, size: size, maxTimestamp: maxTimestamp), false)
+            while start < size, let header = try batches.next() { walkedMax = max(walkedMax, header.maxTimestamp) }
+            if start < size && batches.stop == .end && walkedMax <= maxTimestamp {
+                return (ClosedSegment(baseOffset: base, nextOffset: batches.expected, size: size, maxTimestamp: maxTimestamp), false)
             }
         }
-        let (index, next) = try rebuildIndex(scanner: scanner, base: base, limits: limits, display: display)
-        try SegmentFiles.writeAtomically(index.offsetFileBytes(), to: stem + SegmentFiles.offsetIndexSuffix,
-                                         directory: directory, displayPath: display)
-        try SegmentFiles.writeAtomically(index.timeFileBytes(), to: stem + SegmentFiles.timeIndexSuffix,
-                                         directory: directory, displayPath: display)
+        let (index, next) = try rebuildIndex(segment, size: size, limits: limits)
+        try Segment.writeIndexes(index, paths: paths, directory: directory)
         return (ClosedSegment(baseOffset: base, nextOffset: next, size: size, maxTimestamp: index.maxTimestamp), true)
     }
 
     /// Scans a closed segment with CRCs and builds its index; any bad batch is corruption.
-    static func rebuildIndex(scanner: SegmentScanner, base: Int64, limits: Limits, display: String)
-        throws(LogError) -> (SegmentIndex, nextOffset: Int64)
-    {
+    static func rebuildIndex(_ segment: Segment, size: Int64, limits: Limits) throws(LogError) -> (SegmentIndex, nextOffset: Int64) {
         var index = SegmentIndex()
-        var position: Int64 = 0
-        var expected = base
-        while true {
-            switch try scanner.probe(at: position, expectedOffset: expected, verifyCRC: true) {
-            case .batch(let header):
-                index.add(relative: UInt32(header.baseOffset - base), position: position, length: header.length,
-                          maxTimestamp: header.maxTimestamp, interval: limits.indexIntervalBytes)
-                position += Int64(header.length)
-                expected = header.nextOffset
-            case .end:
-                index.seal()
-                return (index, expected)
-            case .incomplete(let why), .invalid(let why):
-                throw LogError(.corruptBatch, "corrupt batch in a closed segment: \(why)", path: display, position: position)
-            }
+        var batches = try segment.batches(expecting: segment.base, verifyCRC: true, size: size)
+        while let header = try batches.next() {
+            index.add(relative: UInt32(header.baseOffset - segment.base), position: batches.batchPosition, length: header.length,
+                      maxTimestamp: header.maxTimestamp, interval: limits.indexIntervalBytes)
+        }
+        switch batches.stop! {
+        case .end:
+            index.seal()
+            return (index, batches.expected)
+        case .incomplete(let why), .invalid(let why):
+            throw LogError(.corruptBatch, "corrupt batch in a closed segment: \(why)", path: segment.paths.display, position: batches.position)
         }
     }
 
@@ -324,54 +296,51 @@ public final class Partition: PartitionView, @unchecked Sendable {
     static func recoverActiveSegment(base: Int64, directory: String, displayDirectory: String, limits: Limits, journalFrom: Int64? = nil)
         throws(LogError) -> (ActiveSegment, truncation: (position: Int64, bytes: Int64, reason: String)?)
     {
-        let stem = directory + "/" + SegmentFiles.name(base)
-        let display = displayDirectory + "/" + SegmentFiles.name(base) + SegmentFiles.logSuffix
+        let paths = SegmentPaths(directory: directory, displayDirectory: displayDirectory, base: base)
         // The active segment's indexes live in memory; files left by an earlier close are stale.
-        unlink(stem + SegmentFiles.offsetIndexSuffix)
-        unlink(stem + SegmentFiles.timeIndexSuffix)
-        let fd = try FileDescriptor.open(stem + SegmentFiles.logSuffix, flags: O_RDWR, displayPath: display)
-        let file = SharedFile(fd, displayPath: display)
-        let size = try file.size()
-        let scanner = SegmentScanner(file: file, size: size, buffer: GrowableBuffer(capacity: 64 << 10), maxBatchBytes: limits.maxBatchBytes)
+        try paths.removeIndexes()
+        let segment = try Segment.open(paths, writable: true, maxBatchBytes: limits.maxBatchBytes)
+        let size = try segment.file.size()
+        var batches = try segment.batches(expecting: base, verifyCRC: true, size: size, buffer: GrowableBuffer(capacity: 64 << 10))
         var index = SegmentIndex()
-        var position: Int64 = 0
-        var expected = base
         var firstAppend: Int64?
-        var truncation: (position: Int64, bytes: Int64, reason: String)?
-        scan: while true {
-            switch try scanner.probe(at: position, expectedOffset: expected, verifyCRC: true) {
-            case .batch(let header):
-                if let journalFrom, header.nextOffset > journalFrom { break scan }
-                index.add(relative: UInt32(header.baseOffset - base), position: position, length: header.length,
-                          maxTimestamp: header.maxTimestamp, interval: limits.indexIntervalBytes)
-                if firstAppend == nil { firstAppend = header.appendTime }
-                position += Int64(header.length)
-                expected = header.nextOffset
-            case .end:
-                break scan
-            case .incomplete(let why):
-                truncation = (position, size - position, "incomplete last batch: \(why)")
-                break scan
-            case .invalid(let why):
-                // Damage the journal covers is an unsynced tail, not corruption.
-                let covered = journalFrom.map { expected >= $0 } ?? false
-                if !covered, let later = try scanner.findValidBatch(after: position, minOffset: expected) {
-                    throw LogError(
-                        .corruptBatch,
-                        "corrupt batch (\(why)) with a valid batch after it at byte \(later); not a torn write, so nothing was truncated: run `sensorlog verify --repair`",
-                        path: display, position: position)
-                }
-                truncation = (position, size - position, "torn last batch: \(why)")
-                break scan
+        // Where the journal takes over: the batch holding `journalFrom`, its position and offset.
+        var journalStop: (position: Int64, offset: Int64)?
+        while let header = try batches.next() {
+            if let journalFrom, header.nextOffset > journalFrom {
+                journalStop = (batches.batchPosition, header.baseOffset)
+                break
             }
+            index.add(relative: UInt32(header.baseOffset - base), position: batches.batchPosition, length: header.length,
+                      maxTimestamp: header.maxTimestamp, interval: limits.indexIntervalBytes)
+            if firstAppend == nil { firstAppend = header.appendTime }
+        }
+        let position = journalStop?.position ?? batches.position
+        let expected = journalStop?.offset ?? batches.expected
+        var truncation: (position: Int64, bytes: Int64, reason: String)?
+        switch batches.stop {
+        case nil, .end?:
+            break
+        case .incomplete(let why)?:
+            truncation = (position, size - position, "incomplete last batch: \(why)")
+        case .invalid(let why)?:
+            // Damage the journal covers is an unsynced tail, not corruption.
+            let covered = journalFrom.map { expected >= $0 } ?? false
+            if !covered, let later = try batches.validBatchAfterStop() {
+                throw LogError(
+                    .corruptBatch,
+                    "corrupt batch (\(why)) with a valid batch after it at byte \(later); not a torn write, so nothing was truncated: run `sensorlog verify --repair`",
+                    path: paths.display, position: position)
+            }
+            truncation = (position, size - position, "torn last batch: \(why)")
         }
         if let truncation, journalFrom == nil {
-            guard ftruncate(file.fd, off_t(truncation.position)) == 0 else {
-                throw LogError.system("cannot truncate torn tail", errno: errno, path: display)
+            guard ftruncate(segment.file.fd, off_t(truncation.position)) == 0 else {
+                throw LogError.system("cannot truncate torn tail", errno: errno, path: paths.display)
             }
-            _ = fsync(file.fd)
+            _ = fsync(segment.file.fd)
         }
-        return (ActiveSegment(baseOffset: base, file: file, size: position, nextOffset: expected, index: index,
+        return (ActiveSegment(segment: segment, size: position, nextOffset: expected, index: index,
                               firstAppendTime: firstAppend), truncation)
     }
 
@@ -400,8 +369,9 @@ public final class Partition: PartitionView, @unchecked Sendable {
         }
         func scanSegment() throws(LogError) {
             guard position < fileSize else { return }
-            let scanner = SegmentScanner(file: file, size: fileSize, buffer: GrowableBuffer(capacity: 64 << 10), maxBatchBytes: limits.maxBatchBytes)
-            while case .batch(let h) = try scanner.probe(at: position, expectedOffset: expected, verifyCRC: true) {
+            var batches = try active.segment.batches(from: position, expecting: expected, verifyCRC: true, size: fileSize,
+                                              buffer: GrowableBuffer(capacity: 64 << 10))
+            while let h = try batches.next() {
                 add(length: h.length, base: h.baseOffset, next: h.nextOffset, maxTimestamp: h.maxTimestamp, appendTime: h.appendTime)
             }
         }
@@ -562,19 +532,13 @@ public final class Partition: PartitionView, @unchecked Sendable {
         }
         var index = old.index
         index.seal()
-        let stem = directory + "/" + SegmentFiles.name(old.baseOffset)
-        try SegmentFiles.writeAtomically(index.offsetFileBytes(), to: stem + SegmentFiles.offsetIndexSuffix,
-                                         directory: directory, displayPath: old.file.displayPath)
-        try SegmentFiles.writeAtomically(index.timeFileBytes(), to: stem + SegmentFiles.timeIndexSuffix,
-                                         directory: directory, displayPath: old.file.displayPath)
-        let name = SegmentFiles.name(writtenEnd) + SegmentFiles.logSuffix
-        let display = displayDirectory + "/" + name
-        let fd = try FileDescriptor.open(directory + "/" + name, flags: O_RDWR | O_CREAT | O_TRUNC, displayPath: display)
+        try Segment.writeIndexes(index, paths: old.segment.paths, directory: directory)
+        let next = try Segment.create(SegmentPaths(directory: directory, displayDirectory: displayDirectory, base: writtenEnd),
+                                      maxBatchBytes: limits.maxBatchBytes)
         syncDirectory(directory)
         closedSegments.append(ClosedSegment(baseOffset: old.baseOffset, nextOffset: writtenEnd, size: old.size,
                                             maxTimestamp: index.maxTimestamp))
-        active = ActiveSegment(baseOffset: writtenEnd, file: SharedFile(fd, displayPath: display), size: 0,
-                               nextOffset: writtenEnd, index: SegmentIndex(), firstAppendTime: nil)
+        active = ActiveSegment(segment: next, size: 0, nextOffset: writtenEnd, index: SegmentIndex(), firstAppendTime: nil)
         durableEnd = writtenEnd
         durablePosition = 0
         completeWaiters()
@@ -671,13 +635,16 @@ public final class Partition: PartitionView, @unchecked Sendable {
         writtenEnd = durableEnd
         active.nextOffset = durableEnd
         var index = SegmentIndex()
-        var position: Int64 = 0
-        let scanner = SegmentScanner(file: active.file, size: durablePosition, buffer: GrowableBuffer(capacity: 4096),
-                                     maxBatchBytes: limits.maxBatchBytes)
-        while case .batch(let header)? = try? scanner.probe(at: position, expectedOffset: nil, verifyCRC: false) {
-            index.add(relative: UInt32(header.baseOffset - active.baseOffset), position: position, length: header.length,
-                      maxTimestamp: header.maxTimestamp, interval: limits.indexIntervalBytes)
-            position += Int64(header.length)
+        do throws(LogError) {
+            var batches = try active.segment.batches(expecting: nil, size: durablePosition)
+            while let header = try batches.next() {
+                index.add(relative: UInt32(header.baseOffset - active.baseOffset), position: batches.batchPosition, length: header.length,
+                          maxTimestamp: header.maxTimestamp, interval: limits.indexIntervalBytes)
+            }
+        } catch {
+            // Unreadable now: an empty index is still correct (readers then scan the segment from
+            // its start, and the index files written at roll are rebuilt when the log next opens).
+            index = SegmentIndex()
         }
         active.index = index
     }
@@ -774,7 +741,7 @@ public final class Partition: PartitionView, @unchecked Sendable {
         let segment = closedSegments.first { $0.baseOffset == base }
         condition.unlock()
         guard let segment else { return nil }
-        return loadIndexFiles(directory: directory, base: base, size: segment.size, records: segment.nextOffset - base)
+        return loadIndexFiles(segmentPaths(base), size: segment.size, records: segment.nextOffset - base)
     }
 
     func maxTimestamp(ofSegment base: Int64) -> Int64? {
@@ -791,10 +758,9 @@ public final class Partition: PartitionView, @unchecked Sendable {
 }
 
 /// Loads and validates a closed segment's index files; nil when missing or inconsistent.
-func loadIndexFiles(directory: String, base: Int64, size: Int64, records: Int64) -> SegmentIndex? {
-    let stem = directory + "/" + SegmentFiles.name(base)
-    guard let offsets = SegmentFiles.readWholeFile(stem + SegmentFiles.offsetIndexSuffix),
-          let times = SegmentFiles.readWholeFile(stem + SegmentFiles.timeIndexSuffix)
+func loadIndexFiles(_ paths: SegmentPaths, size: Int64, records: Int64) -> SegmentIndex? {
+    guard let offsets = SegmentFiles.readWholeFile(paths.offsetIndex),
+          let times = SegmentFiles.readWholeFile(paths.timeIndex)
     else { return nil }
     return SegmentIndex.parse(offsetFile: offsets, timeFile: times, segmentSize: size, recordCount: records)
 }

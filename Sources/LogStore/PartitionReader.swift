@@ -12,8 +12,7 @@ public final class PartitionReader {
     let view: any PartitionView
     /// The offset the caller asked for; records below it in the first batch are skipped.
     public private(set) var nextOffset: Int64
-    private var segmentBase: Int64?
-    private var file: SharedFile?
+    private var segment: Segment?
     private var position: Int64 = 0
     /// Base offset the batch at `position` must carry.
     private var expectedBase: Int64 = 0
@@ -48,7 +47,7 @@ public final class PartitionReader {
         do {
             try decoder.decode(buffer.bytes, header: header, into: &batch)
         } catch {
-            throw LogError(.corruptBatch, "batch does not decode: \(error.message)", path: file?.displayPath,
+            throw LogError(.corruptBatch, "batch does not decode: \(error.message)", path: segment?.paths.display,
                            position: position - Int64(header.length))
         }
         let first = batch.firstIndex(atOrAfter: nextOffset)
@@ -61,55 +60,48 @@ public final class PartitionReader {
     public func nextRaw() throws(LogError) -> (header: BatchHeader, bytes: UnsafeRawBufferPointer, segment: String, position: Int64)? {
         guard let header = try nextVerifiedBatch() else { return nil }
         nextOffset = header.nextOffset
-        return (header, buffer.bytes, file!.displayPath, position - Int64(header.length))
+        return (header, buffer.bytes, segment!.paths.display, position - Int64(header.length))
     }
 
     private func nextVerifiedBatch() throws(LogError) -> BatchHeader? {
         let end = view.visibleEnd()
         if let end, nextOffset >= end { return nil }
-        if file == nil { guard try seek() else { return nil } }
+        if segment == nil { guard try seek() else { return nil } }
         while true {
-            let size = try file!.size()
-            let scanner = SegmentScanner(file: file!, size: size, buffer: buffer, maxBatchBytes: view.limits.maxBatchBytes)
-            let probe = try scanner.probe(at: position, expectedOffset: expectedBase, verifyCRC: true)
-            switch probe {
-            case .batch(let header):
+            // A new walk each time: the file may have grown since the last batch.
+            var batches = try segment!.batches(from: position, expecting: expectedBase, verifyCRC: true, buffer: buffer)
+            if let header = try batches.next() {
                 if let end, header.baseOffset >= end { return nil }
                 position += Int64(header.length)
                 expectedBase = header.nextOffset
                 if header.nextOffset <= nextOffset { continue }  // still before the requested offset
                 bytesRead += Int64(header.length)
                 return header
+            }
+            let display = segment!.paths.display
+            switch batches.stop! {
             case .end, .incomplete:
                 let bases = try view.segmentBases()
-                guard let later = bases.first(where: { $0 > segmentBase! }) else { return nil }
-                if case .incomplete(let why) = probe {
-                    throw LogError(.corruptBatch, "closed segment ends inside a batch: \(why)", path: file!.displayPath, position: position)
+                guard let later = bases.first(where: { $0 > segment!.base }) else { return nil }
+                if case .incomplete(let why) = batches.stop! {
+                    throw LogError(.corruptBatch, "closed segment ends inside a batch: \(why)", path: display, position: position)
                 }
                 guard later == expectedBase else {
-                    throw LogError(.invalidLog, "segment ends at offset \(expectedBase) but the next one starts at \(later)",
-                                   path: file!.displayPath)
+                    throw LogError(.invalidLog, "segment ends at offset \(expectedBase) but the next one starts at \(later)", path: display)
                 }
                 try open(base: later)
                 position = 0
             case .invalid(let why):
                 // From another process, the last segment's tail may be a write in progress.
-                let bases = try view.segmentBases()
-                let isLast = bases.last == segmentBase
-                if end == nil && isLast, try scanner.findValidBatch(after: position, minOffset: expectedBase) == nil {
-                    return nil
-                }
-                throw LogError(.corruptBatch, "corrupt batch: \(why)", path: file!.displayPath, position: position)
+                let isLast = try view.segmentBases().last == segment!.base
+                if end == nil && isLast, try batches.validBatchAfterStop() == nil { return nil }
+                throw LogError(.corruptBatch, "corrupt batch: \(why)", path: display, position: position)
             }
         }
     }
 
     private func open(base: Int64) throws(LogError) {
-        let display = view.displayDirectory + "/" + SegmentFiles.name(base) + SegmentFiles.logSuffix
-        let fd = try FileDescriptor.open(view.directory + "/" + SegmentFiles.name(base) + SegmentFiles.logSuffix,
-                                         flags: O_RDONLY, displayPath: display)
-        file = SharedFile(fd, displayPath: display)
-        segmentBase = base
+        segment = try view.openSegment(base)
         expectedBase = base
     }
 
@@ -137,22 +129,16 @@ public final class PartitionReader {
         for (i, base) in bases.enumerated() {
             let isLast = i == bases.count - 1
             if !isLast, let max = view.maxTimestamp(ofSegment: base), max < timestamp { continue }
-            let display = view.displayDirectory + "/" + SegmentFiles.name(base) + SegmentFiles.logSuffix
-            let fd = try FileDescriptor.open(view.directory + "/" + SegmentFiles.name(base) + SegmentFiles.logSuffix,
-                                             flags: O_RDONLY, displayPath: display)
-            let file = SharedFile(fd, displayPath: display)
-            let scanner = SegmentScanner(file: file, size: try file.size(), buffer: GrowableBuffer(capacity: 4096),
-                                         maxBatchBytes: view.limits.maxBatchBytes)
-            var position: Int64 = 0
+            var start: Int64 = 0
             var expected = base
             if let entry = view.index(forSegment: base)?.scanStart(forTimestamp: timestamp) {
-                position = Int64(entry.position)
+                start = Int64(entry.position)
                 expected = base + Int64(entry.relativeOffset)
             }
-            while case .batch(let header) = try scanner.probe(at: position, expectedOffset: expected, verifyCRC: false) {
+            var batches = try view.openSegment(base).batches(from: start, expecting: expected)
+            while let header = try batches.next() {
                 if let end, header.baseOffset >= end { return end }
                 if header.maxTimestamp >= timestamp { return header.baseOffset }
-                position += Int64(header.length)
                 expected = header.nextOffset
             }
             if isLast { return end ?? expected }

@@ -14,7 +14,7 @@ public struct PartitionRepair: Sendable {
 extension PartitionVerification {
     /// The segments (display paths) with an error in their batches: a repair salvages them.
     var damagedSegments: Set<String> {
-        Set(problems.filter { $0.severity == .error && $0.path.hasSuffix(SegmentFiles.logSuffix) }.map(\.path))
+        Set(problems.filter { $0.severity == .error && SegmentPaths.isLogDisplay($0.path) }.map(\.path))
     }
 
     /// Whether `LogDirectory.repair` would change records of this partition.
@@ -42,21 +42,21 @@ extension LogDirectory {
             return repair
         }
         let damaged = found.damagedSegments
-        let indexProblems = Set(found.problems.map(\.path).filter { $0.hasSuffix(SegmentFiles.offsetIndexSuffix) })
+        let indexProblems = Set(found.problems.map(\.path).filter(SegmentPaths.isOffsetIndexDisplay))
         for (i, base) in bases.enumerated() {
-            let stem = view.displayDirectory + "/" + SegmentFiles.name(base)
-            let display = stem + SegmentFiles.logSuffix
+            let paths = view.segmentPaths(base)
+            let display = paths.display
             let next = i + 1 < bases.count ? bases[i + 1] : nil
             do {
                 if damaged.contains(display) {
                     let report = found.problems.filter { $0.path == display }
                     repair.done.append(try salvage(partition: found.partition, segment: base, end: next, report: report))
                 } else if next == nil, let cut = found.truncateActiveAt, cut.path == display {
-                    try truncateTail(dataDirectory + "/" + display, at: cut.position, display: display)
+                    try truncateTail(paths, at: cut.position)
                     repair.done.append("\(display): torn tail truncated at byte \(cut.position)")
-                } else if next != nil, indexProblems.contains(stem + SegmentFiles.offsetIndexSuffix) {
+                } else if next != nil, indexProblems.contains(paths.offsetIndexDisplay) {
                     try rebuildIndexFiles(partition: found.partition, segment: base)
-                    repair.done.append("\(stem + SegmentFiles.offsetIndexSuffix): rebuilt from the segment")
+                    repair.done.append("\(paths.offsetIndexDisplay): rebuilt from the segment")
                 }
             } catch {
                 repair.failed.append("\(display): \(error)")
@@ -65,11 +65,10 @@ extension LogDirectory {
         return repair
     }
 
-    private func truncateTail(_ path: String, at position: Int64, display: String) throws(LogError) {
-        let fd = try FileDescriptor.open(path, flags: O_RDWR, displayPath: display)
-        let file = SharedFile(fd, displayPath: display)
-        guard ftruncate(file.fd, off_t(position)) == 0, fsync(file.fd) == 0 else {
-            throw LogError.system("cannot truncate the torn tail", errno: errno, path: display)
+    private func truncateTail(_ paths: SegmentPaths, at position: Int64) throws(LogError) {
+        let segment = try Segment.open(paths, writable: true, maxBatchBytes: 0)
+        guard ftruncate(segment.file.fd, off_t(position)) == 0, fsync(segment.file.fd) == 0 else {
+            throw LogError.system("cannot truncate the torn tail", errno: errno, path: paths.display)
         }
     }
 }

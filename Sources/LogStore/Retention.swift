@@ -8,7 +8,7 @@ import SensorLogCore
 /// partition, the newest timestamp that retention removed (`retention.json`). Readings at or
 /// before it are refused as too old, so a late resend can never be counted twice.
 public enum Retention {
-    public static let floorFile = "retention.json"
+    public static let floorFile = DataLayout.retentionFloorsName
 
     /// A segment retention would delete.
     public struct Candidate: Sendable {
@@ -28,7 +28,7 @@ public enum Retention {
     ///   starting without floors would let a late resend of removed readings count twice.
     public static func floors(dataDirectory: String, partitions: Int) throws(LogError) -> [Int64?] {
         struct File: Decodable { var floors: [Int64?] }
-        let path = dataDirectory + "/" + floorFile
+        let path = DataLayout(dataDirectory).retentionFloors
         guard FileManager.default.fileExists(atPath: path) else { return [Int64?](repeating: nil, count: partitions) }
         guard let bytes = SegmentFiles.readWholeFile(path),
               let file = try? JSONDecoder().decode(File.self, from: Data(bytes)), file.floors.count == partitions
@@ -50,11 +50,10 @@ public enum Retention {
             var segments: [Candidate] = []
             var total: Int64 = 0
             for (i, base) in bases.enumerated() {
-                let stem = view.directory + "/" + SegmentFiles.name(base)
-                let bytes = [SegmentFiles.logSuffix, SegmentFiles.offsetIndexSuffix, SegmentFiles.timeIndexSuffix]
-                    .reduce(Int64(0)) { $0 + Compactor.fileSize(stem + $1) }
+                let paths = view.segmentPaths(base)
+                let bytes = paths.files.reduce(Int64(0)) { $0 + Compactor.fileSize($1) }
                 total += bytes
-                let path = view.displayDirectory + "/" + SegmentFiles.name(base) + SegmentFiles.logSuffix
+                let path = paths.display
                 guard i < bases.count - 1 else {
                     // The active segment goes by age only, and only once closed: a log that never
                     // filled a segment (the default is 64 MiB) would otherwise keep everything.
@@ -80,16 +79,9 @@ public enum Retention {
 
     static func maxTimestamp(_ view: ReadOnlyPartition, _ base: Int64) throws(LogError) -> Int64 {
         if let index = view.index(forSegment: base), !index.times.isEmpty { return index.maxTimestamp }
-        let name = SegmentFiles.name(base) + SegmentFiles.logSuffix
-        let fd = try FileDescriptor.open(view.directory + "/" + name, flags: O_RDONLY, displayPath: view.displayDirectory + "/" + name)
-        let file = SharedFile(fd, displayPath: view.displayDirectory + "/" + name)
-        let scanner = SegmentScanner(file: file, size: try file.size(), buffer: GrowableBuffer(capacity: 4096), maxBatchBytes: view.limits.maxBatchBytes)
-        var position: Int64 = 0
+        var batches = try view.openSegment(base).batches(expecting: nil)
         var newest = Int64.min
-        while case .batch(let h) = try scanner.probe(at: position, expectedOffset: nil, verifyCRC: false) {
-            newest = max(newest, h.maxTimestamp)
-            position += Int64(h.length)
-        }
+        while let header = try batches.next() { newest = max(newest, header.maxTimestamp) }
         return newest
     }
 
@@ -103,12 +95,15 @@ public enum Retention {
         var floors = try floors(dataDirectory: dataDirectory, partitions: partitions)
         for c in candidates { floors[c.partition] = max(floors[c.partition] ?? .min, c.maxTimestamp) }
         let text = "{\"floors\":[" + floors.map { $0.map(String.init) ?? "null" }.joined(separator: ",") + "]}\n"
-        try SegmentFiles.writeAtomically(Array(text.utf8), to: dataDirectory + "/" + floorFile, directory: dataDirectory, displayPath: floorFile)
+        let layout = DataLayout(dataDirectory)
+        try SegmentFiles.writeAtomically(Array(text.utf8), to: layout.retentionFloors, directory: dataDirectory, displayPath: floorFile)
         var directories = Set<String>()
         for c in candidates {
-            let stem = dataDirectory + "/" + String(c.path.dropLast(SegmentFiles.logSuffix.count))
-            for suffix in [SegmentFiles.logSuffix, SegmentFiles.offsetIndexSuffix, SegmentFiles.timeIndexSuffix] { unlink(stem + suffix) }
-            directories.insert((stem as NSString).deletingLastPathComponent)
+            let partition = layout.partition(c.partition)
+            for path in partition.segment(c.baseOffset).files where unlink(path) != 0 && errno != ENOENT {
+                throw LogError.system("cannot delete a segment file", errno: errno, path: c.path)
+            }
+            directories.insert(partition.directory)
         }
         for d in directories { syncDirectory(d) }
     }

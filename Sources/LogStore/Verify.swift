@@ -48,87 +48,104 @@ extension LogDirectory {
         result.startOffset = bases.first ?? 0
         var expected = bases.first ?? 0
         let decoder = BatchDecoder()
-        var batch = DecodedBatch()
         let buffer = GrowableBuffer(capacity: 64 << 10)
         for (i, base) in bases.enumerated() {
-            let isActive = i == bases.count - 1
-            let name = SegmentFiles.name(base) + SegmentFiles.logSuffix
-            let display = view.displayDirectory + "/" + name
+            let segment = try view.openSegment(base)
             if base != expected {
-                result.problems.append(VerifyProblem(severity: .error, path: display, position: nil,
+                result.problems.append(VerifyProblem(severity: .error, path: segment.paths.display, position: nil,
                     message: "segment starts at offset \(base) but the previous one ends at \(expected)"))
                 expected = base
             }
-            let fd = try FileDescriptor.open(view.directory + "/" + name, flags: O_RDONLY, displayPath: display)
-            let file = SharedFile(fd, displayPath: display)
-            let size = try file.size()
-            result.bytes += size
-            let scanner = SegmentScanner(file: file, size: size, buffer: buffer, maxBatchBytes: view.limits.maxBatchBytes)
-            var position: Int64 = 0
-            var reported: Int64 = 0
-            // The bytes a damaged range skipped count too, so a run ends at the total.
-            defer { progress(size - reported) }
-            var starts: [Int64: Int64] = [:]  // position -> base offset, to check the index
-            scan: while true {
-                let probe = try scanner.probe(at: position, expectedOffset: expected, verifyCRC: true)
-                switch probe {
-                case .batch(let header):
-                    do {
-                        try decoder.decode(buffer.bytes, header: header, into: &batch)
-                    } catch {
-                        result.problems.append(VerifyProblem(severity: .error, path: display, position: position,
-                                                             message: "batch at offset \(header.baseOffset) does not decode: \(error.message)"))
-                    }
-                    starts[position] = header.baseOffset
-                    result.batches += 1
-                    result.records += Int64(header.recordCount)
-                    position += Int64(header.length)
-                    expected = header.nextOffset
-                    progress(Int64(header.length))
-                    reported += Int64(header.length)
-                case .end:
-                    break scan
-                case .incomplete(let why), .invalid(let why):
-                    let later = try scanner.findValidBatch(after: position, minOffset: expected)
-                    // No valid batch after the damage: what an interrupted write leaves (or one in flight).
-                    if isActive && later == nil {
-                        result.problems.append(VerifyProblem(severity: .warning, path: display, position: position,
-                            message: "\(size - position) bytes of torn tail (\(why)); sensorlogd truncates it when it opens, or a write is in progress"))
-                        result.truncateActiveAt = (display, position)
-                        break scan
-                    }
-                    result.problems.append(VerifyProblem(severity: .error, path: display, position: position, message: "corrupt batch: \(why)"))
-                    if isActive && result.truncateActiveAt == nil { result.truncateActiveAt = (display, position) }
-                    guard let later else {
-                        // The rest of this segment is unreadable; the next one is judged on its own.
-                        if !isActive { expected = bases[i + 1] }
-                        break scan
-                    }
-                    position = later
-                    // Continue after the damage to report what else is wrong (offsets resume there).
-                    if case .batch(let h) = try scanner.probe(at: later, expectedOffset: nil, verifyCRC: false) { expected = h.baseOffset }
-                }
-            }
+            let isActive = i == bases.count - 1
+            let (starts, cutShort) = try verifyBatches(segment, isActive: isActive, buffer: buffer, decoder: decoder, expected: &expected,
+                                                       into: &result, progress: progress)
             if !isActive {
-                let stem = view.directory + "/" + SegmentFiles.name(base)
-                let indexDisplay = view.displayDirectory + "/" + SegmentFiles.name(base) + SegmentFiles.offsetIndexSuffix
-                if let index = loadIndexFiles(directory: view.directory, base: base, size: size, records: expected - base) {
-                    for e in index.offsets where starts[Int64(e.position)] != base + Int64(e.relativeOffset) {
-                        result.problems.append(VerifyProblem(severity: .error, path: indexDisplay, position: nil,
-                            message: "entry (offset \(base + Int64(e.relativeOffset)), byte \(e.position)) does not point at that batch"))
-                        break
-                    }
-                } else if FileManager.default.fileExists(atPath: stem + SegmentFiles.offsetIndexSuffix) {
-                    result.problems.append(VerifyProblem(severity: .error, path: indexDisplay, position: nil,
-                                                         message: "index files are malformed or disagree with the segment"))
-                } else {
-                    result.problems.append(VerifyProblem(severity: .warning, path: indexDisplay, position: nil,
-                                                         message: "index files missing (sensorlogd rebuilds them when it opens)"))
-                }
+                // The rest of a segment that is unreadable to its end is judged by the next one.
+                if cutShort { expected = bases[i + 1] }
+                verifyIndexes(view, segment, starts: starts, end: expected, into: &result)
             }
         }
         result.endOffset = expected
         return result
+    }
+
+    /// Checks every batch of one segment, decoding each, and goes on past damage to report what
+    /// else is wrong. `expected` is the offset the segment must start at, and becomes its end.
+    /// - Returns: each batch's position and base offset, to check the index against, and whether
+    ///   damage left the rest of the segment unreadable.
+    private func verifyBatches(_ segment: Segment, isActive: Bool, buffer: GrowableBuffer, decoder: BatchDecoder, expected: inout Int64,
+                               into result: inout PartitionVerification, progress: (Int64) -> Void)
+        throws(LogError) -> (starts: [Int64: Int64], cutShort: Bool)
+    {
+        let display = segment.paths.display
+        var batches = try segment.batches(expecting: expected, verifyCRC: true, buffer: buffer)
+        let size = batches.scanner.size
+        result.bytes += size
+        var reported: Int64 = 0
+        // The bytes a damaged range skipped count too, so a run ends at the total.
+        defer { progress(size - reported) }
+        var starts: [Int64: Int64] = [:]
+        var batch = DecodedBatch()
+        while true {
+            if let header = try batches.next() {
+                do {
+                    try decoder.decode(batches.bytes, header: header, into: &batch)
+                } catch {
+                    result.problems.append(VerifyProblem(severity: .error, path: display, position: batches.batchPosition,
+                                                         message: "batch at offset \(header.baseOffset) does not decode: \(error.message)"))
+                }
+                starts[batches.batchPosition] = header.baseOffset
+                result.batches += 1
+                result.records += Int64(header.recordCount)
+                expected = header.nextOffset
+                progress(Int64(header.length))
+                reported += Int64(header.length)
+                continue
+            }
+            let why: String
+            switch batches.stop! {
+            case .end: return (starts, false)
+            case .incomplete(let reason), .invalid(let reason): why = reason
+            }
+            let position = batches.position
+            let later = try batches.validBatchAfterStop()
+            // No valid batch after the damage: what an interrupted write leaves (or one in flight).
+            if isActive && later == nil {
+                result.problems.append(VerifyProblem(severity: .warning, path: display, position: position,
+                    message: "\(size - position) bytes of torn tail (\(why)); sensorlogd truncates it when it opens, or a write is in progress"))
+                result.truncateActiveAt = (display, position)
+                return (starts, false)
+            }
+            result.problems.append(VerifyProblem(severity: .error, path: display, position: position, message: "corrupt batch: \(why)"))
+            if isActive && result.truncateActiveAt == nil { result.truncateActiveAt = (display, position) }
+            // The rest of this segment is unreadable; the next one is judged on its own.
+            guard let later else { return (starts, true) }
+            // Continue after the damage to report what else is wrong (offsets resume there).
+            try batches.resume(at: later, expecting: nil)
+            expected = batches.expected
+        }
+    }
+
+    /// Checks that a closed segment's index files point at batch starts.
+    private func verifyIndexes(_ view: ReadOnlyPartition, _ segment: Segment, starts: [Int64: Int64], end: Int64,
+                               into result: inout PartitionVerification)
+    {
+        let base = segment.base
+        let indexDisplay = segment.paths.offsetIndexDisplay
+        let size = (try? segment.file.size()) ?? 0
+        if let index = loadIndexFiles(segment.paths, size: size, records: end - base) {
+            for e in index.offsets where starts[Int64(e.position)] != base + Int64(e.relativeOffset) {
+                result.problems.append(VerifyProblem(severity: .error, path: indexDisplay, position: nil,
+                    message: "entry (offset \(base + Int64(e.relativeOffset)), byte \(e.position)) does not point at that batch"))
+                break
+            }
+        } else if FileManager.default.fileExists(atPath: segment.paths.offsetIndex) {
+            result.problems.append(VerifyProblem(severity: .error, path: indexDisplay, position: nil,
+                                                 message: "index files are malformed or disagree with the segment"))
+        } else {
+            result.problems.append(VerifyProblem(severity: .warning, path: indexDisplay, position: nil,
+                                                 message: "index files missing (sensorlogd rebuilds them when it opens)"))
+        }
     }
 }
 
@@ -142,19 +159,16 @@ extension LogDirectory {
     /// - Returns: what was done, for the operator.
     public func salvage(partition: Int, segment base: Int64, end: Int64?, report: [VerifyProblem]) throws -> String {
         let view = views[partition]
-        let name = SegmentFiles.name(base) + SegmentFiles.logSuffix
-        let path = view.directory + "/" + name
-        let display = view.displayDirectory + "/" + name
-        let fd = try FileDescriptor.open(path, flags: O_RDONLY, displayPath: display)
-        let file = SharedFile(fd, displayPath: display)
-        let size = try file.size()
-        let scanner = SegmentScanner(file: file, size: size, buffer: GrowableBuffer(capacity: 64 << 10), maxBatchBytes: view.limits.maxBatchBytes)
+        let segment = try view.openSegment(base)
+        let (path, display) = (segment.paths.log, segment.paths.display)
+        let name = segment.paths.names[0]
+        var batches = try segment.batches(expecting: base, verifyCRC: true, buffer: GrowableBuffer(capacity: 64 << 10))
+        let size = batches.scanner.size
         let temporary = path + ".salvage"
         let outFD = try FileDescriptor.open(temporary, flags: O_RDWR | O_CREAT | O_TRUNC, displayPath: display)
         let out = SharedFile(outFD, displayPath: display)
         let encoder = BatchEncoder()
         var written: Int64 = 0
-        var position: Int64 = 0
         var expected = base
         var removed: Int64 = 0
         func writeRemoved(upTo next: Int64) throws {
@@ -166,30 +180,25 @@ extension LogDirectory {
             removed += next - expected
             expected = next
         }
-        loop: while true {
-            switch try scanner.probe(at: position, expectedOffset: expected, verifyCRC: true) {
-            case .batch(let header):
-                let bytes = UnsafeRawBufferPointer(start: scanner.buffer.base, count: header.length)
-                try writeAll(.system, fd: out.fd, bytes, at: written, displayPath: display)
+        while true {
+            if let header = try batches.next() {
+                try writeAll(.system, fd: out.fd, UnsafeRawBufferPointer(rebasing: batches.bytes[..<header.length]), at: written, displayPath: display)
                 written += Int64(header.length)
-                position += Int64(header.length)
                 expected = header.nextOffset
-            case .end:
-                break loop
-            case .incomplete, .invalid:
-                guard let later = try scanner.findValidBatch(after: position, minOffset: expected) else {
-                    if let end { try writeRemoved(upTo: end) }  // a closed segment must still reach its end
-                    break loop
-                }
-                guard case .batch(let next) = try scanner.probe(at: later, expectedOffset: nil, verifyCRC: true) else { break loop }
-                try writeRemoved(upTo: next.baseOffset)
-                position = later
+                continue
             }
+            guard batches.stop != .end else { break }
+            guard let later = try batches.validBatchAfterStop() else {
+                if let end { try writeRemoved(upTo: end) }  // a closed segment must still reach its end
+                break
+            }
+            try batches.resume(at: later, expecting: nil)
+            try writeRemoved(upTo: batches.expected)
         }
         if let end, expected != end { throw LogError(.invalidLog, "salvaged segment ends at \(expected), expected \(end)", path: display) }
         guard fsync(out.fd) == 0 else { throw LogError.system("fsync failed", errno: errno, path: display) }
         // Keep the original, and say why, before replacing it.
-        let quarantine = dataDirectory + "/quarantine/" + view.displayDirectory.replacingOccurrences(of: "log/", with: "")
+        let quarantine = layout.quarantine(partition: partition)
         try FileManager.default.createDirectory(atPath: quarantine, withIntermediateDirectories: true)
         let stamp = String(WallClock.nowNanoseconds())
         let kept = quarantine + "/" + name + "." + stamp
@@ -204,9 +213,7 @@ extension LogDirectory {
         if end != nil {
             try rebuildIndexFiles(partition: partition, segment: base)
         } else {
-            let stem = view.directory + "/" + SegmentFiles.name(base)
-            unlink(stem + SegmentFiles.offsetIndexSuffix)
-            unlink(stem + SegmentFiles.timeIndexSuffix)
+            try segment.paths.removeIndexes()
         }
         return "\(display): \(removed) unreadable record(s) replaced by removed records, \(size - written) bytes dropped; original in quarantine/"
             + (end != nil ? "; index files rebuilt" : "")
@@ -216,16 +223,20 @@ extension LogDirectory {
     /// opens a segment without valid ones.
     public func rebuildIndexFiles(partition: Int, segment base: Int64) throws(LogError) {
         let view = views[partition]
-        let stem = view.directory + "/" + SegmentFiles.name(base)
         // Gone first: the check that keeps valid files looks only at their tail.
-        unlink(stem + SegmentFiles.offsetIndexSuffix)
-        unlink(stem + SegmentFiles.timeIndexSuffix)
+        try view.segmentPaths(base).removeIndexes()
         _ = try Partition.inspectClosedSegment(base: base, directory: view.directory, displayDirectory: view.displayDirectory, limits: view.limits)
+    }
+
+    /// The bytes of every file in `partition`'s directory (segments and their indexes), as they are now.
+    public func partitionBytes(partition: Int) -> Int64 {
+        let directory = views[partition].directory
+        return ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).reduce(0) { $0 + Compactor.fileSize(directory + "/" + $1) }
     }
 
     /// The bytes of `partition`'s segment files, as they are now.
     public func segmentBytes(partition: Int) throws(LogError) -> Int64 {
         let view = views[partition]
-        return try view.segmentBases().reduce(0) { $0 + Compactor.fileSize(view.directory + "/" + SegmentFiles.name($1) + SegmentFiles.logSuffix) }
+        return try view.segmentBases().reduce(0) { $0 + Compactor.fileSize(view.segmentPaths($1).log) }
     }
 }

@@ -36,9 +36,9 @@ struct Backup: ParsableCommand {
         do {
             let directory = try LogDirectory(dataDirectory: source)
             try LogBackup.makeEmptyDirectory(target)
-            let storePath = directory.dataDirectory + "/" + AggregateStore.fileName
+            let storePath = directory.layout.aggregates
             if FileManager.default.fileExists(atPath: storePath) {
-                try AggregateStore(path: storePath, readOnly: true).backup(to: target + "/" + AggregateStore.fileName)
+                try AggregateStore(path: storePath, readOnly: true).backup(to: DataLayout(target).aggregates)
             }
             let result = try LogBackup.backup(dataDirectory: source, to: target, segments: hardLink ? .hardLink : .copy)
             report(result, to: target, seconds: Date().timeIntervalSince(started))

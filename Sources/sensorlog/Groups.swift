@@ -23,7 +23,7 @@ struct Groups: ParsableCommand {
         do { directory = try LogDirectory(dataDirectory: options.dataDir) } catch { Terminal.fail("\(error)", code: 66) }
         let ends = try (0..<directory.partitionCount).map { p throws(LogError) in try directory.endOffset(partition: p) }
         var groups: [(String, [Int64])] = []
-        let storePath = directory.dataDirectory + "/" + AggregateStore.fileName
+        let storePath = directory.layout.aggregates
         if FileManager.default.fileExists(atPath: storePath) {
             let store = try AggregateStore(path: storePath, readOnly: true)
             groups.append((AggregateStore.group, try store.offsets(partitions: directory.partitionCount)))

@@ -44,7 +44,7 @@ struct RebuildAggregates: ParsableCommand {
             }
         }
         defer { lock?.release() }
-        let target = output.map { URL(fileURLWithPath: $0).standardizedFileURL.path } ?? directory + "/" + AggregateStore.fileName
+        let target = output.map { URL(fileURLWithPath: $0).standardizedFileURL.path } ?? DataLayout(directory).aggregates
         let progress = Progress(label: "rebuild")
         let result: AggregateRebuild.Result
         do {

@@ -103,7 +103,7 @@ struct Retention: ParsableCommand {
     /// Why each candidate may not go yet: a group (the aggregator included) has not read it.
     func unread(_ candidates: [LogStore.Retention.Candidate], _ directory: LogDirectory) throws -> [String] {
         var groups: [(String, [Int64])] = []
-        let storePath = directory.dataDirectory + "/" + AggregateStore.fileName
+        let storePath = directory.layout.aggregates
         if FileManager.default.fileExists(atPath: storePath) {
             groups.append((AggregateStore.group, try AggregateStore(path: storePath, readOnly: true).offsets(partitions: directory.partitionCount)))
         }

@@ -61,11 +61,7 @@ struct Stats: ParsableCommand {
             minTimestamp = min(minTimestamp, batch.header.minTimestamp)
             maxTimestamp = max(maxTimestamp, batch.header.maxTimestamp)
         }
-        var bytes: Int64 = 0
-        let dir = directory.dataDirectory + "/log/" + String(format: "partition-%03d", p)
-        for name in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] {
-            if let size = (try? FileManager.default.attributesOfItem(atPath: dir + "/" + name))?[.size] as? Int64 { bytes += size }
-        }
+        let bytes = directory.partitionBytes(partition: p)
         var entry: [String: Any] = [
             "partition": p, "segments": bases.count, "start_offset": bases.first ?? 0, "end_offset": reader.nextOffset,
             "readings": readings, "bytes": bytes,

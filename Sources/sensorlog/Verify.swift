@@ -89,7 +89,7 @@ struct Verify: ParsableCommand {
     /// Group offsets must lie within the log.
     static func groupProblems(_ directory: LogDirectory, partitions: [PartitionVerification]) -> [VerifyProblem] {
         var offsets: [(String, [Int64])] = []
-        let storePath = directory.dataDirectory + "/" + AggregateStore.fileName
+        let storePath = directory.layout.aggregates
         if FileManager.default.fileExists(atPath: storePath), let store = try? AggregateStore(path: storePath, readOnly: true),
            let committed = try? store.offsets(partitions: directory.partitionCount) {
             offsets.append((AggregateStore.group, committed))
@@ -99,7 +99,7 @@ struct Verify: ParsableCommand {
         var problems: [VerifyProblem] = []
         for (group, committed) in offsets {
             for (p, c) in committed.enumerated() where c > partitions[p].endOffset || (c < partitions[p].startOffset && c != 0) {
-                problems.append(VerifyProblem(severity: .error, path: group == AggregateStore.group ? AggregateStore.fileName : "groups/\(group).json",
+                problems.append(VerifyProblem(severity: .error, path: group == AggregateStore.group ? AggregateStore.fileName : directory.layout.group(group).display,
                     position: nil, message: "group \(group) partition \(p) committed offset \(c) outside the log [\(partitions[p].startOffset), \(partitions[p].endOffset)]"))
             }
         }

@@ -71,7 +71,7 @@ import Testing
         let directory = try LogDirectory(dataDirectory: path)
         let bases = try directory.segmentBases(partition: 0)
         try #require(bases.count >= 2)
-        let victim = path + "/" + partitionDirectoryName(0) + "/" + String(format: "%020lld", bases[0]) + ".log"
+        let victim = DataLayout(path).partition(0).directory + "/" + String(format: "%020lld", bases[0]) + ".log"
         var bytes = try Data(contentsOf: URL(fileURLWithPath: victim))
         bytes[bytes.count / 2] ^= 0x01
         try bytes.write(to: URL(fileURLWithPath: victim))

@@ -157,7 +157,7 @@ import Testing
         try log.close()
 
         // What the journal holds is contiguous per partition and only since the last retirement.
-        let journal = try CommitJournal(directory: crashed.path + "/log", limitBytes: 64 << 10, fileOperations: .system, onSync: nil)
+        let journal = try CommitJournal(layout: DataLayout(crashed.path), limitBytes: 64 << 10, fileOperations: .system, onSync: nil)
         let records = try journal.records(partitions: 2, maxBatchBytes: Limits().maxBatchBytes)
         var total = 0
         for (p, batches) in records {
@@ -267,7 +267,7 @@ import Testing
         // The close's own fdatasync now returns 0 (the kernel reported the error once): the
         // journal must survive it for the reopen to rewrite what the segment may lack.
         try log.close()
-        let kept = try CommitJournal(directory: dir.path + "/log", limitBytes: 64 << 10, fileOperations: .system, onSync: nil)
+        let kept = try CommitJournal(layout: DataLayout(dir.path), limitBytes: 64 << 10, fileOperations: .system, onSync: nil)
         #expect(try !kept.records(partitions: 2, maxBatchBytes: Limits().maxBatchBytes).isEmpty)
 
         let reopened = try Log.open(dataDirectory: dir.path, configuration: configuration(partitions: 2))

@@ -1,0 +1,173 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import SensorLogCore
+
+/// Where one segment's files are: `<20-digit base offset>.log`, `.index` and `.timeindex` in its
+/// partition's directory. The only place a segment's file names are put together.
+struct SegmentPaths: Sendable {
+    let base: Int64
+    /// The files' common path, without suffix.
+    let stem: String
+    /// The common path as messages show it (relative to the data directory).
+    let displayStem: String
+
+    init(directory: String, displayDirectory: String, base: Int64) {
+        self.base = base
+        let name = SegmentFiles.name(base)
+        stem = directory + "/" + name
+        displayStem = displayDirectory + "/" + name
+    }
+
+    var log: String { stem + SegmentFiles.logSuffix }
+    var offsetIndex: String { stem + SegmentFiles.offsetIndexSuffix }
+    var timeIndex: String { stem + SegmentFiles.timeIndexSuffix }
+    /// Every file of the segment, the log first.
+    var files: [String] { [log, offsetIndex, timeIndex] }
+    /// The `.log` path as messages show it (relative to the data directory).
+    var display: String { displayStem + SegmentFiles.logSuffix }
+    var offsetIndexDisplay: String { displayStem + SegmentFiles.offsetIndexSuffix }
+    /// Every file's name within the partition directory, the log first.
+    var names: [String] {
+        let name = SegmentFiles.name(base)
+        return [SegmentFiles.logSuffix, SegmentFiles.offsetIndexSuffix, SegmentFiles.timeIndexSuffix].map { name + $0 }
+    }
+
+    /// Removes the index pair (a missing file is fine: that is the goal).
+    func removeIndexes() throws(LogError) {
+        for path in [offsetIndex, timeIndex] where unlink(path) != 0 && errno != ENOENT {
+            throw LogError.system("cannot remove a stale index file", errno: errno, path: displayStem + String(path.dropFirst(stem.count)))
+        }
+    }
+
+    /// Whether `path` (as messages show it) names one of the segments' `.log` or `.index` files.
+    static func isLogDisplay(_ path: String) -> Bool { path.hasSuffix(SegmentFiles.logSuffix) }
+    static func isOffsetIndexDisplay(_ path: String) -> Bool { path.hasSuffix(SegmentFiles.offsetIndexSuffix) }
+}
+
+extension PartitionView {
+    var paths: PartitionPaths { PartitionPaths(directory: directory, display: displayDirectory) }
+
+    func segmentPaths(_ base: Int64) -> SegmentPaths {
+        SegmentPaths(directory: directory, displayDirectory: displayDirectory, base: base)
+    }
+
+    /// Opens segment `base` for reading.
+    func openSegment(_ base: Int64) throws(LogError) -> Segment {
+        try Segment.open(segmentPaths(base), maxBatchBytes: limits.maxBatchBytes)
+    }
+}
+
+/// One open segment file, as Kafka's `LogSegment`: the batches in it are walked only through
+/// `batches(from:expecting:verifyCRC:)`, and its index pair is written only by `writeIndexes`.
+struct Segment {
+    let paths: SegmentPaths
+    let file: SharedFile
+    let maxBatchBytes: Int
+
+    var base: Int64 { paths.base }
+
+    static func open(_ paths: SegmentPaths, writable: Bool = false, maxBatchBytes: Int) throws(LogError) -> Segment {
+        let fd = try FileDescriptor.open(paths.log, flags: writable ? O_RDWR : O_RDONLY, displayPath: paths.display)
+        return Segment(paths: paths, file: SharedFile(fd, displayPath: paths.display), maxBatchBytes: maxBatchBytes)
+    }
+
+    /// Creates (or empties) the segment's log file for appending.
+    static func create(_ paths: SegmentPaths, maxBatchBytes: Int) throws(LogError) -> Segment {
+        let fd = try FileDescriptor.open(paths.log, flags: O_RDWR | O_CREAT | O_TRUNC, displayPath: paths.display)
+        return Segment(paths: paths, file: SharedFile(fd, displayPath: paths.display), maxBatchBytes: maxBatchBytes)
+    }
+
+    /// A walk over the batches from byte `position`.
+    /// - Parameters:
+    ///   - offset: the base offset the first batch must have (each later one must continue it);
+    ///     nil checks no offsets.
+    ///   - verifyCRC: read each whole batch and check its CRC (the cursor's `bytes` then hold it).
+    ///   - size: where the file ends for this walk (default: its size now).
+    ///   - buffer: where batches are read (pass one to reuse it across walks).
+    func batches(from position: Int64 = 0, expecting offset: Int64?, verifyCRC: Bool = false, size: Int64? = nil,
+                 buffer: GrowableBuffer = GrowableBuffer(capacity: 4096)) throws(LogError) -> SegmentCursor
+    {
+        let end: Int64
+        if let size { end = size } else { end = try file.size() }
+        let scanner = SegmentScanner(file: file, size: end, buffer: buffer, maxBatchBytes: maxBatchBytes)
+        return SegmentCursor(scanner: scanner, verifyCRC: verifyCRC, position: position, expected: offset)
+    }
+
+    /// Writes the segment's index pair, each file atomically; `suffix` names pending files (a
+    /// compaction's, renamed into place by its manifest).
+    static func writeIndexes(_ index: SegmentIndex, paths: SegmentPaths, directory: String, suffix: String = "") throws(LogError) {
+        try SegmentFiles.writeAtomically(index.offsetFileBytes(), to: paths.offsetIndex + suffix, directory: directory, displayPath: paths.display)
+        try SegmentFiles.writeAtomically(index.timeFileBytes(), to: paths.timeIndex + suffix, directory: directory, displayPath: paths.display)
+    }
+}
+
+/// A walk over a segment's batches. Each `next()` checks one batch (its header, its base offset
+/// when the walk expects one, and with `verifyCRC` its CRC) and moves past it. The walk ends at
+/// the end of the file, at a batch the file cuts short, or at one that fails a check: `stop`
+/// says which, and `position` is where that batch starts.
+struct SegmentCursor {
+    enum Stop: Equatable {
+        case end
+        /// The file ends inside the batch: a write that did not finish.
+        case incomplete(String)
+        /// Bytes are there but fail a check (CRC, header field, offset).
+        case invalid(String)
+    }
+
+    let scanner: SegmentScanner
+    let verifyCRC: Bool
+    private let checksOffsets: Bool
+    /// Where the next batch starts.
+    private(set) var position: Int64
+    /// The base offset the next batch must have (when the walk checks offsets, or after a batch).
+    private(set) var expected: Int64
+    private(set) var stop: Stop?
+    /// Where the batch `next()` last returned starts.
+    private(set) var batchPosition: Int64 = 0
+
+    init(scanner: SegmentScanner, verifyCRC: Bool, position: Int64, expected: Int64?) {
+        self.scanner = scanner
+        self.verifyCRC = verifyCRC
+        self.position = position
+        self.checksOffsets = expected != nil
+        self.expected = expected ?? 0
+    }
+
+    /// The batch `next()` last returned: the header only, or the whole batch with `verifyCRC`.
+    var bytes: UnsafeRawBufferPointer { scanner.buffer.bytes }
+
+    /// The next batch's header, or nil when the walk stopped (see `stop`).
+    mutating func next() throws(LogError) -> BatchHeader? {
+        guard stop == nil else { return nil }
+        switch try scanner.probe(at: position, expectedOffset: checksOffsets ? expected : nil, verifyCRC: verifyCRC) {
+        case .batch(let header):
+            batchPosition = position
+            position += Int64(header.length)
+            expected = header.nextOffset
+            return header
+        case .end: stop = .end
+        case .incomplete(let why): stop = .incomplete(why)
+        case .invalid(let why): stop = .invalid(why)
+        }
+        return nil
+    }
+
+    /// Goes on from byte `position` (past damage), expecting a batch at offset `offset` (or any
+    /// offset when nil, which then only the batches after it must continue).
+    mutating func resume(at position: Int64, expecting offset: Int64?) throws(LogError) {
+        self.position = position
+        stop = nil
+        if let offset {
+            expected = offset
+        } else if case .batch(let header) = try scanner.probe(at: position, expectedOffset: nil, verifyCRC: false) {
+            expected = header.baseOffset
+        }
+    }
+
+    /// The position of a valid batch (CRC and all) after where the walk stopped, with a base
+    /// offset of at least the one expected: evidence that the damage is not a torn tail.
+    func validBatchAfterStop() throws(LogError) -> Int64? {
+        try scanner.findValidBatch(after: position, minOffset: expected)
+    }
+}
