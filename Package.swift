@@ -137,12 +137,18 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // What every test target shares: temporary directories, the seeded PRNG, workloads, the
+        // ingest fixture and socket helpers.
+        .target(
+            name: "TestSupport",
+            dependencies: ["SensorLogCore", "LogStore", "Ingest"],
+            path: "Tests/TestSupport",
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "IngestTests",
             dependencies: [
-                "Ingest", "HTTPAPI", "LogStore", "SensorLogCore", "Aggregator",
-                .product(name: "HummingbirdTesting", package: "hummingbird"),
-                .product(name: "HTTPTypes", package: "swift-http-types"),
+                "Ingest", "LogStore", "SensorLogCore", "TestSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -151,9 +157,29 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "HTTPAPITests",
+            dependencies: [
+                "HTTPAPI", "Ingest", "Aggregator", "LogStore", "SensorLogCore", "TestSupport",
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "PropertyBased", package: "swift-property-based"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "AggregatorTests",
+            dependencies: [
+                "Aggregator", "Ingest", "LogStore", "SensorLogCore", "TestSupport",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "LogStoreTests",
             dependencies: [
-                "SensorLogCore", "LogStore",
+                "SensorLogCore", "LogStore", "TestSupport",
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ],
             swiftSettings: swiftSettings

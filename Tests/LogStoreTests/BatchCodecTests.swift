@@ -1,6 +1,7 @@
 import Foundation
 import PropertyBased
 import SensorLogCore
+import TestSupport
 import Testing
 
 @testable import LogStore

@@ -1,5 +1,6 @@
 import Foundation
 import SensorLogCore
+import TestSupport
 import Testing
 
 @testable import LogStore
@@ -143,7 +144,7 @@ import Testing
         defer { original.cleanup() }
         _ = try makeLog(original.path)
         let expected = try contents(original.path)
-        var rng = SplitMix64(seed: UInt64(Date().timeIntervalSince1970))
+        var rng = SplitMix64(seed: testSeed())
         // How long an uninterrupted compaction takes, to spread the kills over it.
         let probe = TemporaryDirectory()
         defer { probe.cleanup() }

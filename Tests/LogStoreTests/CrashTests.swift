@@ -1,5 +1,6 @@
 import Foundation
 import SensorLogCore
+import TestSupport
 import Testing
 
 @testable import LogStore
@@ -31,7 +32,7 @@ import Testing
         let dir = TemporaryDirectory()
         defer { dir.cleanup() }
         var acks: [Ack] = []
-        var rng = SplitMix64(seed: UInt64(Date().timeIntervalSince1970))
+        var rng = SplitMix64(seed: testSeed())
         let rounds = 20
         for round in 0..<rounds {
             let out = dir.path + "-acks-\(round)"

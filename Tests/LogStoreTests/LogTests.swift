@@ -1,5 +1,6 @@
 import Foundation
 import SensorLogCore
+import TestSupport
 import Testing
 
 @testable import LogStore

@@ -4,6 +4,7 @@ import Ingest
 import LogStore
 import Logging
 import SensorLogCore
+import TestSupport
 import Testing
 
 /// `verify --repair` keeps "aggregates = the fold of the log": after a salvage, resends of the

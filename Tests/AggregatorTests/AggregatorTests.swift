@@ -4,6 +4,7 @@ import Ingest
 import LogStore
 import Logging
 import SensorLogCore
+import TestSupport
 import Testing
 
 @Suite struct AggregatorTests {
@@ -110,17 +111,5 @@ import Testing
         #expect(try groups.committed("beta") == [10, 0], "resetting one group leaves another alone")
         #expect(throws: LogError.self) { try groups.commit("aggregator", offsets: [0, 0]) }
         #expect(throws: LogError.self) { try groups.commit("../evil", offsets: [0, 0]) }
-    }
-}
-
-struct SplitMix64 {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

@@ -1,22 +1,22 @@
 import Foundation
-import LogStore
-import SensorLogCore
+public import LogStore
+public import SensorLogCore
 
 /// A fresh, empty directory under the system temp dir, removed by `cleanup()`.
-struct TemporaryDirectory {
-    let path: String
+public struct TemporaryDirectory: Sendable {
+    public let path: String
 
-    init() {
+    public init() {
         path = NSTemporaryDirectory() + "sensorlog-test-" + UUID().uuidString
         try! FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
     }
 
-    func cleanup() { try? FileManager.default.removeItem(atPath: path) }
+    public func cleanup() { try? FileManager.default.removeItem(atPath: path) }
 }
 
 /// The standard workload: `sensors` sensors, 3 types, 50 locations, one reading per sensor per
 /// second, values with 3 decimals. Deterministic for a seed.
-func standardWorkload(seconds: Int, sensors: Int = 10_000, seed: UInt64 = 7) -> [Reading] {
+public func standardWorkload(seconds: Int, sensors: Int = 10_000, seed: UInt64 = 7) -> [Reading] {
     var rng = SplitMix64(seed: seed)
     let types = ["temperature", "humidity", "pressure"]
     let bases = [20.0, 50.0, 1013.0]
@@ -35,10 +35,10 @@ func standardWorkload(seconds: Int, sensors: Int = 10_000, seed: UInt64 = 7) -> 
     return out
 }
 
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
+public struct SplitMix64: RandomNumberGenerator, Sendable {
+    public var state: UInt64
+    public init(seed: UInt64) { state = seed }
+    public mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
         var z = state
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
@@ -50,7 +50,7 @@ struct SplitMix64: RandomNumberGenerator {
 extension Log {
     /// Appends readings of any partitions, grouped per partition, in batches of `batch`.
     @discardableResult
-    func appendAll(_ readings: [Reading], batch: Int = 1000) throws -> [Int: [Reading]] {
+    public func appendAll(_ readings: [Reading], batch: Int = 1000) throws -> [Int: [Reading]] {
         var groups: [Int: [Reading]] = [:]
         for r in readings { groups[partition(for: r.sensorID), default: []].append(r) }
         for (p, group) in groups {
@@ -66,7 +66,7 @@ extension Log {
 }
 
 /// Every reading of a partition, through a reader.
-func readAll(_ reader: PartitionReader) throws -> [(offset: Int64, reading: Reading)] {
+public func readAll(_ reader: PartitionReader) throws -> [(offset: Int64, reading: Reading)] {
     var out: [(Int64, Reading)] = []
     while let (batch, first) = try reader.next() {
         for i in first..<batch.count { out.append((batch.offset(at: i), batch.reading(at: i))) }
@@ -74,22 +74,22 @@ func readAll(_ reader: PartitionReader) throws -> [(offset: Int64, reading: Read
     return out
 }
 
-func segmentFiles(_ dataDirectory: String, partition: Int, suffix: String = ".log") -> [String] {
-    let dir = dataDirectory + "/log/" + String(format: "partition-%03d", partition)
+public func segmentFiles(_ dataDirectory: String, partition: Int, suffix: String = ".log") -> [String] {
+    let dir = DataLayout(dataDirectory).partition(partition).directory
     return ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).filter { $0.hasSuffix(suffix) }.sorted().map { dir + "/" + $0 }
 }
 
-func fileSize(_ path: String) -> Int {
+public func fileSize(_ path: String) -> Int {
     ((try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? Int) ?? -1
 }
 
-func oneSensorReadings(_ count: Int, sensor: String = "sensor-1", start: Int64 = 1_700_000_000_000_000_000) -> [Reading] {
+public func oneSensorReadings(_ count: Int, sensor: String = "sensor-1", start: Int64 = 1_700_000_000_000_000_000) -> [Reading] {
     (0..<count).map { Reading(sensorID: sensor, type: "temperature", value: Double($0) / 10, location: "lab", timestamp: start + Int64($0) * 1_000_000_000) }
 }
 
 /// Readings of one sensor with random 3-decimal values, so batches do not compress to nothing
 /// and small segments really roll.
-func noisyReadings(_ count: Int, sensor: String = "sensor-1", start: Int64 = 1_700_000_000_000_000_000, seed: UInt64 = 3) -> [Reading] {
+public func noisyReadings(_ count: Int, sensor: String = "sensor-1", start: Int64 = 1_700_000_000_000_000_000, seed: UInt64 = 3) -> [Reading] {
     var rng = SplitMix64(seed: seed &+ UInt64(bitPattern: start))
     return (0..<count).map {
         Reading(sensorID: sensor, type: "temperature", value: Double(Int64(rng.next() % 100_000)) / 1000, location: "lab",
@@ -99,7 +99,7 @@ func noisyReadings(_ count: Int, sensor: String = "sensor-1", start: Int64 = 1_7
 
 /// Appends once the log takes appends again: after a failed fdatasync under `always` it refuses
 /// them until the commit journal's zeroed records are synced (retried every 100 ms).
-func appendWhenAccepted(_ log: Log, _ readings: [Reading], toPartition partition: Int) throws -> AppendResult {
+public func appendWhenAccepted(_ log: Log, _ readings: [Reading], toPartition partition: Int) throws -> AppendResult {
     let deadline = Date().addingTimeInterval(5)
     while true {
         do {
@@ -109,4 +109,12 @@ func appendWhenAccepted(_ log: Log, _ readings: [Reading], toPartition partition
             Thread.sleep(forTimeInterval: 0.02)
         }
     }
+}
+
+/// The seed of a randomised test: `SENSORLOG_TEST_SEED` when set (to repeat a failure), else a
+/// fresh one. Printed either way, so that a failing run says how to repeat it.
+public func testSeed(_ test: String = #function) -> UInt64 {
+    let seed = ProcessInfo.processInfo.environment["SENSORLOG_TEST_SEED"].flatMap(UInt64.init) ?? UInt64.random(in: 0...UInt64.max)
+    print("\(test): seed \(seed) (SENSORLOG_TEST_SEED=\(seed) repeats it)")
+    return seed
 }

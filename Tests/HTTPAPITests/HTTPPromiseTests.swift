@@ -9,6 +9,7 @@ import Logging
 import NIOCore
 import SensorLogCore
 import Synchronization
+import TestSupport
 import Testing
 
 /// The log lines a test's server wrote, with their merged metadata.
