@@ -92,7 +92,7 @@ public enum AggregateRebuild {
         guard rename(rebuilt, target) == 0 else {
             throw LogError.system("cannot move the rebuilt database into place", errno: errno, path: AggregateStore.fileName)
         }
-        syncDirectory(dataDirectory)
+        try syncDirectory(dataDirectory, display: ".")
     }
 }
 
@@ -113,7 +113,7 @@ extension AggregateRebuild {
         guard FileManager.default.createFile(atPath: path, contents: Data("rebuild aggregates.sqlite: sensorlog verify --repair\n".utf8)) else {
             throw LogError.system("cannot create the rebuild marker", errno: errno, path: pendingMarker)
         }
-        syncDirectory(dataDirectory)
+        try syncDirectory(dataDirectory, display: ".")
     }
 
     /// Rebuilds `aggregates.sqlite` from the whole log into a new file beside it, swaps it in
@@ -133,7 +133,7 @@ extension AggregateRebuild {
             throw error
         }
         unlink(DataLayout(dataDirectory).aggregatesRebuildPending)
-        syncDirectory(dataDirectory)
+        try syncDirectory(dataDirectory, display: ".")
         return result
     }
 }

@@ -72,9 +72,9 @@ public enum LogBackup {
                     result.bytes += batches.position
                 }
             }
-            syncDirectory(out)
+            try syncDirectory(out, display: out)
         }
-        syncDirectory(target)
+        try syncDirectory(target, display: target)
         return result
     }
 
@@ -140,11 +140,11 @@ public enum LogBackup {
         let out = try FileDescriptor.open(to, flags: O_WRONLY | O_CREAT | O_TRUNC, displayPath: to)
         let status = ioctl(out.rawValue, ficlone, source.fd)
         let failure = errno
-        let synced = status == 0 && fsync(out.rawValue) == 0
+        let synced = status == 0 && FileOperations.system.fullSync(out.rawValue) == 0
         let syncFailure = errno
         out.close()
         if synced { return true }
-        unlink(to)
+        try FileOperations.system.remove(to, display: to)
         if status == 0 { throw LogError.system("fsync failed", errno: syncFailure, path: to) }
         guard [EOPNOTSUPP, EXDEV, EINVAL, ENOTTY, ENOSYS].contains(failure) else {
             throw LogError.system("cannot clone file", errno: failure, path: to)
@@ -174,7 +174,7 @@ public enum LogBackup {
                 try writeAll(.system, fd: fd, UnsafeRawBufferPointer(start: buffer.base, count: n), at: position, displayPath: path)
                 position += Int64(n)
             }
-            if fsync(fd) != 0 { throw LogError.system("fsync failed", errno: errno, path: path) }
+            try FileOperations.system.fullSync(fd, display: path)
         } catch {
             failure = error
         }

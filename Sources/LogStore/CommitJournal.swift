@@ -88,7 +88,7 @@ final class CommitJournal: @unchecked Sendable {
             files.append(SharedFile(fd, displayPath: journal.display))
         }
         self.files = files
-        syncDirectory(directory)
+        try fileOperations.syncDirectory(directory, display: DataLayout.logName)
     }
 
     /// Starts the sync thread, committing for `partitions`.
@@ -330,7 +330,7 @@ final class CommitJournal: @unchecked Sendable {
                 if size < limitBytes { try writeZeros(file, size..<limitBytes) }
                 try invalidate(file)
             } else if try file.size() > 0 {
-                guard ftruncate(file.fd, 0) == 0, fileOperations.sync(file.fd) == 0 else {
+                guard fileOperations.truncate(file.fd, 0) == 0, fileOperations.sync(file.fd) == 0 else {
                     throw LogError.system("cannot empty the commit journal", errno: errno, path: file.displayPath)
                 }
             }

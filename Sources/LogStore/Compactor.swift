@@ -23,13 +23,13 @@ public enum Compactor {
 
     /// Compacts every partition of the log in `dataDirectory`. The caller holds the directory lock.
     public static func compact(dataDirectory: String, targetSegmentBytes: Int, limits: Limits = Limits(),
-                               progress: (Int64) -> Void = { _ in }) throws -> Result {
+                               fileOperations ops: FileOperations = .system, progress: (Int64) -> Void = { _ in }) throws -> Result {
         let started = Date()
         let directory = try LogDirectory(dataDirectory: dataDirectory, limits: limits)
         var result = Result()
         for p in 0..<directory.partitionCount {
             let view = directory.views[p]
-            try recover(view.paths)
+            try recover(view.paths, ops)
             let bases = try view.segmentBases()
             result.segmentsBefore += bases.count
             let deletes = try deletions(view: view, partition: p)
@@ -54,7 +54,7 @@ public enum Compactor {
             // one segment with nothing to drop is left alone (rewriting it would gain nothing).
             for run in runs where run.count > 1 || run.contains(where: holding.contains) {
                 let end = bases[bases.firstIndex(of: run.last!)! + 1]
-                let (before, written, records) = try rewrite(view: view, run: run, end: end, deletes: deletes, limits: limits)
+                let (before, written, records) = try rewrite(view: view, run: run, end: end, deletes: deletes, limits: limits, ops)
                 result.bytesBefore += before
                 result.bytesAfter += written
                 result.records += records
@@ -105,7 +105,8 @@ public enum Compactor {
     }
 
     /// Rewrites segments `run` (offsets up to `end`) into one segment named after the first.
-    private static func rewrite(view: ReadOnlyPartition, run: [Int64], end: Int64, deletes: [String: Int64], limits: Limits)
+    private static func rewrite(view: ReadOnlyPartition, run: [Int64], end: Int64, deletes: [String: Int64], limits: Limits,
+                                _ ops: FileOperations)
         throws -> (Int64, Int64, Int64)
     {
         let dir = view.directory
@@ -129,7 +130,7 @@ public enum Compactor {
         func write(_ bytes: UnsafeRawBufferPointer, count: Int, maxTimestamp: Int64) throws {
             let mutable = UnsafeMutableRawBufferPointer(mutating: bytes)
             mutable.storeBytes(of: cursor.littleEndian, toByteOffset: 0, as: Int64.self)
-            try writeAll(.system, fd: file.fd, bytes, at: position, displayPath: display)
+            try writeAll(ops, fd: file.fd, bytes, at: position, displayPath: display)
             index.add(relative: UInt32(cursor - first), position: position, length: bytes.count, maxTimestamp: maxTimestamp,
                       interval: limits.indexIntervalBytes)
             position += Int64(bytes.count)
@@ -191,45 +192,38 @@ public enum Compactor {
         }
         try flush()
         guard cursor == end else { throw LogError(.invalidLog, "segments \(run) end at \(cursor), expected \(end)", path: display) }
-        guard fsync(file.fd) == 0 else { throw LogError.system("fsync failed", errno: errno, path: display) }
+        try ops.fullSync(file.fd, display: display)
         index.seal()
-        try Segment.writeIndexes(index, paths: paths, directory: dir, suffix: pendingSuffix)
+        try Segment.writeIndexes(index, paths: paths, directory: dir, suffix: pendingSuffix, ops)
         // The manifest makes the swap a single decision: once it is durable, the swap completes.
         let manifest = "\(first)\n" + run.map(String.init).joined(separator: "\n") + "\n"
-        try SegmentFiles.writeAtomically(Array(manifest.utf8), to: dir + "/" + manifestName, directory: dir, displayPath: display)
-        try recover(view.paths)
+        try SegmentFiles.writeAtomically(Array(manifest.utf8), to: dir + "/" + manifestName, directory: dir, displayPath: display, ops)
+        try recover(view.paths, ops)
         return (before, position, records)
     }
 
     /// Completes or discards an interrupted compaction in a partition directory. Idempotent.
-    static func recover(_ partition: PartitionPaths) throws {
+    static func recover(_ partition: PartitionPaths, _ ops: FileOperations) throws(LogError) {
         let dir = partition.directory
         let manifestPath = dir + "/" + manifestName
+        let display = partition.display + "/" + manifestName
         if let bytes = SegmentFiles.readWholeFile(manifestPath) {
             let lines = String(decoding: bytes, as: UTF8.self).split(separator: "\n").compactMap { Int64($0) }
-            guard let first = lines.first else {
-                unlink(manifestPath)
-                return
-            }
-            // The indexes first: the log renamed last marks the new segment complete.
-            let merged = partition.segment(first)
-            for path in [merged.offsetIndex, merged.timeIndex, merged.log] where FileManager.default.fileExists(atPath: path + pendingSuffix) {
-                guard rename(path + pendingSuffix, path) == 0 else {
-                    throw LogError.system("cannot finish compaction", errno: errno, path: merged.display + pendingSuffix)
+            if let first = lines.first {
+                // The indexes first: the log renamed last marks the new segment complete.
+                let merged = partition.segment(first)
+                for path in [merged.offsetIndex, merged.timeIndex, merged.log] where FileManager.default.fileExists(atPath: path + pendingSuffix) {
+                    try ops.rename(path + pendingSuffix, to: path, display: merged.display + pendingSuffix)
                 }
+                for base in lines.dropFirst().dropFirst() { try partition.segment(base).removeAll(ops) }
+                try ops.syncDirectory(dir, display: partition.display)
             }
-            for base in lines.dropFirst().dropFirst() {
-                for path in partition.segment(base).files where unlink(path) != 0 && errno != ENOENT {
-                    throw LogError.system("cannot remove a compacted segment", errno: errno, path: partition.segment(base).display)
-                }
-            }
-            syncDirectory(dir)
-            unlink(manifestPath)
-            syncDirectory(dir)
+            try ops.remove(manifestPath, display: display)
+            try ops.syncDirectory(dir, display: partition.display)
         }
         // Files of a compaction that never reached its manifest.
         for name in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] where name.hasSuffix(pendingSuffix) {
-            unlink(dir + "/" + name)
+            try ops.remove(dir + "/" + name, display: partition.display + "/" + name)
         }
     }
 }

@@ -3,27 +3,90 @@ import Glibc
 #endif
 import Dispatch
 
-/// The system calls that can fail on a healthy process (the disk fills, the device errs), behind
-/// one seam so tests can inject ENOSPC and EIO without a real full disk.
+/// Every file effect of the storage engine (writes, syncs, truncations, renames, unlinks,
+/// directory syncs), behind one seam: the system calls that can fail on a healthy process (the
+/// disk fills, the device errs), so tests can inject ENOSPC and EIO at any of them without a
+/// real full disk. Each returns what the system call returns, with `errno` set on failure.
 public struct FileOperations: Sendable {
-    /// `pwrite(2)`: returns bytes written, or -1 with `errno` set.
+    /// `pwrite(2)`: returns bytes written, or -1.
     public var write: @Sendable (_ fd: Int32, _ bytes: UnsafeRawBufferPointer, _ offset: Int64) -> Int
-    /// `fdatasync(2)`: returns 0, or -1 with `errno` set.
+    /// `fdatasync(2)`: the data and what is needed to read it back.
     public var sync: @Sendable (_ fd: Int32) -> Int32
+    /// `fsync(2)`: data and metadata (a file about to be renamed into place).
+    public var fullSync: @Sendable (_ fd: Int32) -> Int32
+    /// `ftruncate(2)`.
+    public var truncate: @Sendable (_ fd: Int32, _ length: Int64) -> Int32
+    /// `rename(2)`.
+    public var rename: @Sendable (_ from: String, _ to: String) -> Int32
+    /// `unlink(2)`.
+    public var unlink: @Sendable (_ path: String) -> Int32
+    /// `fsync(2)` of a directory, so that a create, rename or unlink inside it is durable.
+    public var syncDirectory: @Sendable (_ path: String) -> Int32
 
     public init(
-        write: @escaping @Sendable (Int32, UnsafeRawBufferPointer, Int64) -> Int,
-        sync: @escaping @Sendable (Int32) -> Int32
+        write: @escaping @Sendable (Int32, UnsafeRawBufferPointer, Int64) -> Int = FileOperations.systemWrite,
+        sync: @escaping @Sendable (Int32) -> Int32 = FileOperations.systemSync,
+        fullSync: @escaping @Sendable (Int32) -> Int32 = FileOperations.systemFullSync,
+        truncate: @escaping @Sendable (Int32, Int64) -> Int32 = FileOperations.systemTruncate,
+        rename: @escaping @Sendable (String, String) -> Int32 = FileOperations.systemRename,
+        unlink: @escaping @Sendable (String) -> Int32 = FileOperations.systemUnlink,
+        syncDirectory: @escaping @Sendable (String) -> Int32 = FileOperations.systemSyncDirectory
     ) {
         self.write = write
         self.sync = sync
+        self.fullSync = fullSync
+        self.truncate = truncate
+        self.rename = rename
+        self.unlink = unlink
+        self.syncDirectory = syncDirectory
     }
 
     /// The real system calls.
-    public static let system = FileOperations(
-        write: { fd, bytes, offset in pwrite(fd, bytes.baseAddress, bytes.count, off_t(offset)) },
-        sync: { fd in fdatasync(fd) }
-    )
+    public static let system = FileOperations()
+
+    public static let systemWrite: @Sendable (Int32, UnsafeRawBufferPointer, Int64) -> Int = { fd, bytes, offset in
+        pwrite(fd, bytes.baseAddress, bytes.count, off_t(offset))
+    }
+
+    public static let systemSync: @Sendable (Int32) -> Int32 = { fdatasync($0) }
+    public static let systemFullSync: @Sendable (Int32) -> Int32 = { fsync($0) }
+    public static let systemTruncate: @Sendable (Int32, Int64) -> Int32 = { ftruncate($0, off_t($1)) }
+    public static let systemRename: @Sendable (String, String) -> Int32 = { Glibc.rename($0, $1) }
+    public static let systemUnlink: @Sendable (String) -> Int32 = { Glibc.unlink($0) }
+
+    public static let systemSyncDirectory: @Sendable (String) -> Int32 = { path in
+        let fd = Glibc.open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { return -1 }
+        let result = fsync(fd)
+        let saved = errno
+        _ = Glibc.close(fd)
+        errno = saved
+        return result
+    }
+}
+
+/// The same effects, each throwing a `LogError` that names the file as messages show it.
+extension FileOperations {
+    func fullSync(_ fd: Int32, display: String) throws(LogError) {
+        guard fullSync(fd) == 0 else { throw LogError.system("fsync failed", errno: errno, path: display) }
+    }
+
+    func truncate(_ fd: Int32, to length: Int64, display: String) throws(LogError) {
+        guard truncate(fd, length) == 0 else { throw LogError.system("cannot truncate", errno: errno, path: display) }
+    }
+
+    func rename(_ from: String, to: String, display: String) throws(LogError) {
+        guard rename(from, to) == 0 else { throw LogError.system("cannot rename into place", errno: errno, path: display) }
+    }
+
+    /// Removes `path`; one already gone is fine (that was the goal).
+    func remove(_ path: String, display: String) throws(LogError) {
+        guard unlink(path) == 0 || errno == ENOENT else { throw LogError.system("cannot remove", errno: errno, path: display) }
+    }
+
+    func syncDirectory(_ path: String, display: String) throws(LogError) {
+        guard syncDirectory(path) == 0 else { throw LogError.system("cannot sync the directory", errno: errno, path: display) }
+    }
 }
 
 /// An open file descriptor with one owner. Forgetting to close it is a bug, caught in debug builds.
@@ -111,6 +174,15 @@ func writeAll(_ ops: FileOperations, fd: Int32, _ bytes: UnsafeRawBufferPointer,
     }
 }
 
+/// `writeAll` of an array's bytes.
+func writeAll(_ ops: FileOperations, fd: Int32, _ bytes: [UInt8], at offset: Int64, displayPath: String) throws(LogError) {
+    var failure: LogError?
+    bytes.withUnsafeBytes { raw in
+        do throws(LogError) { try writeAll(ops, fd: fd, raw, at: offset, displayPath: displayPath) } catch { failure = error }
+    }
+    if let failure { throw failure }
+}
+
 /// fdatasync through `ops`, reporting its duration to `onSync`; returns errno on failure.
 func timedSync(_ ops: FileOperations, _ fd: Int32, onSync: ((Int64) -> Void)?) -> Int32? {
     let started = DispatchTime.now().uptimeNanoseconds
@@ -120,10 +192,7 @@ func timedSync(_ ops: FileOperations, _ fd: Int32, onSync: ((Int64) -> Void)?) -
 }
 
 /// Fsyncs a directory so that a create, rename or unlink inside it is durable.
-public func syncDirectory(_ path: String) {
-    let fd = Glibc.open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-    if fd >= 0 {
-        _ = fsync(fd)
-        _ = Glibc.close(fd)
-    }
+/// - Throws: `LogError` naming `display` when it cannot.
+public func syncDirectory(_ path: String, display: String, _ ops: FileOperations = .system) throws(LogError) {
+    try ops.syncDirectory(path, display: display)
 }

@@ -86,9 +86,15 @@ public final class DirectoryLock: Sendable {
             let pid = n > 0 ? String(decoding: buffer[0..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) : "unknown"
             throw LogError(.locked, "data directory \(dataDirectory) is in use by another process (pid \(pid)); stop it first")
         }
+        // The pid is for the operator ("in use by pid N"); the flock is the lock.
         let pid = Array("\(getpid())\n".utf8)
-        _ = ftruncate(fd, 0)
-        _ = pid.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }
+        do throws(LogError) {
+            try FileOperations.system.truncate(fd, to: 0, display: Self.fileName)
+            try writeAll(.system, fd: fd, pid, at: 0, displayPath: Self.fileName)
+        } catch {
+            _ = Glibc.close(fd)
+            throw error
+        }
         self.fd = fd
     }
 

@@ -40,16 +40,20 @@ public final class LogDirectory: Sendable {
     public let dataDirectory: String
     public let metadata: LogMetadata
     let views: [ReadOnlyPartition]
+    /// The file effects of the operations that change the directory (repair, salvage).
+    let fileOperations: FileOperations
 
     /// Opens `dataDirectory` for reading.
+    /// - Parameter fileOperations: what repairs write through (tests inject faults here).
     /// - Throws: `.invalidLog` when it holds no log.
-    public init(dataDirectory: String, limits: Limits = Limits()) throws(LogError) {
+    public init(dataDirectory: String, limits: Limits = Limits(), fileOperations: FileOperations = .system) throws(LogError) {
         let directory = URL(fileURLWithPath: dataDirectory).standardizedFileURL.path
         guard let metadata = try LogMetadata.read(directory, maxPartitions: limits.maxPartitions) else {
             throw LogError(.invalidLog, "no sensorlog data in \(directory) (\(LogMetadata.fileName) missing)")
         }
         self.dataDirectory = directory
         self.metadata = metadata
+        self.fileOperations = fileOperations
         self.views = (0..<metadata.partitions).map {
             let paths = DataLayout(directory).partition($0)
             return ReadOnlyPartition(directory: paths.directory, displayDirectory: paths.display, limits: limits)

@@ -155,26 +155,20 @@ public final class Partition: PartitionView, @unchecked Sendable {
             } catch {
                 throw LogError(.io, "cannot create partition directory", path: displayDirectory)
             }
-            syncDirectory((directory as NSString).deletingLastPathComponent)
+            try fileOperations.syncDirectory((directory as NSString).deletingLastPathComponent, display: displayDirectory)
         }
         // An interrupted compaction is finished (or discarded) before anything is read.
-        do {
-            try Compactor.recover(PartitionPaths(directory: directory, display: displayDirectory))
-        } catch let error as LogError {
-            throw error
-        } catch {
-            throw LogError(.io, "cannot recover an interrupted compaction: \(error)", path: displayDirectory)
-        }
+        try Compactor.recover(PartitionPaths(directory: directory, display: displayDirectory), fileOperations)
         // Leftovers of an interrupted atomic write.
         if let names = try? FileManager.default.contentsOfDirectory(atPath: directory) {
-            for name in names where name.hasSuffix(".tmp") { unlink(directory + "/" + name) }
+            for name in names where name.hasSuffix(".tmp") { try fileOperations.remove(directory + "/" + name, display: displayDirectory + "/" + name) }
         }
 
         var bases = try SegmentFiles.list(directory, displayPath: displayDirectory)
         if bases.isEmpty {
             let first = SegmentPaths(directory: directory, displayDirectory: displayDirectory, base: 0)
             try FileDescriptor.open(first.log, flags: O_RDWR | O_CREAT, displayPath: first.display).close()
-            syncDirectory(directory)
+            try fileOperations.syncDirectory(directory, display: displayDirectory)
             bases = [0]
         }
 
@@ -182,7 +176,7 @@ public final class Partition: PartitionView, @unchecked Sendable {
         var closed: [ClosedSegment] = []
         for (i, base) in bases.dropLast().enumerated() {
             let (segment, didRebuild) = try Self.inspectClosedSegment(
-                base: base, directory: directory, displayDirectory: displayDirectory, limits: limits)
+                base: base, directory: directory, displayDirectory: displayDirectory, limits: limits, fileOperations)
             if didRebuild { rebuilt += 1 }
             guard segment.nextOffset == bases[i + 1] else {
                 throw LogError(
@@ -199,7 +193,7 @@ public final class Partition: PartitionView, @unchecked Sendable {
         let replayed = replay.drop { $0.nextOffset <= activeBase }
         var (activeSegment, truncation) = try Self.recoverActiveSegment(
             base: activeBase, directory: directory, displayDirectory: displayDirectory, limits: limits,
-            journalFrom: replayed.first?.baseOffset)
+            journalFrom: replayed.first?.baseOffset, fileOperations)
         var replayedBatches = 0
         var journalGap: String?
         if !replayed.isEmpty {
@@ -240,7 +234,7 @@ public final class Partition: PartitionView, @unchecked Sendable {
 
     /// Checks a closed segment cheaply through the tail of its indexes (rebuilding them when
     /// missing or inconsistent) and returns what the partition keeps of it.
-    static func inspectClosedSegment(base: Int64, directory: String, displayDirectory: String, limits: Limits)
+    static func inspectClosedSegment(base: Int64, directory: String, displayDirectory: String, limits: Limits, _ ops: FileOperations)
         throws(LogError) -> (ClosedSegment, rebuilt: Bool)
     {
         let paths = SegmentPaths(directory: directory, displayDirectory: displayDirectory, base: base)
@@ -268,7 +262,7 @@ public final class Partition: PartitionView, @unchecked Sendable {
             }
         }
         let (index, next) = try rebuildIndex(segment, size: size, limits: limits)
-        try Segment.writeIndexes(index, paths: paths, directory: directory)
+        try Segment.writeIndexes(index, paths: paths, directory: directory, ops)
         return (ClosedSegment(baseOffset: base, nextOffset: next, size: size, maxTimestamp: index.maxTimestamp), true)
     }
 
@@ -293,12 +287,13 @@ public final class Partition: PartitionView, @unchecked Sendable {
     /// that has valid batches after it.
     /// With `journalFrom`, the scan stops at the batch holding that offset: the commit journal
     /// has everything from there on, and `replay` checks the rest of the file against it.
-    static func recoverActiveSegment(base: Int64, directory: String, displayDirectory: String, limits: Limits, journalFrom: Int64? = nil)
+    static func recoverActiveSegment(base: Int64, directory: String, displayDirectory: String, limits: Limits, journalFrom: Int64? = nil,
+                                     _ ops: FileOperations)
         throws(LogError) -> (ActiveSegment, truncation: (position: Int64, bytes: Int64, reason: String)?)
     {
         let paths = SegmentPaths(directory: directory, displayDirectory: displayDirectory, base: base)
         // The active segment's indexes live in memory; files left by an earlier close are stale.
-        try paths.removeIndexes()
+        try paths.removeIndexes(ops)
         let segment = try Segment.open(paths, writable: true, maxBatchBytes: limits.maxBatchBytes)
         let size = try segment.file.size()
         var batches = try segment.batches(expecting: base, verifyCRC: true, size: size, buffer: GrowableBuffer(capacity: 64 << 10))
@@ -335,10 +330,8 @@ public final class Partition: PartitionView, @unchecked Sendable {
             truncation = (position, size - position, "torn last batch: \(why)")
         }
         if let truncation, journalFrom == nil {
-            guard ftruncate(segment.file.fd, off_t(truncation.position)) == 0 else {
-                throw LogError.system("cannot truncate torn tail", errno: errno, path: paths.display)
-            }
-            _ = fsync(segment.file.fd)
+            try ops.truncate(segment.file.fd, to: truncation.position, display: paths.display)
+            try ops.fullSync(segment.file.fd, display: paths.display)
         }
         return (ActiveSegment(segment: segment, size: position, nextOffset: expected, index: index,
                               firstAppendTime: firstAppend), truncation)
@@ -378,7 +371,7 @@ public final class Partition: PartitionView, @unchecked Sendable {
         func cut(_ reason: String) throws(LogError) {
             guard position < fileSize else { return }
             if truncation == nil { truncation = (position, fileSize - position, reason) }
-            guard ftruncate(file.fd, off_t(position)) == 0 else {
+            guard fileOperations.truncate(file.fd, position) == 0 else {
                 throw LogError.system("cannot truncate the segment for the commit journal's replay", errno: errno, path: file.displayPath)
             }
             fileSize = position
@@ -453,8 +446,10 @@ public final class Partition: PartitionView, @unchecked Sendable {
             try journal?.append(batch, partition: self, end: base + Int64(count), segment: active.file,
                                 segmentPosition: position + Int64(batch.count))
         } catch {
-            // Leave the file as it was; the next append overwrites from `position` anyway.
-            _ = ftruncate(active.file.fd, off_t(position))
+            // Leave the file as it was. Should the cut fail too, nothing is lost: the bytes past
+            // `position` are not in the index or the written end, and the next append overwrites
+            // them; the append's own error is the one to report.
+            _ = fileOperations.truncate(active.file.fd, position)
             throw error
         }
         active.size += Int64(batch.count)
@@ -532,10 +527,10 @@ public final class Partition: PartitionView, @unchecked Sendable {
         }
         var index = old.index
         index.seal()
-        try Segment.writeIndexes(index, paths: old.segment.paths, directory: directory)
+        try Segment.writeIndexes(index, paths: old.segment.paths, directory: directory, fileOperations)
         let next = try Segment.create(SegmentPaths(directory: directory, displayDirectory: displayDirectory, base: writtenEnd),
                                       maxBatchBytes: limits.maxBatchBytes)
-        syncDirectory(directory)
+        try fileOperations.syncDirectory(directory, display: displayDirectory)
         closedSegments.append(ClosedSegment(baseOffset: old.baseOffset, nextOffset: writtenEnd, size: old.size,
                                             maxTimestamp: index.maxTimestamp))
         active = ActiveSegment(segment: next, size: 0, nextOffset: writtenEnd, index: SegmentIndex(), firstAppendTime: nil)
@@ -630,7 +625,10 @@ public final class Partition: PartitionView, @unchecked Sendable {
     /// After a failed fdatasync under `always`: nothing past the last durable point was
     /// acknowledged, and none of it may become visible, so cut it off. Lock held.
     private func rollBackToDurable() {
-        _ = ftruncate(active.file.fd, off_t(durablePosition))
+        // A failed cut leaves bytes past `durablePosition` that nothing points at: the written
+        // end moves back below them and the next append overwrites them (recovery would cut them
+        // as a tail the journal does not hold). The fdatasync failure is what is reported.
+        _ = fileOperations.truncate(active.file.fd, durablePosition)
         active.size = durablePosition
         writtenEnd = durableEnd
         active.nextOffset = durableEnd

@@ -67,8 +67,7 @@ extension LogDirectory {
 
     private func truncateTail(_ paths: SegmentPaths, at position: Int64) throws(LogError) {
         let segment = try Segment.open(paths, writable: true, maxBatchBytes: 0)
-        guard ftruncate(segment.file.fd, off_t(position)) == 0, fsync(segment.file.fd) == 0 else {
-            throw LogError.system("cannot truncate the torn tail", errno: errno, path: paths.display)
-        }
+        try fileOperations.truncate(segment.file.fd, to: position, display: paths.display)
+        try fileOperations.fullSync(segment.file.fd, display: paths.display)
     }
 }

@@ -87,7 +87,8 @@ public enum Retention {
 
     /// Deletes `candidates` (from `plan`). The floors are raised and made durable first, so a crash
     /// never leaves deleted readings without their floor. The caller holds the directory lock.
-    public static func apply(_ candidates: [Candidate], dataDirectory: String, partitions: Int) throws(LogError) {
+    public static func apply(_ candidates: [Candidate], dataDirectory: String, partitions: Int,
+                             fileOperations ops: FileOperations = .system) throws(LogError) {
         guard !candidates.isEmpty else { return }
         // An active segment goes only once a writer has closed it (`Log.rollActiveSegments`) and
         // `plan` found it closed: unlinking a live one would reset the partition's offsets.
@@ -96,15 +97,13 @@ public enum Retention {
         for c in candidates { floors[c.partition] = max(floors[c.partition] ?? .min, c.maxTimestamp) }
         let text = "{\"floors\":[" + floors.map { $0.map(String.init) ?? "null" }.joined(separator: ",") + "]}\n"
         let layout = DataLayout(dataDirectory)
-        try SegmentFiles.writeAtomically(Array(text.utf8), to: layout.retentionFloors, directory: dataDirectory, displayPath: floorFile)
+        try SegmentFiles.writeAtomically(Array(text.utf8), to: layout.retentionFloors, directory: dataDirectory, displayPath: floorFile, ops)
         var directories = Set<String>()
         for c in candidates {
             let partition = layout.partition(c.partition)
-            for path in partition.segment(c.baseOffset).files where unlink(path) != 0 && errno != ENOENT {
-                throw LogError.system("cannot delete a segment file", errno: errno, path: c.path)
-            }
+            try partition.segment(c.baseOffset).removeAll(ops)
             directories.insert(partition.directory)
         }
-        for d in directories { syncDirectory(d) }
+        for d in directories.sorted() { try ops.syncDirectory(d, display: d) }
     }
 }

@@ -34,10 +34,15 @@ struct SegmentPaths: Sendable {
     }
 
     /// Removes the index pair (a missing file is fine: that is the goal).
-    func removeIndexes() throws(LogError) {
-        for path in [offsetIndex, timeIndex] where unlink(path) != 0 && errno != ENOENT {
-            throw LogError.system("cannot remove a stale index file", errno: errno, path: displayStem + String(path.dropFirst(stem.count)))
-        }
+    func removeIndexes(_ ops: FileOperations) throws(LogError) {
+        try ops.remove(offsetIndex, display: offsetIndexDisplay)
+        try ops.remove(timeIndex, display: displayStem + SegmentFiles.timeIndexSuffix)
+    }
+
+    /// Removes every file of the segment.
+    func removeAll(_ ops: FileOperations) throws(LogError) {
+        try ops.remove(log, display: display)
+        try removeIndexes(ops)
     }
 
     /// Whether `path` (as messages show it) names one of the segments' `.log` or `.index` files.
@@ -96,9 +101,12 @@ struct Segment {
 
     /// Writes the segment's index pair, each file atomically; `suffix` names pending files (a
     /// compaction's, renamed into place by its manifest).
-    static func writeIndexes(_ index: SegmentIndex, paths: SegmentPaths, directory: String, suffix: String = "") throws(LogError) {
-        try SegmentFiles.writeAtomically(index.offsetFileBytes(), to: paths.offsetIndex + suffix, directory: directory, displayPath: paths.display)
-        try SegmentFiles.writeAtomically(index.timeFileBytes(), to: paths.timeIndex + suffix, directory: directory, displayPath: paths.display)
+    static func writeIndexes(_ index: SegmentIndex, paths: SegmentPaths, directory: String, suffix: String = "",
+                             _ ops: FileOperations) throws(LogError) {
+        try SegmentFiles.writeAtomically(index.offsetFileBytes(), to: paths.offsetIndex + suffix, directory: directory,
+                                         displayPath: paths.offsetIndexDisplay, ops)
+        try SegmentFiles.writeAtomically(index.timeFileBytes(), to: paths.timeIndex + suffix, directory: directory,
+                                         displayPath: paths.displayStem + SegmentFiles.timeIndexSuffix, ops)
     }
 }
 

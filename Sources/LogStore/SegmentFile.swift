@@ -37,30 +37,21 @@ enum SegmentFiles {
     }
 
     /// Writes `bytes` to `path` atomically: a temporary file, fsync, rename, directory fsync.
-    static func writeAtomically(_ bytes: [UInt8], to path: String, directory: String, displayPath: String) throws(LogError) {
+    /// On failure the temporary file is removed (best effort: recovery removes `*.tmp` too).
+    static func writeAtomically(_ bytes: [UInt8], to path: String, directory: String, displayPath: String,
+                                _ ops: FileOperations = .system) throws(LogError) {
         let temporary = path + ".tmp"
-        let fd = Glibc.open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw LogError.system("cannot create file", errno: errno, path: displayPath) }
-        var failure: LogError?
-        bytes.withUnsafeBytes { raw in
-            do throws(LogError) {
-                try writeAll(.system, fd: fd, raw, at: 0, displayPath: displayPath)
-                if fsync(fd) != 0 { failure = LogError.system("fsync failed", errno: errno, path: displayPath) }
-            } catch {
-                failure = error
-            }
+        do throws(LogError) {
+            let file = SharedFile(try FileDescriptor.open(temporary, flags: O_WRONLY | O_CREAT | O_TRUNC, displayPath: displayPath),
+                                  displayPath: displayPath)
+            try writeAll(ops, fd: file.fd, bytes, at: 0, displayPath: displayPath)
+            try ops.fullSync(file.fd, display: displayPath)
+            try ops.rename(temporary, to: path, display: displayPath)
+        } catch {
+            _ = ops.unlink(temporary)
+            throw error
         }
-        _ = Glibc.close(fd)
-        if let failure {
-            unlink(temporary)
-            throw failure
-        }
-        guard rename(temporary, path) == 0 else {
-            let e = errno
-            unlink(temporary)
-            throw LogError.system("cannot rename file into place", errno: e, path: displayPath)
-        }
-        syncDirectory(directory)
+        try ops.syncDirectory(directory, display: displayPath)
     }
 }
 

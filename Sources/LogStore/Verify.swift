@@ -175,14 +175,15 @@ extension LogDirectory {
             guard next > expected else { return }
             let bytes = try encoder.encodeRemoved(count: Int(next - expected), appendTime: WallClock.nowNanoseconds(), maxBatchBytes: view.limits.maxBatchBytes)
             UnsafeMutableRawBufferPointer(mutating: bytes).storeBytes(of: expected.littleEndian, toByteOffset: 0, as: Int64.self)
-            try writeAll(.system, fd: out.fd, bytes, at: written, displayPath: display)
+            try writeAll(fileOperations, fd: out.fd, bytes, at: written, displayPath: display)
             written += Int64(bytes.count)
             removed += next - expected
             expected = next
         }
         while true {
             if let header = try batches.next() {
-                try writeAll(.system, fd: out.fd, UnsafeRawBufferPointer(rebasing: batches.bytes[..<header.length]), at: written, displayPath: display)
+                try writeAll(fileOperations, fd: out.fd, UnsafeRawBufferPointer(rebasing: batches.bytes[..<header.length]), at: written,
+                             displayPath: display)
                 written += Int64(header.length)
                 expected = header.nextOffset
                 continue
@@ -196,7 +197,7 @@ extension LogDirectory {
             try writeRemoved(upTo: batches.expected)
         }
         if let end, expected != end { throw LogError(.invalidLog, "salvaged segment ends at \(expected), expected \(end)", path: display) }
-        guard fsync(out.fd) == 0 else { throw LogError.system("fsync failed", errno: errno, path: display) }
+        try fileOperations.fullSync(out.fd, display: display)
         // Keep the original, and say why, before replacing it.
         let quarantine = layout.quarantine(partition: partition)
         try FileManager.default.createDirectory(atPath: quarantine, withIntermediateDirectories: true)
@@ -206,14 +207,14 @@ extension LogDirectory {
         let text = report.map { "\($0.severity.rawValue) \($0.path)\($0.position.map { " at byte \($0)" } ?? ""): \($0.message)" }.joined(separator: "\n")
             + "\nreplaced by a salvaged segment: \(removed) record(s) could not be read and are now removed records; the original is beside this report\n"
         try text.write(toFile: kept + ".report.txt", atomically: true, encoding: .utf8)
-        guard rename(temporary, path) == 0 else { throw LogError.system("cannot replace the segment", errno: errno, path: display) }
-        syncDirectory(view.directory)
+        try fileOperations.rename(temporary, to: path, display: display)
+        try fileOperations.syncDirectory(view.directory, display: view.displayDirectory)
         // The old indexes point into the old file. A closed segment gets new ones now; the
         // active segment's live in memory (sensorlogd drops stale files when it opens).
         if end != nil {
             try rebuildIndexFiles(partition: partition, segment: base)
         } else {
-            try segment.paths.removeIndexes()
+            try segment.paths.removeIndexes(fileOperations)
         }
         return "\(display): \(removed) unreadable record(s) replaced by removed records, \(size - written) bytes dropped; original in quarantine/"
             + (end != nil ? "; index files rebuilt" : "")
@@ -224,8 +225,9 @@ extension LogDirectory {
     public func rebuildIndexFiles(partition: Int, segment base: Int64) throws(LogError) {
         let view = views[partition]
         // Gone first: the check that keeps valid files looks only at their tail.
-        try view.segmentPaths(base).removeIndexes()
-        _ = try Partition.inspectClosedSegment(base: base, directory: view.directory, displayDirectory: view.displayDirectory, limits: view.limits)
+        try view.segmentPaths(base).removeIndexes(fileOperations)
+        _ = try Partition.inspectClosedSegment(base: base, directory: view.directory, displayDirectory: view.displayDirectory, limits: view.limits,
+                                               fileOperations)
     }
 
     /// The bytes of every file in `partition`'s directory (segments and their indexes), as they are now.
