@@ -1,7 +1,7 @@
 import Foundation
 public import LogStore
 public import Logging
-import SensorLogCore
+public import SensorLogCore
 public import ServiceLifecycle
 
 /// The `aggregator` consumer group inside sensorlogd: reads every partition from the offsets
@@ -20,8 +20,13 @@ public final class AggregatorService: Service, @unchecked Sendable {
     private var committed: [Int64]
     private var lastError: String?
 
-    public init(log: Log, logger: Logger, commitInterval: Duration = .milliseconds(100), commitRecords: Int = 2_000_000) throws(SQLiteError) {
+    /// Commit spacing is measured on `time`'s monotonic clock (the log's by default).
+    let time: any TimeSource
+
+    public init(log: Log, logger: Logger, commitInterval: Duration = .milliseconds(100), commitRecords: Int = 2_000_000,
+                time: (any TimeSource)? = nil) throws(SQLiteError) {
         self.log = log
+        self.time = time ?? log.configuration.time
         self.storePath = DataLayout(log.dataDirectory).aggregates
         self.logger = logger
         self.commitInterval = commitInterval
@@ -45,6 +50,11 @@ public final class AggregatorService: Service, @unchecked Sendable {
         thread.start()
         try? await gracefulShutdown()
         requestStop()
+        await waitUntilFinished()
+    }
+
+    /// Returns once the fold thread has committed and stopped (after `requestStop`).
+    public func waitUntilFinished() async {
         while !isFinished { try? await Task.sleep(for: .milliseconds(5)) }
     }
 
@@ -97,7 +107,8 @@ public final class AggregatorService: Service, @unchecked Sendable {
         let readers = offsets.enumerated().map { log.reader(partition: $0, from: $1) }
         var batch = DecodedBatch()
         var pending = 0
-        var lastCommit = ContinuousClock.now
+        func now() -> Duration { .nanoseconds(time.monotonicNanoseconds) }
+        var lastCommit = now()
         // A commit rewrites every row touched since the last one; with many sensors that costs,
         // so commits are spaced to at least 4 times their own duration (at most 20% of the time).
         var lastCommitCost: Duration = .zero
@@ -114,18 +125,18 @@ public final class AggregatorService: Service, @unchecked Sendable {
                     progressed = true
                 }
             }
-            let sinceCommit = ContinuousClock.now - lastCommit
+            let sinceCommit = now() - lastCommit
             let due = sinceCommit >= max(commitInterval, lastCommitCost * 4)
             // Caught up: commit soon, but with the same spacing, or a fast producer that the fold
             // keeps catching up with would have it committing half of the time, and not more
             // than 50 times a second, or a trickle of one-reading requests commits every poll.
             let caughtUp = !progressed && sinceCommit >= max(.milliseconds(20), lastCommitCost * 4)
             if pending > 0 && (pending >= commitRecords || due || caughtUp || stopping) {
-                let started = ContinuousClock.now
-                try folder.commit(offsets: offsets)
+                let started = now()
+                try folder.commit(offsets: offsets, now: time.wallNanoseconds)
                 publish(offsets)
                 pending = 0
-                lastCommit = ContinuousClock.now
+                lastCommit = now()
                 lastCommitCost = lastCommit - started
             }
             if stopping && !progressed { return }

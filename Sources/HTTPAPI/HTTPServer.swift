@@ -88,7 +88,7 @@ public enum HTTPServer {
         let started = Date()
         let route = SensorDataRoute(
             pipeline: pipeline, limits: configuration.limits,
-            rateLimiter: configuration.rateLimit.map { RateLimiter(readingsPerSecond: $0) })
+            rateLimiter: configuration.rateLimit.map { RateLimiter(readingsPerSecond: $0, time: pipeline.time) })
         routes.post("/sensor/data") { request, context in try await route.handle(request, context: context) }
         routes.get("/health") { _, _ -> Response in
             let failure = pipeline.unavailableReason

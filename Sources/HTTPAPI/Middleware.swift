@@ -1,3 +1,4 @@
+import SensorLogCore
 import Dispatch
 import Foundation
 import HTTPTypes
@@ -304,12 +305,17 @@ final class RateLimiter: Sendable {
     /// Past this many clients, those whose bucket has refilled (idle ones) are forgotten.
     static let maxClients = 100_000
 
-    init(readingsPerSecond: Double) { self.rate = readingsPerSecond }
+    let time: any TimeSource
+
+    init(readingsPerSecond: Double, time: any TimeSource) {
+        self.rate = readingsPerSecond
+        self.time = time
+    }
 
     /// Takes `count` tokens from `client`'s bucket.
     /// - Returns: nil when allowed, else the seconds to wait before retrying.
     func take(_ count: Int, client: String) -> Int? {
-        let now = DispatchTime.now().uptimeNanoseconds
+        let now = UInt64(time.monotonicNanoseconds)
         let rate = self.rate
         func refilled(_ bucket: (tokens: Double, at: UInt64)) -> Double { bucket.tokens + Double(now - bucket.at) / 1e9 * rate }
         return buckets.withLock { b -> Int? in

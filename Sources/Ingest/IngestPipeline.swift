@@ -24,8 +24,13 @@ public final class IngestPipeline: Sendable {
 
     /// Opens the pipeline over `log`, rebuilding the per-sensor state from what the log holds.
     /// - Complexity: reads and decodes the whole log once.
-    public init(log: Log, validator: ReadingValidator, metrics: IngestMetrics) async throws(LogError) {
+    public let time: any TimeSource
+
+    /// - Parameter time: receive times and the rejection-log budget read its wall clock (the log's
+    ///   by default).
+    public init(log: Log, validator: ReadingValidator, metrics: IngestMetrics, time: (any TimeSource)? = nil) async throws(LogError) {
         self.log = log
+        self.time = time ?? log.configuration.time
         self.validator = validator
         self.metrics = metrics
         let typeNames = validator.typeNames
@@ -214,7 +219,7 @@ public final class IngestPipeline: Sendable {
     /// after the last one handed out, so that two such readings of one sensor (same socket
     /// read, or same nanosecond on two connections) never share a timestamp and dedupe to one.
     public func serverTimestamp() -> Int64 {
-        let now = WallClock.nowNanoseconds()
+        let now = time.wallNanoseconds
         var last = lastServerTimestamp.load(ordering: .relaxed)
         while true {
             let next = max(now, last &+ 1)
@@ -243,7 +248,7 @@ public final class IngestPipeline: Sendable {
     /// Logs a rejected line or request, at most 20 such lines a second for the whole process.
     public func logRejection(_ logger: Logger, _ message: @autoclosure () -> Logger.Message, metadata: @autoclosure () -> Logger.Metadata,
                              level: Logger.Level = .info) {
-        let second = WallClock.nowNanoseconds() / 1_000_000_000
+        let second = time.wallNanoseconds / 1_000_000_000
         let allowed = rejectLogBudget.withLock { budget -> Bool in
             if budget.second != second { budget = (second, 0) }
             budget.lines += 1

@@ -13,13 +13,16 @@ public struct LogConfiguration: Sendable {
     public var fileOperations: FileOperations
     /// Called after each background fdatasync: partition, duration in nanoseconds.
     public var onSync: (@Sendable (_ partition: Int, _ nanoseconds: Int64) -> Void)?
+    /// Append times (and so segment age) come from its wall clock.
+    public var time: any TimeSource
 
     public init(limits: Limits = Limits(), fsync: FsyncPolicy = .interval, fileOperations: FileOperations = .system,
-                onSync: (@Sendable (Int, Int64) -> Void)? = nil) {
+                onSync: (@Sendable (Int, Int64) -> Void)? = nil, time: any TimeSource = SystemTime()) {
         self.limits = limits
         self.fsync = fsync
         self.fileOperations = fileOperations
         self.onSync = onSync
+        self.time = time
     }
 }
 
@@ -182,7 +185,7 @@ public final class Log: Sendable {
         do {
             var metadata = try LogMetadata.read(directory, maxPartitions: configuration.limits.maxPartitions)
             if metadata == nil {
-                let created = LogMetadata(partitions: configuration.limits.partitions, createdAt: WallClock.nowNanoseconds())
+                let created = LogMetadata(partitions: configuration.limits.partitions, createdAt: configuration.time.wallNanoseconds)
                 try created.write(directory)
                 metadata = created
             }
@@ -231,7 +234,7 @@ public final class Log: Sendable {
         assert(readings.allSatisfy { self.partition(for: $0.sensorID) == partition }, "reading appended to the wrong partition")
         let encoder = encoders.take()
         defer { encoders.give(encoder) }
-        let appendTime = WallClock.nowNanoseconds()
+        let appendTime = configuration.time.wallNanoseconds
         let bytes = try encoder.encode(readings, appendTime: appendTime, maxBatchBytes: configuration.limits.maxBatchBytes)
         let maxTimestamp = Int64(littleEndian: bytes.loadUnaligned(fromByteOffset: 32, as: Int64.self))
         return try partitions[partition].write(encoded: bytes, count: readings.count, maxTimestamp: maxTimestamp, appendTime: appendTime)
@@ -275,7 +278,7 @@ public final class Log: Sendable {
         guard partitions.indices.contains(partition), !sensorIDs.isEmpty else { throw LogError(.invalidArgument, "bad deletion batch") }
         let encoder = encoders.take()
         defer { encoders.give(encoder) }
-        let appendTime = WallClock.nowNanoseconds()
+        let appendTime = configuration.time.wallNanoseconds
         let bytes = try encoder.encodeDeletions(sensorIDs, appendTime: appendTime, maxBatchBytes: configuration.limits.maxBatchBytes)
         let (result, waiter) = try partitions[partition].write(encoded: bytes, count: sensorIDs.count, maxTimestamp: appendTime, appendTime: appendTime)
         if let waiter { try partitions[partition].wait(waiter) }

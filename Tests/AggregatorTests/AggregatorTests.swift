@@ -41,7 +41,7 @@ import Testing
         }
         try await waitCaughtUp(service, f.log)
         service.requestStop()
-        try await Task.sleep(for: .milliseconds(50))
+        await service.waitUntilFinished()
 
         let live = try AggregateStore(path: f.path + "/aggregates.sqlite", readOnly: true).allAggregates()
         let out = f.path + "/rebuilt.sqlite"
@@ -68,11 +68,12 @@ import Testing
     }
 
     @Test func untilFoldsOnlyWhatWasAppendedBefore() async throws {
-        let f = try await Fixture.make(partitions: 1)
+        let time = ManualTime()
+        let f = try await Fixture.make(partitions: 1, time: time)
         defer { f.close() }
         _ = try await f.pipeline.submit((0..<10).map { r("u", Int64($0)) }, via: .tcp)
-        let cut = WallClock.nowNanoseconds()
-        try await Task.sleep(for: .milliseconds(5))
+        let cut = time.wallNanoseconds
+        time.advance(by: .nanoseconds(1))
         _ = try await f.pipeline.submit((10..<25).map { r("u", Int64($0)) }, via: .tcp)
         let out = f.path + "/until.sqlite"
         let result = try AggregateRebuild.build(dataDirectory: f.path, output: out, until: cut)

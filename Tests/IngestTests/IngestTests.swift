@@ -217,11 +217,13 @@ extension LineProtocolServerTests {
     /// and retried, not dropped; once writes succeed, every line is stored once.
     @Test func readingsReadWhileTheDiskIsFullLandOnceItIsNot() async throws {
         let full = Gate(closed: true)
-        let f = try await Fixture.make(fileOperations: writes(while: full) { errno = ENOSPC; return true })
+        let refused = FaultLog()
+        let f = try await Fixture.make(fileOperations: writes(while: full) { refused.record(); errno = ENOSPC; return true })
         defer { f.close() }
         let (server, port) = try await serve(f)
         try sendTCP(port: port, lines(2000, sensor: "full", of: 7))
-        try await Task.sleep(for: .milliseconds(1500))  // at least one refused attempt and one retry
+        // A refused attempt and its retry, seen rather than slept for.
+        try await refused.wait(until: { $0.count >= 2 })
         #expect(try f.stored().isEmpty)
         full.open()
         try await expectStoredOnce(f, 2000, then: server)
@@ -231,7 +233,8 @@ extension LineProtocolServerTests {
     /// through a failed append outlives the timeout, and what it sent lands once the log writes.
     @Test func aConnectionPausedByTheServerIsNotIdle() async throws {
         let full = Gate(closed: true)
-        let f = try await Fixture.make(fileOperations: writes(while: full) { errno = ENOSPC; return true })
+        let refused = FaultLog()
+        let f = try await Fixture.make(fileOperations: writes(while: full) { refused.record(); errno = ENOSPC; return true })
         defer { f.close() }
         var limits = Limits()
         limits.idleTimeout = .seconds(1)
@@ -240,7 +243,9 @@ extension LineProtocolServerTests {
         defer { close(fd) }
         let bytes = lines(500, sensor: "held", of: 5)
         #expect(bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) } == bytes.count)
-        try await Task.sleep(for: .milliseconds(2500))
+        // The server has held the connection through retries spanning twice the idle timeout
+        // (NIO's idle handler runs on the event loop's clock, which a test cannot move).
+        try await refused.wait(until: { $0.span >= .seconds(2) })
         var probe: UInt8 = 0
         let got = recv(fd, &probe, 1, Int32(MSG_DONTWAIT))
         #expect(got == -1 && (errno == EAGAIN || errno == EWOULDBLOCK), "the server closed a connection it had paused")

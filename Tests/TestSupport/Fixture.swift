@@ -11,11 +11,11 @@ public struct Fixture: Sendable {
     public let pipeline: IngestPipeline
 
     public static func make(partitions: Int = 4, fsync: FsyncPolicy = .interval, path: String? = nil,
-                     fileOperations: FileOperations = .system) async throws -> Fixture {
+                     fileOperations: FileOperations = .system, time: any TimeSource = SystemTime()) async throws -> Fixture {
         let path = path ?? NSTemporaryDirectory() + "sensorlog-ingest-" + UUID().uuidString
         var limits = Limits()
         limits.partitions = partitions
-        let log = try Log.open(dataDirectory: path, configuration: LogConfiguration(limits: limits, fsync: fsync, fileOperations: fileOperations))
+        let log = try Log.open(dataDirectory: path, configuration: LogConfiguration(limits: limits, fsync: fsync, fileOperations: fileOperations, time: time))
         let pipeline = try await IngestPipeline(log: log, validator: ReadingValidator(limits: limits), metrics: IngestMetrics())
         return Fixture(path: path, log: log, pipeline: pipeline)
     }

@@ -56,3 +56,36 @@ public func sendTCP(port: Int, _ bytes: [UInt8]) throws {
         sent += n
     }
 }
+
+/// When a fault-injecting `FileOperations` refused something: a test waits on what it saw
+/// (so many attempts, retries spanning so long) instead of sleeping a fixed time.
+public final class FaultLog: Sendable {
+    private let attempts = Mutex<[ContinuousClock.Instant]>([])
+
+    public init() {}
+
+    public func record() { attempts.withLock { $0.append(.now) } }
+
+    public struct Seen: Sendable {
+        public var count: Int
+        /// From the first attempt to the last.
+        public var span: Duration
+    }
+
+    public var seen: Seen {
+        attempts.withLock { Seen(count: $0.count, span: ($0.last ?? .now) - ($0.first ?? .now)) }
+    }
+
+    /// Waits (60 s at most, then fails) until `condition` holds for what was seen.
+    public func wait(until condition: (Seen) -> Bool) async throws {
+        let deadline = ContinuousClock.now + .seconds(60)
+        while !condition(seen) {
+            guard ContinuousClock.now < deadline else { throw FaultLogTimeout(seen: seen) }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+    }
+}
+
+public struct FaultLogTimeout: Error {
+    public let seen: FaultLog.Seen
+}

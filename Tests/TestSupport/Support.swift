@@ -118,3 +118,23 @@ public func testSeed(_ test: String = #function) -> UInt64 {
     print("\(test): seed \(seed) (SENSORLOG_TEST_SEED=\(seed) repeats it)")
     return seed
 }
+
+/// A clock a test moves by hand: wall and monotonic time advance together, only when told.
+public final class ManualTime: TimeSource, @unchecked Sendable {
+    private let lock = NSLock()
+    private var wall: Int64
+    private var monotonic: Int64 = 1_000_000_000
+
+    public init(wall: Int64 = 1_763_978_400_000_000_000) { self.wall = wall }
+
+    public var wallNanoseconds: Int64 { lock.withLock { wall } }
+    public var monotonicNanoseconds: Int64 { lock.withLock { monotonic } }
+
+    public func advance(by duration: Duration) {
+        let n = duration / .nanoseconds(1)
+        lock.withLock {
+            wall += Int64(n)
+            monotonic += Int64(n)
+        }
+    }
+}
