@@ -86,17 +86,31 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        .executableTarget(
-            name: "sensorlogd",
+        // sensorlogd as a library: configuration in, services out (start, run, stop), so that a
+        // test runs the whole server in-process. Knows nothing of flags or the environment.
+        .target(
+            name: "Daemon",
             dependencies: [
                 "SensorLogCore", "LogStore", "Ingest", "HTTPAPI", "Aggregator",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The executable: flags and SENSORLOG_ variables into a DaemonConfiguration, logging and
+        // metrics bootstrapped, exit statuses.
+        .executableTarget(
+            name: "sensorlogd",
+            dependencies: [
+                "SensorLogCore", "LogStore", "Ingest", "Daemon",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -173,6 +187,15 @@ let package = Package(
             dependencies: [
                 "Aggregator", "Ingest", "LogStore", "SensorLogCore", "TestSupport",
                 .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "DaemonTests",
+            dependencies: [
+                "Daemon", "LogStore", "SensorLogCore", "TestSupport",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -116,7 +116,7 @@ public final class AggregatorService: Service, @unchecked Sendable {
             let stopping = shouldStop
             var progressed = false
             for (p, reader) in readers.enumerated() {
-                var budget = 65_536
+                var budget = log.configuration.limits.aggregatorFoldBudget
                 while budget > 0, let first = try reader.next(into: &batch) {
                     try folder.fold(batch, from: first)
                     offsets[p] = reader.nextOffset

@@ -97,7 +97,7 @@ public enum HTTPServer {
                 uptimeSeconds: (Date().timeIntervalSince(started) * 1000).rounded() / 1000,
                 fsync: pipeline.log.configuration.fsync.rawValue, error: failure.map { "\($0.code): \($0.message)" })
             var response = JSONBody.response(failure == nil ? .ok : .serviceUnavailable, health)
-            if failure != nil { response.headers[.retryAfter] = "5" }
+            if failure != nil { response.headers[.retryAfter] = String(pipeline.log.configuration.limits.retryAfterSeconds) }
             return response
         }
         QueryRoutes(log: pipeline.log, aggregator: aggregator,

@@ -109,7 +109,7 @@ struct QueryRoutes: Sendable {
         router.get("/aggregates") { request, _ -> Response in
             let (from, to) = try Self.range(request)
             let q = request.uri.queryParameters
-            let limit = try Self.limit(request, default: 1000, max: 10_000)
+            let limit = try Self.limit(request, default: log.configuration.limits.defaultPageSize, max: log.configuration.limits.maxPageSize)
             var cursor: (String, String)?
             if let text = q["cursor"].map(String.init) {
                 let parts = text.split(separator: "|", maxSplits: 1).map(String.init)
@@ -127,7 +127,7 @@ struct QueryRoutes: Sendable {
         router.get("/sensors/:id/readings") { request, context -> Response in
             let id = try context.parameters.require("id")
             let (from, to) = try Self.range(request)
-            let limit = try Self.limit(request, default: 1000, max: 10_000)
+            let limit = try Self.limit(request, default: log.configuration.limits.defaultPageSize, max: log.configuration.limits.maxPageSize)
             let p = log.partition(for: id)
             let start: Int64
             if let text = request.uri.queryParameters["cursor"] {
@@ -151,8 +151,6 @@ struct QueryRoutes: Sendable {
         }
     }
 
-    /// Batches one page of `/sensors/{id}/readings` looks at, at most.
-    static let maxBatches = 4096
 
     /// One page of a sensor's readings in [from, to] from `start`; see `readableBeforeDamage` for a
     /// page that meets a corrupt batch.
@@ -160,7 +158,7 @@ struct QueryRoutes: Sendable {
                       logger: Logger) throws -> (readings: [LocatedReading], next: Int64?) {
         let reader = log.reader(partition: p, from: start)
         switch Result(catching: { () throws(LogError) in
-            try reader.scan(sensorID: id, from: from, to: to, limit: limit, maxBatches: Self.maxBatches)
+            try reader.scan(sensorID: id, from: from, to: to, limit: limit, maxBatches: log.configuration.limits.maxBatchesPerPage)
         }) {
         case .success(let page):
             return page
@@ -179,7 +177,7 @@ struct QueryRoutes: Sendable {
                                       logger: Logger) throws -> (readings: [LocatedReading], next: Int64?) {
         let reader = log.reader(partition: p, from: start)
         var out: [LocatedReading] = []
-        for _ in 0..<Self.maxBatches {
+        for _ in 0..<log.configuration.limits.maxBatchesPerPage {
             let before = reader.nextOffset
             let remaining = limit - out.count
             switch Result(catching: { () throws(LogError) in

@@ -162,7 +162,7 @@ struct SensorDataRoute: Sendable {
             context.logger.error("append failed", metadata: ["error": "\(error)"])
             var api = APIError(.serviceUnavailable, code: error.code == .diskFull ? "disk_full" : "log_unavailable",
                                "the log cannot accept writes right now; retry later (retries are deduplicated)")
-            api.headers[.retryAfter] = "5"
+            api.headers[.retryAfter] = String(limits.retryAfterSeconds)
             throw api
         }
 

@@ -245,14 +245,15 @@ public final class IngestPipeline: Sendable {
         for w in waiters { w.resume() }
     }
 
-    /// Logs a rejected line or request, at most 20 such lines a second for the whole process.
+    /// Logs a rejected line or request, at most `Limits.rejectionLogLinesPerSecond` such lines a
+    /// second for the whole process.
     public func logRejection(_ logger: Logger, _ message: @autoclosure () -> Logger.Message, metadata: @autoclosure () -> Logger.Metadata,
                              level: Logger.Level = .info) {
         let second = time.wallNanoseconds / 1_000_000_000
         let allowed = rejectLogBudget.withLock { budget -> Bool in
             if budget.second != second { budget = (second, 0) }
             budget.lines += 1
-            return budget.lines <= 20
+            return budget.lines <= log.configuration.limits.rejectionLogLinesPerSecond
         }
         if allowed { logger.log(level: level, message(), metadata: metadata()) }
     }

@@ -347,8 +347,9 @@ final class LineProtocolHandler: ChannelInboundHandler {
             pendingCount = 0
             return
         }
-        pipeline.logRejection(logger, "readings could not be appended; retrying in 1 s with the socket paused",
-                              metadata: ["error": "\(error)", "readings": "\(count)"], level: .error)
+        let delay = pipeline.log.configuration.limits.appendRetryDelay
+        pipeline.logRejection(logger, "readings could not be appended; retrying with the socket paused",
+                              metadata: ["error": "\(error)", "readings": "\(count)", "retry_in": "\(delay)"], level: .error)
         for p in pending.indices where !batch[p].isEmpty { pending[p] = batch[p] + pending[p] }
         pendingCount += count
         retryScheduled = true
@@ -356,7 +357,7 @@ final class LineProtocolHandler: ChannelInboundHandler {
         let pipeline = self.pipeline
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         pipeline.begin()  // the retry is a submission under way: drain() waits for it
-        context.eventLoop.scheduleTask(in: .seconds(1)) {
+        context.eventLoop.scheduleTask(in: .nanoseconds(Int64(delay / .nanoseconds(1)))) {
             let (handler, context) = bound.value
             handler.retryScheduled = false
             if handler.pendingCount < handler.maxPendingReadings { handler.resumeReading(context) }

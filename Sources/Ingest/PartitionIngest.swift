@@ -73,9 +73,8 @@ actor PartitionIngest {
         var filter: KeyFilter
     }
 
-    /// Readings per span: an out-of-order check decodes about this many (plus one batch) for
-    /// each span whose bounds and filter may hold its key.
-    static let spanRecords = 4096
+    /// Readings per span (`Limits.dedupeSpanReadings`).
+    let spanRecords: Int
 
     struct Key: Hashable {
         var sensorID: String
@@ -107,7 +106,7 @@ actor PartitionIngest {
     /// prefixMax[i] = max of spans[0...i].maxTimestamp: spans before the first index whose
     /// running maximum reaches t cannot hold t.
     private var prefixMax: [Int64] = []
-    private var keyCache = KeyCache(maxKeys: 65_536)
+    private var keyCache: KeyCache
     /// Types claimed for sensors not yet in the log by arrays being written (see `claimTypes`),
     /// with how many arrays hold each claim.
     private var claims: [String: (type: UInt8, holds: Int)] = [:]
@@ -123,6 +122,8 @@ actor PartitionIngest {
         self.log = log
         self.typeNames = typeNames
         self.floor = floor
+        spanRecords = log.configuration.limits.dedupeSpanReadings
+        keyCache = KeyCache(maxKeys: log.configuration.limits.dedupeCachedKeys)
     }
 
     /// Rebuilds the state from the whole partition (start-up).
@@ -170,7 +171,7 @@ actor PartitionIngest {
             keyCache.remove(last.baseOffset)  // its keys are no longer the whole span's
             return
         }
-        var filter = KeyFilter(capacity: max(Self.spanRecords, hashes.count))
+        var filter = KeyFilter(capacity: max(spanRecords, hashes.count))
         for h in hashes { filter.insert(h) }
         prefixMax.append(max(prefixMax.last ?? .min, maxTimestamp))
         spans.append(BatchSpan(baseOffset: baseOffset, endOffset: endOffset,

@@ -61,6 +61,28 @@ public struct Limits: Sendable, Equatable {
     /// Fsync period under the `interval` policy.
     public var fsyncInterval: Duration = .milliseconds(100)
 
+    /// Most reading types (`--sensor-type`): the dedupe keeps a sensor's type in one byte (255 at
+    /// most), and this leaves room.
+    public var maxSensorTypes = 200
+    /// Readings per run of batches in the dedupe's in-memory key filters: an out-of-order check
+    /// decodes about this many for each run whose bounds and filter may hold its key.
+    public var dedupeSpanReadings = 4096
+    /// Keys the dedupe keeps decoded from recently checked runs, per partition.
+    public var dedupeCachedKeys = 65_536
+    /// Rejected lines or requests logged a second for the whole process; the rest are counted only.
+    public var rejectionLogLinesPerSecond = 20
+    /// A line-protocol connection whose append failed retries after this, its socket paused.
+    public var appendRetryDelay: Duration = .seconds(1)
+    /// The `Retry-After` of a 503 (the log cannot write) and of an unhealthy `/health`, in seconds.
+    public var retryAfterSeconds = 5
+    /// Page size of `/aggregates` and `/sensors/{id}/readings` when none is asked, and the most.
+    public var defaultPageSize = 1000
+    public var maxPageSize = 10_000
+    /// Batches one page of a sensor's readings looks at, at most (bounds one request's work).
+    public var maxBatchesPerPage = 4096
+    /// Readings the aggregator folds from one partition before it turns to the next.
+    public var aggregatorFoldBudget = 65_536
+
     public init() {}
 
     /// Checks the bounds against each other.

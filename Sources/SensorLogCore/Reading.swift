@@ -42,6 +42,43 @@ public struct SensorTypes: Sendable, Equatable {
     }
 
     public func contains(_ type: String) -> Bool { ranges[type] != nil }
+
+    /// The types of `--sensor-type` values: `NAME` or `NAME=MIN:MAX` each; none gives `standard`.
+    /// - Throws: `SensorTypesError` naming the first value that does not parse.
+    public init(specs: [String], limits: Limits = Limits()) throws(SensorTypesError) {
+        guard !specs.isEmpty else {
+            self = .standard
+            return
+        }
+        var ranges: [String: ClosedRange<Double>?] = [:]
+        for spec in specs {
+            let parts = spec.split(separator: "=", maxSplits: 1).map(String.init)
+            let name = String((parts.first ?? "").drop { $0 == " " }.reversed().drop { $0 == " " }.reversed())
+            let printable = name.utf8.allSatisfy { (byte: UInt8) -> Bool in byte > 32 && byte < 127 && byte != 44 && byte != 61 }
+            guard !name.isEmpty, name.utf8.count <= limits.maxTypeBytes, printable else {
+                throw SensorTypesError("bad --sensor-type '\(spec)': a name of printable ASCII without spaces, commas or '='")
+            }
+            if parts.count == 2 {
+                let bounds = parts[1].split(separator: ":").map { Double($0) }
+                guard bounds.count == 2, let lo = bounds[0], let hi = bounds[1], lo.isFinite, hi.isFinite, lo <= hi else {
+                    throw SensorTypesError("bad --sensor-type '\(spec)': the range is MIN:MAX with MIN <= MAX")
+                }
+                ranges[name] = .some(lo...hi)
+            } else {
+                ranges[name] = .some(nil)
+            }
+        }
+        guard ranges.count <= limits.maxSensorTypes else {
+            throw SensorTypesError("at most \(limits.maxSensorTypes) --sensor-type values, got \(ranges.count)")
+        }
+        self.init(ranges: ranges)
+    }
+}
+
+/// A `--sensor-type` value that does not parse.
+public struct SensorTypesError: Error, Sendable, CustomStringConvertible {
+    public let description: String
+    init(_ description: String) { self.description = description }
 }
 
 /// Why a reading was refused, with the field at fault. `code` is stable: metrics and HTTP errors

@@ -1,6 +1,7 @@
 import Aggregator
 import ArgumentParser
 import Foundation
+import SensorLogCore
 import LogStore
 
 /// `sensorlog backup --to DIR`.
@@ -60,11 +61,11 @@ struct Backup: ParsableCommand {
 
 /// docs/cli.md's exit code of a failed backup or restore: 64 for a target that is not empty, 66
 /// for a source that holds no log (or is not a backup), 74 for the rest.
-func backupExitCode(_ error: any Error) -> Int32 {
+func backupExitCode(_ error: any Error) -> ExitStatus {
     switch (error as? LogError)?.code {
-    case .invalidArgument?: return 64
-    case .invalidLog?: return 66
-    default: return 74
+    case .invalidArgument?: return .usage
+    case .invalidLog?: return .noInput
+    default: return .ioError
     }
 }
 

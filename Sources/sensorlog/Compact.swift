@@ -32,7 +32,7 @@ struct Compact: ParsableCommand {
         let dataDirectory = URL(fileURLWithPath: options.dataDir).standardizedFileURL.path
         if !deleteSensors.isEmpty { recordDeletions(dataDirectory) }
         let lock: DirectoryLock
-        do { lock = try DirectoryLock(dataDirectory: dataDirectory) } catch { Terminal.fail(error.message, code: 75) }
+        do { lock = try DirectoryLock(dataDirectory: dataDirectory) } catch { Terminal.fail(error.message, code: .locked) }
         defer { lock.release() }
         let progress = Progress(label: "compact")
         var done: Int64 = 0
@@ -43,7 +43,7 @@ struct Compact: ParsableCommand {
                 progress.update(done: done, total: max(done, 1))
             }
         } catch {
-            Terminal.fail("compaction failed: \(error)", code: 74)
+            Terminal.fail("compaction failed: \(error)", code: .ioError)
         }
         progress.finish()
         if options.json {
@@ -74,7 +74,7 @@ struct Compact: ParsableCommand {
             }
             guard unknown.isEmpty else {
                 try? log.close()
-                Terminal.fail("no readings of sensor \(unknown.map { "'\($0)'" }.joined(separator: ", ")) in the log: nothing to delete (a typo?); nothing was changed", code: 64)
+                Terminal.fail("no readings of sensor \(unknown.map { "'\($0)'" }.joined(separator: ", ")) in the log: nothing to delete (a typo?); nothing was changed", code: .usage)
             }
             var byPartition: [Int: [String]] = [:]
             for id in Set(deleteSensors) { byPartition[log.partition(for: id), default: []].append(id) }
@@ -82,9 +82,9 @@ struct Compact: ParsableCommand {
             try log.rollActiveSegments()
             try log.close()
         } catch let error as LogError where error.code == .locked {
-            Terminal.fail(error.message, code: 75)
+            Terminal.fail(error.message, code: .locked)
         } catch {
-            Terminal.fail("cannot record the deletions: \(error)", code: 74)
+            Terminal.fail("cannot record the deletions: \(error)", code: .ioError)
         }
     }
 }

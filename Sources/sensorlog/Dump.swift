@@ -50,7 +50,7 @@ struct Dump: ParsableCommand {
 
     func run() throws {
         let directory: LogDirectory
-        do { directory = try LogDirectory(dataDirectory: options.dataDir) } catch { Terminal.fail("\(error)", code: 66) }
+        do { directory = try LogDirectory(dataDirectory: options.dataDir) } catch { Terminal.fail("\(error)", code: .noInput) }
         let out = DumpOutput(format: outputFormat, limit: limit ?? .max)
         do {
             if let sensor {
@@ -60,7 +60,7 @@ struct Dump: ParsableCommand {
             }
         } catch {
             out.flush()
-            Terminal.fail("\(error)", code: 65)
+            Terminal.fail("\(error)", code: .dataError)
         }
         out.flush()
     }
@@ -78,7 +78,7 @@ struct Dump: ParsableCommand {
     }
 
     func dumpPartition(_ p: Int, _ directory: LogDirectory, _ out: DumpOutput) throws(LogError) {
-        guard (0..<directory.partitionCount).contains(p) else { Terminal.fail("no partition \(p) (the log has \(directory.partitionCount))", code: 64) }
+        guard (0..<directory.partitionCount).contains(p) else { Terminal.fail("no partition \(p) (the log has \(directory.partitionCount))", code: .usage) }
         let (lo, hi) = (lowerBound, upperBound)
         // Every batch before the time seek holds only readings older than --from; later batches
         // may still hold some (readings arrive out of order), so each reading is checked too.

@@ -1,6 +1,7 @@
 import Aggregator
 import ArgumentParser
 import Foundation
+import SensorLogCore
 import LogStore
 
 /// `sensorlog groups`: consumer groups with committed offset, end offset and lag per partition.
@@ -20,7 +21,7 @@ struct Groups: ParsableCommand {
 
     func run() throws {
         let directory: LogDirectory
-        do { directory = try LogDirectory(dataDirectory: options.dataDir) } catch { Terminal.fail("\(error)", code: 66) }
+        do { directory = try LogDirectory(dataDirectory: options.dataDir) } catch { Terminal.fail("\(error)", code: .noInput) }
         let ends = try (0..<directory.partitionCount).map { p throws(LogError) in try directory.endOffset(partition: p) }
         var groups: [(String, [Int64])] = []
         let storePath = directory.layout.aggregates

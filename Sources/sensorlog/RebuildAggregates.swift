@@ -40,7 +40,7 @@ struct RebuildAggregates: ParsableCommand {
             do {
                 lock = try DirectoryLock(dataDirectory: directory)
             } catch {
-                Terminal.fail("\(error.message); use --output to rebuild into another file while it runs", code: 75)
+                Terminal.fail("\(error.message); use --output to rebuild into another file while it runs", code: .locked)
             }
         }
         defer { lock?.release() }
@@ -59,7 +59,7 @@ struct RebuildAggregates: ParsableCommand {
             }
         } catch {
             if output != nil { try? FileManager.default.removeItem(atPath: target) }
-            Terminal.fail("rebuild failed: \(error)", code: 74)
+            Terminal.fail("rebuild failed: \(error)", code: .ioError)
         }
         progress.finish()
         let rate = Double(result.readings) / max(result.seconds, 1e-9)

@@ -44,21 +44,21 @@ struct ResetOffsets: ParsableCommand {
 
     func run() throws {
         let directory: LogDirectory
-        do { directory = try LogDirectory(dataDirectory: options.dataDir) } catch { Terminal.fail("\(error)", code: 66) }
-        if let partition, !(0..<directory.partitionCount).contains(partition) { Terminal.fail("no partition \(partition)", code: 64) }
+        do { directory = try LogDirectory(dataDirectory: options.dataDir) } catch { Terminal.fail("\(error)", code: .noInput) }
+        if let partition, !(0..<directory.partitionCount).contains(partition) { Terminal.fail("no partition \(partition)", code: .usage) }
         var lock: DirectoryLock?
         if execute {
-            do { lock = try DirectoryLock(dataDirectory: directory.dataDirectory) } catch { Terminal.fail(error.message, code: 75) }
+            do { lock = try DirectoryLock(dataDirectory: directory.dataDirectory) } catch { Terminal.fail(error.message, code: .locked) }
         }
         defer { lock?.release() }
         let groups = ConsumerGroups(dataDirectory: directory.dataDirectory, partitions: directory.partitionCount)
         let target: ConsumerGroups.ResetTarget =
             toEarliest ? .earliest : toLatest ? .latest : toOffset.map { .offset($0) } ?? .timestamp(Timestamp.parse(toDatetime!)!)
         let before: [Int64]?
-        do { before = try groups.committed(group) } catch { Terminal.fail("\(error)", code: error.code == .invalidArgument ? 64 : 65) }
+        do { before = try groups.committed(group) } catch { Terminal.fail("\(error)", code: error.code == .invalidArgument ? .usage : .dataError) }
         if before == nil && !create {
             let known = groups.list()
-            Terminal.fail("no consumer group '\(group)' (groups: \(known.isEmpty ? "none" : known.joined(separator: ", "))); pass --create to start it", code: 64)
+            Terminal.fail("no consumer group '\(group)' (groups: \(known.isEmpty ? "none" : known.joined(separator: ", "))); pass --create to start it", code: .usage)
         }
         let after: [Int64]
         do {
@@ -69,7 +69,7 @@ struct ResetOffsets: ParsableCommand {
                 seek: { (p: Int, t: Int64) throws(LogError) -> Int64 in try directory.offset(partition: p, atOrAfter: t) })
             if execute { try groups.commit(group, offsets: after) }
         } catch {
-            Terminal.fail("\(error)", code: 65)
+            Terminal.fail("\(error)", code: .dataError)
         }
         if options.json {
             Terminal.printJSON(["group": group, "executed": execute, "before": before.map { $0 as Any } ?? NSNull(), "after": after])

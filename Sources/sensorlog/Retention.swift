@@ -48,13 +48,13 @@ struct Retention: ParsableCommand {
 
     func run() throws {
         let directory: LogDirectory
-        do { directory = try LogDirectory(dataDirectory: options.dataDir) } catch { Terminal.fail("\(error)", code: 66) }
+        do { directory = try LogDirectory(dataDirectory: options.dataDir) } catch { Terminal.fail("\(error)", code: .noInput) }
         // A dry run only reads, so it runs beside sensorlogd (the disk-full runbook starts with it).
         let cutoff = olderThan.flatMap(Self.seconds).map { WallClock.nowNanoseconds() - $0 * 1_000_000_000 }
         if !dryRun, let cutoff { closeStaleActiveSegments(directory, cutoff: cutoff, force: force) }
         var lock: DirectoryLock?
         if !dryRun {
-            do { lock = try DirectoryLock(dataDirectory: directory.dataDirectory) } catch { Terminal.fail(error.message, code: 75) }
+            do { lock = try DirectoryLock(dataDirectory: directory.dataDirectory) } catch { Terminal.fail(error.message, code: .locked) }
         }
         defer { lock?.release() }
         let candidates: [LogStore.Retention.Candidate]
@@ -63,19 +63,19 @@ struct Retention: ParsableCommand {
             candidates = try LogStore.Retention.plan(directory, olderThan: cutoff, maxBytes: maxBytes)
             blocked = try unread(candidates, directory)
         } catch {
-            Terminal.fail("\(error)", code: 65)
+            Terminal.fail("\(error)", code: .dataError)
         }
         let refused = !blocked.isEmpty && !force
         let deleting = !dryRun && !refused && !candidates.isEmpty
         if deleting {
             do { try LogStore.Retention.apply(candidates, dataDirectory: directory.dataDirectory, partitions: directory.partitionCount) } catch {
-                Terminal.fail("\(error)", code: 74)
+                Terminal.fail("\(error)", code: .ioError)
             }
         }
         report(candidates, blocked: blocked, deleted: deleting)
         if refused {
             for b in blocked { Terminal.error("refusing: \(b)") }
-            Terminal.fail("\(blocked.count) segment(s) not yet read by a consumer group; let it catch up or pass --force", code: 1)
+            Terminal.fail("\(blocked.count) segment(s) not yet read by a consumer group; let it catch up or pass --force", code: .problemsFound)
         }
     }
 
@@ -94,9 +94,9 @@ struct Retention: ParsableCommand {
             defer { try? log.close() }
             try log.rollActiveSegments(only: stale)
         } catch let error as LogError where error.code == .locked {
-            Terminal.fail(error.message, code: 75)
+            Terminal.fail(error.message, code: .locked)
         } catch {
-            Terminal.fail("cannot close the active segments: \(error)", code: 74)
+            Terminal.fail("cannot close the active segments: \(error)", code: .ioError)
         }
     }
 

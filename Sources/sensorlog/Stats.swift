@@ -24,7 +24,7 @@ struct Stats: ParsableCommand {
         do {
             directory = try LogDirectory(dataDirectory: options.dataDir)
         } catch {
-            Terminal.fail("\(error)", code: 66)
+            Terminal.fail("\(error)", code: .noInput)
         }
         var partitions: [[String: Any]] = []
         for p in 0..<directory.partitionCount {
@@ -46,7 +46,7 @@ struct Stats: ParsableCommand {
         }
         if failed > 0 {
             Terminal.error("\(failed) partition(s) could not be read; `sensorlog verify` names every problem, `verify --repair` salvages")
-            throw ExitCode(65)
+            throw ExitCode(.dataError)
         }
     }
 

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import SensorLogCore
 
 /// Output helpers shared by the subcommands: JSON to stdout, diagnostics to stderr.
 enum Terminal {
@@ -14,10 +15,14 @@ enum Terminal {
         FileHandle.standardError.write(Data("sensorlog: \(message)\n".utf8))
     }
 
-    static func fail(_ message: String, code: Int32) -> Never {
+    static func fail(_ message: String, code: ExitStatus) -> Never {
         error(message)
-        exit(code)
+        exit(code.rawValue)
     }
+}
+
+extension ExitCode {
+    init(_ status: ExitStatus) { self.init(status.rawValue) }
 }
 
 /// A progress bar with rate and ETA on a terminal; a plain line every few seconds otherwise.

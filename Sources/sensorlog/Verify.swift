@@ -47,22 +47,22 @@ struct Verify: ParsableCommand {
 
     func run() throws {
         let directory: LogDirectory
-        do { directory = try LogDirectory(dataDirectory: options.dataDir) } catch { Terminal.fail("\(error)", code: 66) }
+        do { directory = try LogDirectory(dataDirectory: options.dataDir) } catch { Terminal.fail("\(error)", code: .noInput) }
         var lock: DirectoryLock?
         if repair {
-            do { lock = try DirectoryLock(dataDirectory: directory.dataDirectory) } catch { Terminal.fail(error.message, code: 75) }
+            do { lock = try DirectoryLock(dataDirectory: directory.dataDirectory) } catch { Terminal.fail(error.message, code: .locked) }
         }
         defer { lock?.release() }
         let found = try Self.check(directory)
         guard repair else {
             report(found: found, repairs: nil, after: nil)
-            if !found.errors.isEmpty { throw ExitCode(1) }
+            if !found.errors.isEmpty { throw ExitCode(.problemsFound) }
             return
         }
         let repairs = Self.repair(directory, found: found)
         let after = try Self.check(directory)
         report(found: found, repairs: repairs, after: after)
-        if !after.errors.isEmpty { throw ExitCode(1) }
+        if !after.errors.isEmpty { throw ExitCode(.problemsFound) }
     }
 
     /// Verifies every partition and every group's offsets.
@@ -113,7 +113,7 @@ struct Verify: ParsableCommand {
         do {
             return try LogRepair.run(directory, found: found.partitions) { progress.update(done: $0, total: $1) }
         } catch {
-            Terminal.fail("nothing repaired: \(error)", code: 74)
+            Terminal.fail("nothing repaired: \(error)", code: .ioError)
         }
     }
 

@@ -1,17 +1,12 @@
 public import ArgumentParser
-import Aggregator
+import Daemon
 import Foundation
-import HTTPAPI
 import Ingest
 import LogStore
 import Logging
 import Metrics
-import NIOCore
 import Prometheus
 import SensorLogCore
-import ServiceLifecycle
-import Synchronization
-import UnixSignals
 
 /// The sensorlog server: the log, the line-protocol listener, the HTTP API.
 @main
@@ -97,22 +92,23 @@ struct SensorLogDaemon: AsyncParsableCommand {
     /// Every flag's value, else its environment variable's, else the embedded default.
     func settings(_ environment: Environment = Environment()) throws -> Settings {
         let e = environment
-        let limits = Limits()
+        let defaults = DaemonConfiguration()
+        let limits = defaults.limits
         return Settings(
-            dataDir: try e.value(dataDir, "DATA_DIR") ?? "./data",
-            tcpPort: try e.value(tcpPort, "TCP_PORT") ?? 9009,
-            httpPort: try e.value(httpPort, "HTTP_PORT") ?? 8080,
-            bind: try e.value(bind, "BIND") ?? "127.0.0.1",
+            dataDir: try e.value(dataDir, "DATA_DIR") ?? defaults.dataDirectory,
+            tcpPort: try e.value(tcpPort, "TCP_PORT") ?? defaults.tcpPort,
+            httpPort: try e.value(httpPort, "HTTP_PORT") ?? defaults.httpPort,
+            bind: try e.value(bind, "BIND") ?? defaults.bind,
             partitions: try e.value(partitions, "PARTITIONS"),
-            fsync: try e.value(fsync, "FSYNC") ?? .interval,
-            fsyncIntervalMs: try e.value(fsyncIntervalMs, "FSYNC_INTERVAL_MS") ?? 100,
+            fsync: try e.value(fsync, "FSYNC") ?? defaults.fsync,
+            fsyncIntervalMs: try e.value(fsyncIntervalMs, "FSYNC_INTERVAL_MS") ?? Int(limits.fsyncInterval / .milliseconds(1)),
             segmentBytes: try e.value(segmentBytes, "SEGMENT_BYTES") ?? limits.segmentBytes,
             keysFile: try e.value(apiKeysFile, "API_KEYS_FILE"),
             rateLimit: try e.value(rateLimit, "RATE_LIMIT"),
             corsOrigin: try e.value(corsOrigin, "CORS_ORIGIN"),
             maxBodyBytes: try e.value(maxBodyBytes, "MAX_BODY_BYTES") ?? limits.maxBodyBytes,
             maxConnections: try e.value(maxConnections, "MAX_CONNECTIONS") ?? limits.maxConnections,
-            idleTimeoutSeconds: try e.value(idleTimeoutSeconds, "IDLE_TIMEOUT_SECONDS") ?? 300,
+            idleTimeoutSeconds: try e.value(idleTimeoutSeconds, "IDLE_TIMEOUT_SECONDS") ?? Int(limits.idleTimeout / .seconds(1)),
             maxLineBytes: try e.value(maxLineBytes, "MAX_LINE_BYTES") ?? limits.maxLineBytes,
             sensorTypes: sensorTypes.isEmpty ? (e.text("SENSOR_TYPES")?.split(separator: ",").map(String.init) ?? []) : sensorTypes,
             logLevel: try e.value(logLevel, "LOG_LEVEL") ?? .info,
@@ -128,7 +124,7 @@ struct SensorLogDaemon: AsyncParsableCommand {
     ]
 
     static func limits(_ s: Settings) throws -> Limits {
-        var limits = Limits()
+        var limits = DaemonConfiguration.defaultLimits
         limits.partitions = s.partitions ?? limits.partitions
         limits.segmentBytes = s.segmentBytes
         limits.fsyncInterval = .milliseconds(s.fsyncIntervalMs)
@@ -141,27 +137,7 @@ struct SensorLogDaemon: AsyncParsableCommand {
     }
 
     static func types(_ specs: [String]) throws -> SensorTypes {
-        guard !specs.isEmpty else { return .standard }
-        var ranges: [String: ClosedRange<Double>?] = [:]
-        for spec in specs {
-            let parts = spec.split(separator: "=", maxSplits: 1).map(String.init)
-            let name = parts[0].trimmingCharacters(in: .whitespaces)
-            guard !name.isEmpty, name.utf8.count <= Limits().maxTypeBytes, name.utf8.allSatisfy({ $0 > 32 && $0 < 127 && $0 != 44 && $0 != 61 }) else {
-                throw ValidationError("bad --sensor-type '\(spec)': a name of printable ASCII without spaces, commas or '='")
-            }
-            if parts.count == 2 {
-                let bounds = parts[1].split(separator: ":").map { Double($0) }
-                guard bounds.count == 2, let lo = bounds[0], let hi = bounds[1], lo.isFinite, hi.isFinite, lo <= hi else {
-                    throw ValidationError("bad --sensor-type '\(spec)': the range is MIN:MAX with MIN <= MAX")
-                }
-                ranges[name] = .some(lo...hi)
-            } else {
-                ranges[name] = .some(nil)
-            }
-        }
-        // The dedupe keeps a sensor's type in one byte.
-        guard ranges.count <= 200 else { throw ValidationError("at most 200 --sensor-type values, got \(ranges.count)") }
-        return SensorTypes(ranges: ranges)
+        do { return try SensorTypes(specs: specs) } catch { throw ValidationError(error.description) }
     }
 
     static func apiKeys(file: String?, environment: Environment = Environment()) throws -> [String] {
@@ -219,215 +195,30 @@ struct SensorLogDaemon: AsyncParsableCommand {
         if !unknown.isEmpty {
             logger.warning("environment variables no flag reads (misspelt?)", metadata: ["names": "\(unknown.joined(separator: ","))"])
         }
-
-        let limits = try Self.limits(settings)
-        let log = try openLog(settings, limits: limits, logger: logger)
-        let pipeline: IngestPipeline
         do {
-            pipeline = try await IngestPipeline(log: log, validator: ReadingValidator(types: try Self.types(settings.sensorTypes), limits: limits),
-                                                metrics: IngestMetrics())
-        } catch {
-            logger.critical("cannot read the log; run `sensorlog verify --data-dir \(settings.dataDir)` to find the damage and `--repair` to salvage it",
-                            metadata: ["error": "\(error)"])
-            try? log.close()
-            throw ExitCode(74)
-        }
-        let keys = try Self.apiKeys(file: settings.keysFile)
-        try finishInterruptedRepair(log, logger: logger)
-        let aggregator: AggregatorService
-        do {
-            aggregator = try AggregatorService(log: log, logger: logger)
-        } catch {
-            logger.critical("cannot open the aggregates store", metadata: ["error": "\(error)"])
-            try? log.close()
-            throw ExitCode(74)
-        }
-        let tcpKeys = try Self.lineProtocolKeys(file: settings.tcpAuthFile)
-        let tcpHost = Self.lineProtocolHost(settings, keysOn: !keys.isEmpty, tcpAuth: tcpKeys != nil)
-        logAccess(settings, keys: keys, tcpKeys: tcpKeys, tcpHost: tcpHost, logger: logger)
-        let tcp = LineProtocolServer(configuration: .init(host: tcpHost, port: settings.tcpPort, limits: limits, keys: tcpKeys),
-                                     pipeline: pipeline, logger: logger)
-        // Both listeners bind before `ready`: a port in use stops start-up with its name, not a
-        // stack of errors after the server said it was up.
-        do {
-            try await tcp.start()
-        } catch {
-            try? log.close()
-            Self.failToListen("line protocol", host: tcpHost, port: settings.tcpPort, error: error, logger: logger)
-        }
-        let http = makeHTTP(settings, keys: keys, limits: limits, pipeline: pipeline, aggregator: aggregator, registry: registry, logger: logger)
-
-        // Shutdown runs in reverse: HTTP, the line protocol (drains into the log), the aggregator
-        // (commits what it folded), the log.
-        let group = ServiceGroup(configuration: .init(
-            services: [.init(service: LogService(log: log, logger: logger)), .init(service: aggregator), .init(service: tcp),
-                       .init(service: http)],
-            gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-        do {
-            try await group.run()
-        } catch let error as ListenError {
-            Self.failToListen("http", host: settings.bind, port: settings.httpPort, error: error.underlying, logger: logger)
-        } catch {
-            // A shutdown on a failing disk may both lose readings and fail to close the log:
-            // the loss decides the exit status.
-            try Self.exitIfLost(pipeline, logger: logger)
-            throw error
-        }
-        try Self.exitIfLost(pipeline, logger: logger)
-    }
-
-    /// A `verify --repair` interrupted between changing the log and rebuilding the aggregates
-    /// leaves them holding folds of records the log no longer has; serving them would count a
-    /// producer's resend twice. Finish the rebuild before anything is served.
-    func finishInterruptedRepair(_ log: Log, logger: Logger) throws {
-        guard AggregateRebuild.isPending(dataDirectory: log.dataDirectory) else { return }
-        logger.warning("an interrupted verify --repair left the aggregates to rebuild: rebuilding them from the log before serving")
-        do {
-            let result = try AggregateRebuild.rebuildInPlace(dataDirectory: log.dataDirectory)
-            logger.info("aggregates rebuilt", metadata: ["readings": "\(result.readings)"])
-        } catch {
-            logger.critical("cannot rebuild the aggregates; run `sensorlog verify --repair` with the server stopped", metadata: ["error": "\(error)"])
-            try? log.close()
-            throw ExitCode(74)
+            let daemon = try await Daemon.start(try configuration(settings), logger: logger, registry: registry)
+            try await daemon.run()
+        } catch let error as DaemonError {
+            throw ExitCode(error.status.rawValue)
         }
     }
 
-    func openLog(_ settings: Settings, limits: Limits, logger: Logger) throws -> Log {
-        let fsyncTimer = Metrics.Timer(label: "sensorlog_fsync_duration_seconds", preferredDisplayUnit: .seconds)
-        let configuration = LogConfiguration(limits: limits, fsync: settings.fsync, onSync: { _, ns in fsyncTimer.recordNanoseconds(ns) })
-        let log: Log
-        do {
-            log = try Log.open(dataDirectory: settings.dataDir, configuration: configuration)
-        } catch {
-            var metadata: Logger.Metadata = ["error": "\(error)", "code": "\(error.code)", "data_dir": "\(settings.dataDir)"]
-            if error.code != .locked && error.code != .io {
-                metadata["hint"] = "run `sensorlog verify --data-dir \(settings.dataDir)` to list the damage, then `sensorlog verify --repair` (server stopped) to salvage it"
-            }
-            logger.critical("cannot open the log", metadata: metadata)
-            throw ExitCode(error.code == .locked ? 75 : 74)
-        }
-        if let asked = settings.partitions, log.metadata.partitions != asked {
-            logger.warning("--partitions ignored: the log already exists with its own partition count",
-                           metadata: ["partitions": "\(log.metadata.partitions)"])
-        }
-        for p in log.partitions { logRecovery(p.recovery, logger) }
-        return log
-    }
-
-    func makeHTTP(_ settings: Settings, keys: [String], limits: Limits, pipeline: IngestPipeline, aggregator: AggregatorService,
-                  registry: PrometheusCollectorRegistry, logger: Logger) -> ListeningService<HTTPServer.App> {
-        let gauges = LogGauges(log: pipeline.log, aggregator: aggregator)
-        let listener = ListeningService<HTTPServer.App>()
-        let app = HTTPServer.make(
-            configuration: HTTPServerConfiguration(host: settings.bind, port: settings.httpPort, apiKeys: keys, rateLimit: settings.rateLimit,
-                                                   corsOrigin: settings.corsOrigin, limits: limits),
-            pipeline: pipeline, aggregator: aggregator, logger: logger,
-            metricsText: {
-                gauges.refresh()
-                return registry.emitToString()
-            },
-            onRunning: { port in
-                listener.markListening()
-                let sensors = await pipeline.sensorCount()
-                logger.info("http listening", metadata: ["address": "\(settings.bind):\(port)"])
-                logger.info("sensorlogd ready", metadata: [
-                    "data_dir": "\(pipeline.log.dataDirectory)", "partitions": "\(pipeline.log.partitions.count)", "fsync": "\(settings.fsync)",
-                    "sensors": "\(sensors)", "pid": "\(getpid())", "version": "\(SensorLogVersion.current)",
-                ])
-            })
-        listener.wrap(app)
-        return listener
-    }
-
-    /// Where the line protocol listens. Without its own keys it has no authentication, so with
-    /// API keys on it stays on loopback unless the operator explicitly lets it out.
-    static func lineProtocolHost(_ s: Settings, keysOn: Bool, tcpAuth: Bool) -> String {
-        keysOn && !tcpAuth && !isLoopback(s.bind) && !s.tcpBeyondLoopback ? "127.0.0.1" : s.bind
-    }
-
-    func logAccess(_ s: Settings, keys: [String], tcpKeys: LineProtocolKeys?, tcpHost: String, logger: Logger) {
-        let tcp = "\(tcpHost):\(s.tcpPort)"
-        if let tcpKeys {
-            logger.info("line protocol authenticates every connection (QuestDB's ECDSA challenge)",
-                        metadata: ["line_protocol": "\(tcp)", "tcp_keys": "\(tcpKeys.count)", "http_keys": "\(keys.count)"])
-            if keys.isEmpty && !Self.isLoopback(s.bind) {
-                logger.warning("HTTP listens beyond loopback with no API keys: anyone who can reach it can write", metadata: ["bind": "\(s.bind)"])
-            }
-        } else if keys.isEmpty {
-            logger.info("API keys off: no --api-keys-file or SENSORLOG_API_KEYS (the embedded default)")
-            if !Self.isLoopback(s.bind) {
-                logger.warning("listening beyond loopback with no API keys: anyone who can reach this host can write", metadata: ["bind": "\(s.bind)"])
-            }
-        } else if tcpHost != s.bind {
-            logger.info("API keys on for HTTP; the line protocol has no authentication and listens on loopback only (--tcp-beyond-loopback to open it)",
-                        metadata: ["keys": "\(keys.count)", "line_protocol": "\(tcp)"])
-        } else if !Self.isLoopback(tcpHost) {
-            logger.warning("API keys on for HTTP, but the line protocol listens beyond loopback WITHOUT authentication (--tcp-beyond-loopback): anyone who can reach this port can write",
-                           metadata: ["keys": "\(keys.count)", "line_protocol": "\(tcp)"])
-        } else {
-            logger.info("API keys on for HTTP; the line protocol listens on loopback only", metadata: ["keys": "\(keys.count)", "line_protocol": "\(tcp)"])
-        }
-    }
-
-    static func exitIfLost(_ pipeline: IngestPipeline, logger: Logger) throws {
-        guard pipeline.lostReadings > 0 else { return }
-        logger.error("shutdown lost readings that were read but could not be appended", metadata: ["readings": "\(pipeline.lostReadings)"])
-        throw ExitCode(74)
-    }
-
-    /// A listener could not bind: say which, and exit 69 (EX_UNAVAILABLE).
-    static func failToListen(_ name: String, host: String, port: Int, error: any Error, logger: Logger) -> Never {
-        logger.critical("cannot listen: \(name) port \(port) on \(host)", metadata: [
-            "listener": "\(name)", "address": "\(host):\(port)", "error": "\(error)",
-        ])
-        Glibc.exit(69)
-    }
-
-    func logRecovery(_ r: PartitionRecovery, _ logger: Logger) {
-        var metadata: Logger.Metadata = [
-            "partition": "\(r.partition)", "segments": "\(r.segments)", "start_offset": "\(r.startOffset)",
-            "end_offset": "\(r.endOffset)", "bytes": "\(r.bytes)", "truncated_bytes": "\(r.truncatedBytes)",
-            "rebuilt_indexes": "\(r.rebuiltIndexes)", "journal_batches": "\(r.journalBatches)",
-        ]
-        if let segment = r.truncatedSegment, let at = r.truncatedAtPosition {
-            metadata["truncated_segment"] = "\(segment)"
-            metadata["truncated_at"] = "\(at)"
-            metadata["truncation_reason"] = "\(r.truncationReason ?? "")"
-        }
-        if let gap = r.journalGap {
-            metadata["journal_gap"] = "\(gap)"
-            logger.warning("partition recovered: commit journal records past a gap not replayed", metadata: metadata)
-        } else {
-            logger.info(r.truncatedBytes > 0 ? "partition recovered: torn tail truncated" : "partition opened", metadata: metadata)
-        }
-    }
-
-    /// Only an address, never a name that merely starts like one (`127.example.com`).
-    static func isLoopback(_ host: String) -> Bool {
-        if host == "localhost" { return true }
-        guard let address = try? SocketAddress(ipAddress: host, port: 0) else { return false }
-        switch address {
-        case .v4(let v4): return UInt32(bigEndian: v4.address.sin_addr.s_addr) >> 24 == 127
-        case .v6: return host == "::1" || address.ipAddress == "::1"
-        default: return false
-        }
+    /// The daemon's configuration from the resolved settings, the key files read.
+    func configuration(_ s: Settings) throws -> DaemonConfiguration {
+        var c = DaemonConfiguration()
+        c.dataDirectory = s.dataDir
+        c.tcpPort = s.tcpPort
+        c.httpPort = s.httpPort
+        c.bind = s.bind
+        c.partitions = s.partitions
+        c.fsync = s.fsync
+        c.limits = try Self.limits(s)
+        c.types = try Self.types(s.sensorTypes)
+        c.apiKeys = try Self.apiKeys(file: s.keysFile)
+        c.rateLimit = s.rateLimit
+        c.corsOrigin = s.corsOrigin
+        c.lineProtocolKeys = try Self.lineProtocolKeys(file: s.tcpAuthFile)
+        c.tcpBeyondLoopback = s.tcpBeyondLoopback
+        return c
     }
 }
-
-/// Owns the log for the service group: when everything after it has stopped, closes it (fsync).
-struct LogService: Service {
-    let log: Log
-    let logger: Logger
-
-    func run() async throws {
-        try? await gracefulShutdown()
-        do {
-            try log.close()
-            logger.info("log closed cleanly")
-        } catch {
-            logger.error("log close failed", metadata: ["error": "\(error)"])
-            throw error
-        }
-    }
-}
-

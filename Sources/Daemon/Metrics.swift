@@ -1,9 +1,9 @@
 import Aggregator
 import HTTPAPI
-import Ingest
+public import Ingest
 import LogStore
-import Metrics
-import Prometheus
+public import Metrics
+public import Prometheus
 import Synchronization
 
 /// swift-metrics into the Prometheus registry, with `# HELP` text on every metric.
@@ -12,16 +12,16 @@ import Synchronization
 /// first help text of a name (a later different one is a fatal error), so the text must go in at
 /// creation: this factory looks it up by name in the descriptions the code that creates each metric
 /// publishes (`IngestMetrics.descriptions`, `HTTPServer.metricDescriptions`, `DaemonMetrics`).
-struct DescribedMetricsFactory: MetricsFactory {
+public struct DescribedMetricsFactory: MetricsFactory {
     let registry: PrometheusCollectorRegistry
     /// For its bucket defaults and its `destroy…` methods, which unregister from the same registry.
     private let prometheus: PrometheusMetricsFactory
     private let help: [String: String]
 
     /// Every metric sensorlogd creates.
-    static let descriptions = IngestMetrics.descriptions + HTTPServer.metricDescriptions + DaemonMetrics.descriptions
+    public static let descriptions = IngestMetrics.descriptions + HTTPServer.metricDescriptions + DaemonMetrics.descriptions
 
-    init(registry: PrometheusCollectorRegistry, descriptions: [MetricDescription] = Self.descriptions) {
+    public init(registry: PrometheusCollectorRegistry, descriptions: [MetricDescription] = Self.descriptions) {
         self.registry = registry
         self.prometheus = PrometheusMetricsFactory(registry: registry)
         self.help = Dictionary(descriptions.map { ($0.name, $0.help) }, uniquingKeysWith: { first, _ in first })
@@ -33,34 +33,34 @@ struct DescribedMetricsFactory: MetricsFactory {
         MetricNameDescriptor(metricName: label, unitName: "", helpText: help[label] ?? "\(label) (not described by sensorlog)")
     }
 
-    func makeCounter(label: String, dimensions: [(String, String)]) -> any CounterHandler {
+    public func makeCounter(label: String, dimensions: [(String, String)]) -> any CounterHandler {
         registry.makeCounter(descriptor: descriptor(label), labels: dimensions)
     }
 
-    func makeFloatingPointCounter(label: String, dimensions: [(String, String)]) -> any FloatingPointCounterHandler {
+    public func makeFloatingPointCounter(label: String, dimensions: [(String, String)]) -> any FloatingPointCounterHandler {
         registry.makeCounter(descriptor: descriptor(label), labels: dimensions)
     }
 
-    func makeRecorder(label: String, dimensions: [(String, String)], aggregate: Bool) -> any RecorderHandler {
+    public func makeRecorder(label: String, dimensions: [(String, String)], aggregate: Bool) -> any RecorderHandler {
         guard aggregate else { return registry.makeGauge(descriptor: descriptor(label), labels: dimensions) }
         let buckets = prometheus.valueHistogramBuckets[label] ?? prometheus.defaultValueHistogramBuckets
         return registry.makeValueHistogram(descriptor: descriptor(label), labels: dimensions, buckets: buckets)
     }
 
-    func makeMeter(label: String, dimensions: [(String, String)]) -> any MeterHandler {
+    public func makeMeter(label: String, dimensions: [(String, String)]) -> any MeterHandler {
         registry.makeGauge(descriptor: descriptor(label), labels: dimensions)
     }
 
-    func makeTimer(label: String, dimensions: [(String, String)]) -> any TimerHandler {
+    public func makeTimer(label: String, dimensions: [(String, String)]) -> any TimerHandler {
         let buckets = prometheus.durationHistogramBuckets[label] ?? prometheus.defaultDurationHistogramBuckets
         return registry.makeDurationHistogram(descriptor: descriptor(label), labels: dimensions, buckets: buckets)
     }
 
-    func destroyCounter(_ handler: any CounterHandler) { prometheus.destroyCounter(handler) }
-    func destroyFloatingPointCounter(_ handler: any FloatingPointCounterHandler) { prometheus.destroyFloatingPointCounter(handler) }
-    func destroyRecorder(_ handler: any RecorderHandler) { prometheus.destroyRecorder(handler) }
-    func destroyMeter(_ handler: any MeterHandler) { prometheus.destroyMeter(handler) }
-    func destroyTimer(_ handler: any TimerHandler) { prometheus.destroyTimer(handler) }
+    public func destroyCounter(_ handler: any CounterHandler) { prometheus.destroyCounter(handler) }
+    public func destroyFloatingPointCounter(_ handler: any FloatingPointCounterHandler) { prometheus.destroyFloatingPointCounter(handler) }
+    public func destroyRecorder(_ handler: any RecorderHandler) { prometheus.destroyRecorder(handler) }
+    public func destroyMeter(_ handler: any MeterHandler) { prometheus.destroyMeter(handler) }
+    public func destroyTimer(_ handler: any TimerHandler) { prometheus.destroyTimer(handler) }
 }
 
 /// The metrics the executable creates itself.

@@ -1,0 +1,193 @@
+public import Aggregator
+import Foundation
+import HTTPAPI
+public import Ingest
+public import LogStore
+public import Logging
+import Metrics
+import NIOCore
+public import Prometheus
+public import SensorLogCore
+public import ServiceLifecycle
+import Synchronization
+public import UnixSignals
+
+/// Why a daemon could not start or stopped badly, with the exit status sensorlogd gives it.
+public struct DaemonError: Error, CustomStringConvertible {
+    public let status: ExitStatus
+    public let description: String
+}
+
+/// sensorlogd as a value: configuration in, services out. `start` opens the log (recovery), the
+/// ingest pipeline and the aggregates and binds the line protocol; `run` serves until a signal
+/// or `stop()`, then shuts the services down in the reverse of `serviceOrder`.
+public final class Daemon: Sendable {
+    /// The services in start order; shutdown runs in reverse: HTTP, the line protocol (drains
+    /// what it read into the log), the aggregator (commits what it folded), the log (fsync, close).
+    public static let serviceOrder = ["log", "aggregator", "line protocol", "http"]
+
+    public let configuration: DaemonConfiguration
+    public let log: Log
+    public let pipeline: IngestPipeline
+    public let aggregator: AggregatorService
+    /// The line protocol's port (the bound one when 0 was asked).
+    public let tcpPort: Int
+    let tcp: LineProtocolServer
+    let http: ListeningService<HTTPServer.App>
+    let logger: Logger
+    private let boundHTTPPort = PortBox()
+    private let group = Mutex<ServiceGroup?>(nil)
+    private let stopped = StopLog()
+
+    private init(configuration: DaemonConfiguration, log: Log, pipeline: IngestPipeline, aggregator: AggregatorService,
+                 tcp: LineProtocolServer, tcpPort: Int, http: ListeningService<HTTPServer.App>, logger: Logger) {
+        self.configuration = configuration
+        self.log = log
+        self.pipeline = pipeline
+        self.aggregator = aggregator
+        self.tcp = tcp
+        self.tcpPort = tcpPort
+        self.http = http
+        self.logger = logger
+    }
+
+    /// Opens everything and binds the line protocol (HTTP binds in `run`, before "ready").
+    /// - Parameter registry: where `/metrics` is read from (the one MetricsSystem was bootstrapped with).
+    public static func start(_ c: DaemonConfiguration, logger: Logger, registry: PrometheusCollectorRegistry) async throws(DaemonError) -> Daemon {
+        let log = try openLog(c, logger: logger)
+        func fail(_ status: ExitStatus, _ message: String, _ error: any Error) -> DaemonError {
+            logger.critical("\(message)", metadata: ["error": "\(error)"])
+            try? log.close()
+            return DaemonError(status: status, description: "\(message): \(error)")
+        }
+        let pipeline: IngestPipeline
+        do {
+            pipeline = try await IngestPipeline(log: log, validator: ReadingValidator(types: c.types, limits: c.limits), metrics: IngestMetrics(),
+                                                time: c.time)
+        } catch {
+            throw fail(.ioError, "cannot read the log; run `sensorlog verify --data-dir \(c.dataDirectory)` to find the damage and `--repair` to salvage it", error)
+        }
+        do {
+            try finishInterruptedRepair(log, logger: logger)
+        } catch {
+            throw fail(.ioError, "cannot rebuild the aggregates; run `sensorlog verify --repair` with the server stopped", error)
+        }
+        let aggregator: AggregatorService
+        do {
+            aggregator = try AggregatorService(log: log, logger: logger, time: c.time)
+        } catch {
+            throw fail(.ioError, "cannot open the aggregates store", error)
+        }
+        let tcpHost = Access.lineProtocolHost(c)
+        Access.log(c, tcpHost: tcpHost, logger: logger)
+        let tcp = LineProtocolServer(configuration: .init(host: tcpHost, port: c.tcpPort, limits: c.limits, keys: c.lineProtocolKeys),
+                                     pipeline: pipeline, logger: logger)
+        // Both listeners bind before `ready`: a port in use stops start-up with its name.
+        let tcpPort: Int
+        do {
+            tcpPort = try await tcp.start()
+        } catch {
+            try? log.close()
+            throw listenFailure("line protocol", host: tcpHost, port: c.tcpPort, error: error, logger: logger)
+        }
+        let http = ListeningService<HTTPServer.App>()
+        let daemon = Daemon(configuration: c, log: log, pipeline: pipeline, aggregator: aggregator, tcp: tcp, tcpPort: tcpPort,
+                            http: http, logger: logger)
+        http.wrap(daemon.makeHTTP(registry: registry))
+        return daemon
+    }
+
+    /// Serves until one of `signals` (or `stop()`), then shuts down in order.
+    /// - Throws: `DaemonError` for a port that cannot be bound (69), readings lost at shutdown or
+    ///   a log that would not close (74).
+    public func run(signals: [UnixSignal] = [.sigterm, .sigint]) async throws(DaemonError) {
+        let services: [any Service] = [LogService(log: log, logger: logger), aggregator, tcp, http]
+        let named = zip(Self.serviceOrder, services).map { name, service in
+            ServiceGroupConfiguration.ServiceConfiguration(service: StopRecorder(name: name, service: service, stopped: stopped))
+        }
+        let group = ServiceGroup(configuration: .init(services: named, gracefulShutdownSignals: signals, logger: logger))
+        self.group.withLock { $0 = group }
+        do {
+            try await group.run()
+        } catch let error as ListenError {
+            throw Self.listenFailure("http", host: configuration.bind, port: configuration.httpPort, error: error.underlying, logger: logger)
+        } catch {
+            // A shutdown on a failing disk may both lose readings and fail to close the log:
+            // the loss decides the exit status.
+            try exitIfLost()
+            throw DaemonError(status: .ioError, description: "\(error)")
+        }
+        try exitIfLost()
+    }
+
+    /// Starts the graceful shutdown `run` performs on a signal.
+    public func stop() async {
+        await group.withLock { $0 }?.triggerGracefulShutdown()
+    }
+
+    /// The HTTP port once it listens (the bound one when 0 was asked).
+    public var httpPort: Int? { boundHTTPPort.port.withLock { $0 } }
+
+    /// The services that have stopped, in the order they stopped.
+    public var stoppedServices: [String] { stopped.names.withLock { $0 } }
+
+    private func exitIfLost() throws(DaemonError) {
+        guard pipeline.lostReadings > 0 else { return }
+        logger.error("shutdown lost readings that were read but could not be appended", metadata: ["readings": "\(pipeline.lostReadings)"])
+        throw DaemonError(status: .ioError, description: "\(pipeline.lostReadings) readings lost at shutdown")
+    }
+
+    /// A listener could not bind: say which.
+    static func listenFailure(_ name: String, host: String, port: Int, error: any Error, logger: Logger) -> DaemonError {
+        logger.critical("cannot listen: \(name) port \(port) on \(host)", metadata: [
+            "listener": "\(name)", "address": "\(host):\(port)", "error": "\(error)",
+        ])
+        return DaemonError(status: .unavailable, description: "cannot listen: \(name) port \(port) on \(host): \(error)")
+    }
+
+    private func makeHTTP(registry: PrometheusCollectorRegistry) -> HTTPServer.App {
+        let c = configuration
+        let gauges = LogGauges(log: log, aggregator: aggregator)
+        let (pipeline, logger, http, bound) = (pipeline, logger, http, boundHTTPPort)
+        return HTTPServer.make(
+            configuration: HTTPServerConfiguration(host: c.bind, port: c.httpPort, apiKeys: c.apiKeys, rateLimit: c.rateLimit,
+                                                   corsOrigin: c.corsOrigin, limits: c.limits),
+            pipeline: pipeline, aggregator: aggregator, logger: logger,
+            metricsText: {
+                gauges.refresh()
+                return registry.emitToString()
+            },
+            onRunning: { port in
+                http.markListening()
+                bound.port.withLock { $0 = port }
+                let sensors = await pipeline.sensorCount()
+                logger.info("http listening", metadata: ["address": "\(c.bind):\(port)"])
+                logger.info("sensorlogd ready", metadata: [
+                    "data_dir": "\(pipeline.log.dataDirectory)", "partitions": "\(pipeline.log.partitions.count)", "fsync": "\(c.fsync)",
+                    "sensors": "\(sensors)", "pid": "\(getpid())", "version": "\(SensorLogVersion.current)",
+                ])
+            })
+    }
+}
+
+/// The HTTP port, once bound.
+final class PortBox: Sendable {
+    let port = Mutex<Int?>(nil)
+}
+
+/// The services that stopped, in order.
+final class StopLog: Sendable {
+    let names = Mutex<[String]>([])
+}
+
+/// Records when a service's `run` returns: the shutdown order, observed.
+struct StopRecorder: Service {
+    let name: String
+    let service: any Service
+    let stopped: StopLog
+
+    func run() async throws {
+        defer { stopped.names.withLock { $0.append(name) } }
+        try await service.run()
+    }
+}

@@ -1,0 +1,35 @@
+public import Ingest
+public import LogStore
+public import SensorLogCore
+
+/// What a `Daemon` runs with: every flag, environment variable and file already read and
+/// parsed (sensorlogd does that). The defaults are the embedded ones, defined here once.
+public struct DaemonConfiguration: Sendable {
+    public var dataDirectory = "./data"
+    /// TCP port of the line protocol (0 picks a free one).
+    public var tcpPort = 9009
+    /// HTTP port (0 picks a free one).
+    public var httpPort = 8080
+    /// Address both listeners bind to.
+    public var bind = "127.0.0.1"
+    /// Partitions asked for; nil leaves a new log at `limits.partitions` and an old one as it is.
+    public var partitions: Int?
+    public var fsync: FsyncPolicy = .interval
+    public var limits = DaemonConfiguration.defaultLimits
+    public var types: SensorTypes = .standard
+    /// HTTP API keys; empty turns authentication off.
+    public var apiKeys: [String] = []
+    /// Readings a second per key (per client address without keys); nil is off.
+    public var rateLimit: Double?
+    public var corsOrigin: String?
+    /// The line protocol's public keys (`--tcp-auth-file`); nil means no authentication.
+    public var lineProtocolKeys: LineProtocolKeys?
+    /// With API keys and no line-protocol keys, listen beyond loopback anyway.
+    public var tcpBeyondLoopback = false
+    public var time: any TimeSource = SystemTime()
+
+    public init() {}
+
+    /// `Limits()` with the server's own defaults where they differ.
+    public static var defaultLimits: Limits { Limits() }
+}
