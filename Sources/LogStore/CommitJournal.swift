@@ -16,7 +16,7 @@ import SensorLogCore
 /// `Limits.commitJournalBytes`, appends move to the other file, every partition is synced, and
 /// the old file is emptied.
 ///
-/// After a crash `Log.open` replays both files into the partitions (`records`, `Partition.replay`); the
+/// After a crash `Log.open` replays both files into the partitions (`records`, `PartitionLoader.replay`); the
 /// records carry the batches' offsets, so replay only appends what a segment lacks.
 ///
 /// Both files are written full of zeros once and then overwritten in place, so an fdatasync

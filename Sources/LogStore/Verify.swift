@@ -226,7 +226,7 @@ extension LogDirectory {
         let view = views[partition]
         // Gone first: the check that keeps valid files looks only at their tail.
         try view.segmentPaths(base).removeIndexes(fileOperations)
-        _ = try Partition.inspectClosedSegment(base: base, directory: view.directory, displayDirectory: view.displayDirectory, limits: view.limits,
+        _ = try PartitionLoader.inspectClosedSegment(base: base, directory: view.directory, displayDirectory: view.displayDirectory, limits: view.limits,
                                                fileOperations)
     }
 
