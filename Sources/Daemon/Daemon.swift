@@ -112,8 +112,9 @@ public final class Daemon: Sendable {
         } catch let error as ListenError {
             throw Self.listenFailure("http", host: configuration.bind, port: configuration.httpPort, error: error.underlying, logger: logger)
         } catch {
-            // A shutdown on a failing disk may both lose readings and fail to close the log:
-            // the loss decides the exit status.
+            // A service failed (the log would not close on a failing disk). A shutdown may both
+            // lose readings and fail to close the log: the loss decides the exit status.
+            logger.critical("a service failed; shutting down", metadata: ["error": "\(error)"])
             try exitIfLost()
             throw DaemonError(status: .ioError, description: "\(error)")
         }

@@ -348,8 +348,8 @@ final class LineProtocolHandler: ChannelInboundHandler {
             return
         }
         let delay = pipeline.log.configuration.limits.appendRetryDelay
-        pipeline.logRejection(logger, "readings could not be appended; retrying with the socket paused",
-                              metadata: ["error": "\(error)", "readings": "\(count)", "retry_in": "\(delay)"], level: .error)
+        pipeline.logRejection(logger, "readings could not be appended; retrying in \(delay.components.seconds) s with the socket paused",
+                              metadata: ["error": "\(error)", "readings": "\(count)"], level: .error)
         for p in pending.indices where !batch[p].isEmpty { pending[p] = batch[p] + pending[p] }
         pendingCount += count
         retryScheduled = true

@@ -144,7 +144,8 @@ public enum LogBackup {
         let syncFailure = errno
         out.close()
         if synced { return true }
-        try FileOperations.system.remove(to, display: to)
+        // Best effort: the clone's own failure is the one to report (and a copy replaces the file).
+        _ = FileOperations.system.unlink(to)
         if status == 0 { throw LogError.system("fsync failed", errno: syncFailure, path: to) }
         guard [EOPNOTSUPP, EXDEV, EINVAL, ENOTTY, ENOSYS].contains(failure) else {
             throw LogError.system("cannot clone file", errno: failure, path: to)

@@ -27,14 +27,27 @@ import SensorLogCore
 ///
 /// Record (little-endian): u32 magic, u32 CRC32C of the bytes after it, u64 lap, u32 partition,
 /// u32 batch length, then the batch exactly as written to the segment.
+/// What the commit journal needs of a partition, and all it sees of one: the journal commits,
+/// rolls back and checkpoints partitions only through this.
+protocol JournaledPartition: AnyObject, Sendable {
+    var id: Int { get }
+    /// Appends up to `end` (ending at `position` of `segment`) are durable: complete their waiters.
+    func journalCommitted(upTo end: Int64, segment: SharedFile, position: Int64)
+    /// A journal fdatasync failed: cut what was not durable; returns the waiters to fail.
+    func journalRollBack() -> [DurabilityWaiter]
+    /// Fails `waiters` with `error`, once the journal takes appends again.
+    func fail(_ waiters: [DurabilityWaiter], _ error: LogError)
+    /// Makes the active segment durable before the journal file that covered it is emptied.
+    func syncForCheckpoint() throws(LogError)
+}
+
 final class CommitJournal: @unchecked Sendable {
     static let fileNames = DataLayout.journalNames
-    static let magic: UInt32 = 0x4C4A_4C53  // "SLJL"
-    static let headerSize = 24
+    static let headerSize = JournalRecord.headerSize
 
     /// An appended record not yet known durable.
     private struct Pending {
-        let partition: Partition
+        let partition: any JournaledPartition
         let file: Int
         /// Position in `file` after the record.
         let journalEnd: Int64
@@ -57,7 +70,7 @@ final class CommitJournal: @unchecked Sendable {
     private var retiring: Int?
     private var pending: [Pending] = []
     private var scratch: [UInt8] = []
-    private var partitions: [Partition] = []
+    private var partitions: [any JournaledPartition] = []
     private var isClosed = false
     private var threadDone = true
     private var lastError: LogError?
@@ -92,7 +105,7 @@ final class CommitJournal: @unchecked Sendable {
     }
 
     /// Starts the sync thread, committing for `partitions`.
-    func start(partitions: [Partition]) {
+    func start(partitions: [any JournaledPartition]) {
         condition.lock()
         self.partitions = partitions
         threadDone = false
@@ -107,7 +120,8 @@ final class CommitJournal: @unchecked Sendable {
     /// Copies `batch` (already written to `partition`'s `segment`, ending at `segmentPosition`)
     /// into the journal. Called with the partition's lock held: a partition's records are in
     /// offset order, and no record outlives a rollback of its partition.
-    func append(_ batch: UnsafeRawBufferPointer, partition: Partition, end: Int64, segment: SharedFile, segmentPosition: Int64) throws(LogError) {
+    func append(_ batch: UnsafeRawBufferPointer, partition: any JournaledPartition, end: Int64, segment: SharedFile,
+                segmentPosition: Int64) throws(LogError) {
         condition.lock()
         defer { condition.unlock() }
         guard !isClosed else { throw LogError(.closed, "the log is closed") }
@@ -119,13 +133,7 @@ final class CommitJournal: @unchecked Sendable {
         if written[file] == 0 { laps[file] = UInt64.random(in: 1...UInt64.max) }
         var failure: LogError?
         scratch.withUnsafeMutableBytes { raw in
-            raw.storeBytes(of: Self.magic.littleEndian, toByteOffset: 0, as: UInt32.self)
-            raw.storeBytes(of: laps[file].littleEndian, toByteOffset: 8, as: UInt64.self)
-            raw.storeBytes(of: UInt32(partition.id).littleEndian, toByteOffset: 16, as: UInt32.self)
-            raw.storeBytes(of: UInt32(batch.count).littleEndian, toByteOffset: 20, as: UInt32.self)
-            UnsafeMutableRawBufferPointer(rebasing: raw[Self.headerSize..<total]).copyMemory(from: batch)
-            let crc = sensorlog_crc32c(0, raw.baseAddress! + 8, total - 8)
-            raw.storeBytes(of: crc.littleEndian, toByteOffset: 4, as: UInt32.self)
+            JournalRecord.encode(batch, lap: laps[file], partition: partition.id, into: raw)
             do throws(LogError) {
                 try writeAll(fileOperations, fd: files[file].fd, UnsafeRawBufferPointer(rebasing: raw[0..<total]),
                              at: written[file], displayPath: files[file].displayPath)
@@ -259,7 +267,7 @@ final class CommitJournal: @unchecked Sendable {
             refusedRanges[f] = refusedRanges[f].map { min($0.lowerBound, range.lowerBound)..<max($0.upperBound, range.upperBound) } ?? range
             written[f] = durable[f]
         }
-        var touched: [ObjectIdentifier: Partition] = [:]
+        var touched: [ObjectIdentifier: any JournaledPartition] = [:]
         for record in pending { touched[ObjectIdentifier(record.partition)] = record.partition }
         pending.removeAll()
         condition.unlock()
@@ -389,18 +397,12 @@ extension CommitJournal {
             bytes.withUnsafeBytes { raw in
                 var at = 0
                 var lap: UInt64?
-                while at + Self.headerSize <= n {
-                    func load(_ offset: Int) -> UInt32 { UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: at + offset, as: UInt32.self)) }
-                    let length = Int(load(20))
-                    let partition = Int(load(16))
-                    let recordLap = UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: at + 8, as: UInt64.self))
-                    guard load(0) == Self.magic, lap == nil || lap == recordLap, length >= BatchHeader.size, length <= maxBatchBytes,
-                          at + Self.headerSize + length <= n,
-                          sensorlog_crc32c(0, raw.baseAddress! + at + 8, Self.headerSize - 8 + length) == load(4),
-                          partition < partitions
-                    else { break }
-                    lap = recordLap
-                    let batch = UnsafeRawBufferPointer(rebasing: raw[(at + Self.headerSize)..<(at + Self.headerSize + length)])
+                while let record = JournalRecord.parse(UnsafeRawBufferPointer(rebasing: raw[at..<n]), maxBatchBytes: maxBatchBytes),
+                      lap == nil || lap == record.lap, record.partition < partitions {
+                    lap = record.lap
+                    let length = record.batch.count
+                    let batch = record.batch
+                    let partition = record.partition
                     guard let header = try? BatchHeader.parse(batch, maxBatchBytes: maxBatchBytes), header.length == length else { break }
                     result[partition, default: []].append(JournalBatch(
                         bytes: Array(batch), baseOffset: header.baseOffset, nextOffset: header.nextOffset,
@@ -411,5 +413,42 @@ extension CommitJournal {
         }
         for key in result.keys { result[key]!.sort { $0.baseOffset < $1.baseOffset } }
         return result
+    }
+}
+
+/// One commit-journal record (little-endian): u32 magic, u32 CRC32C of the bytes after it, u64
+/// lap, u32 partition, u32 batch length, then the batch exactly as written to the segment.
+struct JournalRecord {
+    static let magic: UInt32 = 0x4C4A_4C53  // "SLJL"
+    static let headerSize = 24
+
+    let lap: UInt64
+    let partition: Int
+    /// The batch, within the buffer `parse` was given.
+    let batch: UnsafeRawBufferPointer
+
+    /// Writes the record of `batch` at the start of `raw` (which holds `headerSize + batch.count` bytes).
+    static func encode(_ batch: UnsafeRawBufferPointer, lap: UInt64, partition: Int, into raw: UnsafeMutableRawBufferPointer) {
+        let total = headerSize + batch.count
+        raw.storeBytes(of: magic.littleEndian, toByteOffset: 0, as: UInt32.self)
+        raw.storeBytes(of: lap.littleEndian, toByteOffset: 8, as: UInt64.self)
+        raw.storeBytes(of: UInt32(partition).littleEndian, toByteOffset: 16, as: UInt32.self)
+        raw.storeBytes(of: UInt32(batch.count).littleEndian, toByteOffset: 20, as: UInt32.self)
+        UnsafeMutableRawBufferPointer(rebasing: raw[headerSize..<total]).copyMemory(from: batch)
+        let crc = sensorlog_crc32c(0, raw.baseAddress! + 8, total - 8)
+        raw.storeBytes(of: crc.littleEndian, toByteOffset: 4, as: UInt32.self)
+    }
+
+    /// The record at the start of `raw`, or nil where a file's records end: no magic, a length
+    /// out of bounds or past the bytes there, or a CRC that does not match.
+    static func parse(_ raw: UnsafeRawBufferPointer, maxBatchBytes: Int) -> JournalRecord? {
+        guard raw.count >= headerSize else { return nil }
+        func load(_ offset: Int) -> UInt32 { UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: offset, as: UInt32.self)) }
+        let length = Int(load(20))
+        guard load(0) == magic, length >= BatchHeader.size, length <= maxBatchBytes, headerSize + length <= raw.count,
+              sensorlog_crc32c(0, raw.baseAddress! + 8, headerSize - 8 + length) == load(4)
+        else { return nil }
+        return JournalRecord(lap: UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: 8, as: UInt64.self)), partition: Int(load(16)),
+                             batch: UnsafeRawBufferPointer(rebasing: raw[headerSize..<(headerSize + length)]))
     }
 }

@@ -89,15 +89,12 @@ public final class DirectoryLock: Sendable {
             let pid = n > 0 ? String(decoding: buffer[0..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines) : "unknown"
             throw LogError(.locked, "data directory \(dataDirectory) is in use by another process (pid \(pid)); stop it first")
         }
-        // The pid is for the operator ("in use by pid N"); the flock is the lock.
+        // The pid is for the operator ("in use by pid N"); the flock is the lock. Best effort: on
+        // a full disk the write may fail, and refusing the lock then would block the very
+        // maintenance (retention, compaction) that frees space.
         let pid = Array("\(getpid())\n".utf8)
-        do throws(LogError) {
-            try FileOperations.system.truncate(fd, to: 0, display: Self.fileName)
-            try writeAll(.system, fd: fd, pid, at: 0, displayPath: Self.fileName)
-        } catch {
-            _ = Glibc.close(fd)
-            throw error
-        }
+        _ = FileOperations.system.truncate(fd, 0)
+        _ = try? writeAll(.system, fd: fd, pid, at: 0, displayPath: Self.fileName)
         self.fd = fd
     }
 

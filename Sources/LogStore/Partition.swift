@@ -77,15 +77,6 @@ final class ActiveSegment {
     }
 }
 
-/// One append's wait for durability, completed by the sync thread.
-final class DurabilityWaiter: @unchecked Sendable {
-    let target: Int64
-    var result: Result<Void, LogError>?
-    var continuation: CheckedContinuation<Result<Void, LogError>, Never>?
-
-    init(target: Int64) { self.target = target }
-}
-
 /// Read access a `PartitionReader` needs, from the writer in this process or from files alone.
 protocol PartitionView: AnyObject, Sendable {
     var directory: String { get }
@@ -105,7 +96,7 @@ protocol PartitionView: AnyObject, Sendable {
 ///
 /// All mutable state is guarded by `condition` (an `NSCondition`, not a `Mutex`, because the sync
 /// thread and blocking appenders wait on it).
-public final class Partition: PartitionView, @unchecked Sendable {
+public final class Partition: PartitionView, JournaledPartition, @unchecked Sendable {
     public let id: Int
     let directory: String
     let displayDirectory: String
@@ -116,13 +107,9 @@ public final class Partition: PartitionView, @unchecked Sendable {
     private let condition = NSCondition()
     private var closedSegments: [ClosedSegment] = []
     private var active: ActiveSegment
-    /// Next offset to be written.
-    private var writtenEnd: Int64
-    /// Offsets below this are on stable storage (fdatasync returned).
-    private var durableEnd: Int64
-    /// File position in the active segment that `durableEnd` corresponds to.
-    private var durablePosition: Int64
-    private var waiters: [DurabilityWaiter] = []
+    /// Written and durable ends, and the appends waiting for durability.
+    private var ledger: DurabilityLedger
+    private var writtenEnd: Int64 { ledger.writtenEnd }
     private var isClosed = false
     private var syncThreadDone = true
     private var lastSyncError: LogError?
@@ -154,9 +141,7 @@ public final class Partition: PartitionView, @unchecked Sendable {
         ).load(replay: replay)
         self.closedSegments = loaded.closed
         self.active = loaded.active
-        self.writtenEnd = loaded.active.nextOffset
-        self.durableEnd = loaded.active.nextOffset
-        self.durablePosition = loaded.active.size
+        self.ledger = DurabilityLedger(durableUpTo: loaded.active.nextOffset, position: loaded.active.size)
         self.recovery = loaded.recovery
 
         if policy == .interval {
@@ -211,14 +196,12 @@ public final class Partition: PartitionView, @unchecked Sendable {
         active.index.add(relative: UInt32(base - active.baseOffset), position: position, length: batch.count,
                          maxTimestamp: maxTimestamp, interval: limits.indexIntervalBytes)
         if active.firstAppendTime == nil { active.firstAppendTime = appendTime }
-        writtenEnd = base + Int64(count)
+        ledger.wrote(upTo: base + Int64(count))
         active.nextOffset = writtenEnd
 
         let result = AppendResult(partition: id, baseOffset: base, count: count)
         guard journal != nil else { return (result, nil) }
-        let waiter = DurabilityWaiter(target: writtenEnd)
-        waiters.append(waiter)
-        return (result, waiter)
+        return (result, ledger.waiter())
     }
 
     /// The journal made this partition's appends up to `end` durable.
@@ -226,10 +209,8 @@ public final class Partition: PartitionView, @unchecked Sendable {
         condition.lock()
         defer { condition.unlock() }
         // A roll (which syncs the segment) or a rollback may have moved on meanwhile.
-        guard end > durableEnd, end <= writtenEnd else { return }
-        durableEnd = end
-        if segment === active.file { durablePosition = position }
-        completeWaiters()
+        guard end > ledger.durableEnd, end <= writtenEnd else { return }
+        succeed(ledger.madeDurable(upTo: end, position: segment === active.file ? position : nil))
     }
 
     /// A journal fdatasync failed: what was not durable is cut off. Returns the appends that
@@ -238,10 +219,7 @@ public final class Partition: PartitionView, @unchecked Sendable {
     func journalRollBack() -> [DurabilityWaiter] {
         condition.lock()
         defer { condition.unlock() }
-        rollBackToDurable()
-        let failed = waiters
-        waiters.removeAll()
-        return failed
+        return rollBackToDurable()
     }
 
     func fail(_ failed: [DurabilityWaiter], _ error: LogError) {
@@ -289,9 +267,7 @@ public final class Partition: PartitionView, @unchecked Sendable {
         closedSegments.append(ClosedSegment(baseOffset: old.baseOffset, nextOffset: writtenEnd, size: old.size,
                                             maxTimestamp: index.maxTimestamp))
         active = ActiveSegment(segment: next, size: 0, nextOffset: writtenEnd, index: SegmentIndex(), firstAppendTime: nil)
-        durableEnd = writtenEnd
-        durablePosition = 0
-        completeWaiters()
+        succeed(ledger.rolled())
     }
 
     /// Blocks until `waiter` completes.
@@ -318,28 +294,15 @@ public final class Partition: PartitionView, @unchecked Sendable {
         try result.get()
     }
 
-    /// Completes every waiter whose records are durable. Called with the lock held; resumes
-    /// continuations directly (they only enqueue their task).
-    private func completeWaiters() {
-        var done = 0
-        for waiter in waiters {
-            guard waiter.target <= durableEnd else { break }
-            waiter.result = .success(())
-            waiter.continuation?.resume(returning: .success(()))
-            waiter.continuation = nil
-            done += 1
-        }
-        if done > 0 { waiters.removeFirst(done) }
+    /// Completes waiters whose records are durable. Lock held; wakes blocked appenders.
+    private func succeed(_ done: [DurabilityWaiter]) {
+        for waiter in done { waiter.complete(.success(())) }
         condition.broadcast()
     }
 
     /// Lock held.
     private func complete(_ failed: [DurabilityWaiter], with error: LogError) {
-        for waiter in failed {
-            waiter.result = .failure(error)
-            waiter.continuation?.resume(returning: .failure(error))
-            waiter.continuation = nil
-        }
+        for waiter in failed { waiter.complete(.failure(error)) }
         condition.broadcast()
     }
 
@@ -350,7 +313,7 @@ public final class Partition: PartitionView, @unchecked Sendable {
         while true {
             while !isClosed && Date() < deadline { _ = condition.wait(until: deadline) }
             deadline = Date().addingTimeInterval(Self.seconds(limits.fsyncInterval))
-            if writtenEnd == durableEnd {
+            if !ledger.hasUnsynced {
                 if isClosed { break }
                 continue
             }
@@ -365,11 +328,7 @@ public final class Partition: PartitionView, @unchecked Sendable {
                 lastSyncError = LogError.system("fsync failed", errno: failure, path: file.displayPath)
             } else {
                 lastSyncError = nil
-                if target > durableEnd {
-                    durableEnd = target
-                    if file === active.file { durablePosition = targetPosition }
-                }
-                completeWaiters()
+                succeed(ledger.madeDurable(upTo: target, position: file === active.file ? targetPosition : nil))
             }
         }
         syncThreadDone = true
@@ -379,14 +338,16 @@ public final class Partition: PartitionView, @unchecked Sendable {
 
     /// After a failed fdatasync under `always`: nothing past the last durable point was
     /// acknowledged, and none of it may become visible, so cut it off. Lock held.
-    private func rollBackToDurable() {
+    /// - Returns: the appends that waited, to fail.
+    private func rollBackToDurable() -> [DurabilityWaiter] {
+        let durablePosition = ledger.durablePosition
         // A failed cut leaves bytes past `durablePosition` that nothing points at: the written
         // end moves back below them and the next append overwrites them (recovery would cut them
         // as a tail the journal does not hold). The fdatasync failure is what is reported.
         _ = fileOperations.truncate(active.file.fd, durablePosition)
         active.size = durablePosition
-        writtenEnd = durableEnd
-        active.nextOffset = durableEnd
+        let failed = ledger.rollBack()
+        active.nextOffset = writtenEnd
         var index = SegmentIndex()
         do throws(LogError) {
             var batches = try active.segment.batches(expecting: nil, size: durablePosition)
@@ -400,6 +361,7 @@ public final class Partition: PartitionView, @unchecked Sendable {
             index = SegmentIndex()
         }
         active.index = index
+        return failed
     }
 
     static func seconds(_ d: Duration) -> Double {
@@ -415,9 +377,7 @@ public final class Partition: PartitionView, @unchecked Sendable {
             journal?.poison(error)
             throw error
         }
-        durableEnd = writtenEnd
-        durablePosition = active.size
-        completeWaiters()
+        succeed(ledger.allDurable(position: active.size))
     }
 
     /// Stops the sync thread, syncs and closes. Appends after this throw `.closed`.
@@ -443,7 +403,7 @@ public final class Partition: PartitionView, @unchecked Sendable {
     public var endOffset: Int64 {
         condition.lock()
         defer { condition.unlock() }
-        return policy == .always ? durableEnd : writtenEnd
+        return policy == .always ? ledger.durableEnd : writtenEnd
     }
 
     /// Bytes of all segment files.

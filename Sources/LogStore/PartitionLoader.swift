@@ -60,7 +60,7 @@ struct PartitionLoader {
             } catch {
                 throw LogError(.io, "cannot create partition directory", path: paths.display)
             }
-            try ops.syncDirectory((directory as NSString).deletingLastPathComponent, display: paths.display)
+            try ops.syncDirectory((directory as NSString).deletingLastPathComponent, display: DataLayout.logName)
         }
         try Compactor.recover(paths, ops)
         if let names = try? FileManager.default.contentsOfDirectory(atPath: directory) {
@@ -202,7 +202,8 @@ struct PartitionLoader {
         }
         if let truncation, journalFrom == nil {
             try ops.truncate(segment.file.fd, to: truncation.position, display: paths.display)
-            try ops.fullSync(segment.file.fd, display: paths.display)
+            // Durable through the fdatasync every open ends with (`loadActive`), which fails the
+            // open if it fails; a sync here would only fail it earlier.
         }
         return (ActiveSegment(segment: segment, size: position, nextOffset: expected, index: index,
                               firstAppendTime: firstAppend), truncation)

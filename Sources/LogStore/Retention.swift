@@ -98,12 +98,10 @@ public enum Retention {
         let text = "{\"floors\":[" + floors.map { $0.map(String.init) ?? "null" }.joined(separator: ",") + "]}\n"
         let layout = DataLayout(dataDirectory)
         try SegmentFiles.writeAtomically(Array(text.utf8), to: layout.retentionFloors, directory: dataDirectory, displayPath: floorFile, ops)
-        var directories = Set<String>()
-        for c in candidates {
-            let partition = layout.partition(c.partition)
-            try partition.segment(c.baseOffset).removeAll(ops)
-            directories.insert(partition.directory)
+        for p in Set(candidates.map(\.partition)).sorted() {
+            let partition = layout.partition(p)
+            for c in candidates where c.partition == p { try partition.segment(c.baseOffset).removeAll(ops) }
+            try ops.syncDirectory(partition.directory, display: partition.display)
         }
-        for d in directories.sorted() { try ops.syncDirectory(d, display: d) }
     }
 }

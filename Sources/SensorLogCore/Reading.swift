@@ -53,7 +53,7 @@ public struct SensorTypes: Sendable, Equatable {
         var ranges: [String: ClosedRange<Double>?] = [:]
         for spec in specs {
             let parts = spec.split(separator: "=", maxSplits: 1).map(String.init)
-            let name = String((parts.first ?? "").drop { $0 == " " }.reversed().drop { $0 == " " }.reversed())
+            let name = String((parts.first ?? "").drop(while: \.isWhitespace).reversed().drop(while: \.isWhitespace).reversed())
             let printable = name.utf8.allSatisfy { (byte: UInt8) -> Bool in byte > 32 && byte < 127 && byte != 44 && byte != 61 }
             guard !name.isEmpty, name.utf8.count <= limits.maxTypeBytes, printable else {
                 throw SensorTypesError("bad --sensor-type '\(spec)': a name of printable ASCII without spaces, commas or '='")
