@@ -18,19 +18,19 @@ public enum LogRepair {
     ///   - found: every partition's verification, as `LogDirectory.verify(partition:)` returned it.
     ///   - progress: the aggregate rebuild's (bytes read, bytes in the log).
     /// - Throws: only when the marker cannot be written (nothing was changed then).
-    public static func run(_ directory: LogDirectory, found: [PartitionVerification],
+    public static func run(_ directory: LogDirectory, found: [PartitionVerification], held lock: DirectoryLock,
                            progress: (Int64, Int64) -> Void = { _, _ in }) throws -> Outcome {
         let dataDirectory = directory.dataDirectory
         if foldsGoStale(found, dataDirectory: dataDirectory) { try AggregateRebuild.markPending(dataDirectory: dataDirectory) }
         var outcome = Outcome()
         for partition in found {
-            let repair = directory.repair(partition)
+            let repair = directory.repair(partition, held: lock)
             outcome.done += repair.done
             outcome.failed += repair.failed
         }
         guard AggregateRebuild.isPending(dataDirectory: dataDirectory) else { return outcome }
         do {
-            let result = try AggregateRebuild.rebuildInPlace(dataDirectory: dataDirectory, progress: progress)
+            let result = try AggregateRebuild.rebuildInPlace(dataDirectory: dataDirectory, held: lock, progress: progress)
             outcome.done.append("\(AggregateStore.fileName): rebuilt from the repaired log (\(result.readings) readings, \(result.rows) hourly rows)")
         } catch {
             outcome.failed.append("\(AggregateStore.fileName): rebuild failed, run verify --repair again: \(error)")

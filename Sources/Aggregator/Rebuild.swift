@@ -2,7 +2,7 @@
 import Glibc
 #endif
 import Foundation
-import LogStore
+public import LogStore
 import SensorLogCore
 
 /// Replays the log from its first offset into a new aggregates database: what the live
@@ -118,10 +118,11 @@ extension AggregateRebuild {
 
     /// Rebuilds `aggregates.sqlite` from the whole log into a new file beside it, swaps it in
     /// atomically (a crash leaves the old store or the new one, never a mix) and clears the
-    /// marker. The server must be stopped (the caller holds the lock).
+    /// marker. The server must be stopped: the caller holds the lock.
     /// - Parameter until: see `build`; the offsets then say where the aggregator resumes.
-    public static func rebuildInPlace(dataDirectory: String, until: Int64? = nil,
+    public static func rebuildInPlace(dataDirectory: String, held lock: DirectoryLock, until: Int64? = nil,
                                       progress: (Int64, Int64) -> Void = { _, _ in }) throws -> Result {
+        lock.requireHeld(for: dataDirectory)
         let target = DataLayout(dataDirectory).aggregatesRebuilding
         for suffix in ["", "-wal", "-shm"] { unlink(target + suffix) }  // left by an interrupted rebuild
         let result: Result

@@ -38,7 +38,7 @@ extension Daemon {
     static func finishInterruptedRepair(_ log: Log, logger: Logger) throws {
         guard AggregateRebuild.isPending(dataDirectory: log.dataDirectory) else { return }
         logger.warning("an interrupted verify --repair left the aggregates to rebuild: rebuilding them from the log before serving")
-        let result = try AggregateRebuild.rebuildInPlace(dataDirectory: log.dataDirectory)
+        let result = try AggregateRebuild.rebuildInPlace(dataDirectory: log.dataDirectory, held: log.lock)
         logger.info("aggregates rebuilt", metadata: ["readings": "\(result.readings)"])
     }
 

@@ -21,9 +21,10 @@ public enum Compactor {
         public var seconds = 0.0
     }
 
-    /// Compacts every partition of the log in `dataDirectory`. The caller holds the directory lock.
-    public static func compact(dataDirectory: String, targetSegmentBytes: Int, limits: Limits = Limits(),
+    /// Compacts every partition of the log in `dataDirectory`, whose lock the caller holds.
+    public static func compact(dataDirectory: String, held lock: DirectoryLock, targetSegmentBytes: Int, limits: Limits = Limits(),
                                fileOperations ops: FileOperations = .system, progress: (Int64) -> Void = { _ in }) throws -> Result {
+        lock.requireHeld(for: dataDirectory)
         let started = Date()
         let directory = try LogDirectory(dataDirectory: dataDirectory, limits: limits)
         var result = Result()

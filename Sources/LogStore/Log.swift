@@ -74,11 +74,19 @@ public struct LogMetadata: Codable, Sendable, Equatable {
 
 
 /// The exclusive lock on a data directory: `flock` on `LOCK`, which holds the owner's pid.
+///
+/// Operations that change the log's files with the server stopped (compaction, retention,
+/// repair, an aggregates rebuild in place) take the held lock as a parameter: holding it is part
+/// of their signature, not a sentence in their documentation.
 public final class DirectoryLock: Sendable {
     static let fileName = DataLayout.lockName
     let fd: Int32
+    /// The data directory it locks (standardised).
+    public let dataDirectory: String
 
     public init(dataDirectory: String) throws(LogError) {
+        let dataDirectory = URL(fileURLWithPath: dataDirectory).standardizedFileURL.path
+        self.dataDirectory = dataDirectory
         let path = DataLayout(dataDirectory).lock
         let fd = Glibc.open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw LogError.system("cannot open lock file", errno: errno, path: Self.fileName) }
@@ -96,6 +104,13 @@ public final class DirectoryLock: Sendable {
         _ = FileOperations.system.truncate(fd, 0)
         _ = try? writeAll(.system, fd: fd, pid, at: 0, displayPath: Self.fileName)
         self.fd = fd
+    }
+
+    /// Stops the process when this is not the lock of `directory`: an operation given another
+    /// directory's lock would change files nobody locked.
+    public func requireHeld(for directory: String) {
+        precondition(dataDirectory == URL(fileURLWithPath: directory).standardizedFileURL.path,
+                     "the lock of \(dataDirectory) held for an operation on \(directory)")
     }
 
     /// The pid written in `LOCK` if some process holds the lock now, else nil.
@@ -151,7 +166,9 @@ public final class Log: Sendable {
     public let metadata: LogMetadata
     public let partitions: [Partition]
     public let configuration: LogConfiguration
-    private let lock: DirectoryLock
+    /// The data directory's lock, held while the log is open: what the daemon's own
+    /// maintenance (finishing an interrupted repair's rebuild) passes as proof.
+    public let lock: DirectoryLock
     private let encoders = EncoderPool()
     private let journal: CommitJournal
 

@@ -31,9 +31,10 @@ extension PartitionVerification {
 extension LogDirectory {
     /// Repairs what `verify(partition:)` found: salvages every segment with a damaged batch
     /// (`salvage`), cuts a torn tail of the active segment, and rebuilds the index files of
-    /// closed segments that are bad or missing. The server must be stopped (the caller holds
-    /// the data directory's lock).
-    public func repair(_ found: PartitionVerification) -> PartitionRepair {
+    /// closed segments that are bad or missing. The server must be stopped: the caller holds the
+    /// data directory's lock.
+    public func repair(_ found: PartitionVerification, held lock: DirectoryLock) -> PartitionRepair {
+        lock.requireHeld(for: dataDirectory)
         var repair = PartitionRepair(partition: found.partition)
         let view = views[found.partition]
         let bases: [Int64]
@@ -50,12 +51,12 @@ extension LogDirectory {
             do {
                 if damaged.contains(display) {
                     let report = found.problems.filter { $0.path == display }
-                    repair.done.append(try salvage(partition: found.partition, segment: base, end: next, report: report))
+                    repair.done.append(try salvage(partition: found.partition, segment: base, end: next, report: report, held: lock))
                 } else if next == nil, let cut = found.truncateActiveAt, cut.path == display {
                     try truncateTail(paths, at: cut.position)
                     repair.done.append("\(display): torn tail truncated at byte \(cut.position)")
                 } else if next != nil, indexProblems.contains(paths.offsetIndexDisplay) {
-                    try rebuildIndexFiles(partition: found.partition, segment: base)
+                    try rebuildIndexFiles(partition: found.partition, segment: base, held: lock)
                     repair.done.append("\(paths.offsetIndexDisplay): rebuilt from the segment")
                 }
             } catch {

@@ -86,9 +86,10 @@ public enum Retention {
     }
 
     /// Deletes `candidates` (from `plan`). The floors are raised and made durable first, so a crash
-    /// never leaves deleted readings without their floor. The caller holds the directory lock.
-    public static func apply(_ candidates: [Candidate], dataDirectory: String, partitions: Int,
+    /// never leaves deleted readings without their floor.
+    public static func apply(_ candidates: [Candidate], dataDirectory: String, partitions: Int, held lock: DirectoryLock,
                              fileOperations ops: FileOperations = .system) throws(LogError) {
+        lock.requireHeld(for: dataDirectory)
         guard !candidates.isEmpty else { return }
         // An active segment goes only once a writer has closed it (`Log.rollActiveSegments`) and
         // `plan` found it closed: unlinking a live one would reset the partition's offsets.

@@ -157,7 +157,8 @@ extension LogDirectory {
     /// - Parameters:
     ///   - end: the next segment's base offset, or nil for the active segment.
     /// - Returns: what was done, for the operator.
-    public func salvage(partition: Int, segment base: Int64, end: Int64?, report: [VerifyProblem]) throws -> String {
+    public func salvage(partition: Int, segment base: Int64, end: Int64?, report: [VerifyProblem], held lock: DirectoryLock) throws -> String {
+        lock.requireHeld(for: dataDirectory)
         let view = views[partition]
         let segment = try view.openSegment(base)
         let (path, display) = (segment.paths.log, segment.paths.display)
@@ -212,7 +213,7 @@ extension LogDirectory {
         // The old indexes point into the old file. A closed segment gets new ones now; the
         // active segment's live in memory (sensorlogd drops stale files when it opens).
         if end != nil {
-            try rebuildIndexFiles(partition: partition, segment: base)
+            try rebuildIndexFiles(partition: partition, segment: base, held: lock)
         } else {
             try segment.paths.removeIndexes(fileOperations)
         }
@@ -222,7 +223,8 @@ extension LogDirectory {
 
     /// Writes a closed segment's index files anew from its batches, as sensorlogd does when it
     /// opens a segment without valid ones.
-    public func rebuildIndexFiles(partition: Int, segment base: Int64) throws(LogError) {
+    public func rebuildIndexFiles(partition: Int, segment base: Int64, held lock: DirectoryLock) throws(LogError) {
+        lock.requireHeld(for: dataDirectory)
         let view = views[partition]
         // Gone first: the check that keeps valid files looks only at their tail.
         try view.segmentPaths(base).removeIndexes(fileOperations)

@@ -38,7 +38,7 @@ struct Compact: ParsableCommand {
         var done: Int64 = 0
         let result: Compactor.Result
         do {
-            result = try Compactor.compact(dataDirectory: dataDirectory, targetSegmentBytes: targetSegmentBytes) { bytes in
+            result = try Compactor.compact(dataDirectory: dataDirectory, held: lock, targetSegmentBytes: targetSegmentBytes) { bytes in
                 done += bytes
                 progress.update(done: done, total: max(done, 1))
             }

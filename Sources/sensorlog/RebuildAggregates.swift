@@ -48,13 +48,14 @@ struct RebuildAggregates: ParsableCommand {
         let progress = Progress(label: "rebuild")
         let result: AggregateRebuild.Result
         do {
-            if output != nil {
-                result = try AggregateRebuild.build(
-                    dataDirectory: directory, output: target, until: until.flatMap(Timestamp.parse),
+            // In place needs the lock (taken above exactly when there is no --output).
+            if let lock {
+                result = try AggregateRebuild.rebuildInPlace(
+                    dataDirectory: directory, held: lock, until: until.flatMap(Timestamp.parse),
                     progress: { done, total in progress.update(done: done, total: total) })
             } else {
-                result = try AggregateRebuild.rebuildInPlace(
-                    dataDirectory: directory, until: until.flatMap(Timestamp.parse),
+                result = try AggregateRebuild.build(
+                    dataDirectory: directory, output: target, until: until.flatMap(Timestamp.parse),
                     progress: { done, total in progress.update(done: done, total: total) })
             }
         } catch {

@@ -67,8 +67,8 @@ struct Retention: ParsableCommand {
         }
         let refused = !blocked.isEmpty && !force
         let deleting = !dryRun && !refused && !candidates.isEmpty
-        if deleting {
-            do { try LogStore.Retention.apply(candidates, dataDirectory: directory.dataDirectory, partitions: directory.partitionCount) } catch {
+        if deleting, let lock {
+            do { try LogStore.Retention.apply(candidates, dataDirectory: directory.dataDirectory, partitions: directory.partitionCount, held: lock) } catch {
                 Terminal.fail("\(error)", code: .ioError)
             }
         }

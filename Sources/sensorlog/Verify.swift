@@ -59,7 +59,7 @@ struct Verify: ParsableCommand {
             if !found.errors.isEmpty { throw ExitCode(.problemsFound) }
             return
         }
-        let repairs = Self.repair(directory, found: found)
+        let repairs = Self.repair(directory, found: found, held: lock!)
         let after = try Self.check(directory)
         report(found: found, repairs: repairs, after: after)
         if !after.errors.isEmpty { throw ExitCode(.problemsFound) }
@@ -107,11 +107,11 @@ struct Verify: ParsableCommand {
     }
 
     /// Repairs what `check` found (see `LogRepair`), with a progress bar for the aggregate rebuild.
-    static func repair(_ directory: LogDirectory, found: Findings) -> LogRepair.Outcome {
+    static func repair(_ directory: LogDirectory, found: Findings, held lock: DirectoryLock) -> LogRepair.Outcome {
         let progress = Progress(label: "rebuild aggregates")
         defer { progress.finish() }
         do {
-            return try LogRepair.run(directory, found: found.partitions) { progress.update(done: $0, total: $1) }
+            return try LogRepair.run(directory, found: found.partitions, held: lock) { progress.update(done: $0, total: $1) }
         } catch {
             Terminal.fail("nothing repaired: \(error)", code: .ioError)
         }

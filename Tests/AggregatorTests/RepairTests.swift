@@ -82,7 +82,7 @@ import Testing
         _ = try directory.verify(partition: 0) { read += $0 }
         #expect(read == AggregateRebuild.logBytes(path))
 
-        let outcome = try LogRepair.run(directory, found: try verify(directory))
+        let outcome = try withDirectoryLock(path) { try LogRepair.run(directory, found: try verify(directory), held: $0) }
         #expect(outcome.failed.isEmpty)
         #expect(outcome.done.contains { $0.hasPrefix(AggregateStore.fileName) })
         #expect(try verify(directory).flatMap(\.problems).isEmpty)  // index files rebuilt too
@@ -121,7 +121,7 @@ import Testing
         _ = try directory.verify(partition: 0) { read += $0 }
         #expect(read == AggregateRebuild.logBytes(path))
 
-        let outcome = try LogRepair.run(directory, found: try verify(directory))
+        let outcome = try withDirectoryLock(path) { try LogRepair.run(directory, found: try verify(directory), held: $0) }
         #expect(outcome.failed.isEmpty && outcome.done.count == 1)
         #expect(!AggregateRebuild.isPending(dataDirectory: path))
     }

@@ -67,7 +67,7 @@ import Testing
         _ = try makeLog(dir.path)
         let before = try contents(dir.path)
         let segmentsBefore = segmentFiles(dir.path, partition: 0).count + segmentFiles(dir.path, partition: 1).count
-        let result = try Compactor.compact(dataDirectory: dir.path, targetSegmentBytes: 1 << 20)
+        let result = try withDirectoryLock(dir.path) { try Compactor.compact(dataDirectory: dir.path, held: $0, targetSegmentBytes: 1 << 20) }
         #expect(result.segmentsAfter < segmentsBefore)
         #expect(segmentFiles(dir.path, partition: 0).count + segmentFiles(dir.path, partition: 1).count == result.segmentsAfter)
         let after = try contents(dir.path)
@@ -114,7 +114,7 @@ import Testing
         try log.close()
         let before = try contents(dir.path)
         let (batchesBefore, _) = try batchCounts(dir.path)
-        _ = try Compactor.compact(dataDirectory: dir.path, targetSegmentBytes: 1 << 20)
+        _ = try withDirectoryLock(dir.path) { try Compactor.compact(dataDirectory: dir.path, held: $0, targetSegmentBytes: 1 << 20) }
         let after = try contents(dir.path)
         let changed = zip(after.joined(), before.joined()).filter { $0 != $1 }
         #expect(!changed.isEmpty && changed.allSatisfy { $0.0.hasSuffix(" removed") && $0.1.contains(" sensor-00007 ") })
@@ -122,7 +122,7 @@ import Testing
         let (batchesAfter, sparse) = try batchCounts(dir.path)
         #expect(sparse > 0)
         #expect(batchesAfter <= batchesBefore, "\(batchesBefore) batches became \(batchesAfter)")
-        let again = try Compactor.compact(dataDirectory: dir.path, targetSegmentBytes: 1 << 20)
+        let again = try withDirectoryLock(dir.path) { try Compactor.compact(dataDirectory: dir.path, held: $0, targetSegmentBytes: 1 << 20) }
         #expect(again.bytesBefore == 0, "a second compaction rewrote \(again.bytesBefore) bytes")
         #expect(try contents(dir.path) == after)
         // Readers that start inside a sparse batch resume at the right record.

@@ -98,14 +98,14 @@ import Testing
         defer { original.cleanup() }
         let before = try makeLog(original.path)
         let effects = try eachEffectFails(original.path, { path, ops in
-            _ = try Compactor.compact(dataDirectory: path, targetSegmentBytes: 1 << 20, limits: Self.limits, fileOperations: ops)
+            _ = try withDirectoryLock(path) { try Compactor.compact(dataDirectory: path, held: $0, targetSegmentBytes: 1 << 20, limits: Self.limits, fileOperations: ops) }
         }, check: { path, _ in
             // Opening finishes or discards the interrupted swap.
             let after = try records(path)
             #expect(after == before)
             let problems = try errors(path)
             #expect(problems.isEmpty)
-            let again = try Compactor.compact(dataDirectory: path, targetSegmentBytes: 1 << 20, limits: Self.limits)
+            let again = try withDirectoryLock(path) { try Compactor.compact(dataDirectory: path, held: $0, targetSegmentBytes: 1 << 20, limits: Self.limits) }
             let compacted = try records(path)
             #expect(again.segmentsAfter == 2 && compacted == before)
         })
@@ -124,16 +124,16 @@ import Testing
         let reference = try copy(original.path)
         defer { reference.cleanup() }
         let found = try LogDirectory(dataDirectory: reference.path).verify(partition: 0)
-        let referenceRepair = try LogDirectory(dataDirectory: reference.path).repair(found)
+        let referenceRepair = try withDirectoryLock(reference.path) { try LogDirectory(dataDirectory: reference.path).repair(found, held: $0) }
         #expect(referenceRepair.failed.isEmpty)
         let repaired = try records(reference.path)
         let effects = try eachEffectFails(original.path, { path, ops in
             let directory = try LogDirectory(dataDirectory: path, fileOperations: ops)
-            let outcome = directory.repair(try directory.verify(partition: 0))
+            let outcome = try withDirectoryLock(path) { directory.repair(try directory.verify(partition: 0), held: $0) }
             if let failure = outcome.failed.first { throw LogError(.io, failure) }
         }, check: { path, _ in
             let directory = try LogDirectory(dataDirectory: path)
-            let outcome = directory.repair(try directory.verify(partition: 0))
+            let outcome = try withDirectoryLock(path) { directory.repair(try directory.verify(partition: 0), held: $0) }
             #expect(outcome.failed.isEmpty)
             let after = try records(path)
             #expect(after == repaired)
@@ -150,7 +150,7 @@ import Testing
         let plan = try Retention.plan(LogDirectory(dataDirectory: original.path), olderThan: nil, maxBytes: 100_000)
         try #require(!plan.isEmpty)
         let effects = try eachEffectFails(original.path, { path, ops in
-            try Retention.apply(plan, dataDirectory: path, partitions: 1, fileOperations: ops)
+            try withDirectoryLock(path) { try Retention.apply(plan, dataDirectory: path, partitions: 1, held: $0, fileOperations: ops) }
         }, check: { path, _ in
             let after = try records(path)
             let start = try LogDirectory(dataDirectory: path).startOffset(partition: 0)

@@ -138,3 +138,10 @@ public final class ManualTime: TimeSource, @unchecked Sendable {
         }
     }
 }
+
+/// Runs `body` holding `dataDirectory`'s lock, as the operator tool does for maintenance.
+public func withDirectoryLock<T>(_ dataDirectory: String, _ body: (DirectoryLock) throws -> T) throws -> T {
+    let lock = try DirectoryLock(dataDirectory: dataDirectory)
+    defer { lock.release() }
+    return try body(lock)
+}
