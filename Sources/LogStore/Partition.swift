@@ -56,27 +56,6 @@ struct ClosedSegment {
     var maxTimestamp: Int64
 }
 
-/// The segment being appended to.
-final class ActiveSegment {
-    let segment: Segment
-    var size: Int64
-    var nextOffset: Int64
-    var index: SegmentIndex
-    /// Append time of its first batch; the age roll counts from here.
-    var firstAppendTime: Int64?
-
-    var baseOffset: Int64 { segment.base }
-    var file: SharedFile { segment.file }
-
-    init(segment: Segment, size: Int64, nextOffset: Int64, index: SegmentIndex, firstAppendTime: Int64?) {
-        self.segment = segment
-        self.size = size
-        self.nextOffset = nextOffset
-        self.index = index
-        self.firstAppendTime = firstAppendTime
-    }
-}
-
 /// Read access a `PartitionReader` needs, from the writer in this process or from files alone.
 protocol PartitionView: AnyObject, Sendable {
     var directory: String { get }
@@ -182,7 +161,7 @@ public final class Partition: PartitionView, JournaledPartition, @unchecked Send
         mutable.storeBytes(of: base.littleEndian, toByteOffset: 0, as: Int64.self)
         let position = active.size
         do {
-            try writeAll(fileOperations, fd: active.file.fd, batch, at: position, displayPath: active.file.displayPath)
+            try active.write(batch, fileOperations)
             try journal?.append(batch, partition: self, end: base + Int64(count), segment: active.file,
                                 segmentPosition: position + Int64(batch.count))
         } catch {
@@ -192,12 +171,9 @@ public final class Partition: PartitionView, JournaledPartition, @unchecked Send
             _ = fileOperations.truncate(active.file.fd, position)
             throw error
         }
-        active.size += Int64(batch.count)
-        active.index.add(relative: UInt32(base - active.baseOffset), position: position, length: batch.count,
-                         maxTimestamp: maxTimestamp, interval: limits.indexIntervalBytes)
-        if active.firstAppendTime == nil { active.firstAppendTime = appendTime }
+        active.commit(length: batch.count, end: base + Int64(count), maxTimestamp: maxTimestamp, appendTime: appendTime,
+                      indexInterval: limits.indexIntervalBytes)
         ledger.wrote(upTo: base + Int64(count))
-        active.nextOffset = writtenEnd
 
         let result = AppendResult(partition: id, baseOffset: base, count: count)
         guard journal != nil else { return (result, nil) }
@@ -258,14 +234,11 @@ public final class Partition: PartitionView, JournaledPartition, @unchecked Send
             journal?.poison(error)
             throw error
         }
-        var index = old.index
-        index.seal()
-        try Segment.writeIndexes(index, paths: old.segment.paths, directory: directory, fileOperations)
+        let sealed = try old.seal(directory: directory, fileOperations)
         let next = try Segment.create(SegmentPaths(directory: directory, displayDirectory: displayDirectory, base: writtenEnd),
                                       maxBatchBytes: limits.maxBatchBytes)
         try fileOperations.syncDirectory(directory, display: displayDirectory)
-        closedSegments.append(ClosedSegment(baseOffset: old.baseOffset, nextOffset: writtenEnd, size: old.size,
-                                            maxTimestamp: index.maxTimestamp))
+        closedSegments.append(sealed)
         active = ActiveSegment(segment: next, size: 0, nextOffset: writtenEnd, index: SegmentIndex(), firstAppendTime: nil)
         succeed(ledger.rolled())
     }
@@ -340,27 +313,8 @@ public final class Partition: PartitionView, JournaledPartition, @unchecked Send
     /// acknowledged, and none of it may become visible, so cut it off. Lock held.
     /// - Returns: the appends that waited, to fail.
     private func rollBackToDurable() -> [DurabilityWaiter] {
-        let durablePosition = ledger.durablePosition
-        // A failed cut leaves bytes past `durablePosition` that nothing points at: the written
-        // end moves back below them and the next append overwrites them (recovery would cut them
-        // as a tail the journal does not hold). The fdatasync failure is what is reported.
-        _ = fileOperations.truncate(active.file.fd, durablePosition)
-        active.size = durablePosition
         let failed = ledger.rollBack()
-        active.nextOffset = writtenEnd
-        var index = SegmentIndex()
-        do throws(LogError) {
-            var batches = try active.segment.batches(expecting: nil, size: durablePosition)
-            while let header = try batches.next() {
-                index.add(relative: UInt32(header.baseOffset - active.baseOffset), position: batches.batchPosition, length: header.length,
-                          maxTimestamp: header.maxTimestamp, interval: limits.indexIntervalBytes)
-            }
-        } catch {
-            // Unreadable now: an empty index is still correct (readers then scan the segment from
-            // its start, and the index files written at roll are rebuilt when the log next opens).
-            index = SegmentIndex()
-        }
-        active.index = index
+        active.truncate(to: ledger.durablePosition, end: writtenEnd, indexInterval: limits.indexIntervalBytes, fileOperations)
         return failed
     }
 

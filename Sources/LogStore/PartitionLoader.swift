@@ -226,10 +226,9 @@ struct PartitionLoader {
         var gap: String?
         var existing = [UInt8]()
         func add(length: Int, base: Int64, next: Int64, maxTimestamp: Int64, appendTime: Int64) {
-            active.index.add(relative: UInt32(base - active.baseOffset), position: position, length: length,
-                             maxTimestamp: maxTimestamp, interval: limits.indexIntervalBytes)
-            if active.firstAppendTime == nil { active.firstAppendTime = appendTime }
-            position += Int64(length)
+            precondition(base == expected && position == active.size, "replay appends where the segment ends")
+            active.commit(length: length, end: next, maxTimestamp: maxTimestamp, appendTime: appendTime, indexInterval: limits.indexIntervalBytes)
+            position = active.size
             expected = next
         }
         func scanSegment() throws(LogError) {
@@ -281,8 +280,6 @@ struct PartitionLoader {
         }
         try scanSegment()
         try cut("torn tail after the commit journal's batches")
-        active.size = position
-        active.nextOffset = expected
         return (replayed, truncation, gap)
     }
 }

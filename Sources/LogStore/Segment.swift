@@ -179,3 +179,72 @@ struct SegmentCursor {
         try scanner.findValidBatch(after: position, minOffset: expected)
     }
 }
+
+/// The segment being appended to: its file, where it ends, and the sparse index it keeps in
+/// memory until it is sealed (written beside it at a roll).
+final class ActiveSegment {
+    let segment: Segment
+    private(set) var size: Int64
+    private(set) var nextOffset: Int64
+    private(set) var index: SegmentIndex
+    /// Append time of its first batch; the age roll counts from here.
+    private(set) var firstAppendTime: Int64?
+
+    var baseOffset: Int64 { segment.base }
+    var file: SharedFile { segment.file }
+
+    init(segment: Segment, size: Int64, nextOffset: Int64, index: SegmentIndex, firstAppendTime: Int64?) {
+        self.segment = segment
+        self.size = size
+        self.nextOffset = nextOffset
+        self.index = index
+        self.firstAppendTime = firstAppendTime
+    }
+
+    /// Writes `batch` (its base offset already `nextOffset`) at the end of the file. The file
+    /// may hold it before `commit` is called; only `commit` makes it part of the segment.
+    func write(_ batch: UnsafeRawBufferPointer, _ ops: FileOperations) throws(LogError) {
+        try writeAll(ops, fd: file.fd, batch, at: size, displayPath: file.displayPath)
+    }
+
+    /// Takes a written batch of `length` bytes, ending at offset `end`, into the segment and its index.
+    func commit(length: Int, end: Int64, maxTimestamp: Int64, appendTime: Int64, indexInterval: Int) {
+        index.add(relative: UInt32(nextOffset - baseOffset), position: size, length: length, maxTimestamp: maxTimestamp,
+                  interval: indexInterval)
+        if firstAppendTime == nil { firstAppendTime = appendTime }
+        size += Int64(length)
+        nextOffset = end
+    }
+
+    /// Cuts the file back to `size` bytes ending at offset `end` and rebuilds the index from the
+    /// batches left (a rollback after a failed fdatasync). A failed cut leaves bytes past `size`
+    /// that nothing points at: the next append overwrites them (recovery would cut them as a
+    /// tail the journal does not hold); the caller reports the fdatasync failure.
+    func truncate(to size: Int64, end: Int64, indexInterval: Int, _ ops: FileOperations) {
+        _ = ops.truncate(file.fd, size)
+        self.size = size
+        nextOffset = end
+        var index = SegmentIndex()
+        do throws(LogError) {
+            var batches = try segment.batches(expecting: nil, size: size)
+            while let header = try batches.next() {
+                index.add(relative: UInt32(header.baseOffset - baseOffset), position: batches.batchPosition, length: header.length,
+                          maxTimestamp: header.maxTimestamp, interval: indexInterval)
+            }
+        } catch {
+            // Unreadable now: an empty index is still correct (readers then scan the segment from
+            // its start, and the index files written at roll are rebuilt when the log next opens).
+            index = SegmentIndex()
+        }
+        self.index = index
+    }
+
+    /// Closes the segment for appends: its index is written beside it.
+    /// - Returns: what the partition keeps of it.
+    func seal(directory: String, _ ops: FileOperations) throws(LogError) -> ClosedSegment {
+        var index = self.index
+        index.seal()
+        try Segment.writeIndexes(index, paths: segment.paths, directory: directory, ops)
+        return ClosedSegment(baseOffset: baseOffset, nextOffset: nextOffset, size: size, maxTimestamp: index.maxTimestamp)
+    }
+}
