@@ -42,6 +42,31 @@ protocol JournaledPartition: AnyObject, Sendable {
 }
 
 final class CommitJournal: @unchecked Sendable {
+    /// Whether the journal takes appends, and if not, the error they get.
+    enum Health {
+        case ok
+        /// An fdatasync failed: the partitions are cutting off what was not durable.
+        case rollingBack(LogError)
+        /// The refused records are being zeroed and synced (retried every 100 ms).
+        case erasing(LogError)
+        /// A segment's fdatasync failed: appends are refused until the log is reopened (Linux
+        /// reports a write-back error once, so no later success proves the data reached the disk).
+        case poisoned(LogError)
+
+        var refusal: LogError? {
+            switch self {
+            case .ok: nil
+            case .rollingBack(let error), .erasing(let error), .poisoned(let error): error
+            }
+        }
+
+        var isOK: Bool { refusal == nil }
+        var isPoisoned: Bool {
+            if case .poisoned = self { return true }
+            return false
+        }
+    }
+
     static let fileNames = DataLayout.journalNames
     static let headerSize = JournalRecord.headerSize
 
@@ -73,13 +98,10 @@ final class CommitJournal: @unchecked Sendable {
     private var partitions: [any JournaledPartition] = []
     private var isClosed = false
     private var threadDone = true
-    private var lastError: LogError?
-    /// After a failed fdatasync, appends fail until every partition touched is rolled back.
-    private var rollingBack = false
-    /// Per file, the range of refused records to zero and sync; appends fail until it is done.
+    private var health = Health.ok
+    /// Per file, the range of refused records to zero and sync (while rolling back, erasing, or
+    /// poisoned: a crash must not replay a refused append).
     private var refusedRanges: [Int: Range<Int64>] = [:]
-    /// Set when a segment's fdatasync failed; appends fail until the log is reopened.
-    private var poisoned: LogError?
     private var syncCount = 0
     private let onSync: (@Sendable (_ nanoseconds: Int64) -> Void)?
 
@@ -125,8 +147,7 @@ final class CommitJournal: @unchecked Sendable {
         condition.lock()
         defer { condition.unlock() }
         guard !isClosed else { throw LogError(.closed, "the log is closed") }
-        if let poisoned { throw poisoned }
-        if rollingBack || !refusedRanges.isEmpty, let lastError { throw lastError }
+        if let refusal = health.refusal { throw refusal }
         let total = Self.headerSize + batch.count
         if scratch.count < total { scratch = [UInt8](repeating: 0, count: max(total, scratch.count * 2, 4096)) }
         let file = current
@@ -155,7 +176,8 @@ final class CommitJournal: @unchecked Sendable {
     var poisonError: LogError? {
         condition.lock()
         defer { condition.unlock() }
-        return poisoned
+        if case .poisoned(let error) = health { return error }
+        return nil
     }
 
     /// Refuses every append from now on, until the log is reopened: a segment's fdatasync failed,
@@ -166,15 +188,14 @@ final class CommitJournal: @unchecked Sendable {
         defer { condition.unlock() }
         let message = "\(error.message); appends are refused until sensorlogd restarts and replays the commit journal"
         // Not `.diskFull`, which heals by itself: this takes a restart.
-        poisoned = LogError(.io, message, path: error.path, errno: error.errno)
-        lastError = poisoned
+        health = .poisoned(LogError(.io, message, path: error.path, errno: error.errno))
     }
 
     /// The last fdatasync failure, until a later one succeeds (or for good once poisoned).
     var syncError: LogError? {
         condition.lock()
         defer { condition.unlock() }
-        return lastError
+        return health.refusal
     }
 
     /// Number of fdatasync calls that committed appends.
@@ -199,7 +220,7 @@ final class CommitJournal: @unchecked Sendable {
             }
             if hasWork { commitRound() }
             // Not only when idle: under steady load there is always more to commit.
-            if let old = retiring, written[old] == durable[old], refusedRanges.isEmpty, poisoned == nil {
+            if let old = retiring, written[old] == durable[old], refusedRanges.isEmpty, health.isOK {
                 checkpoint(old)
                 continue
             }
@@ -246,7 +267,7 @@ final class CommitJournal: @unchecked Sendable {
         if let failure {
             fail(LogError.system("fsync failed", errno: failure.errno, path: files[failure.file].displayPath))
         } else {
-            if poisoned == nil { lastError = nil }
+            if !health.isPoisoned { health = .ok }
             // Early enough that appends during the switch rarely grow the file past its zeros.
             if retiring == nil && written[current] >= limitBytes * 3 / 4 {
                 retiring = current
@@ -260,8 +281,7 @@ final class CommitJournal: @unchecked Sendable {
     /// `eraseRefused` to zero and sync before appends resume (so a crash cannot replay a refused
     /// append, nor let a refused record shadow a later one at the same offsets). Lock held on entry and exit.
     private func fail(_ error: LogError) {
-        lastError = error
-        rollingBack = true
+        if !health.isPoisoned { health = .rollingBack(error) }
         for f in 0..<2 where written[f] > durable[f] {
             let range = durable[f]..<written[f]
             refusedRanges[f] = refusedRanges[f].map { min($0.lowerBound, range.lowerBound)..<max($0.upperBound, range.upperBound) } ?? range
@@ -273,7 +293,7 @@ final class CommitJournal: @unchecked Sendable {
         condition.unlock()
         let failed = touched.values.map { ($0, $0.journalRollBack()) }
         condition.lock()
-        rollingBack = false
+        if case .rollingBack(let error) = health { health = refusedRanges.isEmpty ? .ok : .erasing(error) }
         condition.unlock()
         for (partition, waiters) in failed { partition.fail(waiters, error) }
         condition.lock()
@@ -291,7 +311,7 @@ final class CommitJournal: @unchecked Sendable {
         }
         condition.lock()
         for f in erased where refusedRanges[f] == ranges[f] { refusedRanges[f] = nil }
-        if refusedRanges.isEmpty && poisoned == nil { lastError = nil }
+        if refusedRanges.isEmpty, case .erasing = health { health = .ok }
     }
 
     /// Syncs every partition's active segment (which holds everything `old` recorded: a batch
