@@ -4,9 +4,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_ingest import free_port, settle_disk
 A, B, LOADGEN = sys.argv[1], sys.argv[2], sys.argv[3]
 rounds = int(os.environ.get("ROUNDS", "3"))
+readings = os.environ.get("READINGS", "2000000")
+# Whichever binary runs first in a round finds the disk quieter: alternate the order (A B, B A,
+# ...) so that the bias cancels in the median.
+alternate = os.environ.get("ORDER", "abba") == "abba"
 res = {"A": [], "B": []}
 for r in range(rounds):
-    for label, binary in (("A", A), ("B", B)):
+    order = (("A", A), ("B", B))
+    for label, binary in (order[::-1] if alternate and r % 2 else order):
         settle_disk()
         d = tempfile.mkdtemp(prefix="ab-tcp-")
         tcp, http = free_port(), free_port()
@@ -17,7 +22,7 @@ for r in range(rounds):
                 urllib.request.urlopen(f"http://127.0.0.1:{http}/health", timeout=1); break
             except Exception:
                 time.sleep(0.05)
-        out = subprocess.run([LOADGEN, "--tcp-port", str(tcp), "--http-port", str(http), "--readings", "2000000",
+        out = subprocess.run([LOADGEN, "--tcp-port", str(tcp), "--http-port", str(http), "--readings", readings,
                               "--sensors", "10000", "--connections", "4", "--json"], capture_output=True, text=True, check=True).stdout
         rate = json.loads(out)["readings_per_second"]
         res[label].append(rate)
