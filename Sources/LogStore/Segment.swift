@@ -27,16 +27,14 @@ struct SegmentPaths: Sendable {
     /// The `.log` path as messages show it (relative to the data directory).
     var display: String { displayStem + SegmentFiles.logSuffix }
     var offsetIndexDisplay: String { displayStem + SegmentFiles.offsetIndexSuffix }
-    /// Every file's name within the partition directory, the log first.
-    var names: [String] {
-        let name = SegmentFiles.name(base)
-        return [SegmentFiles.logSuffix, SegmentFiles.offsetIndexSuffix, SegmentFiles.timeIndexSuffix].map { name + $0 }
-    }
+    var timeIndexDisplay: String { displayStem + SegmentFiles.timeIndexSuffix }
+    /// The `.log` file's name within the partition directory.
+    var logName: String { SegmentFiles.name(base) + SegmentFiles.logSuffix }
 
     /// Removes the index pair (a missing file is fine: that is the goal).
     func removeIndexes(_ ops: FileOperations) throws(LogError) {
         try ops.remove(offsetIndex, display: offsetIndexDisplay)
-        try ops.remove(timeIndex, display: displayStem + SegmentFiles.timeIndexSuffix)
+        try ops.remove(timeIndex, display: timeIndexDisplay)
     }
 
     /// Removes every file of the segment.
@@ -106,7 +104,7 @@ struct Segment {
         try SegmentFiles.writeAtomically(index.offsetFileBytes(), to: paths.offsetIndex + suffix, directory: directory,
                                          displayPath: paths.offsetIndexDisplay, ops)
         try SegmentFiles.writeAtomically(index.timeFileBytes(), to: paths.timeIndex + suffix, directory: directory,
-                                         displayPath: paths.displayStem + SegmentFiles.timeIndexSuffix, ops)
+                                         displayPath: paths.timeIndexDisplay, ops)
     }
 }
 

@@ -57,12 +57,13 @@ extension LogDirectory {
                 expected = base
             }
             let isActive = i == bases.count - 1
-            let (starts, cutShort) = try verifyBatches(segment, isActive: isActive, buffer: buffer, decoder: decoder, expected: &expected,
-                                                       into: &result, progress: progress)
+            let size = try segment.file.size()
+            let (starts, cutShort) = try verifyBatches(segment, size: size, isActive: isActive, buffer: buffer, decoder: decoder,
+                                                       expected: &expected, into: &result, progress: progress)
             if !isActive {
                 // The rest of a segment that is unreadable to its end is judged by the next one.
                 if cutShort { expected = bases[i + 1] }
-                verifyIndexes(view, segment, starts: starts, end: expected, into: &result)
+                verifyIndexes(segment, size: size, starts: starts, end: expected, into: &result)
             }
         }
         result.endOffset = expected
@@ -73,13 +74,12 @@ extension LogDirectory {
     /// else is wrong. `expected` is the offset the segment must start at, and becomes its end.
     /// - Returns: each batch's position and base offset, to check the index against, and whether
     ///   damage left the rest of the segment unreadable.
-    private func verifyBatches(_ segment: Segment, isActive: Bool, buffer: GrowableBuffer, decoder: BatchDecoder, expected: inout Int64,
-                               into result: inout PartitionVerification, progress: (Int64) -> Void)
+    private func verifyBatches(_ segment: Segment, size: Int64, isActive: Bool, buffer: GrowableBuffer, decoder: BatchDecoder,
+                               expected: inout Int64, into result: inout PartitionVerification, progress: (Int64) -> Void)
         throws(LogError) -> (starts: [Int64: Int64], cutShort: Bool)
     {
         let display = segment.paths.display
-        var batches = try segment.batches(expecting: expected, verifyCRC: true, buffer: buffer)
-        let size = batches.scanner.size
+        var batches = try segment.batches(expecting: expected, verifyCRC: true, size: size, buffer: buffer)
         result.bytes += size
         var reported: Int64 = 0
         // The bytes a damaged range skipped count too, so a run ends at the total.
@@ -127,12 +127,11 @@ extension LogDirectory {
     }
 
     /// Checks that a closed segment's index files point at batch starts.
-    private func verifyIndexes(_ view: ReadOnlyPartition, _ segment: Segment, starts: [Int64: Int64], end: Int64,
+    private func verifyIndexes(_ segment: Segment, size: Int64, starts: [Int64: Int64], end: Int64,
                                into result: inout PartitionVerification)
     {
         let base = segment.base
         let indexDisplay = segment.paths.offsetIndexDisplay
-        let size = (try? segment.file.size()) ?? 0
         if let index = loadIndexFiles(segment.paths, size: size, records: end - base) {
             for e in index.offsets where starts[Int64(e.position)] != base + Int64(e.relativeOffset) {
                 result.problems.append(VerifyProblem(severity: .error, path: indexDisplay, position: nil,
@@ -162,7 +161,7 @@ extension LogDirectory {
         let view = views[partition]
         let segment = try view.openSegment(base)
         let (path, display) = (segment.paths.log, segment.paths.display)
-        let name = segment.paths.names[0]
+        let name = segment.paths.logName
         var batches = try segment.batches(expecting: base, verifyCRC: true, buffer: GrowableBuffer(capacity: 64 << 10))
         let size = batches.scanner.size
         let temporary = path + ".salvage"
