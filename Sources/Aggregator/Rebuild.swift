@@ -84,15 +84,15 @@ public enum AggregateRebuild {
 
     /// Replaces `dataDirectory/aggregates.sqlite` with `rebuilt` atomically. The server must be
     /// stopped (the caller checks the lock).
-    public static func swapIn(_ rebuilt: String, dataDirectory: String) throws {
+    public static func swapIn(_ rebuilt: String, dataDirectory: String, _ ops: FileOperations = .system) throws {
         let target = DataLayout(dataDirectory).aggregates
         // The old database's WAL must not be replayed onto the new file.
-        for suffix in ["-wal", "-shm"] { unlink(target + suffix) }
-        for suffix in ["-wal", "-shm"] { unlink(rebuilt + suffix) }
-        guard rename(rebuilt, target) == 0 else {
-            throw LogError.system("cannot move the rebuilt database into place", errno: errno, path: AggregateStore.fileName)
+        for suffix in ["-wal", "-shm"] {
+            try ops.remove(target + suffix, display: AggregateStore.fileName + suffix)
+            try ops.remove(rebuilt + suffix, display: AggregateStore.fileName + suffix)
         }
-        try syncDirectory(dataDirectory, display: ".")
+        try ops.rename(rebuilt, to: target, display: AggregateStore.fileName)
+        try ops.syncDirectory(dataDirectory, display: ".")
     }
 }
 
@@ -120,21 +120,25 @@ extension AggregateRebuild {
     /// atomically (a crash leaves the old store or the new one, never a mix) and clears the
     /// marker. The server must be stopped: the caller holds the lock.
     /// - Parameter until: see `build`; the offsets then say where the aggregator resumes.
-    public static func rebuildInPlace(dataDirectory: String, held lock: DirectoryLock, until: Int64? = nil,
+    public static func rebuildInPlace(dataDirectory: String, held lock: DirectoryLock, until: Int64? = nil, _ ops: FileOperations = .system,
                                       progress: (Int64, Int64) -> Void = { _, _ in }) throws -> Result {
         lock.requireHeld(for: dataDirectory)
-        let target = DataLayout(dataDirectory).aggregatesRebuilding
-        for suffix in ["", "-wal", "-shm"] { unlink(target + suffix) }  // left by an interrupted rebuild
+        let layout = DataLayout(dataDirectory)
+        let target = layout.aggregatesRebuilding
+        for suffix in ["", "-wal", "-shm"] {  // left by an interrupted rebuild
+            try ops.remove(target + suffix, display: DataLayout.aggregatesRebuildingDisplay + suffix)
+        }
         let result: Result
         do {
             result = try build(dataDirectory: dataDirectory, output: target, until: until, progress: progress)
-            try swapIn(target, dataDirectory: dataDirectory)
+            try swapIn(target, dataDirectory: dataDirectory, ops)
         } catch {
-            unlink(target)
+            // Best effort: the failure to report is the rebuild's, and the next rebuild removes it.
+            _ = ops.unlink(target)
             throw error
         }
-        unlink(DataLayout(dataDirectory).aggregatesRebuildPending)
-        try syncDirectory(dataDirectory, display: ".")
+        try ops.remove(layout.aggregatesRebuildPending, display: pendingMarker)
+        try ops.syncDirectory(dataDirectory, display: ".")
         return result
     }
 }

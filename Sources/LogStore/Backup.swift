@@ -78,25 +78,48 @@ public enum LogBackup {
         return result
     }
 
-    /// Restores a backup into `dataDirectory`, which must be empty or absent.
+    /// Restores a backup into `dataDirectory`, which must be empty or absent, holding its lock
+    /// while the files land (a sensorlogd started on it meanwhile is refused as `locked`).
     public static func restore(from backup: String, into dataDirectory: String) throws -> Result {
-        guard FileManager.default.fileExists(atPath: DataLayout(backup).metadata) else {
-            throw LogError(.invalidLog, "\(backup) is not a sensorlog backup (\(LogMetadata.fileName) missing)")
+        try requireBackup(backup)
+        try FileManager.default.createDirectory(atPath: dataDirectory, withIntermediateDirectories: true)
+        let lock = try DirectoryLock(dataDirectory: dataDirectory)
+        defer { lock.release() }
+        return try restore(from: backup, into: dataDirectory, held: lock)
+    }
+
+    /// Restores a backup into `dataDirectory`, which holds nothing but its lock file (a stopped
+    /// server's is no data). Every file
+    /// is synced, then every directory, so a restore that returned survives a power cut.
+    public static func restore(from backup: String, into dataDirectory: String, held lock: DirectoryLock) throws -> Result {
+        lock.requireHeld(for: dataDirectory)
+        try requireBackup(backup)
+        guard try FileManager.default.contentsOfDirectory(atPath: dataDirectory).allSatisfy({ $0 == DataLayout.lockName }) else {
+            throw LogError(.invalidArgument, "\(dataDirectory) is not empty")
         }
-        try makeEmptyDirectory(dataDirectory)
         var result = Result()
+        var directories = [dataDirectory]
         guard let e = FileManager.default.enumerator(atPath: backup) else { return result }
-        for case let relative as String in e {
+        for case let relative as String in e where relative != DataLayout.lockName {
             let from = backup + "/" + relative
             var isDirectory: ObjCBool = false
             _ = FileManager.default.fileExists(atPath: from, isDirectory: &isDirectory)
             if isDirectory.boolValue {
                 try FileManager.default.createDirectory(atPath: dataDirectory + "/" + relative, withIntermediateDirectories: true)
+                directories.append(dataDirectory + "/" + relative)
             } else {
                 try copyFile(from, to: dataDirectory + "/" + relative, result: &result)
             }
         }
+        // Deepest first: a directory's entry is durable only once its parent is synced.
+        for directory in directories.reversed() { try syncDirectory(directory, display: directory) }
         return result
+    }
+
+    static func requireBackup(_ backup: String) throws(LogError) {
+        guard FileManager.default.fileExists(atPath: DataLayout(backup).metadata) else {
+            throw LogError(.invalidLog, "\(backup) is not a sensorlog backup (\(LogMetadata.fileName) missing)")
+        }
     }
 
     /// Creates `path`, or checks that it is an empty directory.

@@ -27,21 +27,7 @@ import SensorLogCore
 ///
 /// Record (little-endian): u32 magic, u32 CRC32C of the bytes after it, u64 lap, u32 partition,
 /// u32 batch length, then the batch exactly as written to the segment.
-/// What the commit journal needs of a partition, and all it sees of one: the journal commits,
-/// rolls back and checkpoints partitions only through this.
-protocol JournaledPartition: AnyObject, Sendable {
-    var id: Int { get }
-    /// Appends up to `end` (ending at `position` of `segment`) are durable: complete their waiters.
-    func journalCommitted(upTo end: Int64, segment: SharedFile, position: Int64)
-    /// A journal fdatasync failed: cut what was not durable; returns the waiters to fail.
-    func journalRollBack() -> [DurabilityWaiter]
-    /// Fails `waiters` with `error`, once the journal takes appends again.
-    func fail(_ waiters: [DurabilityWaiter], _ error: LogError)
-    /// Makes the active segment durable before the journal file that covered it is emptied.
-    func syncForCheckpoint() throws(LogError)
-}
-
-final class CommitJournal: @unchecked Sendable {
+final class CommitJournal: Committer, @unchecked Sendable {
     /// Whether the journal takes appends, and if not, the error they get.
     enum Health {
         case ok
@@ -67,25 +53,33 @@ final class CommitJournal: @unchecked Sendable {
         }
     }
 
-    static let fileNames = DataLayout.journalNames
     static let headerSize = JournalRecord.headerSize
 
     /// An appended record not yet known durable.
     private struct Pending {
-        let partition: any JournaledPartition
+        let partition: any CommittedPartition
         let file: Int
         /// Position in `file` after the record.
         let journalEnd: Int64
-        /// The partition's written end after this batch.
-        let end: Int64
-        let segment: SharedFile
-        let segmentPosition: Int64
+        /// The partition's appends this record completes.
+        let point: CommitPoint
+    }
+
+    /// What the sync thread does next, decided under the lock and done outside it.
+    private enum Step {
+        /// Zero and sync the refused records.
+        case erase([Int: Range<Int64>])
+        /// fdatasync these files (the retiring one first) up to `targets`.
+        case commit(targets: [Int64], files: [Int])
+        /// Sync every partition's segment, then empty this file.
+        case checkpoint(Int)
     }
 
     private let condition = NSCondition()
     private let fileOperations: FileOperations
     private let limitBytes: Int64
-    private let files: [SharedFile]
+    /// The two journal files (read back by `records` in JournalRecord.swift).
+    let files: [SharedFile]
     private var written: [Int64] = [0, 0]
     private var laps: [UInt64] = [0, 0]
     private var durable: [Int64] = [0, 0]
@@ -95,7 +89,7 @@ final class CommitJournal: @unchecked Sendable {
     private var retiring: Int?
     private var pending: [Pending] = []
     private var scratch: [UInt8] = []
-    private var partitions: [any JournaledPartition] = []
+    private var partitions: [any CommittedPartition] = []
     private var isClosed = false
     private var threadDone = true
     private var health = Health.ok
@@ -126,12 +120,14 @@ final class CommitJournal: @unchecked Sendable {
         try fileOperations.syncDirectory(directory, display: DataLayout.logName)
     }
 
+    var acknowledgesOnCommit: Bool { true }
+
     /// Starts the sync thread, committing for `partitions`.
-    func start(partitions: [any JournaledPartition]) {
-        condition.lock()
-        self.partitions = partitions
-        threadDone = false
-        condition.unlock()
+    func start(partitions: [any CommittedPartition]) {
+        condition.withLock {
+            self.partitions = partitions
+            threadDone = false
+        }
         let thread = Thread { [self] in
             nameCurrentThread("slog-commit")
             self.syncLoop()
@@ -142,7 +138,7 @@ final class CommitJournal: @unchecked Sendable {
     /// Copies `batch` (already written to `partition`'s `segment`, ending at `segmentPosition`)
     /// into the journal. Called with the partition's lock held: a partition's records are in
     /// offset order, and no record outlives a rollback of its partition.
-    func append(_ batch: UnsafeRawBufferPointer, partition: any JournaledPartition, end: Int64, segment: SharedFile,
+    func record(_ batch: UnsafeRawBufferPointer, partition: any CommittedPartition, end: Int64, segment: SharedFile,
                 segmentPosition: Int64) throws(LogError) {
         condition.lock()
         defer { condition.unlock() }
@@ -167,106 +163,112 @@ final class CommitJournal: @unchecked Sendable {
             throw failure
         }
         written[file] += Int64(total)
-        pending.append(Pending(partition: partition, file: file, journalEnd: written[file], end: end,
-                               segment: segment, segmentPosition: segmentPosition))
+        pending.append(Pending(partition: partition, file: file, journalEnd: written[file],
+                               point: CommitPoint(end: end, segment: segment, position: segmentPosition)))
         condition.broadcast()
     }
 
     /// The error appends get once poisoned.
     var poisonError: LogError? {
-        condition.lock()
-        defer { condition.unlock() }
-        if case .poisoned(let error) = health { return error }
-        return nil
+        condition.withLock {
+            if case .poisoned(let error) = health { return error }
+            return nil
+        }
     }
 
     /// Refuses every append from now on, until the log is reopened: a segment's fdatasync failed,
     /// and Linux reports a write-back error once, so a retry that returns 0 proves nothing. The
     /// journal keeps what the segment may lack; reopening replays it.
     func poison(_ error: LogError) {
-        condition.lock()
-        defer { condition.unlock() }
         let message = "\(error.message); appends are refused until sensorlogd restarts and replays the commit journal"
         // Not `.diskFull`, which heals by itself: this takes a restart.
-        health = .poisoned(LogError(.io, message, path: error.path, errno: error.errno))
+        condition.withLock { health = .poisoned(LogError(.io, message, path: error.path, errno: error.errno)) }
     }
 
     /// The last fdatasync failure, until a later one succeeds (or for good once poisoned).
-    var syncError: LogError? {
-        condition.lock()
-        defer { condition.unlock() }
-        return health.refusal
-    }
+    var syncError: LogError? { condition.withLock { health.refusal } }
 
     /// Number of fdatasync calls that committed appends.
-    var syncs: Int {
-        condition.lock()
-        defer { condition.unlock() }
-        return syncCount
-    }
+    var syncs: Int { condition.withLock { syncCount } }
 
-    private var hasWork: Bool { written[0] > durable[0] || written[1] > durable[1] }
+    // MARK: The sync thread
+    //
+    // Each step is decided under the lock (`nextStep`), done without it (the fdatasyncs and the
+    // partitions' callbacks: lock order is partition, then journal), and its outcome recorded
+    // under the lock again, each in a function of its own.
 
     private func syncLoop() {
+        var eraseFailed = false
+        while let step = nextStep(afterFailedErase: eraseFailed) {
+            eraseFailed = false
+            switch step {
+            case .erase(let ranges): eraseFailed = !erase(ranges)
+            case .commit(let targets, let order): commit(targets, order)
+            case .checkpoint(let old): checkpoint(old)
+            }
+        }
+        condition.withLock {
+            threadDone = true
+            condition.broadcast()
+        }
+    }
+
+    /// Waits for work and says what it is; nil once closed with nothing left to commit (refused
+    /// records the device will not take are left to a reopen, which reads past them by lap).
+    private func nextStep(afterFailedErase: Bool) -> Step? {
         condition.lock()
+        defer { condition.unlock() }
+        if afterFailedErase {
+            if isClosed { return nil }
+            _ = condition.wait(until: Date().addingTimeInterval(0.1))
+        }
         while true {
-            if !refusedRanges.isEmpty {
-                eraseRefused()
-                if !refusedRanges.isEmpty {
-                    if isClosed { break }
-                    _ = condition.wait(until: Date().addingTimeInterval(0.1))
-                    continue
-                }
-            }
-            if hasWork { commitRound() }
-            // Not only when idle: under steady load there is always more to commit.
-            if let old = retiring, written[old] == durable[old], refusedRanges.isEmpty, health.isOK {
-                checkpoint(old)
-                continue
-            }
-            if hasWork || !refusedRanges.isEmpty { continue }
-            if isClosed { break }
+            if !refusedRanges.isEmpty { return .erase(refusedRanges) }
+            // Before the next commit, not only when idle: under steady load there is always more.
+            if let old = retiring, written[old] == durable[old], health.isOK { return .checkpoint(old) }
+            let unsynced = [1 - current, current].filter { written[$0] > durable[$0] }
+            if !unsynced.isEmpty { return .commit(targets: written, files: unsynced) }
+            if isClosed { return nil }
             condition.wait()
         }
-        threadDone = true
-        condition.broadcast()
-        condition.unlock()
     }
 
     /// One group commit: fdatasync the files with unsynced records, the retiring one first (its
-    /// records are the older), then tell the partitions. Lock held on entry and exit.
-    private func commitRound() {
-        let targets = written
-        let order = [1 - current, current].filter { written[$0] > durable[$0] }
-        condition.unlock()
+    /// records are the older), then tell the partitions, and on a failure roll back.
+    private func commit(_ targets: [Int64], _ order: [Int]) {
         var synced: [Int] = []
-        var failure: (errno: Int32, file: Int)?
+        var failure: LogError?
         for f in order {
             if let error = timedSync(fileOperations, files[f].fd, onSync: onSync) {
-                failure = (error, f)
+                failure = LogError.system("fsync failed", errno: error, path: files[f].displayPath)
                 break
             }
             synced.append(f)
         }
-        condition.lock()
-        syncCount += 1
-        for f in synced { durable[f] = targets[f] }
-        // A record is acknowledged only with every record before it: the prefix now durable.
-        let count = pending.prefix { durable[$0.file] >= $0.journalEnd }.count
-        let done = Array(pending.prefix(count))
-        pending.removeFirst(count)
-        condition.unlock()
+        let done = recordSynced(synced, targets)
         // Before any rollback: what the retiring file made durable stays, even when the current
-        // file's fdatasync failed. The highest end per partition; lock order partition, journal.
+        // file's fdatasync failed. The highest end per partition.
         var ends: [ObjectIdentifier: Pending] = [:]
         for record in done { ends[ObjectIdentifier(record.partition)] = record }
-        for record in ends.values {
-            record.partition.journalCommitted(upTo: record.end, segment: record.segment, position: record.segmentPosition)
+        for record in ends.values { record.partition.committed(record.point) }
+        if let failure { rollBack(failure) } else { recordHealthy() }
+    }
+
+    /// Files `synced` are durable up to their `targets`. Returns the records now acknowledged: a
+    /// record is acknowledged only with every record before it, so the prefix now durable.
+    private func recordSynced(_ synced: [Int], _ targets: [Int64]) -> [Pending] {
+        condition.withLock {
+            syncCount += 1
+            for f in synced { durable[f] = targets[f] }
+            let count = pending.prefix { durable[$0.file] >= $0.journalEnd }.count
+            defer { pending.removeFirst(count) }
+            return Array(pending.prefix(count))
         }
-        condition.lock()
-        if let failure {
-            fail(LogError.system("fsync failed", errno: failure.errno, path: files[failure.file].displayPath))
-        } else {
+    }
+
+    /// A commit succeeded: appends are taken again, and a file three quarters full retires.
+    private func recordHealthy() {
+        condition.withLock {
             if !health.isPoisoned { health = .ok }
             // Early enough that appends during the switch rarely grow the file past its zeros.
             if retiring == nil && written[current] >= limitBytes * 3 / 4 {
@@ -278,64 +280,64 @@ final class CommitJournal: @unchecked Sendable {
 
     /// After a failed fdatasync nothing unsynced may become durable or visible: every partition
     /// with an unsynced record rolls back, and the unsynced records are marked refused, for
-    /// `eraseRefused` to zero and sync before appends resume (so a crash cannot replay a refused
-    /// append, nor let a refused record shadow a later one at the same offsets). Lock held on entry and exit.
-    private func fail(_ error: LogError) {
-        if !health.isPoisoned { health = .rollingBack(error) }
-        for f in 0..<2 where written[f] > durable[f] {
-            let range = durable[f]..<written[f]
-            refusedRanges[f] = refusedRanges[f].map { min($0.lowerBound, range.lowerBound)..<max($0.upperBound, range.upperBound) } ?? range
-            written[f] = durable[f]
+    /// `erase` to zero and sync before appends resume (so a crash cannot replay a refused
+    /// append, nor let a refused record shadow a later one at the same offsets). The waiters
+    /// fail last, once appends are taken again: one retried at once must not be refused.
+    private func rollBack(_ error: LogError) {
+        let touched = refuseUnsynced(error)
+        let failed = touched.map { ($0, $0.rollBackUncommitted()) }
+        condition.withLock {
+            if case .rollingBack(let error) = health { health = refusedRanges.isEmpty ? .ok : .erasing(error) }
         }
-        var touched: [ObjectIdentifier: any JournaledPartition] = [:]
-        for record in pending { touched[ObjectIdentifier(record.partition)] = record.partition }
-        pending.removeAll()
-        condition.unlock()
-        let failed = touched.values.map { ($0, $0.journalRollBack()) }
-        condition.lock()
-        if case .rollingBack(let error) = health { health = refusedRanges.isEmpty ? .ok : .erasing(error) }
-        condition.unlock()
         for (partition, waiters) in failed { partition.fail(waiters, error) }
-        condition.lock()
     }
 
-    /// Zeroes and syncs the refused records; retried every 100 ms until the device takes both.
-    /// Lock held on entry and exit.
-    private func eraseRefused() {
-        let ranges = refusedRanges
-        condition.unlock()
+    /// Marks the unsynced records refused and drops them. Returns the partitions that had one.
+    private func refuseUnsynced(_ error: LogError) -> [any CommittedPartition] {
+        condition.withLock {
+            if !health.isPoisoned { health = .rollingBack(error) }
+            for f in 0..<2 where written[f] > durable[f] {
+                let range = durable[f]..<written[f]
+                refusedRanges[f] = refusedRanges[f].map { min($0.lowerBound, range.lowerBound)..<max($0.upperBound, range.upperBound) } ?? range
+                written[f] = durable[f]
+            }
+            var touched: [ObjectIdentifier: any CommittedPartition] = [:]
+            for record in pending { touched[ObjectIdentifier(record.partition)] = record.partition }
+            pending.removeAll()
+            return Array(touched.values)
+        }
+    }
+
+    /// Zeroes and syncs the refused `ranges`. Returns whether no refused record is left (the
+    /// thread retries every 100 ms until the device takes them).
+    private func erase(_ ranges: [Int: Range<Int64>]) -> Bool {
         var erased: [Int] = []
         for (f, range) in ranges {
             guard (try? writeZeros(files[f], range)) != nil else { continue }
             if timedSync(fileOperations, files[f].fd, onSync: onSync) == nil { erased.append(f) }
         }
-        condition.lock()
-        for f in erased where refusedRanges[f] == ranges[f] { refusedRanges[f] = nil }
-        if refusedRanges.isEmpty, case .erasing = health { health = .ok }
+        return condition.withLock {
+            for f in erased where refusedRanges[f] == ranges[f] { refusedRanges[f] = nil }
+            if refusedRanges.isEmpty, case .erasing = health { health = .ok }
+            return refusedRanges.isEmpty
+        }
     }
 
     /// Syncs every partition's active segment (which holds everything `old` recorded: a batch
-    /// reaches the segment before the journal), then empties `old`. Lock held on entry and exit.
+    /// reaches the segment before the journal), then empties `old`.
     private func checkpoint(_ old: Int) {
-        let partitions = self.partitions
-        condition.unlock()
-        var failure: LogError?
-        for partition in partitions {
-            do throws(LogError) { try partition.syncForCheckpoint() } catch { failure = error; break }
+        let partitions = condition.withLock { self.partitions }
+        do throws(LogError) {
+            for partition in partitions { try partition.syncActiveSegment() }
+            try invalidate(files[old])
+        } catch {
+            poison(error)
+            return
         }
-        var invalidated = false
-        if failure == nil {
-            do throws(LogError) { try invalidate(files[old]); invalidated = true } catch { failure = error }
-        }
-        condition.lock()
-        if invalidated {
+        condition.withLock {
             written[old] = 0
             durable[old] = 0
             retiring = nil
-        } else if let failure {
-            condition.unlock()
-            poison(failure)
-            condition.lock()
         }
     }
 
@@ -388,87 +390,5 @@ final class CommitJournal: @unchecked Sendable {
             if let failure { throw failure }
             at += Int64(n)
         }
-    }
-}
-
-/// A batch read back from the commit journal.
-struct JournalBatch {
-    let bytes: [UInt8]
-    let baseOffset: Int64
-    let nextOffset: Int64
-    let maxTimestamp: Int64
-    let appendTime: Int64
-}
-
-extension CommitJournal {
-    /// Reads both files' records up to the first invalid one in each (an unsynced tail), and
-    /// returns each partition's batches in offset order.
-    func records(partitions: Int, maxBatchBytes: Int) throws(LogError) -> [Int: [JournalBatch]] {
-        var result: [Int: [JournalBatch]] = [:]
-        for file in files {
-            let size = try file.size()
-            guard size > 0 else { continue }
-            var bytes = [UInt8](repeating: 0, count: Int(size))
-            var readResult: Result<Int, LogError> = .success(0)
-            bytes.withUnsafeMutableBytes { raw in
-                do throws(LogError) { readResult = .success(try file.read(into: raw.baseAddress!, count: raw.count, at: 0)) } catch { readResult = .failure(error) }
-            }
-            let n = try readResult.get()
-            bytes.withUnsafeBytes { raw in
-                var at = 0
-                var lap: UInt64?
-                while let record = JournalRecord.parse(UnsafeRawBufferPointer(rebasing: raw[at..<n]), maxBatchBytes: maxBatchBytes),
-                      lap == nil || lap == record.lap, record.partition < partitions {
-                    lap = record.lap
-                    let length = record.batch.count
-                    let batch = record.batch
-                    let partition = record.partition
-                    guard let header = try? BatchHeader.parse(batch, maxBatchBytes: maxBatchBytes), header.length == length else { break }
-                    result[partition, default: []].append(JournalBatch(
-                        bytes: Array(batch), baseOffset: header.baseOffset, nextOffset: header.nextOffset,
-                        maxTimestamp: header.maxTimestamp, appendTime: header.appendTime))
-                    at += Self.headerSize + length
-                }
-            }
-        }
-        for key in result.keys { result[key]!.sort { $0.baseOffset < $1.baseOffset } }
-        return result
-    }
-}
-
-/// One commit-journal record (little-endian): u32 magic, u32 CRC32C of the bytes after it, u64
-/// lap, u32 partition, u32 batch length, then the batch exactly as written to the segment.
-struct JournalRecord {
-    static let magic: UInt32 = 0x4C4A_4C53  // "SLJL"
-    static let headerSize = 24
-
-    let lap: UInt64
-    let partition: Int
-    /// The batch, within the buffer `parse` was given.
-    let batch: UnsafeRawBufferPointer
-
-    /// Writes the record of `batch` at the start of `raw` (which holds `headerSize + batch.count` bytes).
-    static func encode(_ batch: UnsafeRawBufferPointer, lap: UInt64, partition: Int, into raw: UnsafeMutableRawBufferPointer) {
-        let total = headerSize + batch.count
-        raw.storeBytes(of: magic.littleEndian, toByteOffset: 0, as: UInt32.self)
-        raw.storeBytes(of: lap.littleEndian, toByteOffset: 8, as: UInt64.self)
-        raw.storeBytes(of: UInt32(partition).littleEndian, toByteOffset: 16, as: UInt32.self)
-        raw.storeBytes(of: UInt32(batch.count).littleEndian, toByteOffset: 20, as: UInt32.self)
-        UnsafeMutableRawBufferPointer(rebasing: raw[headerSize..<total]).copyMemory(from: batch)
-        let crc = sensorlog_crc32c(0, raw.baseAddress! + 8, total - 8)
-        raw.storeBytes(of: crc.littleEndian, toByteOffset: 4, as: UInt32.self)
-    }
-
-    /// The record at the start of `raw`, or nil where a file's records end: no magic, a length
-    /// out of bounds or past the bytes there, or a CRC that does not match.
-    static func parse(_ raw: UnsafeRawBufferPointer, maxBatchBytes: Int) -> JournalRecord? {
-        guard raw.count >= headerSize else { return nil }
-        func load(_ offset: Int) -> UInt32 { UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: offset, as: UInt32.self)) }
-        let length = Int(load(20))
-        guard load(0) == magic, length >= BatchHeader.size, length <= maxBatchBytes, headerSize + length <= raw.count,
-              sensorlog_crc32c(0, raw.baseAddress! + 8, headerSize - 8 + length) == load(4)
-        else { return nil }
-        return JournalRecord(lap: UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: 8, as: UInt64.self)), partition: Int(load(16)),
-                             batch: UnsafeRawBufferPointer(rebasing: raw[headerSize..<(headerSize + length)]))
     }
 }

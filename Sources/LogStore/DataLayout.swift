@@ -34,10 +34,11 @@ public struct DataLayout: Sendable {
     public var aggregates: String { root + "/" + Self.aggregatesName }
     public var aggregatesRebuildPending: String { root + "/" + Self.aggregatesRebuildPendingName }
     /// Where a rebuild writes the new aggregates before swapping them in.
-    public var aggregatesRebuilding: String { aggregates + ".rebuild" }
+    public var aggregatesRebuilding: String { root + "/" + Self.aggregatesRebuildingDisplay }
     /// The names messages show for those files.
     public static let aggregatesDisplay = aggregatesName
     public static let aggregatesRebuildPendingDisplay = aggregatesRebuildPendingName
+    public static let aggregatesRebuildingDisplay = aggregatesName + ".rebuild"
     public var groups: String { root + "/" + Self.groupsName }
     /// The folder of the log's partitions and journal.
     public var log: String { root + "/" + Self.logName }

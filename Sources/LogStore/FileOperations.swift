@@ -75,16 +75,16 @@ extension FileOperations {
         guard truncate(fd, length) == 0 else { throw LogError.system("cannot truncate", errno: errno, path: display) }
     }
 
-    func rename(_ from: String, to: String, display: String) throws(LogError) {
+    public func rename(_ from: String, to: String, display: String) throws(LogError) {
         guard rename(from, to) == 0 else { throw LogError.system("cannot rename into place", errno: errno, path: display) }
     }
 
     /// Removes `path`; one already gone is fine (that was the goal).
-    func remove(_ path: String, display: String) throws(LogError) {
+    public func remove(_ path: String, display: String) throws(LogError) {
         guard unlink(path) == 0 || errno == ENOENT else { throw LogError.system("cannot remove", errno: errno, path: display) }
     }
 
-    func syncDirectory(_ path: String, display: String) throws(LogError) {
+    public func syncDirectory(_ path: String, display: String) throws(LogError) {
         guard syncDirectory(path) == 0 else { throw LogError.system("cannot sync the directory", errno: errno, path: display) }
     }
 }

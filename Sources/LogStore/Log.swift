@@ -170,11 +170,16 @@ public final class Log: Sendable {
     /// maintenance (finishing an interrupted repair's rebuild) passes as proof.
     public let lock: DirectoryLock
     private let encoders = EncoderPool()
+    /// Holds what was acknowledged under `always` and not yet in a segment (replayed on opening
+    /// under any policy).
     private let journal: CommitJournal
+    /// The fsync policy at work: the journal under `always`, an `IntervalSyncer` otherwise.
+    private let committer: any Committer
 
     private init(dataDirectory: String, metadata: LogMetadata, partitions: [Partition], configuration: LogConfiguration,
-                 lock: DirectoryLock, journal: CommitJournal) {
+                 lock: DirectoryLock, journal: CommitJournal, committer: any Committer) {
         self.journal = journal
+        self.committer = committer
         self.dataDirectory = dataDirectory
         self.metadata = metadata
         self.partitions = partitions
@@ -211,21 +216,26 @@ public final class Log: Sendable {
                 layout: DataLayout(directory), limitBytes: configuration.limits.commitJournalBytes,
                 fileOperations: configuration.fileOperations, onSync: journalOnSync)
             let replay = try journal.records(partitions: meta.partitions, maxBatchBytes: configuration.limits.maxBatchBytes)
+            let committer: any Committer = switch configuration.fsync {
+            case .always: journal
+            case .interval: IntervalSyncer(interval: configuration.limits.fsyncInterval)
+            case .never: IntervalSyncer(interval: nil)
+            }
             for p in 0..<meta.partitions {
                 let paths = DataLayout(directory).partition(p)
                 var onSync: (@Sendable (Int64) -> Void)?
                 if let hook = configuration.onSync { onSync = { hook(p, $0) } }
                 let partition = try Partition(
                     id: p, directory: paths.directory, displayDirectory: paths.display, limits: configuration.limits,
-                    policy: configuration.fsync, fileOperations: configuration.fileOperations, onSync: onSync,
-                    journal: configuration.fsync == .always ? journal : nil, replay: replay[p] ?? [])
+                    committer: committer, fileOperations: configuration.fileOperations, onSync: onSync,
+                    replay: replay[p] ?? [])
                 partitions.append(partition)
             }
             // Every partition synced its segment on opening: the journal's records are in them.
             try journal.empty(preallocate: configuration.fsync == .always)
-            if configuration.fsync == .always { journal.start(partitions: partitions) }
+            committer.start(partitions: partitions)
             return Log(dataDirectory: directory, metadata: meta, partitions: partitions, configuration: configuration,
-                       lock: lock, journal: journal)
+                       lock: lock, journal: journal, committer: committer)
         } catch {
             for p in partitions { try? p.close() }
             lock.release()
@@ -318,14 +328,15 @@ public final class Log: Sendable {
         try PartitionReader.offset(atOrAfter: timestamp, in: partitions[partition])
     }
 
-    /// The last fdatasync failure (the commit journal's or a partition's), until a later one succeeds.
-    public var syncError: LogError? {
-        journal.syncError ?? partitions.lazy.compactMap(\.syncError).first
-    }
+    /// The last failed commit's error, until a later commit succeeds.
+    public var syncError: LogError? { committer.syncError }
 
-    /// Number of fdatasync calls that committed appends under `always` (group commit makes it
-    /// lower than the number of appends).
-    public var commitSyncs: Int { journal.syncs }
+    /// Number of fdatasync calls that committed appends (group commit makes it lower than the
+    /// number of appends).
+    public var commitSyncs: Int { committer.syncs }
+
+    /// Commits now what the interval syncer would at its next tick (for tests: no waiting for the period).
+    func syncRound() { (committer as? IntervalSyncer)?.syncRound() }
 
     /// Makes every appended batch durable now.
     public func flush() throws(LogError) {
@@ -336,7 +347,7 @@ public final class Log: Sendable {
     /// again and releases nothing twice.
     public func close() throws(LogError) {
         var firstError: LogError?
-        journal.close()
+        committer.close()
         for p in partitions {
             do throws(LogError) { try p.close() } catch { firstError = firstError ?? error }
         }

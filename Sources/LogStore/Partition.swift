@@ -71,16 +71,16 @@ protocol PartitionView: AnyObject, Sendable {
     func maxTimestamp(ofSegment base: Int64) -> Int64?
 }
 
-/// One partition of the log: a directory of segments, the single writer and its sync thread.
+/// One partition of the log: a directory of segments and its single writer. When an append is
+/// durable is the committer's business (the fsync policy); the partition keeps the ledger of it.
 ///
-/// All mutable state is guarded by `condition` (an `NSCondition`, not a `Mutex`, because the sync
-/// thread and blocking appenders wait on it).
-public final class Partition: PartitionView, JournaledPartition, @unchecked Sendable {
+/// All mutable state is guarded by `condition` (an `NSCondition`, not a `Mutex`, because
+/// blocking appenders wait on it).
+public final class Partition: PartitionView, CommittedPartition, @unchecked Sendable {
     public let id: Int
     let directory: String
     let displayDirectory: String
     let limits: Limits
-    let policy: FsyncPolicy
     let fileOperations: FileOperations
 
     private let condition = NSCondition()
@@ -90,28 +90,22 @@ public final class Partition: PartitionView, JournaledPartition, @unchecked Send
     private var ledger: DurabilityLedger
     private var writtenEnd: Int64 { ledger.writtenEnd }
     private var isClosed = false
-    private var syncThreadDone = true
-    private var lastSyncError: LogError?
-    private var syncCount = 0
-    /// Under `always`, commits this partition's appends (nil under the other policies).
-    private let journal: CommitJournal?
+    /// Makes appends durable: the fsync policy.
+    private let committer: any Committer
     /// Called after each fdatasync with its duration in nanoseconds (metrics hook).
     let onSync: (@Sendable (_ nanoseconds: Int64) -> Void)?
 
     public let recovery: PartitionRecovery
 
     init(
-        id: Int, directory: String, displayDirectory: String, limits: Limits, policy: FsyncPolicy,
-        fileOperations: FileOperations, onSync: (@Sendable (Int64) -> Void)?,
-        journal: CommitJournal? = nil, replay: [JournalBatch] = []
+        id: Int, directory: String, displayDirectory: String, limits: Limits, committer: any Committer,
+        fileOperations: FileOperations, onSync: (@Sendable (Int64) -> Void)?, replay: [JournalBatch] = []
     ) throws(LogError) {
-        precondition((policy == .always) == (journal != nil), "the commit journal is for the always policy")
         self.id = id
-        self.journal = journal
+        self.committer = committer
         self.directory = directory
         self.displayDirectory = displayDirectory
         self.limits = limits
-        self.policy = policy
         self.fileOperations = fileOperations
         self.onSync = onSync
 
@@ -122,21 +116,12 @@ public final class Partition: PartitionView, JournaledPartition, @unchecked Send
         self.active = loaded.active
         self.ledger = DurabilityLedger(durableUpTo: loaded.active.nextOffset, position: loaded.active.size)
         self.recovery = loaded.recovery
-
-        if policy == .interval {
-            syncThreadDone = false
-            let thread = Thread { [self] in
-                nameCurrentThread("slog-sync-\(self.id)")
-                self.syncLoop()
-            }
-            thread.start()
-        }
     }
 
     // MARK: Appending
 
     /// Writes an encoded batch (its base offset is patched in here) and returns where it landed,
-    /// plus the waiter to await when the policy is `always`.
+    /// plus the waiter to await when the committer acknowledges on commit.
     func write(encoded batch: UnsafeRawBufferPointer, count: Int, maxTimestamp: Int64, appendTime: Int64)
         throws(LogError) -> (AppendResult, DurabilityWaiter?)
     {
@@ -151,7 +136,7 @@ public final class Partition: PartitionView, JournaledPartition, @unchecked Send
             if tooBig || tooOld || offsetsFull {
                 // A roll syncs and closes the segment; after a failed segment sync that must wait
                 // for the reopen's replay (`CommitJournal.poison`).
-                if let poisoned = journal?.poisonError { throw poisoned }
+                if let poisoned = committer.poisonError { throw poisoned }
                 try roll()
             }
         }
@@ -162,8 +147,8 @@ public final class Partition: PartitionView, JournaledPartition, @unchecked Send
         let position = active.size
         do {
             try active.write(batch, fileOperations)
-            try journal?.append(batch, partition: self, end: base + Int64(count), segment: active.file,
-                                segmentPosition: position + Int64(batch.count))
+            try committer.record(batch, partition: self, end: base + Int64(count), segment: active.file,
+                                 segmentPosition: position + Int64(batch.count))
         } catch {
             // Leave the file as it was. Should the cut fail too, nothing is lost: the bytes past
             // `position` are not in the index or the written end, and the next append overwrites
@@ -176,42 +161,51 @@ public final class Partition: PartitionView, JournaledPartition, @unchecked Send
         ledger.wrote(upTo: base + Int64(count))
 
         let result = AppendResult(partition: id, baseOffset: base, count: count)
-        guard journal != nil else { return (result, nil) }
+        guard committer.acknowledgesOnCommit else { return (result, nil) }
         return (result, ledger.waiter())
     }
 
-    /// The journal made this partition's appends up to `end` durable.
-    func journalCommitted(upTo end: Int64, segment: SharedFile, position: Int64) {
+    // MARK: CommittedPartition
+
+    func uncommitted() -> CommitPoint? {
+        condition.withLock {
+            ledger.hasUnsynced ? CommitPoint(end: writtenEnd, segment: active.file, position: active.size) : nil
+        }
+    }
+
+    func sync(_ segment: SharedFile) throws(LogError) {
+        if let failure = timedSync(fileOperations, segment.fd, onSync: onSync) {
+            throw LogError.system("fsync failed", errno: failure, path: segment.displayPath)
+        }
+    }
+
+    func syncActiveSegment() throws(LogError) {
+        try sync(condition.withLock { active.file })
+    }
+
+    func committed(_ point: CommitPoint) {
         condition.lock()
         defer { condition.unlock() }
         // A roll (which syncs the segment) or a rollback may have moved on meanwhile.
-        guard end > ledger.durableEnd, end <= writtenEnd else { return }
-        succeed(ledger.madeDurable(upTo: end, position: segment === active.file ? position : nil))
+        guard point.end > ledger.durableEnd, point.end <= writtenEnd else { return }
+        succeed(ledger.madeDurable(upTo: point.end, position: point.segment === active.file ? point.position : nil))
     }
 
-    /// A journal fdatasync failed: what was not durable is cut off. Returns the appends that
-    /// waited on it, for `fail` once the journal takes appends again (an append retried at once
-    /// must not find the journal still rolling back).
-    func journalRollBack() -> [DurabilityWaiter] {
+    /// A commit failed: what was not durable is cut off (none of it was acknowledged, and none may
+    /// become visible). Returns the appends that waited on it, for `fail` once the committer takes
+    /// appends again (an append retried at once must not find it still rolling back).
+    func rollBackUncommitted() -> [DurabilityWaiter] {
         condition.lock()
         defer { condition.unlock() }
-        return rollBackToDurable()
+        let failed = ledger.rollBack()
+        active.truncate(to: ledger.durablePosition, end: writtenEnd, indexInterval: limits.indexIntervalBytes, fileOperations)
+        return failed
     }
 
     func fail(_ failed: [DurabilityWaiter], _ error: LogError) {
         condition.lock()
         defer { condition.unlock() }
         complete(failed, with: error)
-    }
-
-    /// Syncs the active segment for a journal checkpoint (a roll syncs the segments before it).
-    func syncForCheckpoint() throws(LogError) {
-        condition.lock()
-        let file = active.file
-        condition.unlock()
-        if let failure = timedSync(fileOperations, file.fd, onSync: onSync) {
-            throw LogError.system("fsync failed", errno: failure, path: file.displayPath)
-        }
     }
 
     /// Closes the active segment now if it holds anything, so that maintenance which rewrites or
@@ -221,7 +215,7 @@ public final class Partition: PartitionView, JournaledPartition, @unchecked Send
         defer { condition.unlock() }
         guard !isClosed else { throw LogError(.closed, "the log is closed") }
         guard active.size > 0 else { return }
-        if let poisoned = journal?.poisonError { throw poisoned }
+        if let poisoned = committer.poisonError { throw poisoned }
         try roll()
     }
 
@@ -231,7 +225,7 @@ public final class Partition: PartitionView, JournaledPartition, @unchecked Send
         guard fileOperations.sync(old.file.fd) == 0 else {
             let error = LogError.system("fsync failed while rolling the segment", errno: errno, path: old.file.displayPath)
             // A retry could close the segment on an fdatasync that returns 0 without the data.
-            journal?.poison(error)
+            committer.poison(error)
             throw error
         }
         let sealed = try old.seal(directory: directory, fileOperations)
@@ -279,68 +273,21 @@ public final class Partition: PartitionView, JournaledPartition, @unchecked Send
         condition.broadcast()
     }
 
-    /// The sync thread under `interval` (under `always` the commit journal's thread commits).
-    private func syncLoop() {
-        condition.lock()
-        var deadline = Date().addingTimeInterval(Self.seconds(limits.fsyncInterval))
-        while true {
-            while !isClosed && Date() < deadline { _ = condition.wait(until: deadline) }
-            deadline = Date().addingTimeInterval(Self.seconds(limits.fsyncInterval))
-            if !ledger.hasUnsynced {
-                if isClosed { break }
-                continue
-            }
-            let target = writtenEnd
-            let targetPosition = active.size
-            let file = active.file
-            condition.unlock()
-            let failure = timedSync(fileOperations, file.fd, onSync: onSync)
-            condition.lock()
-            syncCount += 1
-            if let failure {
-                lastSyncError = LogError.system("fsync failed", errno: failure, path: file.displayPath)
-            } else {
-                lastSyncError = nil
-                succeed(ledger.madeDurable(upTo: target, position: file === active.file ? targetPosition : nil))
-            }
-        }
-        syncThreadDone = true
-        condition.broadcast()
-        condition.unlock()
-    }
-
-    /// After a failed fdatasync under `always`: nothing past the last durable point was
-    /// acknowledged, and none of it may become visible, so cut it off. Lock held.
-    /// - Returns: the appends that waited, to fail.
-    private func rollBackToDurable() -> [DurabilityWaiter] {
-        let failed = ledger.rollBack()
-        active.truncate(to: ledger.durablePosition, end: writtenEnd, indexInterval: limits.indexIntervalBytes, fileOperations)
-        return failed
-    }
-
-    static func seconds(_ d: Duration) -> Double {
-        Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18
-    }
-
     /// Makes everything written so far durable now, whatever the policy.
     public func flush() throws(LogError) {
         condition.lock()
         defer { condition.unlock() }
         guard fileOperations.sync(active.file.fd) == 0 else {
             let error = LogError.system("fsync failed", errno: errno, path: active.file.displayPath)
-            journal?.poison(error)
+            committer.poison(error)
             throw error
         }
         succeed(ledger.allDurable(position: active.size))
     }
 
-    /// Stops the sync thread, syncs and closes. Appends after this throw `.closed`.
+    /// Syncs and closes (after the committer stopped). Appends after this throw `.closed`.
     func close() throws(LogError) {
-        condition.lock()
-        isClosed = true
-        condition.broadcast()
-        while !syncThreadDone { condition.wait() }
-        condition.unlock()
+        condition.withLock { isClosed = true }
         try flush()
     }
 
@@ -353,11 +300,12 @@ public final class Partition: PartitionView, JournaledPartition, @unchecked Send
         return closedSegments.first?.baseOffset ?? active.baseOffset
     }
 
-    /// The next offset to be written that readers may see (under `always`: the durable end).
+    /// The next offset to be written that readers may see (the durable end when appends are
+    /// acknowledged on commit).
     public var endOffset: Int64 {
         condition.lock()
         defer { condition.unlock() }
-        return policy == .always ? ledger.durableEnd : writtenEnd
+        return committer.acknowledgesOnCommit ? ledger.durableEnd : writtenEnd
     }
 
     /// Bytes of all segment files.
@@ -371,21 +319,6 @@ public final class Partition: PartitionView, JournaledPartition, @unchecked Send
         condition.lock()
         defer { condition.unlock() }
         return closedSegments.count + 1
-    }
-
-    /// The last fdatasync failure, until a later one succeeds.
-    public var syncError: LogError? {
-        condition.lock()
-        defer { condition.unlock() }
-        return lastSyncError
-    }
-
-    /// Number of fdatasync calls made by the sync thread (group commit makes it lower than the
-    /// number of appends).
-    public var syncs: Int {
-        condition.lock()
-        defer { condition.unlock() }
-        return syncCount
     }
 
     // MARK: PartitionView

@@ -125,4 +125,38 @@ import Testing
         #expect(outcome.failed.isEmpty && outcome.done.count == 1)
         #expect(!AggregateRebuild.isPending(dataDirectory: path))
     }
+
+    /// Each file effect of the rebuild's swap fails in turn (EIO through `FileOperations`): the
+    /// store left is the old one or the new one, whole, and the next rebuild finishes the job.
+    @Test func aRebuildThatFailsAnywhereLeavesAWholeStoreAndCanBeRedone() async throws {
+        let path = NSTemporaryDirectory() + "sensorlog-rebuild-" + UUID().uuidString
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let (log, pipeline) = try await open(path)
+        _ = try await send(Array(Self.readings.prefix(5000)), to: pipeline)
+        try await aggregate(log)
+        try log.close()
+        let before = try counts(path)
+        var effects = 0
+        for n in 1...50 {
+            try AggregateRebuild.markPending(dataDirectory: path)
+            let plan = FaultPlan(failAt: n)
+            plan.arm()
+            var failed = false
+            do {
+                _ = try withDirectoryLock(path) { try AggregateRebuild.rebuildInPlace(dataDirectory: path, held: $0, plan.operations) }
+            } catch {
+                failed = true
+            }
+            #expect(failed == plan.fired, "effect \(n)")
+            #expect(try counts(path) == before, "effect \(n): the store is whole")
+            // Only the last effect (syncing the marker's removal) fails with the marker gone.
+            if !failed { #expect(!AggregateRebuild.isPending(dataDirectory: path)) }
+            if !plan.fired { break }
+            effects = n
+        }
+        #expect(effects >= 6, "removes of leftovers and WAL files, the rename, the marker's removal, directory syncs")
+        _ = try withDirectoryLock(path) { try AggregateRebuild.rebuildInPlace(dataDirectory: path, held: $0) }
+        #expect(!AggregateRebuild.isPending(dataDirectory: path))
+        #expect(try counts(path) == before)
+    }
 }

@@ -78,5 +78,16 @@ import Testing
         #expect { try LogBackup.restore(from: dir.path + "/nothing", into: dir.path + "/new") } throws: {
             ($0 as? LogError)?.code == .invalidLog
         }
+        // An empty directory some process holds (a sensorlogd just started on it) is not restored into.
+        try FileManager.default.createDirectory(atPath: dir.path + "/held", withIntermediateDirectories: true)
+        try withDirectoryLock(dir.path + "/held") { _ in
+            #expect { try LogBackup.restore(from: dir.path + "/data", into: dir.path + "/held") } throws: {
+                ($0 as? LogError)?.code == .locked
+            }
+        }
+        // Restored under its lock, which the restore releases.
+        let restored = try LogBackup.restore(from: dir.path + "/data", into: dir.path + "/held")
+        #expect(restored.files > 0)
+        try Log.open(dataDirectory: dir.path + "/held").close()
     }
 }

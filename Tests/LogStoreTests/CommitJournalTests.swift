@@ -130,7 +130,7 @@ import Testing
         try log.close()
 
         // Corrupt the record of batch 30 (each batch is one record, in append order).
-        let journal = crashed.path + "/log/" + CommitJournal.fileNames[0]
+        let journal = crashed.path + "/log/" + DataLayout.journalNames[0]
         var bytes = try Data(contentsOf: URL(fileURLWithPath: journal))
         let at = recordStart(bytes, record: 30)
         bytes[at + CommitJournal.headerSize + 60] ^= 0x40
@@ -150,7 +150,7 @@ import Testing
         let log = try Log.open(dataDirectory: dir.path, configuration: config)
         let batches = 3000
         let expected = try append(log, batches: batches, size: 5)
-        for name in CommitJournal.fileNames {
+        for name in DataLayout.journalNames {
             #expect(fileSize(dir.path + "/log/" + name) <= 64 << 10, "\(name) grew past its zeros")
         }
         let crashed = try snapshot(dir)
@@ -228,7 +228,7 @@ import Testing
         let crashed = try snapshot(dir)
         defer { crashed.cleanup() }
         try log.close()
-        let journal = crashed.path + "/log/" + CommitJournal.fileNames[0]
+        let journal = crashed.path + "/log/" + DataLayout.journalNames[0]
         var bytes = try Data(contentsOf: URL(fileURLWithPath: journal))
         let at = recordStart(bytes, record: 5)
         bytes.replaceSubrange(at..<(at + CommitJournal.headerSize), with: Data(count: CommitJournal.headerSize))
@@ -282,7 +282,7 @@ import Testing
         defer { dir.cleanup() }
         let (log, faults) = try openSmallJournalWithFaults(dir)
         let names = sensors(log)
-        faults.lock.withLock { faults.failSyncs = EIO; faults.failSyncsOnlyOf = CommitJournal.fileNames[1] }
+        faults.lock.withLock { faults.failSyncs = EIO; faults.failSyncsOnlyOf = DataLayout.journalNames[1] }
         // Concurrent appends: once the first file is three quarters full they move to the second,
         // whose fdatasyncs fail, while the first file's last records may still be committing.
         var acknowledged = [[Reading]](repeating: [], count: 2)

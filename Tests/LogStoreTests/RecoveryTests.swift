@@ -263,6 +263,41 @@ import Testing
         try reopened.close()
     }
 
+    /// Under `interval` an append is acknowledged and visible once written; a sync round commits
+    /// every partition's new appends with one fdatasync each, and a failed one is reported until
+    /// a later round succeeds (the period is an hour here: the test drives the rounds).
+    @Test func intervalSyncerCommitsWrittenAppendsAndReportsAFailedRound() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.cleanup() }
+        let faults = Faults()
+        var limits = Limits()
+        limits.partitions = 2
+        limits.fsyncInterval = .seconds(3600)
+        let log = try Log.open(dataDirectory: dir.path, configuration: LogConfiguration(limits: limits, fsync: .interval, fileOperations: faults.operations()))
+        let sensors = (0..<20).map { "s\($0)" }
+        let first = sensors.first { log.partition(for: $0) == 0 }!, second = sensors.first { log.partition(for: $0) == 1 }!
+        _ = try log.appendBlocking(oneSensorReadings(10, sensor: first), toPartition: 0)
+        _ = try log.appendBlocking(oneSensorReadings(5, sensor: second), toPartition: 1)
+        #expect(log.partitions[0].endOffset == 10)
+        #expect(log.partitions[0].uncommitted()?.end == 10)
+        log.syncRound()
+        #expect(log.commitSyncs == 2)
+        #expect(log.partitions[0].uncommitted() == nil && log.partitions[1].uncommitted() == nil)
+        log.syncRound()
+        #expect(log.commitSyncs == 2, "nothing new, nothing synced")
+
+        faults.lock.withLock { faults.failSyncs = EIO }
+        #expect(try log.appendBlocking(oneSensorReadings(10, sensor: first, start: 5), toPartition: 0).baseOffset == 10)
+        log.syncRound()
+        #expect(log.syncError?.errno == EIO)
+        #expect(log.partitions[0].uncommitted()?.end == 20, "a failed round commits nothing")
+        faults.lock.withLock { faults.failSyncs = 0 }
+        log.syncRound()
+        #expect(log.syncError == nil)
+        #expect(log.partitions[0].uncommitted() == nil)
+        try log.close()
+    }
+
     @Test func failedFsyncUnderAlwaysFailsTheAppendAndHidesIt() throws {
         let dir = TemporaryDirectory()
         defer { dir.cleanup() }
