@@ -89,7 +89,7 @@ public enum AggregateRebuild {
         // The old database's WAL must not be replayed onto the new file.
         for suffix in ["-wal", "-shm"] {
             try ops.remove(target + suffix, display: AggregateStore.fileName + suffix)
-            try ops.remove(rebuilt + suffix, display: AggregateStore.fileName + suffix)
+            try ops.remove(rebuilt + suffix, display: DataLayout.aggregatesRebuildingDisplay + suffix)
         }
         try ops.rename(rebuilt, to: target, display: AggregateStore.fileName)
         try ops.syncDirectory(dataDirectory, display: ".")

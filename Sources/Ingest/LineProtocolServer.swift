@@ -109,7 +109,7 @@ public final class LineProtocolServer: Service, Sendable {
         connectionLogger[metadataKey: "connection_id"] = "\(id)"
         connectionLogger[metadataKey: "remote"] = "\(channel.remoteAddress?.logDescription ?? "?")"
         let sync = channel.pipeline.syncOperations
-        try sync.addHandler(IdleStateHandler(readTimeout: configuration.idleTimeout))
+        try sync.addHandler(ReadIdleHandler(timeout: configuration.idleTimeout))
         if let keys = configuration.keys {
             let refused = { [pipeline, connectionLogger] (message: String, metadata: Logger.Metadata) in
                 pipeline.logRejection(connectionLogger, "\(message)", metadata: metadata, level: .warning)

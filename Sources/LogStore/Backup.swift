@@ -82,7 +82,10 @@ public enum LogBackup {
     /// while the files land (a sensorlogd started on it meanwhile is refused as `locked`).
     public static func restore(from backup: String, into dataDirectory: String) throws -> Result {
         try requireBackup(backup)
+        try requireRestorable(dataDirectory)  // before anything is created in it
         try FileManager.default.createDirectory(atPath: dataDirectory, withIntermediateDirectories: true)
+        let parent = (dataDirectory as NSString).deletingLastPathComponent
+        try syncDirectory(parent, display: parent)
         let lock = try DirectoryLock(dataDirectory: dataDirectory)
         defer { lock.release() }
         return try restore(from: backup, into: dataDirectory, held: lock)
@@ -94,9 +97,7 @@ public enum LogBackup {
     public static func restore(from backup: String, into dataDirectory: String, held lock: DirectoryLock) throws -> Result {
         lock.requireHeld(for: dataDirectory)
         try requireBackup(backup)
-        guard try FileManager.default.contentsOfDirectory(atPath: dataDirectory).allSatisfy({ $0 == DataLayout.lockName }) else {
-            throw LogError(.invalidArgument, "\(dataDirectory) is not empty")
-        }
+        try requireRestorable(dataDirectory)
         var result = Result()
         var directories = [dataDirectory]
         guard let e = FileManager.default.enumerator(atPath: backup) else { return result }
@@ -114,6 +115,14 @@ public enum LogBackup {
         // Deepest first: a directory's entry is durable only once its parent is synced.
         for directory in directories.reversed() { try syncDirectory(directory, display: directory) }
         return result
+    }
+
+    /// `dataDirectory` is absent or holds nothing but a lock file.
+    static func requireRestorable(_ dataDirectory: String) throws {
+        guard FileManager.default.fileExists(atPath: dataDirectory) else { return }
+        guard try FileManager.default.contentsOfDirectory(atPath: dataDirectory).allSatisfy({ $0 == DataLayout.lockName }) else {
+            throw LogError(.invalidArgument, "\(dataDirectory) is not empty")
+        }
     }
 
     static func requireBackup(_ backup: String) throws(LogError) {

@@ -48,7 +48,8 @@ protocol CommittedPartition: AnyObject, Sendable {
     func uncommitted() -> CommitPoint?
     /// fdatasyncs `segment` (reported to the partition's metrics hook).
     func sync(_ segment: SharedFile) throws(LogError)
-    /// fdatasyncs the active segment, before the journal file that covered it is emptied.
+    /// fdatasyncs the active segment, before the journal file that covered it is emptied; throws
+    /// when the partition's segment sync failed since (the journal must then keep its records).
     func syncActiveSegment() throws(LogError)
     /// Appends up to `point` are durable: complete their waiters.
     func committed(_ point: CommitPoint)
@@ -85,7 +86,8 @@ final class IntervalSyncer: Committer, @unchecked Sendable {
     var poisonError: LogError? { nil }
     func poison(_ error: LogError) {}
 
-    var syncError: LogError? { condition.withLock { failures.values.first } }
+    /// The lowest-numbered partition's failure, so that the report does not hop between them.
+    var syncError: LogError? { condition.withLock { failures.min { $0.key < $1.key }?.value } }
     var syncs: Int { condition.withLock { syncCount } }
 
     func start(partitions: [any CommittedPartition]) {
@@ -106,7 +108,11 @@ final class IntervalSyncer: Committer, @unchecked Sendable {
     func syncRound() {
         let partitions = condition.withLock { self.partitions }
         for partition in partitions {
-            guard let point = partition.uncommitted() else { continue }
+            guard let point = partition.uncommitted() else {
+                // A roll or flush made it durable since a failed round: that failure is over.
+                condition.withLock { _ = failures.removeValue(forKey: partition.id) }
+                continue
+            }
             let failure: LogError?
             do throws(LogError) {
                 try partition.sync(point.segment)

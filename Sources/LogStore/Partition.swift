@@ -179,8 +179,13 @@ public final class Partition: PartitionView, CommittedPartition, @unchecked Send
         }
     }
 
+    /// Under the lock, as a roll and a flush sync: a roll whose fdatasync failed has poisoned the
+    /// committer before this sync can return 0 for the same lost write-back.
     func syncActiveSegment() throws(LogError) {
-        try sync(condition.withLock { active.file })
+        condition.lock()
+        defer { condition.unlock() }
+        try sync(active.file)
+        if let poisoned = committer.poisonError { throw poisoned }
     }
 
     func committed(_ point: CommitPoint) {

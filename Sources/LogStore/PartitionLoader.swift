@@ -30,8 +30,7 @@ struct PartitionLoader {
         var rebuilt = 0
         var closed: [ClosedSegment] = []
         for (i, base) in bases.dropLast().enumerated() {
-            let (segment, didRebuild) = try Self.inspectClosedSegment(
-                base: base, directory: paths.directory, displayDirectory: paths.display, limits: limits, ops)
+            let (segment, didRebuild) = try Self.inspectClosedSegment(paths, base: base, limits: limits, ops)
             if didRebuild { rebuilt += 1 }
             guard segment.nextOffset == bases[i + 1] else {
                 throw LogError(.invalidLog, "segment ends at offset \(segment.nextOffset) but the next segment starts at \(bases[i + 1])",
@@ -86,8 +85,7 @@ struct PartitionLoader {
     {
         let replayed = replay.drop { $0.nextOffset <= base }
         var (active, truncation) = try Self.recoverActiveSegment(
-            base: base, directory: paths.directory, displayDirectory: paths.display, limits: limits,
-            journalFrom: replayed.first?.baseOffset, ops)
+            paths, base: base, limits: limits, journalFrom: replayed.first?.baseOffset, ops)
         var count = 0
         var gap: String?
         if !replayed.isEmpty {
@@ -105,10 +103,10 @@ struct PartitionLoader {
 
     /// Checks a closed segment cheaply through the tail of its indexes (rebuilding them when
     /// missing or inconsistent) and returns what the partition keeps of it.
-    static func inspectClosedSegment(base: Int64, directory: String, displayDirectory: String, limits: Limits, _ ops: FileOperations)
+    static func inspectClosedSegment(_ partition: PartitionPaths, base: Int64, limits: Limits, _ ops: FileOperations)
         throws(LogError) -> (ClosedSegment, rebuilt: Bool)
     {
-        let paths = SegmentPaths(directory: directory, displayDirectory: displayDirectory, base: base)
+        let paths = partition.segment(base)
         let segment = try Segment.open(paths, maxBatchBytes: limits.maxBatchBytes)
         let size = try segment.file.size()
         if let offsets = SegmentFiles.readWholeFile(paths.offsetIndex),
@@ -133,7 +131,7 @@ struct PartitionLoader {
             }
         }
         let (index, next) = try rebuildIndex(segment, size: size, limits: limits)
-        try Segment.writeIndexes(index, paths: paths, directory: directory, ops)
+        try Segment.writeIndexes(index, paths: paths, directory: partition.directory, ops)
         return (ClosedSegment(baseOffset: base, nextOffset: next, size: size, maxTimestamp: index.maxTimestamp), true)
     }
 
@@ -158,11 +156,11 @@ struct PartitionLoader {
     /// that has valid batches after it.
     /// With `journalFrom`, the scan stops at the batch holding that offset: the commit journal
     /// has everything from there on, and `replay` checks the rest of the file against it.
-    static func recoverActiveSegment(base: Int64, directory: String, displayDirectory: String, limits: Limits, journalFrom: Int64? = nil,
+    static func recoverActiveSegment(_ partition: PartitionPaths, base: Int64, limits: Limits, journalFrom: Int64? = nil,
                                      _ ops: FileOperations)
         throws(LogError) -> (ActiveSegment, truncation: Truncation?)
     {
-        let paths = SegmentPaths(directory: directory, displayDirectory: displayDirectory, base: base)
+        let paths = partition.segment(base)
         // The active segment's indexes live in memory; files left by an earlier close are stale.
         try paths.removeIndexes(ops)
         let segment = try Segment.open(paths, writable: true, maxBatchBytes: limits.maxBatchBytes)

@@ -227,8 +227,8 @@ extension LogDirectory {
         let view = views[partition]
         // Gone first: the check that keeps valid files looks only at their tail.
         try view.segmentPaths(base).removeIndexes(fileOperations)
-        _ = try PartitionLoader.inspectClosedSegment(base: base, directory: view.directory, displayDirectory: view.displayDirectory, limits: view.limits,
-                                               fileOperations)
+        _ = try PartitionLoader.inspectClosedSegment(PartitionPaths(directory: view.directory, display: view.displayDirectory), base: base,
+                                                     limits: view.limits, fileOperations)
     }
 
     /// The bytes of every file in `partition`'s directory (segments and their indexes), as they are now.

@@ -1,8 +1,10 @@
 import Foundation
 import Logging
-import Ingest
+@testable import Ingest
+import LineProtocol
 import LogStore
 import NIOCore
+import NIOEmbedded
 import NIOPosix
 import SensorLogCore
 import Synchronization
@@ -231,26 +233,47 @@ extension LineProtocolServerTests {
 
     /// The idle timeout is for silent producers, not for ones the server paused: a connection held
     /// through a failed append outlives the timeout, and what it sent lands once the log writes.
+    /// The idle timer and the retry timer run on the event loop's clock, which a testing event
+    /// loop lets the test move: many idle periods pass without a second of waiting.
     @Test func aConnectionPausedByTheServerIsNotIdle() async throws {
         let full = Gate(closed: true)
         let refused = FaultLog()
         let f = try await Fixture.make(fileOperations: writes(while: full) { refused.record(); errno = ENOSPC; return true })
         defer { f.close() }
-        var limits = Limits()
-        limits.idleTimeout = .seconds(1)
-        let (server, port) = try await serve(f, limits: limits)
-        let fd = try connectTCP(port: port)
-        defer { close(fd) }
-        let bytes = lines(500, sensor: "held", of: 5)
-        #expect(bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) } == bytes.count)
-        // The server has held the connection through retries spanning twice the idle timeout
-        // (NIO's idle handler runs on the event loop's clock, which a test cannot move).
-        try await refused.wait(until: { $0.span >= .seconds(2) })
-        var probe: UInt8 = 0
-        let got = recv(fd, &probe, 1, Int32(MSG_DONTWAIT))
-        #expect(got == -1 && (errno == EAGAIN || errno == EWOULDBLOCK), "the server closed a connection it had paused")
+        let loop = NIOAsyncTestingEventLoop()
+        let idle = TimeAmount.seconds(1)
+        func connection() async throws -> NIOAsyncTestingChannel {
+            let channel = NIOAsyncTestingChannel(loop: loop)
+            let handler = LineProtocolHandler(pipeline: f.pipeline, parser: LineParser(validator: f.pipeline.validator), logger: Logger(label: "test"),
+                                              maxLineBytes: 64 << 10, maxPendingReadings: 10_000)
+            try await channel.pipeline.addHandlers([ReadIdleHandler(timeout: idle), handler])
+            try await channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 9)).get()
+            return channel
+        }
+        let held = try await connection()
+        let silent = try await connection()
+        try await held.writeInbound(ByteBuffer(bytes: lines(500, sensor: "held", of: 5)))
+        // Retries (one per `appendRetryDelay`, 1 s) refused while the clock moves past idle periods.
+        let deadline = ContinuousClock.now + .seconds(30)
+        var moved = 0
+        while refused.seen.count < 3 || moved < 3 {
+            try #require(ContinuousClock.now < deadline)
+            await loop.advanceTime(by: idle)
+            moved += 1
+            try await Task.sleep(for: .milliseconds(2))
+        }
+        #expect(held.isActive, "the server closed a connection it had paused")
+        #expect(!silent.isActive, "a silent connection outlived the idle timeout")
         full.open()
-        try await expectStoredOnce(f, 500, then: server)
+        while try f.stored().count < 500 {
+            try #require(ContinuousClock.now < deadline)
+            await loop.advanceTime(by: .milliseconds(100))
+            try await Task.sleep(for: .milliseconds(2))
+        }
+        let stored = try f.stored()
+        #expect(stored.count == 500 && stored.values.allSatisfy { $0 == 1 })
+        _ = try? await held.close()
+        try await loop.shutdownGracefully()
     }
 
     /// A submission of duplicates alone writes nothing, so it says nothing about whether the log

@@ -29,3 +29,31 @@ def test_duplicates_and_type_mismatches_over_tcp_are_logged(data_dir):
         assert line["reason"] in ("duplicate", "type_mismatch")
     finally:
         s.stop()
+
+
+def test_a_silent_connection_is_closed_by_the_idle_timeout_and_a_talking_one_is_not(data_dir):
+    s = Server(data_dir, extra=["--idle-timeout-seconds", "1"]).start()
+    try:
+        silent = socket.create_connection(("127.0.0.1", s.tcp))
+        talking = socket.create_connection(("127.0.0.1", s.tcp))
+        silent.settimeout(10)
+        # Half-second lines keep one connection alive across the other's timeout; the silent one
+        # sees the server's FIN (recv returns b"") within a few idle periods.
+        talking.settimeout(0.5)
+        closed_after = None
+        for i in range(20):
+            talking.sendall(f"temperature,sensor_id=idle-{i},location=l value=1 {1763978400000000000 + i}\n".encode())
+            try:
+                silent.settimeout(0.5)
+                if silent.recv(1) == b"":
+                    closed_after = i
+                    break
+            except socket.timeout:
+                pass
+        assert closed_after is not None, "a silent connection outlived 10 idle timeouts"
+        talking.sendall(b"temperature,sensor_id=idle-last,location=l value=1 1763978500000000000\n")
+        talking.close()
+        s.wait_metric("sensorlog_readings_ingested_total", closed_after + 2)
+        silent.close()
+    finally:
+        s.stop()
