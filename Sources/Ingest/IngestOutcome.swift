@@ -1,0 +1,50 @@
+import LogStore
+import SensorLogCore
+
+/// What became of a submission: counts, and each reading's outcome when asked for.
+public struct SubmissionResult: Sendable {
+    public var appended = 0
+    public var duplicates = 0
+    public var mismatches = 0
+    public var tooOld = 0
+    public var outcomes: [IngestOutcome]?
+    /// The first reading refused (its index in the submission) and why: what a summary log line
+    /// shows when no per-reading report was asked for.
+    public var firstRefused: (index: Int, outcome: IngestOutcome)?
+
+    mutating func refuse(_ index: Int, _ outcome: IngestOutcome) {
+        outcomes?[index] = outcome
+        if firstRefused == nil { firstRefused = (index, outcome) }
+    }
+
+    /// The refused counts under the reasons metrics and logs name them by.
+    var refusals: [(reason: String, count: Int)] {
+        [("duplicate", duplicates), ("type_mismatch", mismatches), ("too_old", tooOld)]
+    }
+}
+
+/// Readings whose sensor is bound to another type: (index, the sensor's type).
+struct TypeConflicts: Error {
+    var conflicts: [(index: Int, expected: String)]
+}
+
+/// What became of one submitted reading.
+public enum IngestOutcome: Sendable, Equatable {
+    case appended(partition: Int, offset: Int64)
+    case duplicate
+    /// The sensor's first reading fixed another type.
+    case typeMismatch(expected: String)
+    /// Older than what retention removed from its partition: it may have been counted already.
+    case tooOld
+
+    /// The reason a refused reading is counted and logged under (as `SubmissionResult.refusals`);
+    /// nil for an appended one.
+    public var reason: String? {
+        switch self {
+        case .appended: nil
+        case .duplicate: "duplicate"
+        case .typeMismatch: "type_mismatch"
+        case .tooOld: "too_old"
+        }
+    }
+}
