@@ -194,7 +194,7 @@ let package = Package(
         .testTarget(
             name: "DaemonTests",
             dependencies: [
-                "Daemon", "LogStore", "SensorLogCore", "TestSupport",
+                "Aggregator", "Daemon", "Ingest", "LogStore", "SensorLogCore", "TestSupport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ],

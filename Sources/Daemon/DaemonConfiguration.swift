@@ -26,6 +26,8 @@ public struct DaemonConfiguration: Sendable {
     public var lineProtocolKeys: LineProtocolKeys?
     /// With API keys and no line-protocol keys, listen beyond loopback anyway.
     public var tcpBeyondLoopback = false
+    /// What the server deletes by itself (off by default).
+    public var retention = RetentionPolicy()
     public var time: any TimeSource = SystemTime()
 
     public init() {}

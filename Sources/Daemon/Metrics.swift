@@ -72,6 +72,14 @@ enum DaemonMetrics {
         MetricDescription("sensorlog_log_bytes", help: "Bytes of segment files, by partition."),
         MetricDescription("sensorlog_consumer_lag",
                           help: "Readings a consumer group has yet to read (end offset minus committed offset), by group and partition."),
+        MetricDescription("sensorlog_retention_blocked",
+                          help: "1 while retention waits for the aggregator to fold a segment it would delete, by partition."),
+        MetricDescription("sensorlog_retention_segments_removed_total", help: "Segments deleted by the retention policy."),
+        MetricDescription("sensorlog_retention_bytes_removed_total", help: "Bytes deleted by the retention policy, indexes included."),
+        MetricDescription("sensorlog_maintenance_jobs_total", help: "Maintenance jobs run inside the server, by job and outcome."),
+        MetricDescription("sensorlog_maintenance_job_duration_seconds", help: "Duration of maintenance jobs inside the server, by job."),
+        MetricDescription("sensorlog_consumer_group_skipped_total",
+                          help: "Readings retention deleted before a consumer group read them (the group resumed at the log's start), by group."),
     ]
 }
 

@@ -131,6 +131,17 @@ public final class IngestPipeline: Sendable {
     /// The partition of a sensor's readings.
     public func partition(for sensorID: String) -> Int { log.partition(for: sensorID) }
 
+    /// Retention is about to delete readings up to these timestamps (per partition): from now on
+    /// they are refused `too_old`.
+    public func raiseFloors(_ floors: [Int64?]) async {
+        for (p, floor) in floors.enumerated() where p < partitions.count { await partitions[p].raise(floor: floor) }
+    }
+
+    /// Retention deleted the start of some partitions: the dedupe forgets what went.
+    public func logStartMoved() async {
+        for (p, ingest) in partitions.enumerated() { await ingest.forgetOffsets(before: log.partitions[p].startOffset) }
+    }
+
     /// What `submitCounting` did: counts, and one refused reading to show in a log line.
     public struct Counted: Sendable {
         public var appended = 0

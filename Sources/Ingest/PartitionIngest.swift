@@ -67,7 +67,7 @@ actor PartitionIngest {
     private var running = false
 
     /// Readings at or before this timestamp are refused (`Retention` removed that far).
-    let floor: Int64?
+    private(set) var floor: Int64?
 
     init(partition: Int, log: Log, typeNames: [String], floor: Int64?) {
         self.partition = partition
@@ -109,6 +109,27 @@ actor PartitionIngest {
         precondition(typeNames.count < 255, "more than 255 reading types")
         typeNames.append(name)
         return UInt8(typeNames.count - 1)
+    }
+
+    /// Retention is about to delete readings up to `newFloor`: refuse them from now on (a resend
+    /// must not find them gone and be stored again).
+    func raise(floor newFloor: Int64?) {
+        guard let newFloor else { return }
+        floor = max(floor ?? .min, newFloor)
+    }
+
+    /// Retention deleted the offsets below `start`: the dedupe forgets the runs that held them
+    /// (their readings are at or before the floor, refused before any run is looked at).
+    func forgetOffsets(before start: Int64) {
+        let n = spans.prefix { $0.endOffset <= start }.count
+        guard n > 0 else { return }
+        for span in spans.prefix(n) { keyCache.remove(span.baseOffset) }
+        spans.removeFirst(n)
+        var running = Int64.min
+        prefixMax = spans.map { span in
+            running = max(running, span.maxTimestamp)
+            return running
+        }
     }
 
     /// Adds a batch's keys; its offsets [baseOffset, endOffset) may hold removed records too.

@@ -296,6 +296,32 @@ public final class Partition: PartitionView, CommittedPartition, @unchecked Send
         try flush()
     }
 
+    // MARK: Retention
+
+    /// What retention decides on: the closed segments, oldest first, and the active segment.
+    func retentionView() -> (closed: [ClosedSegment], active: ClosedSegment) {
+        condition.withLock {
+            (closedSegments, ClosedSegment(baseOffset: active.baseOffset, nextOffset: writtenEnd, size: active.size,
+                                           maxTimestamp: active.index.maxTimestamp))
+        }
+    }
+
+    /// Forgets the closed segments that end at or before `end` (whole segments from the start)
+    /// and deletes their files. A reader with one of them open reads on (the file lives while
+    /// open); one that looks for it afterwards starts at the new first segment.
+    /// - Returns: the segments dropped.
+    func dropSegments(endingBy end: Int64) throws(LogError) -> [ClosedSegment] {
+        let dropped: [ClosedSegment] = condition.withLock {
+            let n = closedSegments.prefix { $0.nextOffset <= end }.count
+            defer { closedSegments.removeFirst(n) }
+            return Array(closedSegments.prefix(n))
+        }
+        // Oldest first: a failure leaves a contiguous log, and the next pass deletes the rest.
+        for segment in dropped { try segmentPaths(segment.baseOffset).removeAll(fileOperations) }
+        if !dropped.isEmpty { try fileOperations.syncDirectory(directory, display: displayDirectory) }
+        return dropped
+    }
+
     // MARK: State
 
     /// First offset still in the log.

@@ -89,8 +89,14 @@ public final class PartitionReader {
                 guard later == expectedBase else {
                     throw LogError(.invalidLog, "segment ends at offset \(expectedBase) but the next one starts at \(later)", path: display)
                 }
-                try open(base: later)
-                position = 0
+                do {
+                    try open(base: later)
+                    position = 0
+                } catch where error.errno == ENOENT {
+                    // Retention deleted it meanwhile: read on from the log's new start.
+                    nextOffset = expectedBase
+                    guard try seek() else { return nil }
+                }
             case .invalid(let why):
                 // From another process, the last segment's tail may be a write in progress.
                 let isLast = try view.segmentBases().last == segment!.base
@@ -108,11 +114,22 @@ public final class PartitionReader {
     /// Positions on the batch holding `nextOffset`, through the segment's sparse index.
     /// - Returns: false when the log is empty.
     private func seek() throws(LogError) -> Bool {
-        let bases = try view.segmentBases()
-        guard let firstBase = bases.first else { return false }
-        if nextOffset < firstBase { nextOffset = firstBase }  // retention removed the start
-        let base = bases.last(where: { $0 <= nextOffset })!
-        try open(base: base)
+        var bases = try view.segmentBases()
+        var base: Int64
+        while true {
+            guard let firstBase = bases.first else { return false }
+            if nextOffset < firstBase { nextOffset = firstBase }  // retention removed the start
+            base = bases.last(where: { $0 <= nextOffset })!
+            do {
+                try open(base: base)
+                break
+            } catch where error.errno == ENOENT {
+                // Retention may delete the segment between the listing and the open: list again.
+                let now = try view.segmentBases()
+                guard now.first != firstBase else { throw error }
+                bases = now
+            }
+        }
         position = 0
         if let entry = view.index(forSegment: base)?.floor(relative: UInt32(clamping: nextOffset - base)) {
             position = Int64(entry.position)
@@ -124,6 +141,17 @@ public final class PartitionReader {
     /// Seeks to the first batch whose max timestamp is at or after `timestamp`.
     /// - Returns: that batch's base offset, or the end of the log when no batch qualifies.
     static func offset(atOrAfter timestamp: Int64, in view: any PartitionView) throws(LogError) -> Int64 {
+        var attempts = 0
+        while true {
+            do {
+                return try offsetOnce(atOrAfter: timestamp, in: view)
+            } catch where error.errno == ENOENT && attempts < 3 {
+                attempts += 1  // retention deleted a segment between the listing and the open
+            }
+        }
+    }
+
+    private static func offsetOnce(atOrAfter timestamp: Int64, in view: any PartitionView) throws(LogError) -> Int64 {
         let bases = try view.segmentBases()
         let end = view.visibleEnd()
         for (i, base) in bases.enumerated() {

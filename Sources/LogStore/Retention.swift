@@ -39,6 +39,13 @@ public enum Retention {
         return file.floors
     }
 
+    /// Replaces `retention.json` atomically and durably.
+    static func writeFloors(_ floors: [Int64?], dataDirectory: String, _ ops: FileOperations) throws(LogError) {
+        let text = "{\"floors\":[" + floors.map { $0.map(String.init) ?? "null" }.joined(separator: ",") + "]}\n"
+        try SegmentFiles.writeAtomically(Array(text.utf8), to: DataLayout(dataDirectory).retentionFloors, directory: dataDirectory,
+                                         displayPath: floorFile, ops)
+    }
+
     /// The segments, oldest first per partition, that are older than `cutoff` (all their readings
     /// before it; the active one too, marked `isActive`) or that must go to bring a partition
     /// under `maxBytes` (closed ones only, as Kafka's retention.bytes).
@@ -96,9 +103,8 @@ public enum Retention {
         precondition(!candidates.contains(where: \.isActive), "retention asked to delete an active segment")
         var floors = try floors(dataDirectory: dataDirectory, partitions: partitions)
         for c in candidates { floors[c.partition] = max(floors[c.partition] ?? .min, c.maxTimestamp) }
-        let text = "{\"floors\":[" + floors.map { $0.map(String.init) ?? "null" }.joined(separator: ",") + "]}\n"
+        try writeFloors(floors, dataDirectory: dataDirectory, ops)
         let layout = DataLayout(dataDirectory)
-        try SegmentFiles.writeAtomically(Array(text.utf8), to: layout.retentionFloors, directory: dataDirectory, displayPath: floorFile, ops)
         for p in Set(candidates.map(\.partition)).sorted() {
             let partition = layout.partition(p)
             for c in candidates where c.partition == p { try partition.segment(c.baseOffset).removeAll(ops) }

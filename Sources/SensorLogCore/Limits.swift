@@ -82,6 +82,10 @@ public struct Limits: Sendable, Equatable {
     public var maxBatchesPerPage = 4096
     /// Readings the aggregator folds from one partition before it turns to the next.
     public var aggregatorFoldBudget = 65_536
+    /// How often the server's retention policy looks for segments to delete (Kafka's
+    /// `log.retention.check.interval.ms` is five minutes; a pass that finds nothing costs a stat
+    /// per segment).
+    public var retentionCheckInterval: Duration = .seconds(60)
 
     public init() {}
 
@@ -126,6 +130,7 @@ public struct Limits: Sendable, Equatable {
         guard segmentMaxAge > .zero else {
             throw LimitsError("segment max age must be positive")
         }
+        guard retentionCheckInterval > .zero else { throw LimitsError("retention check interval must be positive") }
     }
 }
 

@@ -29,16 +29,7 @@ struct Retention: ParsableCommand {
     @Flag(help: "Delete even what a consumer group has not read yet.") var force = false
     @Flag(help: "Only say what would be deleted.") var dryRun = false
 
-    static func seconds(_ text: String) -> Int64? {
-        guard let unit = text.last, let n = Int64(text.dropLast()), n >= 0 else { return nil }
-        switch unit {
-        case "d": return n * 86_400
-        case "h": return n * 3600
-        case "m": return n * 60
-        case "s": return n
-        default: return nil
-        }
-    }
+    static func seconds(_ text: String) -> Int64? { DurationText.parse(text).map { $0.components.seconds } }
 
     func validate() throws {
         guard olderThan != nil || maxBytes != nil else { throw ValidationError("give --older-than or --max-bytes") }

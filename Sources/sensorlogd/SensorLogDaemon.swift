@@ -86,6 +86,15 @@ struct SensorLogDaemon: AsyncParsableCommand {
     @Option(help: "File of line-protocol public keys in QuestDB's auth.db form (KEY_ID ec-p-256-sha256 X Y a line): every line-protocol connection then authenticates as QuestDB's clients do (username/token settings), and the listener may listen on --bind.")
     var tcpAuthFile: String?
 
+    @Option(help: "Delete closed segments whose readings are all older than this (e.g. 30d, 12h, 90m, 3600s); off when absent.")
+    var retentionTime: String?
+
+    @Option(help: "Delete the oldest closed segments while a partition holds more than this (bytes, or with K, M, G, T: 10G); off when absent.")
+    var retentionBytes: String?
+
+    @Option(help: "Seconds between retention passes (default 60).")
+    var retentionCheckSeconds: Int?
+
     @Flag(help: "With API keys configured and no --tcp-auth-file, let the unauthenticated line protocol listen on --bind beyond loopback anyway; without it, it listens on 127.0.0.1 only.")
     var tcpBeyondLoopback = false
 
@@ -113,7 +122,28 @@ struct SensorLogDaemon: AsyncParsableCommand {
             sensorTypes: sensorTypes.isEmpty ? (e.text("SENSOR_TYPES")?.split(separator: ",").map(String.init) ?? []) : sensorTypes,
             logLevel: try e.value(logLevel, "LOG_LEVEL") ?? .info,
             tcpAuthFile: try e.value(tcpAuthFile, "TCP_AUTH_FILE"),
-            tcpBeyondLoopback: try tcpBeyondLoopback || (e.value(nil as Bool?, "TCP_BEYOND_LOOPBACK") ?? false))
+            tcpBeyondLoopback: try tcpBeyondLoopback || (e.value(nil as Bool?, "TCP_BEYOND_LOOPBACK") ?? false),
+            retention: try Self.retention(time: e.value(retentionTime, "RETENTION_TIME"), bytes: e.value(retentionBytes, "RETENTION_BYTES")),
+            retentionCheckSeconds: try e.value(retentionCheckSeconds, "RETENTION_CHECK_SECONDS")
+                ?? Int(limits.retentionCheckInterval / .seconds(1)))
+    }
+
+    /// The retention policy of `--retention-time` and `--retention-bytes`.
+    static func retention(time: String?, bytes: String?) throws -> RetentionPolicy {
+        var policy = RetentionPolicy()
+        if let time {
+            guard let age = DurationText.parse(time), age > .zero else {
+                throw ValidationError("--retention-time (SENSORLOG_RETENTION_TIME) takes a positive whole number with d, h, m or s, got '\(time)'")
+            }
+            policy.maxAge = age
+        }
+        if let bytes {
+            guard let size = ByteSizeText.parse(bytes) else {
+                throw ValidationError("--retention-bytes (SENSORLOG_RETENTION_BYTES) takes bytes, or a whole number with K, M, G or T, got '\(bytes)'")
+            }
+            policy.maxBytes = size
+        }
+        return policy
     }
 
     /// The names after `SENSORLOG_` that something reads (SENSORLOG_API_KEYS holds keys themselves).
@@ -121,6 +151,7 @@ struct SensorLogDaemon: AsyncParsableCommand {
         "DATA_DIR", "TCP_PORT", "HTTP_PORT", "BIND", "PARTITIONS", "FSYNC", "FSYNC_INTERVAL_MS", "SEGMENT_BYTES",
         "API_KEYS_FILE", "RATE_LIMIT", "CORS_ORIGIN", "MAX_BODY_BYTES", "MAX_CONNECTIONS", "IDLE_TIMEOUT_SECONDS",
         "MAX_LINE_BYTES", "SENSOR_TYPES", "LOG_LEVEL", "TCP_AUTH_FILE", "TCP_BEYOND_LOOPBACK", "API_KEYS",
+        "RETENTION_TIME", "RETENTION_BYTES", "RETENTION_CHECK_SECONDS",
     ]
 
     static func limits(_ s: Settings) throws -> Limits {
@@ -132,6 +163,7 @@ struct SensorLogDaemon: AsyncParsableCommand {
         limits.maxConnections = s.maxConnections
         limits.idleTimeout = .seconds(s.idleTimeoutSeconds)
         limits.maxLineBytes = s.maxLineBytes
+        limits.retentionCheckInterval = .seconds(s.retentionCheckSeconds)
         do { try limits.validate() } catch { throw ValidationError(error.description) }
         return limits
     }
@@ -178,6 +210,9 @@ struct SensorLogDaemon: AsyncParsableCommand {
         guard (0...65535).contains(s.httpPort) else { throw ValidationError("--http-port (SENSORLOG_HTTP_PORT) must be 0-65535, got \(s.httpPort)") }
         guard s.fsyncIntervalMs > 0 else { throw ValidationError("--fsync-interval-ms (SENSORLOG_FSYNC_INTERVAL_MS) must be positive") }
         guard s.idleTimeoutSeconds > 0 else { throw ValidationError("--idle-timeout-seconds (SENSORLOG_IDLE_TIMEOUT_SECONDS) must be positive") }
+        guard s.retentionCheckSeconds > 0 else {
+            throw ValidationError("--retention-check-seconds (SENSORLOG_RETENTION_CHECK_SECONDS) must be positive")
+        }
         if let rate = s.rateLimit { guard rate > 0 && rate.isFinite else { throw ValidationError("--rate-limit (SENSORLOG_RATE_LIMIT) must be positive") } }
     }
 
@@ -219,6 +254,7 @@ struct SensorLogDaemon: AsyncParsableCommand {
         c.corsOrigin = s.corsOrigin
         c.lineProtocolKeys = try Self.lineProtocolKeys(file: s.tcpAuthFile)
         c.tcpBeyondLoopback = s.tcpBeyondLoopback
+        c.retention = s.retention
         return c
     }
 }

@@ -26,6 +26,8 @@ struct Settings {
     var logLevel: Logger.Level
     var tcpAuthFile: String?
     var tcpBeyondLoopback: Bool
+    var retention: RetentionPolicy
+    var retentionCheckSeconds: Int
 }
 
 /// The environment's side of every flag: `SENSORLOG_` plus the flag in capitals with underscores.

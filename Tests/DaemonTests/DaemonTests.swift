@@ -1,4 +1,6 @@
+import Aggregator
 import Daemon
+import Ingest
 import Foundation
 import LogStore
 import Logging
@@ -70,7 +72,7 @@ import Testing
 
         await daemon.stop()
         try await running.value
-        #expect(daemon.stoppedServices == ["http", "line protocol", "aggregator", "log"])
+        #expect(daemon.stoppedServices == ["http", "line protocol", "retention", "aggregator", "log"])
         #expect(daemon.stoppedServices == Daemon.serviceOrder.reversed())
         // Closed cleanly: everything is there, and the aggregator committed all of it.
         let log = try Log.open(dataDirectory: dir.path)
@@ -94,6 +96,44 @@ import Testing
         await #expect {
             _ = try await Daemon.start(c, logger: Logger(label: "test"), registry: PrometheusCollectorRegistry())
         } throws: { ($0 as? DaemonError)?.status == .unavailable }
+        await daemon.stop()
+        try await running.value
+    }
+
+    /// The retention policy inside the server: a pass deletes what the aggregator folded, a resend
+    /// of a deleted reading is refused `too_old` (never stored again), the aggregates keep their
+    /// rows, and newer readings are taken. The pass is run by the test on a moved clock.
+    @Test func retentionRunsInsideTheServerAndADeletedReadingCannotComeBack() async throws {
+        let dir = TemporaryDirectory()
+        defer { dir.cleanup() }
+        let time = ManualTime()
+        var c = configuration(dir)
+        c.partitions = 1
+        c.limits.partitions = 1
+        c.limits.segmentBytes = 64 << 10
+        c.retention = RetentionPolicy(maxAge: .seconds(86_400))
+        c.time = time
+        let (daemon, running) = try await start(c)
+        let hour: Int64 = 3_600_000_000_000
+        let start = time.wallNanoseconds - 60 * 24 * hour
+        let old = (0..<20_000).map {
+            Reading(sensorID: "r\($0 % 50)", type: "temperature", value: Double($0 % 13), location: "lab", timestamp: start + Int64($0) * hour / 20)
+        }
+        for chunk in stride(from: 0, to: old.count, by: 500) { _ = try await daemon.pipeline.submit(Array(old[chunk..<(chunk + 500)]), via: .http) }
+        // The aggregator spaces its commits on the injected clock: move it while waiting.
+        try await until { time.advance(by: .milliseconds(100)); return daemon.aggregator.committedOffsets == [20_000] }
+        let rows = try AggregateStore(path: DataLayout(dir.path).aggregates, readOnly: true).allAggregates().count
+
+        // The newest reading is 18 days old: everything is older than a day.
+        let result = try #require(await daemon.retention.pass())
+        #expect(result.segments > 0 && result.blocked.isEmpty, "\(result)")
+        #expect(daemon.log.partitions[0].startOffset == 20_000)
+        #expect(try await daemon.pipeline.submit([old[0], old[19_999]], via: .tcp) == [.tooOld, .tooOld])
+        let fresh = Reading(sensorID: "r1", type: "temperature", value: 1, location: "lab", timestamp: time.wallNanoseconds)
+        #expect(try await daemon.pipeline.submit([fresh], via: .tcp) == [.appended(partition: 0, offset: 20_000)])
+        try await until { time.advance(by: .milliseconds(100)); return daemon.aggregator.committedOffsets == [20_001] }
+        #expect(try AggregateStore(path: DataLayout(dir.path).aggregates, readOnly: true).allAggregates().count == rows + 1)
+
         await daemon.stop()
         try await running.value
     }

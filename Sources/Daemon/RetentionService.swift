@@ -1,0 +1,139 @@
+public import Aggregator
+import Foundation
+public import Ingest
+public import LogStore
+public import Logging
+import Metrics
+public import SensorLogCore
+public import ServiceLifecycle
+import Synchronization
+
+/// The retention policy inside the server (`--retention-time`, `--retention-bytes`): every
+/// `Limits.retentionCheckInterval` one pass over the live log (`Log.applyRetention`).
+///
+/// The aggregator holds retention back: what it has not folded is never deleted (the pass
+/// waits, logs why once, and sets `sensorlog_retention_blocked`). Other consumer groups do not,
+/// as in Kafka: one whose committed offset falls below the new start resumes at the start, and
+/// the readings it skipped are logged and counted.
+public final class RetentionService: Service, Sendable {
+    let log: Log
+    let pipeline: IngestPipeline
+    let aggregator: AggregatorService
+    public let policy: RetentionPolicy
+    let time: any TimeSource
+    let logger: Logger
+    let metrics: RetentionMetrics
+    /// Partitions held back at the last pass, so the reason is logged once per episode.
+    private let blocked = Mutex<Set<Int>>([])
+
+    public init(log: Log, pipeline: IngestPipeline, aggregator: AggregatorService, policy: RetentionPolicy, time: any TimeSource,
+                logger: Logger) {
+        self.log = log
+        self.pipeline = pipeline
+        self.aggregator = aggregator
+        self.policy = policy
+        self.time = time
+        self.logger = logger
+        metrics = RetentionMetrics(partitions: log.partitions.count)
+    }
+
+    public func run() async throws {
+        guard !policy.isOff else {
+            try? await gracefulShutdown()
+            return
+        }
+        let interval = log.configuration.limits.retentionCheckInterval
+        while true {
+            do {
+                try await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
+            } catch {
+                return  // shutting down
+            }
+            await pass()
+        }
+    }
+
+    /// One pass now. A failure is logged and counted; the next pass tries again.
+    @discardableResult
+    public func pass() async -> RetentionPassResult? {
+        let started = time.monotonicNanoseconds
+        let before = log.partitions.map(\.startOffset)
+        let result: RetentionPassResult
+        do {
+            result = try await log.applyRetention(policy, now: time.wallNanoseconds, foldedUpTo: aggregator.committedOffsets,
+                                                  floorsRaised: { await pipeline.raiseFloors($0) })
+        } catch {
+            logger.error("retention failed; the next pass tries again", metadata: ["error": "\(error)"])
+            metrics.failed()
+            return nil
+        }
+        if !result.removed.isEmpty { await pipeline.logStartMoved() }
+        report(result, seconds: Double(time.monotonicNanoseconds - started) / 1e9)
+        reportSkippedGroups(before: before)
+        return result
+    }
+
+    private func report(_ result: RetentionPassResult, seconds: Double) {
+        metrics.ran(result, seconds: seconds)
+        for removed in result.removed {
+            logger.info("retention deleted segments", metadata: [
+                "partition": "\(removed.partition)", "segments": "\(removed.segments)", "bytes": "\(removed.bytes)",
+                "start_offset": "\(removed.startOffset)", "floor": "\(Timestamp.formatISO8601(removed.floor))",
+                "seconds": "\(String(format: "%.3f", seconds))",
+            ])
+        }
+        let newlyBlocked = blocked.withLock { held in
+            defer { held = Set(result.blocked.keys) }
+            return result.blocked.filter { !held.contains($0.key) }
+        }
+        for (partition, why) in newlyBlocked.sorted(by: { $0.key < $1.key }) {
+            logger.warning("retention waits for the aggregator", metadata: ["partition": "\(partition)", "reason": "\(why)"])
+        }
+    }
+
+    /// Consumer groups (other than the aggregator) whose committed offsets the deletion passed.
+    private func reportSkippedGroups(before: [Int64]) {
+        let groups = ConsumerGroups(dataDirectory: log.dataDirectory, partitions: log.partitions.count)
+        for name in groups.list() {
+            guard let committed = try? groups.committed(name) else { continue }
+            for (p, partition) in log.partitions.enumerated() {
+                let start = partition.startOffset
+                guard start > before[p], committed[p] < start else { continue }
+                let skipped = start - max(committed[p], before[p])
+                logger.warning("retention deleted readings a consumer group had not read; it resumes at the log's start",
+                               metadata: ["group": "\(name)", "partition": "\(p)", "committed": "\(committed[p])",
+                                          "start_offset": "\(start)", "skipped": "\(skipped)"])
+                metrics.skipped(skipped, group: name)
+            }
+        }
+    }
+}
+
+/// The retention metrics (described in `DaemonMetrics`).
+final class RetentionMetrics: Sendable {
+    private let blocked: [Metrics.Gauge]
+    private let segments = Counter(label: "sensorlog_retention_segments_removed_total")
+    private let bytes = Counter(label: "sensorlog_retention_bytes_removed_total")
+    private let jobs = Counter(label: "sensorlog_maintenance_jobs_total", dimensions: [("job", "retention"), ("outcome", "ok")])
+    private let failures = Counter(label: "sensorlog_maintenance_jobs_total", dimensions: [("job", "retention"), ("outcome", "failed")])
+    private let duration = Metrics.Timer(label: "sensorlog_maintenance_job_duration_seconds", dimensions: [("job", "retention")])
+
+    init(partitions: Int) {
+        blocked = (0..<partitions).map { Metrics.Gauge(label: "sensorlog_retention_blocked", dimensions: [("partition", String($0))]) }
+        for gauge in blocked { gauge.record(0) }
+    }
+
+    func ran(_ result: RetentionPassResult, seconds: Double) {
+        jobs.increment()
+        duration.recordNanoseconds(Int64(seconds * 1e9))
+        segments.increment(by: result.segments)
+        bytes.increment(by: Int(result.bytes))
+        for (p, gauge) in blocked.enumerated() { gauge.record(result.blocked[p] == nil ? 0 : 1) }
+    }
+
+    func failed() { failures.increment() }
+
+    func skipped(_ readings: Int64, group: String) {
+        Counter(label: "sensorlog_consumer_group_skipped_total", dimensions: [("group", group)]).increment(by: Int(readings))
+    }
+}

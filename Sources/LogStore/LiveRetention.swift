@@ -1,0 +1,112 @@
+import SensorLogCore
+
+/// What the running server keeps: readings younger than `maxAge`, and at most `maxBytes` per
+/// partition (as Kafka's `retention.ms` and `retention.bytes`). Both nil: retention is off.
+public struct RetentionPolicy: Sendable, Equatable {
+    public var maxAge: Duration?
+    public var maxBytes: Int64?
+
+    public init(maxAge: Duration? = nil, maxBytes: Int64? = nil) {
+        self.maxAge = maxAge
+        self.maxBytes = maxBytes
+    }
+
+    public var isOff: Bool { maxAge == nil && maxBytes == nil }
+}
+
+/// What one retention pass over the live log did.
+public struct RetentionPassResult: Sendable, Equatable {
+    /// One partition's deletion.
+    public struct Removed: Sendable, Equatable {
+        public var partition: Int
+        public var segments: Int
+        public var bytes: Int64
+        /// The partition's first offset afterwards.
+        public var startOffset: Int64
+        /// Readings at or before this timestamp are now refused as too old.
+        public var floor: Int64
+    }
+
+    public var removed: [Removed] = []
+    /// Per partition held back by what the aggregator has not folded yet: why, for the log.
+    public var blocked: [Int: String] = [:]
+
+    public var segments: Int { removed.reduce(0) { $0 + $1.segments } }
+    public var bytes: Int64 { removed.reduce(0) { $0 + $1.bytes } }
+}
+
+extension Log {
+    /// One retention pass while the log serves: closes an active segment whose readings are all
+    /// older than the cutoff, then deletes whole closed segments from the start of each partition
+    /// that are too old or over the size, never past `foldedUpTo` (the aggregator's committed
+    /// offsets: what it has not folded stays). The new floors are made durable and handed to
+    /// `floorsRaised` (the ingest, which refuses readings at or before them) before any file goes,
+    /// so a resend of a deleted reading is refused `too_old`, never stored twice.
+    /// - Parameter now: wall-clock nanoseconds the age is measured from.
+    public func applyRetention(_ policy: RetentionPolicy, now: Int64, foldedUpTo: [Int64],
+                               floorsRaised: ([Int64?]) async -> Void) async throws(LogError) -> RetentionPassResult {
+        var result = RetentionPassResult()
+        guard !policy.isOff else { return result }
+        let cutoff = policy.maxAge.map { now - Int64($0 / .nanoseconds(1)) }
+        var cuts: [Int: [ClosedSegment]] = [:]
+        for partition in partitions {
+            let (segments, blocked) = try retentionCut(partition, cutoff: cutoff, maxBytes: policy.maxBytes,
+                                                       folded: foldedUpTo[partition.id])
+            if !segments.isEmpty { cuts[partition.id] = segments }
+            if let blocked { result.blocked[partition.id] = blocked }
+        }
+        guard !cuts.isEmpty else { return result }
+        var floors = try Retention.floors(dataDirectory: dataDirectory, partitions: partitions.count)
+        for (p, segments) in cuts { floors[p] = max(floors[p] ?? .min, segments.map(\.maxTimestamp).max()!) }
+        try Retention.writeFloors(floors, dataDirectory: dataDirectory, configuration.fileOperations)
+        await floorsRaised(floors)
+        for (p, segments) in cuts.sorted(by: { $0.key < $1.key }) {
+            let bytes = segments.reduce(Int64(0)) { $0 + segmentBytes(partitions[p], $1.baseOffset) }
+            let dropped = try partitions[p].dropSegments(endingBy: segments.last!.nextOffset)
+            result.removed.append(.init(partition: p, segments: dropped.count, bytes: bytes, startOffset: partitions[p].startOffset,
+                                        floor: floors[p]!))
+        }
+        return result
+    }
+
+    /// The closed segments of `partition` retention deletes now, oldest first, and why it stopped
+    /// short when the aggregator held it back. Rolls an active segment that is wholly too old.
+    private func retentionCut(_ partition: Partition, cutoff: Int64?, maxBytes: Int64?, folded: Int64)
+        throws(LogError) -> ([ClosedSegment], blocked: String?)
+    {
+        func held(_ end: Int64) -> String {
+            "the aggregator has folded partition \(partition.id) up to offset \(folded); the next segment to delete ends at \(end)"
+        }
+        var (closed, active) = partition.retentionView()
+        var blocked: String?
+        // A log that never filled a segment (64 MiB by default) would otherwise keep everything.
+        if let cutoff, active.size > 0, active.maxTimestamp < cutoff {
+            if active.nextOffset <= folded {
+                try partition.rollNow()
+                (closed, active) = partition.retentionView()
+            } else {
+                blocked = held(active.nextOffset)
+            }
+        }
+        let sizes = closed.map { segmentBytes(partition, $0.baseOffset) }
+        var total = sizes.reduce(active.size, +)
+        var cut: [ClosedSegment] = []
+        for (segment, bytes) in zip(closed, sizes) {
+            let old = cutoff.map { segment.maxTimestamp < $0 } ?? false
+            let big = maxBytes.map { total > $0 } ?? false
+            guard old || big else { break }
+            guard segment.nextOffset <= folded else {
+                blocked = held(segment.nextOffset)
+                break
+            }
+            cut.append(segment)
+            total -= bytes
+        }
+        return (cut, blocked)
+    }
+
+    /// A closed segment's bytes on disk, its indexes included.
+    private func segmentBytes(_ partition: Partition, _ base: Int64) -> Int64 {
+        partition.segmentPaths(base).files.reduce(Int64(0)) { $0 + Compactor.fileSize($1) }
+    }
+}
