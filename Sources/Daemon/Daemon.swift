@@ -23,15 +23,16 @@ public struct DaemonError: Error, CustomStringConvertible {
 /// or `stop()`, then shuts the services down in the reverse of `serviceOrder`.
 public final class Daemon: Sendable {
     /// The services in start order; shutdown runs in reverse: HTTP, the line protocol (drains
-    /// what it read into the log), retention (finishes its pass), the aggregator (commits what it
+    /// what it read into the log), maintenance (stops its job), the aggregator (commits what it
     /// folded), the log (fsync, close).
-    public static let serviceOrder = ["log", "aggregator", "retention", "line protocol", "http"]
+    public static let serviceOrder = ["log", "aggregator", "maintenance", "line protocol", "http"]
 
     public let configuration: DaemonConfiguration
     public let log: Log
     public let pipeline: IngestPipeline
     public let aggregator: AggregatorService
-    public let retention: RetentionService
+    /// Retention and background compaction, one job at a time.
+    public let maintenance: MaintenanceService
     /// The line protocol's port (the bound one when 0 was asked).
     public let tcpPort: Int
     let tcp: LineProtocolServer
@@ -47,8 +48,8 @@ public final class Daemon: Sendable {
         self.log = log
         self.pipeline = pipeline
         self.aggregator = aggregator
-        self.retention = RetentionService(log: log, pipeline: pipeline, aggregator: aggregator, policy: configuration.retention,
-                                          time: configuration.time, logger: logger)
+        self.maintenance = MaintenanceService(log: log, pipeline: pipeline, aggregator: aggregator, policy: configuration.retention,
+                                              compacts: configuration.backgroundCompaction, time: configuration.time, logger: logger)
         self.tcp = tcp
         self.tcpPort = tcpPort
         self.http = http
@@ -105,7 +106,7 @@ public final class Daemon: Sendable {
     /// - Throws: `DaemonError` for a port that cannot be bound (69), readings lost at shutdown or
     ///   a log that would not close (74).
     public func run(signals: [UnixSignal] = [.sigterm, .sigint]) async throws(DaemonError) {
-        let services: [any Service] = [LogService(log: log, logger: logger), aggregator, retention, tcp, http]
+        let services: [any Service] = [LogService(log: log, logger: logger), aggregator, maintenance, tcp, http]
         let named = zip(Self.serviceOrder, services).map { name, service in
             ServiceGroupConfiguration.ServiceConfiguration(service: StopRecorder(name: name, service: service, stopped: stopped))
         }

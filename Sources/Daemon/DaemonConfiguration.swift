@@ -28,6 +28,8 @@ public struct DaemonConfiguration: Sendable {
     public var tcpBeyondLoopback = false
     /// What the server deletes by itself (off by default).
     public var retention = RetentionPolicy()
+    /// Rewrite closed segments written in small batches in the background (on by default).
+    public var backgroundCompaction = true
     public var time: any TimeSource = SystemTime()
 
     public init() {}

@@ -78,6 +78,9 @@ enum DaemonMetrics {
         MetricDescription("sensorlog_retention_bytes_removed_total", help: "Bytes deleted by the retention policy, indexes included."),
         MetricDescription("sensorlog_maintenance_jobs_total", help: "Maintenance jobs run inside the server, by job and outcome."),
         MetricDescription("sensorlog_maintenance_job_duration_seconds", help: "Duration of maintenance jobs inside the server, by job."),
+        MetricDescription("sensorlog_compaction_segments_rewritten_total", help: "Closed segments background compaction rewrote."),
+        MetricDescription("sensorlog_compaction_bytes_read_total", help: "Bytes of the segments background compaction rewrote."),
+        MetricDescription("sensorlog_compaction_bytes_written_total", help: "Bytes of the segments background compaction wrote in their place."),
         MetricDescription("sensorlog_consumer_group_skipped_total",
                           help: "Readings retention deleted before a consumer group read them (the group resumed at the log's start), by group."),
     ]

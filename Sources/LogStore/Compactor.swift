@@ -12,13 +12,30 @@ public enum Compactor {
     static let manifestName = "compaction.manifest"
     static let pendingSuffix = ".compacting"
 
-    public struct Result: Sendable {
+    /// What a compaction did (offline, or one background pass).
+    public struct Result: Sendable, Equatable {
         public var segmentsBefore = 0
         public var segmentsAfter = 0
         public var bytesBefore: Int64 = 0
         public var bytesAfter: Int64 = 0
         public var records: Int64 = 0
         public var seconds = 0.0
+        /// Runs rewritten (each became one segment), and the segments they were.
+        public var runs = 0
+        public var segmentsRewritten = 0
+
+        public init() {}
+
+        public mutating func add(_ other: Result) {
+            segmentsBefore += other.segmentsBefore
+            segmentsAfter += other.segmentsAfter
+            bytesBefore += other.bytesBefore
+            bytesAfter += other.bytesAfter
+            records += other.records
+            seconds += other.seconds
+            runs += other.runs
+            segmentsRewritten += other.segmentsRewritten
+        }
     }
 
     /// Compacts every partition of the log in `dataDirectory`, whose lock the caller holds.
@@ -55,7 +72,9 @@ public enum Compactor {
             // one segment with nothing to drop is left alone (rewriting it would gain nothing).
             for run in runs where run.count > 1 || run.contains(where: holding.contains) {
                 let end = bases[bases.firstIndex(of: run.last!)! + 1]
-                let (before, written, records) = try rewrite(view: view, run: run, end: end, deletes: deletes, limits: limits, ops)
+                let (before, written, records) = try rewrite(view: view, run: run, end: end, deletes: deletes, limits: limits, ops) { _ in
+                    try recover(view.paths, ops)
+                }
                 result.bytesBefore += before
                 result.bytesAfter += written
                 result.records += records
@@ -105,9 +124,12 @@ public enum Compactor {
         return stat(path, &st) == 0 ? Int64(st.st_size) : 0
     }
 
-    /// Rewrites segments `run` (offsets up to `end`) into one segment named after the first.
-    private static func rewrite(view: ReadOnlyPartition, run: [Int64], end: Int64, deletes: [String: Int64], limits: Limits,
-                                _ ops: FileOperations)
+    /// Rewrites segments `run` (offsets up to `end`) into one segment named after the first,
+    /// beside them with the pending suffix; once it and the manifest are durable, `install` puts
+    /// it in place (given the segment it became).
+    /// - Parameter throttle: called with the bytes of each batch read (background compaction paces itself there).
+    static func rewrite(view: any PartitionView, run: [Int64], end: Int64, deletes: [String: Int64], limits: Limits,
+                        _ ops: FileOperations, throttle: (Int) throws -> Void = { _ in }, install: (ClosedSegment) throws -> Void)
         throws -> (Int64, Int64, Int64)
     {
         let dir = view.directory
@@ -167,6 +189,7 @@ public enum Compactor {
         while reader.nextOffset < end, let firstIndex = try reader.next(into: &batch) {
             precondition(firstIndex == 0 && batch.baseOffset == cursor + Int64(batchBuilt.offsets), "offsets must stay contiguous")
             records += Int64(batch.header.recordCount)
+            try throttle(batch.header.length)
             switch batch.kind {
             case .readings:
                 var position = batch.baseOffset
@@ -199,8 +222,29 @@ public enum Compactor {
         // The manifest makes the swap a single decision: once it is durable, the swap completes.
         let manifest = "\(first)\n" + run.map(String.init).joined(separator: "\n") + "\n"
         try SegmentFiles.writeAtomically(Array(manifest.utf8), to: dir + "/" + manifestName, directory: dir, displayPath: display, ops)
-        try recover(view.paths, ops)
+        try install(ClosedSegment(baseOffset: first, nextOffset: end, size: position, maxTimestamp: index.maxTimestamp))
         return (before, position, records)
+    }
+
+    /// Moves a compacted segment's pending files over its names: the indexes first, so the log
+    /// renamed last marks the new segment complete. Skips what was moved already.
+    static func renamePending(_ merged: SegmentPaths, _ ops: FileOperations) throws(LogError) {
+        for path in [merged.offsetIndex, merged.timeIndex, merged.log] where FileManager.default.fileExists(atPath: path + pendingSuffix) {
+            try ops.rename(path + pendingSuffix, to: path, display: merged.display + pendingSuffix)
+        }
+    }
+
+    /// Whether a compaction's swap is decided (its manifest is on disk) and not finished.
+    static func hasManifest(_ partition: PartitionPaths) -> Bool {
+        FileManager.default.fileExists(atPath: partition.directory + "/" + manifestName)
+    }
+
+    /// Discards a compaction whose swap must not happen (the manifest first: once it is gone,
+    /// nothing rolls the swap forward).
+    static func discard(_ partition: PartitionPaths, _ ops: FileOperations) throws(LogError) {
+        try ops.remove(partition.directory + "/" + manifestName, display: partition.display + "/" + manifestName)
+        try ops.syncDirectory(partition.directory, display: partition.display)
+        try recover(partition, ops)
     }
 
     /// Completes or discards an interrupted compaction in a partition directory. Idempotent.
@@ -211,11 +255,7 @@ public enum Compactor {
         if let bytes = SegmentFiles.readWholeFile(manifestPath) {
             let lines = String(decoding: bytes, as: UTF8.self).split(separator: "\n").compactMap { Int64($0) }
             if let first = lines.first {
-                // The indexes first: the log renamed last marks the new segment complete.
-                let merged = partition.segment(first)
-                for path in [merged.offsetIndex, merged.timeIndex, merged.log] where FileManager.default.fileExists(atPath: path + pendingSuffix) {
-                    try ops.rename(path + pendingSuffix, to: path, display: merged.display + pendingSuffix)
-                }
+                try renamePending(partition.segment(first), ops)
                 for base in lines.dropFirst().dropFirst() { try partition.segment(base).removeAll(ops) }
                 try ops.syncDirectory(dir, display: partition.display)
             }

@@ -33,6 +33,10 @@ final class ReadOnlyPartition: PartitionView, @unchecked Sendable {
     func maxTimestamp(ofSegment base: Int64) -> Int64? {
         index(forSegment: base)?.maxTimestamp
     }
+
+    func openIndexed(_ base: Int64) throws(LogError) -> (Segment, SegmentIndex?) {
+        (try openSegment(base), index(forSegment: base))
+    }
 }
 
 /// Read-only access to a data directory, safe while sensorlogd writes to it.

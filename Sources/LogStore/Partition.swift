@@ -69,6 +69,10 @@ protocol PartitionView: AnyObject, Sendable {
     func index(forSegment base: Int64) -> SegmentIndex?
     /// Max timestamp of a segment, when known without a scan.
     func maxTimestamp(ofSegment base: Int64) -> Int64?
+    /// Opens segment `base` with its sparse index as one consistent pair: a compaction that
+    /// swaps the segment meanwhile leaves the caller with the old file and the old index (or
+    /// the new and the new), never one of each.
+    func openIndexed(_ base: Int64) throws(LogError) -> (Segment, SegmentIndex?)
 }
 
 /// One partition of the log: a directory of segments and its single writer. When an append is
@@ -90,6 +94,8 @@ public final class Partition: PartitionView, CommittedPartition, @unchecked Send
     private var ledger: DurabilityLedger
     private var writtenEnd: Int64 { ledger.writtenEnd }
     private var isClosed = false
+    /// Counts compaction swaps, so that `openIndexed` can tell one happened while it opened.
+    private var swaps = 0
     /// Makes appends durable: the fsync policy.
     private let committer: any Committer
     /// Called after each fdatasync with its duration in nanoseconds (metrics hook).
@@ -380,6 +386,38 @@ public final class Partition: PartitionView, CommittedPartition, @unchecked Send
         defer { condition.unlock() }
         if base == active.baseOffset { return active.index.maxTimestamp }
         return closedSegments.first { $0.baseOffset == base }?.maxTimestamp
+    }
+
+    /// Opens without holding the lock across the I/O, and opens again when a swap came between.
+    func openIndexed(_ base: Int64) throws(LogError) -> (Segment, SegmentIndex?) {
+        while true {
+            let before = condition.withLock { swaps }
+            let segment = try openSegment(base)
+            let index = index(forSegment: base)
+            if condition.withLock({ swaps }) == before { return (segment, index) }
+        }
+    }
+
+    // MARK: Compaction
+
+    /// Puts a compacted segment in place of the closed segments `run` (which end where `merged`
+    /// ends): `rename` moves its files over the first one's names, under the lock, and the
+    /// partition then lists `merged` instead of the run. Readers that have an old file open read
+    /// on from it; the old files other than the first are the caller's to delete afterwards.
+    /// - Returns: false, changing nothing, when the run is no longer the partition's (retention
+    ///   deleted part of it).
+    func swapCompacted(run: [Int64], merged: ClosedSegment, rename: () throws(LogError) -> Void) throws(LogError) -> Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        guard let first = closedSegments.firstIndex(where: { $0.baseOffset == run[0] }),
+              first + run.count <= closedSegments.count,
+              closedSegments[first..<(first + run.count)].map(\.baseOffset) == run,
+              closedSegments[first + run.count - 1].nextOffset == merged.nextOffset
+        else { return false }
+        try rename()
+        closedSegments.replaceSubrange(first..<(first + run.count), with: [merged])
+        swaps += 1
+        return true
     }
 
     /// A reader from `offset` (clamped to the log's start) that sees what this process appended.

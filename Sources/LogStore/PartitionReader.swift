@@ -87,15 +87,20 @@ public final class PartitionReader {
                     throw LogError(.corruptBatch, "closed segment ends inside a batch: \(why)", path: display, position: position)
                 }
                 guard later == expectedBase else {
-                    throw LogError(.invalidLog, "segment ends at offset \(expectedBase) but the next one starts at \(later)", path: display)
+                    // A compaction swapped this segment (merged into one that starts at or before
+                    // it): the offsets go on in the segment that now holds them.
+                    guard try swappedSince(opened: bases) else {
+                        throw LogError(.invalidLog, "segment ends at offset \(expectedBase) but the next one starts at \(later)", path: display)
+                    }
+                    guard try reseek() else { return nil }
+                    continue
                 }
                 do {
                     try open(base: later)
                     position = 0
                 } catch where error.errno == ENOENT {
-                    // Retention deleted it meanwhile: read on from the log's new start.
-                    nextOffset = expectedBase
-                    guard try seek() else { return nil }
+                    // Retention or a compaction removed it meanwhile: read on from where its offsets are now.
+                    guard try reseek() else { return nil }
                 }
             case .invalid(let why):
                 // From another process, the last segment's tail may be a write in progress.
@@ -111,31 +116,50 @@ public final class PartitionReader {
         expectedBase = base
     }
 
+    /// Whether the segment being read was swapped out by a compaction since it was opened: the
+    /// segment now holding the offset after it is another one, or a new file under its name.
+    private func swappedSince(opened bases: [Int64]) throws(LogError) -> Bool {
+        guard let current = segment else { return false }
+        let holder = bases.last(where: { $0 <= expectedBase })
+        if holder != current.base { return holder != nil }
+        var open = stat(), now = stat()
+        guard fstat(current.file.fd, &open) == 0 else { return false }
+        return stat(current.paths.log, &now) != 0 || now.st_ino != open.st_ino
+    }
+
+    /// Seeks again to the next offset to read, after the segments changed under the reader.
+    private func reseek() throws(LogError) -> Bool {
+        nextOffset = max(nextOffset, expectedBase)
+        segment = nil
+        return try seek()
+    }
+
     /// Positions on the batch holding `nextOffset`, through the segment's sparse index.
     /// - Returns: false when the log is empty.
     private func seek() throws(LogError) -> Bool {
         var bases = try view.segmentBases()
-        var base: Int64
         while true {
             guard let firstBase = bases.first else { return false }
             if nextOffset < firstBase { nextOffset = firstBase }  // retention removed the start
-            base = bases.last(where: { $0 <= nextOffset })!
+            let base = bases.last(where: { $0 <= nextOffset })!
             do {
-                try open(base: base)
-                break
+                let (opened, index) = try view.openIndexed(base)
+                segment = opened
+                position = 0
+                expectedBase = base
+                if let entry = index?.floor(relative: UInt32(clamping: nextOffset - base)) {
+                    position = Int64(entry.position)
+                    expectedBase = base + Int64(entry.relativeOffset)
+                }
+                return true
             } catch where error.errno == ENOENT {
-                // Retention may delete the segment between the listing and the open: list again.
+                // Retention or a compaction may remove the segment between the listing and the
+                // open: list again, and give up only if it is still listed.
                 let now = try view.segmentBases()
-                guard now.first != firstBase else { throw error }
+                guard !now.contains(base) || now.first != firstBase else { throw error }
                 bases = now
             }
         }
-        position = 0
-        if let entry = view.index(forSegment: base)?.floor(relative: UInt32(clamping: nextOffset - base)) {
-            position = Int64(entry.position)
-            expectedBase = base + Int64(entry.relativeOffset)
-        }
-        return true
     }
 
     /// Seeks to the first batch whose max timestamp is at or after `timestamp`.
@@ -159,11 +183,12 @@ public final class PartitionReader {
             if !isLast, let max = view.maxTimestamp(ofSegment: base), max < timestamp { continue }
             var start: Int64 = 0
             var expected = base
-            if let entry = view.index(forSegment: base)?.scanStart(forTimestamp: timestamp) {
+            let (segment, index) = try view.openIndexed(base)
+            if let entry = index?.scanStart(forTimestamp: timestamp) {
                 start = Int64(entry.position)
                 expected = base + Int64(entry.relativeOffset)
             }
-            var batches = try view.openSegment(base).batches(from: start, expecting: expected)
+            var batches = try segment.batches(from: start, expecting: expected)
             while let header = try batches.next() {
                 if let end, header.baseOffset >= end { return end }
                 if header.maxTimestamp >= timestamp { return header.baseOffset }

@@ -92,8 +92,14 @@ struct SensorLogDaemon: AsyncParsableCommand {
     @Option(help: "Delete the oldest closed segments while a partition holds more than this (bytes, or with K, M, G, T: 10G); off when absent.")
     var retentionBytes: String?
 
-    @Option(help: "Seconds between retention passes (default 60).")
-    var retentionCheckSeconds: Int?
+    @Option(help: "Seconds between maintenance passes: retention, then background compaction (default 60).")
+    var maintenanceIntervalSeconds: Int?
+
+    @Option(help: "Background compaction of closed segments written in small batches: on (the default) or off.")
+    var compaction: Switch?
+
+    @Option(help: "Bytes a second background compaction reads at most (or with K, M, G: 64M; default 32M, at least 1M).")
+    var compactionBytesPerSecond: String?
 
     @Flag(help: "With API keys configured and no --tcp-auth-file, let the unauthenticated line protocol listen on --bind beyond loopback anyway; without it, it listens on 127.0.0.1 only.")
     var tcpBeyondLoopback = false
@@ -124,8 +130,12 @@ struct SensorLogDaemon: AsyncParsableCommand {
             tcpAuthFile: try e.value(tcpAuthFile, "TCP_AUTH_FILE"),
             tcpBeyondLoopback: try tcpBeyondLoopback || (e.value(nil as Bool?, "TCP_BEYOND_LOOPBACK") ?? false),
             retention: try Self.retention(time: e.value(retentionTime, "RETENTION_TIME"), bytes: e.value(retentionBytes, "RETENTION_BYTES")),
-            retentionCheckSeconds: try e.value(retentionCheckSeconds, "RETENTION_CHECK_SECONDS")
-                ?? Int(limits.retentionCheckInterval / .seconds(1)))
+            maintenanceIntervalSeconds: try e.value(maintenanceIntervalSeconds, "MAINTENANCE_INTERVAL_SECONDS")
+                ?? Int(limits.maintenanceInterval / .seconds(1)),
+            compaction: try e.value(compaction, "COMPACTION") ?? .on,
+            compactionBytesPerSecond: try Self.size(e.value(compactionBytesPerSecond, "COMPACTION_BYTES_PER_SECOND"),
+                                                    "--compaction-bytes-per-second (SENSORLOG_COMPACTION_BYTES_PER_SECOND)")
+                ?? Int64(limits.compactionBytesPerSecond))
     }
 
     /// The retention policy of `--retention-time` and `--retention-bytes`.
@@ -137,13 +147,17 @@ struct SensorLogDaemon: AsyncParsableCommand {
             }
             policy.maxAge = age
         }
-        if let bytes {
-            guard let size = ByteSizeText.parse(bytes) else {
-                throw ValidationError("--retention-bytes (SENSORLOG_RETENTION_BYTES) takes bytes, or a whole number with K, M, G or T, got '\(bytes)'")
-            }
-            policy.maxBytes = size
-        }
+        policy.maxBytes = try size(bytes, "--retention-bytes (SENSORLOG_RETENTION_BYTES)")
         return policy
+    }
+
+    /// A size in the grammar of `ByteSizeText`, or nil when not given.
+    static func size(_ text: String?, _ name: String) throws -> Int64? {
+        guard let text else { return nil }
+        guard let size = ByteSizeText.parse(text) else {
+            throw ValidationError("\(name) takes bytes, or a whole number with K, M, G or T, got '\(text)'")
+        }
+        return size
     }
 
     /// The names after `SENSORLOG_` that something reads (SENSORLOG_API_KEYS holds keys themselves).
@@ -151,7 +165,7 @@ struct SensorLogDaemon: AsyncParsableCommand {
         "DATA_DIR", "TCP_PORT", "HTTP_PORT", "BIND", "PARTITIONS", "FSYNC", "FSYNC_INTERVAL_MS", "SEGMENT_BYTES",
         "API_KEYS_FILE", "RATE_LIMIT", "CORS_ORIGIN", "MAX_BODY_BYTES", "MAX_CONNECTIONS", "IDLE_TIMEOUT_SECONDS",
         "MAX_LINE_BYTES", "SENSOR_TYPES", "LOG_LEVEL", "TCP_AUTH_FILE", "TCP_BEYOND_LOOPBACK", "API_KEYS",
-        "RETENTION_TIME", "RETENTION_BYTES", "RETENTION_CHECK_SECONDS",
+        "RETENTION_TIME", "RETENTION_BYTES", "MAINTENANCE_INTERVAL_SECONDS", "COMPACTION", "COMPACTION_BYTES_PER_SECOND",
     ]
 
     static func limits(_ s: Settings) throws -> Limits {
@@ -163,7 +177,8 @@ struct SensorLogDaemon: AsyncParsableCommand {
         limits.maxConnections = s.maxConnections
         limits.idleTimeout = .seconds(s.idleTimeoutSeconds)
         limits.maxLineBytes = s.maxLineBytes
-        limits.retentionCheckInterval = .seconds(s.retentionCheckSeconds)
+        limits.maintenanceInterval = .seconds(s.maintenanceIntervalSeconds)
+        limits.compactionBytesPerSecond = Int(clamping: s.compactionBytesPerSecond)
         do { try limits.validate() } catch { throw ValidationError(error.description) }
         return limits
     }
@@ -210,8 +225,8 @@ struct SensorLogDaemon: AsyncParsableCommand {
         guard (0...65535).contains(s.httpPort) else { throw ValidationError("--http-port (SENSORLOG_HTTP_PORT) must be 0-65535, got \(s.httpPort)") }
         guard s.fsyncIntervalMs > 0 else { throw ValidationError("--fsync-interval-ms (SENSORLOG_FSYNC_INTERVAL_MS) must be positive") }
         guard s.idleTimeoutSeconds > 0 else { throw ValidationError("--idle-timeout-seconds (SENSORLOG_IDLE_TIMEOUT_SECONDS) must be positive") }
-        guard s.retentionCheckSeconds > 0 else {
-            throw ValidationError("--retention-check-seconds (SENSORLOG_RETENTION_CHECK_SECONDS) must be positive")
+        guard s.maintenanceIntervalSeconds > 0 else {
+            throw ValidationError("--maintenance-interval-seconds (SENSORLOG_MAINTENANCE_INTERVAL_SECONDS) must be positive")
         }
         if let rate = s.rateLimit { guard rate > 0 && rate.isFinite else { throw ValidationError("--rate-limit (SENSORLOG_RATE_LIMIT) must be positive") } }
     }
@@ -255,6 +270,7 @@ struct SensorLogDaemon: AsyncParsableCommand {
         c.lineProtocolKeys = try Self.lineProtocolKeys(file: s.tcpAuthFile)
         c.tcpBeyondLoopback = s.tcpBeyondLoopback
         c.retention = s.retention
+        c.backgroundCompaction = s.compaction == .on
         return c
     }
 }

@@ -27,7 +27,14 @@ struct Settings {
     var tcpAuthFile: String?
     var tcpBeyondLoopback: Bool
     var retention: RetentionPolicy
-    var retentionCheckSeconds: Int
+    var maintenanceIntervalSeconds: Int
+    var compaction: Switch
+    var compactionBytesPerSecond: Int64
+}
+
+/// An `on`/`off` setting.
+enum Switch: String, ExpressibleByArgument, CaseIterable {
+    case on, off
 }
 
 /// The environment's side of every flag: `SENSORLOG_` plus the flag in capitals with underscores.

@@ -72,7 +72,7 @@ import Testing
 
         await daemon.stop()
         try await running.value
-        #expect(daemon.stoppedServices == ["http", "line protocol", "retention", "aggregator", "log"])
+        #expect(daemon.stoppedServices == ["http", "line protocol", "maintenance", "aggregator", "log"])
         #expect(daemon.stoppedServices == Daemon.serviceOrder.reversed())
         // Closed cleanly: everything is there, and the aggregator committed all of it.
         let log = try Log.open(dataDirectory: dir.path)
@@ -125,7 +125,7 @@ import Testing
         let rows = try AggregateStore(path: DataLayout(dir.path).aggregates, readOnly: true).allAggregates().count
 
         // The newest reading is 18 days old: everything is older than a day.
-        let result = try #require(await daemon.retention.pass())
+        let result = try #require(await daemon.maintenance.retentionPass())
         #expect(result.segments > 0 && result.blocked.isEmpty, "\(result)")
         #expect(daemon.log.partitions[0].startOffset == 20_000)
         #expect(try await daemon.pipeline.submit([old[0], old[19_999]], via: .tcp) == [.tooOld, .tooOld])

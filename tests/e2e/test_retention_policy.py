@@ -8,7 +8,7 @@ from test_operator import fill, tool
 
 
 def test_the_server_deletes_old_segments_by_itself_and_refuses_their_resend(data_dir):
-    s = Server(data_dir, extra=["--retention-time", "30d", "--retention-check-seconds", "1", "--segment-bytes", "65536",
+    s = Server(data_dir, extra=["--retention-time", "30d", "--maintenance-interval-seconds", "1", "--segment-bytes", "65536",
                                 "--partitions", "2"]).start()
     try:
         fill(s, n=40_000, sensors=200)   # a year old: every segment, the active ones too, must go

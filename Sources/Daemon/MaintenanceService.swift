@@ -8,14 +8,16 @@ public import SensorLogCore
 public import ServiceLifecycle
 import Synchronization
 
-/// The retention policy inside the server (`--retention-time`, `--retention-bytes`): every
-/// `Limits.retentionCheckInterval` one pass over the live log (`Log.applyRetention`).
+/// The server's own maintenance, one job at a time (so a compaction never swaps segments that
+/// retention is deleting): every `Limits.maintenanceInterval` a retention pass
+/// (`--retention-time`, `--retention-bytes`; `Log.applyRetention`), then a background compaction
+/// pass (`--compaction`; `Log.compactOnline`), each on a thread of its own.
 ///
 /// The aggregator holds retention back: what it has not folded is never deleted (the pass
 /// waits, logs why once, and sets `sensorlog_retention_blocked`). Other consumer groups do not,
 /// as in Kafka: one whose committed offset falls below the new start resumes at the start, and
 /// the readings it skipped are logged and counted.
-public final class RetentionService: Service, Sendable {
+public final class MaintenanceService: Service, Sendable {
     let log: Log
     let pipeline: IngestPipeline
     let aggregator: AggregatorService
@@ -23,39 +25,52 @@ public final class RetentionService: Service, Sendable {
     let time: any TimeSource
     let logger: Logger
     let metrics: RetentionMetrics
+    public let compacts: Bool
+    let compaction: CompactionJob
     /// Partitions held back at the last pass, so the reason is logged once per episode.
     private let blocked = Mutex<Set<Int>>([])
 
-    public init(log: Log, pipeline: IngestPipeline, aggregator: AggregatorService, policy: RetentionPolicy, time: any TimeSource,
-                logger: Logger) {
+    public init(log: Log, pipeline: IngestPipeline, aggregator: AggregatorService, policy: RetentionPolicy, compacts: Bool,
+                time: any TimeSource, logger: Logger) {
         self.log = log
         self.pipeline = pipeline
         self.aggregator = aggregator
         self.policy = policy
+        self.compacts = compacts
         self.time = time
         self.logger = logger
         metrics = RetentionMetrics(partitions: log.partitions.count)
+        compaction = CompactionJob(log: log, logger: logger)
     }
 
     public func run() async throws {
-        guard !policy.isOff else {
+        guard !policy.isOff || compacts else {
             try? await gracefulShutdown()
             return
         }
-        let interval = log.configuration.limits.retentionCheckInterval
+        let interval = log.configuration.limits.maintenanceInterval
         while true {
             do {
                 try await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
             } catch {
                 return  // shutting down
             }
-            await pass()
+            if !policy.isOff { await retentionPass() }
+            // A shutdown stops a compaction between batches (what it wrote is discarded).
+            if compacts {
+                let job = compaction
+                await withGracefulShutdownHandler { await job.run() } onGracefulShutdown: { job.stop() }
+            }
         }
     }
 
-    /// One pass now. A failure is logged and counted; the next pass tries again.
+    /// One background compaction pass now, over every partition.
     @discardableResult
-    public func pass() async -> RetentionPassResult? {
+    public func compactionPass() async -> Compactor.Result { await compaction.run() }
+
+    /// One retention pass now. A failure is logged and counted; the next pass tries again.
+    @discardableResult
+    public func retentionPass() async -> RetentionPassResult? {
         let started = time.monotonicNanoseconds
         let before = log.partitions.map(\.startOffset)
         let result: RetentionPassResult

@@ -1,0 +1,103 @@
+import SensorLogCore
+
+/// Which closed segments background compaction has found dense already (their batches are
+/// large), so a pass does not walk them again. One per log, kept by the caller between passes;
+/// used by one pass at a time (the maintenance service runs one job at a time), hence unlocked.
+public final class CompactionMemory: @unchecked Sendable {
+    var dense: [Int: Set<Int64>] = [:]
+    public init() {}
+}
+
+extension Log {
+    /// One background compaction pass over `partition` while the log serves: runs of adjacent
+    /// closed segments written in small batches (fewer than `Limits.compactionBatchRecords`
+    /// records a batch on average) are rewritten into large batches, up to
+    /// `Limits.segmentBytes` a segment, offsets kept. Each run is written and made durable
+    /// beside the old files; the swap is one rename under the partition lock (appends wait for
+    /// that only), and readers with an old file open read on from it. Crash-safe as the
+    /// offline compaction is: a manifest makes the swap one decision that recovery completes.
+    /// Deleted sensors' readings are dropped only by the offline `sensorlog compact`.
+    /// - Parameter throttle: called with the bytes of each batch read, to pace the pass.
+    public func compactOnline(partition p: Int, memory: CompactionMemory, throttle: (Int) throws -> Void = { _ in })
+        throws -> Compactor.Result {
+        let partition = partitions[p]
+        var result = Compactor.Result()
+        let (closed, _) = partition.retentionView()
+        result.segmentsBefore = closed.count
+        var dense = memory.dense[p] ?? []
+        dense.formIntersection(closed.map(\.baseOffset))
+        var runs: [[ClosedSegment]] = []
+        var run: [ClosedSegment] = []
+        var runBytes: Int64 = 0
+        for segment in closed {
+            let sparse = try !dense.contains(segment.baseOffset) && hasSmallBatches(partition, segment)
+            if !sparse { dense.insert(segment.baseOffset) }
+            if !sparse || runBytes + segment.size > Int64(configuration.limits.segmentBytes) {
+                if !run.isEmpty { runs.append(run) }
+                (run, runBytes) = ([], 0)
+            }
+            if sparse {
+                run.append(segment)
+                runBytes += segment.size
+            }
+        }
+        if !run.isEmpty { runs.append(run) }
+        for run in runs {
+            let (before, written, records) = try compact(run, in: partition, throttle: throttle)
+            dense.insert(run[0].baseOffset)
+            result.bytesBefore += before
+            result.bytesAfter += written
+            result.records += records
+            result.runs += 1
+            result.segmentsRewritten += run.count
+        }
+        memory.dense[p] = dense
+        result.segmentsAfter = partition.retentionView().closed.count
+        return result
+    }
+
+    /// Whether a closed segment's batches average fewer records than a compacted one would hold.
+    private func hasSmallBatches(_ partition: Partition, _ segment: ClosedSegment) throws(LogError) -> Bool {
+        var batches = try partition.openSegment(segment.baseOffset).batches(expecting: segment.baseOffset, size: segment.size)
+        var count = 0
+        while try batches.next() != nil { count += 1 }
+        guard count > 1 else { return false }
+        return (segment.nextOffset - segment.baseOffset) / Int64(count) < Int64(configuration.limits.compactionBatchRecords)
+    }
+
+    private func compact(_ run: [ClosedSegment], in partition: Partition, throttle: (Int) throws -> Void) throws -> (Int64, Int64, Int64) {
+        let ops = configuration.fileOperations
+        let paths = partition.paths
+        let bases = run.map(\.baseOffset)
+        do {
+            return try rewrite(run, bases, partition, throttle)
+        } catch {
+            // Stopped or failed before the manifest: its files go. After it, the swap is decided
+            // and only a failed rename can be the cause; recovery completes it when the log next opens.
+            guard Compactor.hasManifest(paths) else {
+                try? Compactor.recover(paths, ops)
+                throw error
+            }
+            throw LogError(.io, "compaction swap failed after its manifest (\(error)); restart sensorlogd to complete it",
+                           path: paths.display)
+        }
+    }
+
+    private func rewrite(_ run: [ClosedSegment], _ bases: [Int64], _ partition: Partition, _ throttle: (Int) throws -> Void) throws
+        -> (Int64, Int64, Int64) {
+        let ops = configuration.fileOperations
+        let paths = partition.paths
+        return try Compactor.rewrite(view: partition, run: bases, end: run.last!.nextOffset, deletes: [:], limits: configuration.limits,
+                                     ops, throttle: throttle) { merged in
+            let swapped = try partition.swapCompacted(run: bases, merged: merged) { () throws(LogError) in
+                try Compactor.renamePending(paths.segment(merged.baseOffset), ops)
+            }
+            guard swapped else {
+                try Compactor.discard(paths, ops)
+                return
+            }
+            // The old files other than the first (replaced by the rename), then the manifest.
+            try Compactor.recover(paths, ops)
+        }
+    }
+}

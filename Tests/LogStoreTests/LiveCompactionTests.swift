@@ -1,0 +1,128 @@
+import Foundation
+import SensorLogCore
+import Synchronization
+import TestSupport
+import Testing
+
+@testable import LogStore
+
+/// Background compaction inside the running log (`Log.compactOnline`): small batches become
+/// large ones, offsets kept, while appends go on and readers read across the swaps; every file
+/// effect failing in turn leaves the log whole.
+@Suite struct LiveCompactionTests {
+    static let limits: Limits = {
+        var limits = Limits()
+        limits.partitions = 1
+        limits.segmentBytes = 64 << 10
+        return limits
+    }()
+
+    func open(_ path: String, _ ops: FileOperations = .system) throws -> Log {
+        try Log.open(dataDirectory: path, configuration: LogConfiguration(limits: Self.limits, fsync: .never, fileOperations: ops))
+    }
+
+    /// Every record of partition 0 as "offset timestamp value".
+    func records(_ log: Log, from offset: Int64 = 0) throws -> [String] {
+        var out: [String] = []
+        var batch = DecodedBatch()
+        let reader = log.reader(partition: 0, from: offset)
+        while let first = try reader.next(into: &batch) {
+            for i in first..<batch.count { out.append("\(batch.offset(at: i)) \(batch.timestamps[i]) \(batch.values[i].bitPattern)") }
+        }
+        return out
+    }
+
+    @Test func smallBatchesBecomeLargeWhileAppendsAndReadersGoOn() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.cleanup() }
+        let log = try open(dir.path)
+        _ = try log.appendAll(noisyReadings(30_000), batch: 25)
+        let before = try records(log)
+        let segments = log.partitions[0].segmentCount
+        let bytes = log.partitions[0].bytes
+        // A reader part-way through the first segment when the swap comes.
+        let early = log.reader(partition: 0, from: 0)
+        var batch = DecodedBatch()
+        _ = try early.next(into: &batch)
+        var seen = (0..<batch.count).map { "\(batch.offset(at: $0)) \(batch.timestamps[$0]) \(batch.values[$0].bitPattern)" }
+
+        // Readers reading the whole log again and again, and an appender, while compaction runs.
+        let done = Atomic<Bool>(false)
+        let mismatches = Mutex<[String]>([])
+        let reads = Atomic<Int>(0)
+        let readers = (0..<2).map { _ in
+            Thread {
+                while !done.load(ordering: .relaxed) {
+                    do {
+                        let got = try records(log)
+                        if Array(got.prefix(before.count)) != before { mismatches.withLock { $0.append("a read differed") } }
+                    } catch {
+                        mismatches.withLock { $0.append("\(error)") }
+                    }
+                    reads.add(1, ordering: .relaxed)
+                }
+            }
+        }
+        readers.forEach { $0.start() }
+        let later = noisyReadings(5000, start: 1_800_000_000_000_000_000)
+        let appender = Thread { _ = try? log.appendAll(later, batch: 25) }
+        appender.start()
+        let result = try log.compactOnline(partition: 0, memory: CompactionMemory())
+        while log.partitions[0].endOffset < Int64(before.count + later.count) { usleep(1000) }
+        while reads.load(ordering: .relaxed) < 4 { usleep(1000) }
+        done.store(true, ordering: .relaxed)
+        while readers.contains(where: \.isExecuting) { usleep(1000) }
+
+        #expect(mismatches.withLock { $0 }.isEmpty, "\(mismatches.withLock { $0 }.prefix(3))")
+        #expect(result.runs > 0 && result.segmentsRewritten > 1 && result.bytesAfter < result.bytesBefore, "\(result)")
+        #expect(log.partitions[0].segmentCount < segments + 3 && log.partitions[0].bytes < bytes)
+        while let first = try early.next(into: &batch) {
+            seen += (first..<batch.count).map { "\(batch.offset(at: $0)) \(batch.timestamps[$0]) \(batch.values[$0].bitPattern)" }
+        }
+        #expect(Array(seen.prefix(before.count)) == before, "the early reader went on across the swap")
+        let all = try records(log)
+        #expect(Array(all.prefix(before.count)) == before && all.count == before.count + later.count)
+        // A second pass finds nothing left to do.
+        let again = try log.compactOnline(partition: 0, memory: CompactionMemory())
+        #expect(again.runs == 0 || again.segmentsRewritten == 1, "\(again)")
+        try log.close()
+        let reopened = try open(dir.path)
+        #expect(try records(reopened) == all)
+        try reopened.close()
+        #expect(try LogDirectory(dataDirectory: dir.path).verify(partition: 0).problems.filter { $0.severity == .error }.isEmpty)
+    }
+
+    /// Each file effect of an online compaction fails once, in turn: the open log still reads
+    /// every record, and once reopened (recovery finishes or discards the swap) too, verify clean.
+    @Test func anOnlineCompactionThatFailsAnywhereLosesNothing() throws {
+        let original = TemporaryDirectory()
+        defer { original.cleanup() }
+        let log = try open(original.path)
+        _ = try log.appendAll(noisyReadings(8000), batch: 25)
+        let before = try records(log)
+        try log.close()
+        var effects = 0
+        for n in 1...300 {
+            let dir = TemporaryDirectory()
+            defer { dir.cleanup() }
+            try FileManager.default.removeItem(atPath: dir.path)
+            try FileManager.default.copyItem(atPath: original.path, toPath: dir.path)
+            let plan = FaultPlan(failAt: n)
+            let live = try open(dir.path, plan.operations)
+            plan.arm()
+            var failed = false
+            do { _ = try live.compactOnline(partition: 0, memory: CompactionMemory()) } catch { failed = true }
+            #expect(failed == plan.fired, "effect \(n)")
+            #expect(try records(live) == before, "effect \(n): the open log")
+            try? live.close()
+            let reopened = try open(dir.path)
+            #expect(try records(reopened) == before, "effect \(n): reopened")
+            try reopened.close()
+            let problems = try LogDirectory(dataDirectory: dir.path).verify(partition: 0).problems.filter { $0.severity == .error }
+            #expect(problems.isEmpty, "effect \(n): \(problems)")
+            if !plan.fired { break }
+            effects = n
+        }
+        #expect(effects >= 8, "writes, syncs, index files, the manifest, renames, removals, directory syncs")
+    }
+}
