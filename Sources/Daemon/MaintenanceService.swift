@@ -102,7 +102,7 @@ public final class MaintenanceService: Service, Sendable {
             return result.blocked.filter { !held.contains($0.key) }
         }
         for (partition, why) in newlyBlocked.sorted(by: { $0.key < $1.key }) {
-            logger.warning("retention waits for the aggregator", metadata: ["partition": "\(partition)", "reason": "\(why)"])
+            logger.warning("retention is held back", metadata: ["partition": "\(partition)", "reason": "\(why)"])
         }
     }
 

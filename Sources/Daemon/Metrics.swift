@@ -73,7 +73,7 @@ enum DaemonMetrics {
         MetricDescription("sensorlog_consumer_lag",
                           help: "Readings a consumer group has yet to read (end offset minus committed offset), by group and partition."),
         MetricDescription("sensorlog_retention_blocked",
-                          help: "1 while retention waits for the aggregator to fold a segment it would delete, by partition."),
+                          help: "1 while retention is held back (the aggregator has not folded a segment it would delete, or a failed compaction swap awaits a restart), by partition."),
         MetricDescription("sensorlog_retention_segments_removed_total", help: "Segments deleted by the retention policy."),
         MetricDescription("sensorlog_retention_bytes_removed_total", help: "Bytes deleted by the retention policy, indexes included."),
         MetricDescription("sensorlog_maintenance_jobs_total", help: "Maintenance jobs run inside the server, by job and outcome."),

@@ -376,18 +376,23 @@ actor PartitionIngest {
         return .success(false)
     }
 
+    /// The keys stored at the span's offsets. Compaction may have merged its batches with their
+    /// neighbours, and retention cut its start: a batch may begin before the span and end after
+    /// it, and the walk starts at the log's start if that is later.
     private func decodeKeys(_ span: BatchSpan) throws(LogError) -> Set<Key> {
-        let reader = log.reader(partition: partition, from: span.baseOffset)
+        var next = max(span.baseOffset, log.partitions[partition].startOffset)
+        let reader = log.reader(partition: partition, from: next)
         var batch = DecodedBatch()
         // Sized by the keys the span holds: its offsets may include many removed records.
         var keys = Set<Key>(minimumCapacity: span.filter.count)
-        var next = span.baseOffset
         while next < span.endOffset {
-            guard try reader.next(into: &batch) != nil, batch.baseOffset == next else {
+            guard let first = try reader.next(into: &batch), batch.baseOffset <= next, next < batch.nextOffset else {
                 throw LogError(.corruptBatch, "batch at offset \(next) of partition \(partition) is missing")
             }
             if batch.kind == .readings {
-                for i in 0..<batch.count { keys.insert(Key(sensorID: batch.sensorID(at: i), timestamp: batch.timestamps[i])) }
+                for i in first..<batch.count where batch.offset(at: i) < span.endOffset {
+                    keys.insert(Key(sensorID: batch.sensorID(at: i), timestamp: batch.timestamps[i]))
+                }
             }
             next = batch.nextOffset
         }

@@ -148,6 +148,9 @@ public enum Compactor {
         var batchBuilt = PendingBatch()
         var records: Int64 = 0
         var before: Int64 = 0
+        // The newest reading time of the input batch being read: a batch of removed records only
+        // carries it, not the time of the compaction (retention reads segments' newest times).
+        var inputMaxTimestamp = Int64.min
         for base in run { before += fileSize(view.segmentPaths(base).log) }
 
         func write(_ bytes: UnsafeRawBufferPointer, count: Int, maxTimestamp: Int64) throws {
@@ -165,7 +168,7 @@ public enum Compactor {
             if batchBuilt.readings.isEmpty {
                 guard batchBuilt.offsets > 0 else { return }
                 try write(try encoder.encodeRemoved(count: batchBuilt.offsets, appendTime: now, maxBatchBytes: limits.maxBatchBytes),
-                          count: batchBuilt.offsets, maxTimestamp: now)
+                          count: batchBuilt.offsets, maxTimestamp: inputMaxTimestamp)
             } else {
                 let bytes = try batchBuilt.readings.withUnsafeBufferPointer { b throws(LogError) in
                     try encoder.encode(b, removed: batchBuilt.runs, appendTime: now, maxBatchBytes: limits.maxBatchBytes)
@@ -190,6 +193,7 @@ public enum Compactor {
             precondition(firstIndex == 0 && batch.baseOffset == cursor + Int64(batchBuilt.offsets), "offsets must stay contiguous")
             records += Int64(batch.header.recordCount)
             try throttle(batch.header.length)
+            inputMaxTimestamp = batch.header.maxTimestamp
             switch batch.kind {
             case .readings:
                 var position = batch.baseOffset

@@ -22,6 +22,9 @@ extension Log {
         throws -> Compactor.Result {
         let partition = partitions[p]
         var result = Compactor.Result()
+        if let halted = partition.haltedMaintenance { throw LogError(.io, halted, path: partition.displayDirectory) }
+        // A swap done in memory whose clean-up failed last time: finish it (removes the old files).
+        if Compactor.hasManifest(partition.paths) { try Compactor.recover(partition.paths, configuration.fileOperations) }
         let (closed, _) = partition.retentionView()
         result.segmentsBefore = closed.count
         var dense = memory.dense[p] ?? []
@@ -69,30 +72,36 @@ extension Log {
         let ops = configuration.fileOperations
         let paths = partition.paths
         let bases = run.map(\.baseOffset)
+        let swapped = Flag()
         do {
-            return try rewrite(run, bases, partition, throttle)
+            return try rewrite(run, bases, partition, swapped, throttle)
         } catch {
-            // Stopped or failed before the manifest: its files go. After it, the swap is decided
-            // and only a failed rename can be the cause; recovery completes it when the log next opens.
+            // Stopped or failed before the manifest: its files go.
             guard Compactor.hasManifest(paths) else {
                 try? Compactor.recover(paths, ops)
                 throw error
             }
-            throw LogError(.io, "compaction swap failed after its manifest (\(error)); restart sensorlogd to complete it",
-                           path: paths.display)
+            // After it the swap is decided. Done in memory: only the clean-up failed, and the next
+            // pass finishes it. Not done (a rename failed): the files and the list disagree until
+            // recovery completes the swap at the next start, and no maintenance may touch them.
+            if !swapped.isSet {
+                partition.haltMaintenance("a compaction swap could not be completed (\(error)); restart sensorlogd to complete it")
+            }
+            throw error
         }
     }
 
-    private func rewrite(_ run: [ClosedSegment], _ bases: [Int64], _ partition: Partition, _ throttle: (Int) throws -> Void) throws
-        -> (Int64, Int64, Int64) {
+    private func rewrite(_ run: [ClosedSegment], _ bases: [Int64], _ partition: Partition, _ swapped: Flag,
+                         _ throttle: (Int) throws -> Void) throws -> (Int64, Int64, Int64) {
         let ops = configuration.fileOperations
         let paths = partition.paths
         return try Compactor.rewrite(view: partition, run: bases, end: run.last!.nextOffset, deletes: [:], limits: configuration.limits,
                                      ops, throttle: throttle) { merged in
-            let swapped = try partition.swapCompacted(run: bases, merged: merged) { () throws(LogError) in
+            let done = try partition.swapCompacted(run: bases, merged: merged) { () throws(LogError) in
                 try Compactor.renamePending(paths.segment(merged.baseOffset), ops)
             }
-            guard swapped else {
+            swapped.isSet = done
+            guard done else {
                 try Compactor.discard(paths, ops)
                 return
             }
@@ -100,4 +109,9 @@ extension Log {
             try Compactor.recover(paths, ops)
         }
     }
+}
+
+/// Whether something happened, set inside a closure.
+private final class Flag {
+    var isSet = false
 }

@@ -50,6 +50,10 @@ extension Log {
         let cutoff = policy.maxAge.map { now - Int64($0 / .nanoseconds(1)) }
         var cuts: [Int: [ClosedSegment]] = [:]
         for partition in partitions {
+            if let halted = partition.haltedMaintenance {
+                result.blocked[partition.id] = halted
+                continue
+            }
             let (segments, blocked) = try retentionCut(partition, cutoff: cutoff, maxBytes: policy.maxBytes,
                                                        folded: foldedUpTo[partition.id])
             if !segments.isEmpty { cuts[partition.id] = segments }
@@ -57,7 +61,9 @@ extension Log {
         }
         guard !cuts.isEmpty else { return result }
         var floors = try Retention.floors(dataDirectory: dataDirectory, partitions: partitions.count)
-        for (p, segments) in cuts { floors[p] = max(floors[p] ?? .min, segments.map(\.maxTimestamp).max()!) }
+        // Capped at `now`: one reading stamped far in the future must not become a floor that
+        // refuses every reading from then on (such a reading, deleted, could be sent again).
+        for (p, segments) in cuts { floors[p] = max(floors[p] ?? .min, min(now, segments.map(\.maxTimestamp).max()!)) }
         try Retention.writeFloors(floors, dataDirectory: dataDirectory, configuration.fileOperations)
         await floorsRaised(floors)
         for (p, segments) in cuts.sorted(by: { $0.key < $1.key }) {

@@ -34,8 +34,18 @@ final class ReadOnlyPartition: PartitionView, @unchecked Sendable {
         index(forSegment: base)?.maxTimestamp
     }
 
+    /// Beside a running server a compaction may rename a new segment over this one between the
+    /// open and the index load: the index is used only if the file under the name is still the
+    /// one opened.
     func openIndexed(_ base: Int64) throws(LogError) -> (Segment, SegmentIndex?) {
-        (try openSegment(base), index(forSegment: base))
+        while true {
+            let segment = try openSegment(base)
+            let index = index(forSegment: base)
+            var opened = stat(), named = stat()
+            guard fstat(segment.file.fd, &opened) == 0, stat(segment.paths.log, &named) == 0, opened.st_ino != named.st_ino else {
+                return (segment, index)
+            }
+        }
     }
 }
 

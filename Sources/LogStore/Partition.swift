@@ -96,6 +96,10 @@ public final class Partition: PartitionView, CommittedPartition, @unchecked Send
     private var isClosed = false
     /// Counts compaction swaps, so that `openIndexed` can tell one happened while it opened.
     private var swaps = 0
+    /// Why maintenance must leave this partition alone until the log is reopened: a compaction
+    /// decided its swap (the manifest is durable) but could not rename it into place, so the
+    /// files and the segment list disagree until recovery completes the swap.
+    private var maintenanceHalt: String?
     /// Makes appends durable: the fsync policy.
     private let committer: any Committer
     /// Called after each fdatasync with its duration in nanoseconds (metrics hook).
@@ -399,6 +403,11 @@ public final class Partition: PartitionView, CommittedPartition, @unchecked Send
     }
 
     // MARK: Compaction
+
+    /// Set once a compaction could not complete a decided swap; see `maintenanceHalt`.
+    var haltedMaintenance: String? { condition.withLock { maintenanceHalt } }
+
+    func haltMaintenance(_ why: String) { condition.withLock { maintenanceHalt = why } }
 
     /// Puts a compacted segment in place of the closed segments `run` (which end where `merged`
     /// ends): `rename` moves its files over the first one's names, under the lock, and the

@@ -120,8 +120,9 @@ public final class PartitionReader {
     /// segment now holding the offset after it is another one, or a new file under its name.
     private func swappedSince(opened bases: [Int64]) throws(LogError) -> Bool {
         guard let current = segment else { return false }
-        let holder = bases.last(where: { $0 <= expectedBase })
-        if holder != current.base { return holder != nil }
+        // None: retention deleted the offsets after it too (a reader it does not wait for).
+        guard let holder = bases.last(where: { $0 <= expectedBase }) else { return true }
+        if holder != current.base { return true }
         var open = stat(), now = stat()
         guard fstat(current.file.fd, &open) == 0 else { return false }
         return stat(current.paths.log, &now) != 0 || now.st_ino != open.st_ino

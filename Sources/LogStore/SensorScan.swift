@@ -126,11 +126,13 @@ extension PartitionReader {
         var out: [LocatedReading] = []
         let id = Array(sensorID.utf8)
         var batches = 0
-        // A page may start inside a batch (the cursor of the previous one): skip what came before.
-        let start = nextOffset
         let decoder = BatchDecoder()
         let partition = partitionID
         while out.count < limit, batches < maxBatches {
+            // A page may start inside a batch (the cursor of the previous one), and after a
+            // compaction's swap the reader may go on from a merged batch that begins before
+            // where it was: skip what came before.
+            let start = nextOffset
             guard let (header, bytes, segment, position) = try nextRaw() else { return (out, nil) }
             batches += 1
             guard header.maxTimestamp >= from && header.minTimestamp <= to else { continue }

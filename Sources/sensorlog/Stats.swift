@@ -56,8 +56,11 @@ struct Stats: ParsableCommand {
         var readings: Int64 = 0
         var minTimestamp = Int64.max
         var maxTimestamp = Int64.min
-        while let batch = try reader.nextRaw() {
-            readings += Int64(batch.header.readingCount)
+        // Decoded, not counted from headers: beside a running server a compaction may swap
+        // segments, and the reader then goes on from a merged batch that begins before it was.
+        var batch = DecodedBatch()
+        while let first = try reader.next(into: &batch) {
+            if batch.kind == .readings { readings += Int64(batch.count - first) }
             minTimestamp = min(minTimestamp, batch.header.minTimestamp)
             maxTimestamp = max(maxTimestamp, batch.header.maxTimestamp)
         }

@@ -37,6 +37,38 @@ import TestSupport
         #expect(stored.count == 2003 && stored.values.allSatisfy { $0 == 1 })
     }
 
+    /// Retention cuts into a run of the dedupe's key filters, and background compaction merges the
+    /// one-reading batches the runs were made of into batches that begin before a run and end
+    /// after it: an out-of-order resend is still found stored (no error, no second copy), one at
+    /// or before the floor is refused, and a new reading between stored ones is taken.
+    @Test func exactAcrossARetentionCutAndACompactionSwap() async throws {
+        let f = try await Fixture.make(partitions: 1)
+        defer { f.close() }
+        var sent: [Reading] = []
+        for i in 0..<10_000 {
+            let reading = r("s\(i % 7)", Int64(i) * 1000)
+            sent.append(reading)
+            _ = try await f.pipeline.submit([reading], via: .tcp)
+            if i == 5999 { try f.log.rollActiveSegments() }  // a segment boundary inside the run [4096, 8192)
+        }
+        try f.log.rollActiveSegments()
+        let cut = try await f.log.applyRetention(RetentionPolicy(maxBytes: 0), now: Int64.max, foldedUpTo: [6000],
+                                                 floorsRaised: { await f.pipeline.raiseFloors($0) })
+        await f.pipeline.logStartMoved()
+        #expect(cut.segments == 1 && f.log.partitions[0].startOffset == 6000)
+        let afterCut = try await f.pipeline.submit(Array(sent[6000..<6100]).shuffled() + [sent[100]], via: .tcp)
+        #expect(afterCut.prefix(100).allSatisfy { $0 == .duplicate }, "\(afterCut.prefix(3))")
+        #expect(afterCut.last == .tooOld)
+
+        let compacted = try f.log.compactOnline(partition: 0, memory: CompactionMemory())
+        #expect(compacted.runs == 1)
+        let resend = Array(sent[8000..<8200]).shuffled() + [r("s1", 8_000_500)]
+        let outcomes = try await f.pipeline.submit(resend, via: .tcp)
+        #expect(outcomes.prefix(200).allSatisfy { $0 == .duplicate }, "\(outcomes.prefix(3))")
+        #expect(outcomes.last == .appended(partition: 0, offset: 10_000))
+        #expect(try f.stored().values.allSatisfy { $0 == 1 })
+    }
+
     /// One reading per write makes one-reading batches: the dedupe's per-batch spans merge into
     /// runs (bounded memory), and out-of-order checks stay exact across runs, the run still
     /// growing, a far-future reading that widens every later bound, and a restart.

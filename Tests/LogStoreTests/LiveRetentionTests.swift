@@ -94,6 +94,28 @@ import Testing
         #expect(try Retention.floors(dataDirectory: dir.path, partitions: 1) == [removed.floor])
     }
 
+    /// A reader that retention does not wait for (a consumer group, a query) is inside the first
+    /// segment when retention deletes it and the next ones: it goes on from the new start.
+    @Test func aReaderLeftBehindByRetentionGoesOnFromTheNewStart() async throws {
+        let dir = TemporaryDirectory()
+        defer { dir.cleanup() }
+        let time = ManualTime()
+        let log = try open(dir, time)
+        defer { try? log.close() }
+        let bases = try log.partitions[0].segmentBases()
+        try #require(bases.count >= 4)
+        let behind = log.reader(partition: 0, from: 0)
+        var batch = DecodedBatch()
+        _ = try behind.next(into: &batch)
+        let result = try await log.applyRetention(RetentionPolicy(maxAge: .seconds(3600)), now: time.wallNanoseconds, foldedUpTo: [bases[3]],
+                                                  floorsRaised: { _ in })
+        #expect(result.removed.first?.segments == 3)
+        var offsets: [Int64] = []
+        while let first = try behind.next(into: &batch) { offsets += (first..<batch.count).map { batch.offset(at: $0) } }
+        #expect(offsets.last == log.partitions[0].endOffset - 1)
+        #expect(offsets.drop { $0 < bases[3] } == ArraySlice(bases[3]..<log.partitions[0].endOffset))
+    }
+
     @Test func aSizeLimitKeepsTheNewestAndAnOldActiveSegmentIsClosedToGo() async throws {
         let dir = TemporaryDirectory()
         defer { dir.cleanup() }

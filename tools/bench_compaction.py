@@ -1,0 +1,134 @@
+"""Driver of tools/bench-compaction (see there)."""
+import json, os, re, shutil, statistics, subprocess, sys, tempfile, threading, time, urllib.request
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_ingest import free_port, settle_disk, POST_SCRIPT
+
+SERVER, LOADGEN, TOOL = sys.argv[1], sys.argv[2], sys.argv[3]
+ROUNDS = int(os.environ.get("ROUNDS", "3"))
+PREPARED = int(os.environ.get("PREPARED", "3000000"))
+READINGS = os.environ.get("READINGS", "4000000")
+TYPES = ["temperature", "humidity", "pressure"]
+BASE = (int(time.time()) - 86_400) * 10**9
+
+
+class Server:
+    def __init__(self, data, *flags):
+        self.tcp, self.http = free_port(), free_port()
+        self.p = subprocess.Popen([SERVER, "--data-dir", data, "--tcp-port", str(self.tcp), "--http-port", str(self.http),
+                                   "--log-level", "warning", "--segment-bytes", str(1 << 20), *flags],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.http}/health", timeout=1); return
+            except Exception:
+                time.sleep(0.05)
+
+    def metric(self, name):
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.http}/metrics", timeout=5).read().decode()
+        return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+    def peak_rss_mib(self):
+        for line in open(f"/proc/{self.p.pid}/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return 0
+
+    def stop(self):
+        self.p.terminate(); self.p.wait()
+
+
+def prepare():
+    """PREPARED readings of 10 000 sensors written at the real-time pattern: 1000-line writes (about
+    125 readings a partition batch), compaction off."""
+    d = tempfile.mkdtemp(prefix="bench-compaction-")
+    s = Server(d, "--compaction", "off")
+    per = PREPARED // 8
+
+    def producer(k):
+        import socket
+        c = socket.create_connection(("127.0.0.1", s.tcp))
+        for start in range(k * per, (k + 1) * per, 1000):
+            # The sensors, types and locations of sensorlog-loadgen's standard workload, an hour
+            # earlier than it starts, so that its readings are new ones of the same sensors.
+            lines = "".join(f"{TYPES[i % 10000 % 3]},sensor_id=sensor-{i % 10000:05d},location=site-{i % 10000 % 50:02d} "
+                            f"value={20 + (i * 7919 % 10001) / 1000} {BASE + (i // 10000) * 10**9 + (i % 10000) * 1000}\n"
+                            for i in range(start, min(start + 1000, (k + 1) * per)))
+            c.sendall(lines.encode())
+            time.sleep(0.02)
+        c.close()
+    threads = [threading.Thread(target=producer, args=(k,)) for k in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    while s.metric("sensorlog_readings_ingested_total") < per * 8:
+        time.sleep(0.1)
+    s.stop()
+    return d, per * 8
+
+
+def stats(d):
+    return json.loads(subprocess.run([TOOL, "stats", "--data-dir", d, "--json"], capture_output=True, text=True, check=True).stdout)
+
+
+def run(prepared, compaction, post):
+    settle_disk()
+    d = prepared + f"-{compaction}"
+    shutil.copytree(prepared, d)
+    flags = ["--compaction", compaction, "--maintenance-interval-seconds", "1"] + (["--fsync", "always"] if post else [])
+    s = Server(d, *flags)
+    if compaction == "on":
+        while s.metric("sensorlog_compaction_bytes_read_total") == 0 and s.metric("sensorlog_maintenance_jobs_total") < 1:
+            time.sleep(0.02)
+    read_before = s.metric("sensorlog_compaction_bytes_read_total")
+    if post:
+        lua = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False); lua.write(POST_SCRIPT); lua.close()
+        out = subprocess.run(["wrk", "-t2", "-c16", "-d4s", "--latency", "-s", lua.name, f"http://127.0.0.1:{s.http}"],
+                             capture_output=True, text=True).stdout
+        p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+        value = float(p99.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[p99.group(2)]
+    else:
+        out = subprocess.run([LOADGEN, "--tcp-port", str(s.tcp), "--http-port", str(s.http), "--readings", READINGS,
+                              "--sensors", "10000", "--connections", "4", "--json"], capture_output=True, text=True, check=True).stdout
+        value = json.loads(out)["readings_per_second"]
+    during = s.metric("sensorlog_compaction_bytes_read_total") - read_before
+    rss = s.peak_rss_mib()
+    s.stop()
+    shutil.rmtree(d)
+    return value, during, rss
+
+
+def finish(prepared, readings):
+    """Compaction of the whole prepared log, unpaced: throughput, bytes per reading before and after."""
+    settle_disk()
+    d = prepared + "-full"
+    shutil.copytree(prepared, d)
+    before = stats(d)["bytes"]
+    s = Server(d, "--compaction", "on", "--maintenance-interval-seconds", "1", "--compaction-bytes-per-second", "100G")
+    started = time.time()
+    last, still = -1, 0
+    while still < 20:        # two seconds without progress: done
+        now = s.metric("sensorlog_compaction_bytes_read_total")
+        still = still + 1 if now == last and now > 0 else 0
+        last = now
+        time.sleep(0.1)
+    seconds = time.time() - started - 2
+    rss = s.peak_rss_mib()
+    s.stop()
+    after = stats(d)["bytes"]
+    shutil.rmtree(d)
+    return before / readings, after / readings, last / max(seconds, 0.001) / 2**20, rss
+
+
+prepared, readings = prepare()
+print(f"prepared {readings} readings at the real-time pattern: {stats(prepared)['bytes'] / readings:.2f} B/reading", flush=True)
+for label, post in (("line protocol over TCP, readings/s", False), ("POST under always, p99 ms", True)):
+    res = {"off": [], "on": []}
+    for r in range(ROUNDS):
+        for mode in (("off", "on") if r % 2 == 0 else ("on", "off")):
+            value, during, rss = run(prepared, mode, post)
+            res[mode].append(value)
+            print(f"{label} round {r} compaction {mode}: {value:,.2f} (compaction read {during / 2**20:.1f} MiB meanwhile, peak RSS {rss:.0f} MiB)", flush=True)
+    ratio = statistics.median(res["on"]) / statistics.median(res["off"])
+    print(f"{label}: median off {statistics.median(res['off']):,.2f}, on {statistics.median(res['on']):,.2f}, on/off {ratio:.2f}", flush=True)
+b, a, mibs, rss = finish(prepared, readings)
+print(f"whole log compacted unpaced: {b:.2f} -> {a:.2f} B/reading (indexes included), {mibs:.0f} MiB/s read, server peak RSS {rss:.0f} MiB")
+shutil.rmtree(prepared)
