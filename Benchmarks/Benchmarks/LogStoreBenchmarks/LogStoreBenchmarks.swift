@@ -142,4 +142,34 @@ let benchmarks: @Sendable () -> Void = {
         }
         try log.close()
     }
+
+    // Background compaction (issue 16): the real-time-rate log (125-reading batches) in 1 MiB
+    // segments, every segment closed, then one `compactOnline` pass over every partition, unpaced.
+    // Throughput counts the readings rewritten; bytes per reading is the whole directory after.
+    Benchmark(
+        "background compaction of the real-time-rate log",
+        configuration: .init(
+            metrics: [.throughput, .wallClock, .peakMemoryResident,
+                      .custom("bytes_per_reading_before_x100", polarity: .prefersSmaller, useScalingFactor: false),
+                      .custom("bytes_per_reading_x100", polarity: .prefersSmaller, useScalingFactor: false)],
+            scalingFactor: .mega, maxDuration: .seconds(30), maxIterations: 5)
+    ) { benchmark in
+        let dir = freshDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var limits = Limits()
+        limits.segmentBytes = 1 << 20
+        let log = try Log.open(dataDirectory: dir, configuration: LogConfiguration(limits: limits, fsync: .never))
+        appendAll(log, smallBatches)
+        try log.rollActiveSegments()
+        let before = directoryBytes(dir)
+        let memory = CompactionMemory()
+        benchmark.startMeasurement()
+        for p in 0..<log.partitions.count { _ = try log.compactOnline(partition: p, memory: memory) }
+        benchmark.stopMeasurement()
+        try log.close()
+        benchmark.measurement(.custom("bytes_per_reading_before_x100", polarity: .prefersSmaller, useScalingFactor: false),
+                              before * 100 / readingsPerIteration)
+        benchmark.measurement(.custom("bytes_per_reading_x100", polarity: .prefersSmaller, useScalingFactor: false),
+                              directoryBytes(dir) * 100 / readingsPerIteration)
+    }
 }
