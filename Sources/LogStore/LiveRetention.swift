@@ -1,3 +1,4 @@
+import Foundation
 import SensorLogCore
 
 /// What the running server keeps: readings younger than `maxAge`, and at most `maxBytes` per
@@ -43,36 +44,56 @@ extension Log {
     /// `floorsRaised` (the ingest, which refuses readings at or before them) before any file goes,
     /// so a resend of a deleted reading is refused `too_old`, never stored twice.
     /// - Parameter now: wall-clock nanoseconds the age is measured from.
+    ///
+    /// The file work (a roll's fsync, the floors' write and sync, the unlinks) runs on a thread of
+    /// its own, not on the caller's executor: on two cores it would stall the ingest's actors.
     public func applyRetention(_ policy: RetentionPolicy, now: Int64, foldedUpTo: [Int64],
                                floorsRaised: ([Int64?]) async -> Void) async throws(LogError) -> RetentionPassResult {
+        guard !policy.isOff else { return RetentionPassResult() }
+        let (cuts, floors, blocked) = try await onThread { () throws(LogError) in
+            try self.planRetention(policy, now: now, foldedUpTo: foldedUpTo)
+        }
         var result = RetentionPassResult()
-        guard !policy.isOff else { return result }
+        result.blocked = blocked
+        guard !cuts.isEmpty else { return result }
+        await floorsRaised(floors)
+        result.removed = try await onThread { () throws(LogError) in try self.dropCuts(cuts, floors: floors) }
+        return result
+    }
+
+    /// Decides what goes (rolling an all-old active segment), and makes the raised floors durable.
+    private func planRetention(_ policy: RetentionPolicy, now: Int64, foldedUpTo: [Int64])
+        throws(LogError) -> ([Int: [ClosedSegment]], [Int64?], [Int: String]) {
         let cutoff = policy.maxAge.map { now - Int64($0 / .nanoseconds(1)) }
         var cuts: [Int: [ClosedSegment]] = [:]
+        var blocked: [Int: String] = [:]
         for partition in partitions {
             if let halted = partition.haltedMaintenance {
-                result.blocked[partition.id] = halted
+                blocked[partition.id] = halted
                 continue
             }
-            let (segments, blocked) = try retentionCut(partition, cutoff: cutoff, maxBytes: policy.maxBytes,
-                                                       folded: foldedUpTo[partition.id])
+            let (segments, why) = try retentionCut(partition, cutoff: cutoff, maxBytes: policy.maxBytes, folded: foldedUpTo[partition.id])
             if !segments.isEmpty { cuts[partition.id] = segments }
-            if let blocked { result.blocked[partition.id] = blocked }
+            if let why { blocked[partition.id] = why }
         }
-        guard !cuts.isEmpty else { return result }
+        guard !cuts.isEmpty else { return (cuts, [], blocked) }
         var floors = try Retention.floors(dataDirectory: dataDirectory, partitions: partitions.count)
         // Capped at `now`: one reading stamped far in the future must not become a floor that
         // refuses every reading from then on (such a reading, deleted, could be sent again).
         for (p, segments) in cuts { floors[p] = max(floors[p] ?? .min, min(now, segments.map(\.maxTimestamp).max()!)) }
         try Retention.writeFloors(floors, dataDirectory: dataDirectory, configuration.fileOperations)
-        await floorsRaised(floors)
+        return (cuts, floors, blocked)
+    }
+
+    private func dropCuts(_ cuts: [Int: [ClosedSegment]], floors: [Int64?]) throws(LogError) -> [RetentionPassResult.Removed] {
+        var removed: [RetentionPassResult.Removed] = []
         for (p, segments) in cuts.sorted(by: { $0.key < $1.key }) {
             let bytes = segments.reduce(Int64(0)) { $0 + segmentBytes(partitions[p], $1.baseOffset) }
             let dropped = try partitions[p].dropSegments(endingBy: segments.last!.nextOffset)
-            result.removed.append(.init(partition: p, segments: dropped.count, bytes: bytes, startOffset: partitions[p].startOffset,
-                                        floor: floors[p]!))
+            removed.append(.init(partition: p, segments: dropped.count, bytes: bytes, startOffset: partitions[p].startOffset,
+                                 floor: floors[p]!))
         }
-        return result
+        return removed
     }
 
     /// The closed segments of `partition` retention deletes now, oldest first, and why it stopped
@@ -115,4 +136,15 @@ extension Log {
     private func segmentBytes(_ partition: Partition, _ base: Int64) -> Int64 {
         partition.segmentPaths(base).files.reduce(Int64(0)) { $0 + Compactor.fileSize($1) }
     }
+}
+
+/// Runs blocking file work on a thread of its own and suspends the caller until it is done.
+func onThread<T: Sendable>(_ body: @escaping @Sendable () throws(LogError) -> T) async throws(LogError) -> T {
+    let result: Result<T, LogError> = await withCheckedContinuation { continuation in
+        Thread {
+            nameCurrentThread("slog-maintain")
+            do throws(LogError) { continuation.resume(returning: .success(try body())) } catch { continuation.resume(returning: .failure(error)) }
+        }.start()
+    }
+    return try result.get()
 }
