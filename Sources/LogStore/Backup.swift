@@ -27,6 +27,14 @@ public enum LogBackup {
         /// Closed-segment files hard-linked (only under `SegmentMode.hardLink`).
         public var linked = 0
         public var bytes: Int64 = 0
+
+        mutating func add(_ other: Result) {
+            files += other.files
+            reflinked += other.reflinked
+            copied += other.copied
+            linked += other.linked
+            bytes += other.bytes
+        }
     }
 
     /// Copies the log of `dataDirectory` into `target` (created when absent), except
@@ -51,12 +59,43 @@ public enum LogBackup {
             }
         }
         for p in 0..<source.partitionCount {
-            let view = source.views[p]
-            let out = to.partition(p).directory
-            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+            try backUpPartition(source.views[p], to: to.partition(p), mode: mode, result: &result)
+        }
+        try syncDirectory(target, display: target)
+        return result
+    }
+
+    /// Copies one partition's segments. Beside a running server, retention may delete segments
+    /// and a compaction swap them while they are copied: the copy counts only if no compaction
+    /// was in progress (its manifest absent) and the list of segments was the same before and
+    /// after; otherwise it is done again (a swap takes milliseconds, a pass runs once a minute).
+    static func backUpPartition(_ view: ReadOnlyPartition, to out: PartitionPaths, mode: SegmentMode, result: inout Result) throws {
+        for attempt in 1... {
+            var copied = Result()
             let bases = try view.segmentBases()
-            for (i, base) in bases.enumerated() {
-                let (paths, copies) = (view.segmentPaths(base), to.partition(p).segment(base))
+            let copiedAll = try copySegments(view, bases, to: out, mode: mode, result: &copied)
+            let after = try view.segmentBases()
+            let settled = copiedAll && !Compactor.hasManifest(view.paths) && Array(after.prefix(bases.count - 1)) == Array(bases.dropLast())
+            if settled || attempt == 50 {
+                guard settled else { throw LogError(.io, "the segments kept changing while they were copied", path: view.displayDirectory) }
+                result.add(copied)
+                try syncDirectory(out.directory, display: out.display)
+                return
+            }
+            try? FileManager.default.removeItem(atPath: out.directory)
+            usleep(50_000)
+        }
+    }
+
+    /// Copies the closed segments in `bases` and the active one's complete prefix. Returns false
+    /// when a segment went meanwhile (retention or a compaction removed it).
+    private static func copySegments(_ view: ReadOnlyPartition, _ bases: [Int64], to out: PartitionPaths, mode: SegmentMode,
+                                     result: inout Result) throws -> Bool {
+        try FileManager.default.createDirectory(atPath: out.directory, withIntermediateDirectories: true)
+        if Compactor.hasManifest(view.paths) { return false }
+        for (i, base) in bases.enumerated() {
+            let (paths, copies) = (view.segmentPaths(base), out.segment(base))
+            do {
                 if i < bases.count - 1 {
                     for (file, copy) in zip(paths.files, copies.files) where FileManager.default.fileExists(atPath: file) {
                         try takeClosed(file, to: copy, mode: mode, result: &result)
@@ -71,11 +110,11 @@ public enum LogBackup {
                     result.copied += 1
                     result.bytes += batches.position
                 }
+            } catch let error as LogError where error.errno == ENOENT {
+                return false
             }
-            try syncDirectory(out, display: out)
         }
-        try syncDirectory(target, display: target)
-        return result
+        return true
     }
 
     /// Restores a backup into `dataDirectory`, which must be empty or absent, holding its lock

@@ -113,6 +113,46 @@ import Testing
         #expect(got.map(\.offset) == Array(0..<12_000))
     }
 
+    /// Backups taken again and again while a compaction swaps segments each restore to the whole
+    /// log: a copy that saw the segments change is taken again.
+    @Test func backupsTakenDuringACompactionRestoreWhole() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.cleanup() }
+        let log = try open(dir.path)
+        defer { try? log.close() }
+        _ = try log.appendAll(noisyReadings(30_000), batch: 25)
+        try log.rollActiveSegments()
+        let before = try records(log)
+        let done = Atomic<Bool>(false)
+        let outcomes = Mutex<[String]>([])
+        let backups = Thread {
+            while !done.load(ordering: .relaxed) {
+                let target = TemporaryDirectory(), restored = TemporaryDirectory()
+                defer { target.cleanup(); restored.cleanup() }
+                do {
+                    try FileManager.default.removeItem(atPath: target.path)
+                    try FileManager.default.removeItem(atPath: restored.path)
+                    _ = try LogBackup.backup(dataDirectory: dir.path, to: target.path)
+                    _ = try LogBackup.restore(from: target.path, into: restored.path)
+                    let copy = try open(restored.path)
+                    let got = try records(copy)
+                    try copy.close()
+                    outcomes.withLock { $0.append(got == before ? "whole" : "differs: \(got.count) records") }
+                } catch {
+                    outcomes.withLock { $0.append("\(error)") }
+                }
+            }
+        }
+        backups.start()
+        let result = try log.compactOnline(partition: 0, memory: CompactionMemory())
+        #expect(result.runs > 0)
+        while outcomes.withLock({ $0.count }) < 3 { usleep(1000) }
+        done.store(true, ordering: .relaxed)
+        while backups.isExecuting { usleep(1000) }
+        let seen = outcomes.withLock { $0 }
+        #expect(seen.allSatisfy { $0 == "whole" }, "\(seen.filter { $0 != "whole" }.prefix(3))")
+    }
+
     /// Each file effect of an online compaction fails once, in turn: the open log still reads
     /// every record, and once reopened (recovery finishes or discards the swap) too, verify clean.
     @Test func anOnlineCompactionThatFailsAnywhereLosesNothing() throws {
