@@ -120,10 +120,33 @@ def finish(prepared, readings):
     return before / readings, after / readings, read / max(seconds, 0.001) / 2**20, rss
 
 
+def retention(prepared, readings):
+    """One retention pass deleting every closed segment of the prepared log (`--retention-bytes 1`,
+    compaction off): its duration and bytes from the server's log line, and the peak RSS against
+    the same server without retention."""
+    settle_disk()
+    rss = {}
+    for mode in ("off", "on"):
+        d = prepared + f"-retention-{mode}"
+        shutil.copytree(prepared, d)
+        flags = ["--compaction", "off", "--maintenance-interval-seconds", "1"]
+        s = Server(d, *(flags + (["--retention-bytes", "1"] if mode == "on" else [])))
+        deadline = time.time() + 60
+        while mode == "on" and s.metric("sensorlog_retention_segments_removed_total") == 0 and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.5 if mode == "off" else 0)
+        rss[mode] = s.peak_rss_mib()
+        removed = (s.metric("sensorlog_retention_segments_removed_total"), s.metric("sensorlog_retention_bytes_removed_total"))
+        seconds = s.metric("sensorlog_maintenance_job_duration_seconds_sum")
+        s.stop()
+        shutil.rmtree(d)
+    return removed, seconds, rss
+
+
 prepared, readings = prepare()
 print(f"prepared {readings} readings at the real-time pattern: {stats(prepared)['bytes'] / readings:.2f} B/reading", flush=True)
 phases = (("line protocol over TCP, readings/s", False), ("POST under always, p99 ms", True))
-for label, post in (phases if os.environ.get("ONLY") != "finish" else ()):
+for label, post in (phases if not os.environ.get("ONLY") else ()):
     res = {"off": [], "on": []}
     for r in range(ROUNDS):
         for mode in (("off", "on") if r % 2 == 0 else ("on", "off")):
@@ -132,6 +155,12 @@ for label, post in (phases if os.environ.get("ONLY") != "finish" else ()):
             print(f"{label} round {r} compaction {mode}: {value:,.2f} (compaction read {during / 2**20:.1f} MiB meanwhile, peak RSS {rss:.0f} MiB)", flush=True)
     ratio = statistics.median(res["on"]) / statistics.median(res["off"])
     print(f"{label}: median off {statistics.median(res['off']):,.2f}, on {statistics.median(res['on']):,.2f}, on/off {ratio:.2f}", flush=True)
+if os.environ.get("ONLY") == "retention":
+    (segments, deleted), seconds, rss = retention(prepared, readings)
+    print(f"retention pass: {segments:.0f} segments, {deleted / 2**20:.1f} MiB deleted in {seconds * 1000:.1f} ms "
+          f"({deleted / 2**20 / max(seconds, 1e-6):.0f} MiB/s); server peak RSS {rss['on']:.0f} MiB with it, {rss['off']:.0f} MiB without")
+    shutil.rmtree(prepared)
+    sys.exit(0)
 b, a, mibs, rss = finish(prepared, readings)
 print(f"whole log compacted unpaced: {b:.2f} -> {a:.2f} B/reading (indexes included), {mibs:.0f} MiB/s read, server peak RSS {rss:.0f} MiB")
 shutil.rmtree(prepared)
