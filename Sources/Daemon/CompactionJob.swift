@@ -16,9 +16,7 @@ final class CompactionJob: Sendable {
     private let segments = Counter(label: "sensorlog_compaction_segments_rewritten_total")
     private let bytesRead = Counter(label: "sensorlog_compaction_bytes_read_total")
     private let bytesWritten = Counter(label: "sensorlog_compaction_bytes_written_total")
-    private let jobs = Counter(label: "sensorlog_maintenance_jobs_total", dimensions: [("job", "compaction"), ("outcome", "ok")])
-    private let failures = Counter(label: "sensorlog_maintenance_jobs_total", dimensions: [("job", "compaction"), ("outcome", "failed")])
-    private let duration = Metrics.Timer(label: "sensorlog_maintenance_job_duration_seconds", dimensions: [("job", "compaction")])
+    private let job = JobMetrics(job: "compaction")
 
     init(log: Log, logger: Logger) {
         self.log = log
@@ -56,11 +54,10 @@ final class CompactionJob: Sendable {
                 break
             } catch {
                 logger.error("background compaction failed; the next pass tries again", metadata: ["partition": "\(p)", "error": "\(error)"])
-                failures.increment()
+                job.failed()
             }
         }
-        jobs.increment()
-        duration.recordNanoseconds(Int64(DispatchTime.now().uptimeNanoseconds - started))
+        job.ran(nanoseconds: Int64(DispatchTime.now().uptimeNanoseconds - started))
         return total
     }
 

@@ -129,9 +129,7 @@ final class RetentionMetrics: Sendable {
     private let blocked: [Metrics.Gauge]
     private let segments = Counter(label: "sensorlog_retention_segments_removed_total")
     private let bytes = Counter(label: "sensorlog_retention_bytes_removed_total")
-    private let jobs = Counter(label: "sensorlog_maintenance_jobs_total", dimensions: [("job", "retention"), ("outcome", "ok")])
-    private let failures = Counter(label: "sensorlog_maintenance_jobs_total", dimensions: [("job", "retention"), ("outcome", "failed")])
-    private let duration = Metrics.Timer(label: "sensorlog_maintenance_job_duration_seconds", dimensions: [("job", "retention")])
+    private let job = JobMetrics(job: "retention")
 
     init(partitions: Int) {
         blocked = (0..<partitions).map { Metrics.Gauge(label: "sensorlog_retention_blocked", dimensions: [("partition", String($0))]) }
@@ -139,16 +137,36 @@ final class RetentionMetrics: Sendable {
     }
 
     func ran(_ result: RetentionPassResult, seconds: Double) {
-        jobs.increment()
-        duration.recordNanoseconds(Int64(seconds * 1e9))
+        job.ran(nanoseconds: Int64(seconds * 1e9))
         segments.increment(by: result.segments)
         bytes.increment(by: Int(result.bytes))
         for (p, gauge) in blocked.enumerated() { gauge.record(result.blocked[p] == nil ? 0 : 1) }
     }
 
-    func failed() { failures.increment() }
+    func failed() { job.failed() }
 
     func skipped(_ readings: Int64, group: String) {
         Counter(label: "sensorlog_consumer_group_skipped_total", dimensions: [("group", group)]).increment(by: Int(readings))
     }
+}
+
+/// One kind of maintenance job's `sensorlog_maintenance_jobs_total{job,outcome}` and
+/// `sensorlog_maintenance_job_duration_seconds{job}`.
+struct JobMetrics: Sendable {
+    private let ok: Counter
+    private let failures: Counter
+    private let duration: Metrics.Timer
+
+    init(job: String) {
+        ok = Counter(label: "sensorlog_maintenance_jobs_total", dimensions: [("job", job), ("outcome", "ok")])
+        failures = Counter(label: "sensorlog_maintenance_jobs_total", dimensions: [("job", job), ("outcome", "failed")])
+        duration = Metrics.Timer(label: "sensorlog_maintenance_job_duration_seconds", dimensions: [("job", job)])
+    }
+
+    func ran(nanoseconds: Int64) {
+        ok.increment()
+        duration.recordNanoseconds(nanoseconds)
+    }
+
+    func failed() { failures.increment() }
 }

@@ -88,7 +88,7 @@ extension Log {
     private func dropCuts(_ cuts: [Int: [ClosedSegment]], floors: [Int64?]) throws(LogError) -> [RetentionPassResult.Removed] {
         var removed: [RetentionPassResult.Removed] = []
         for (p, segments) in cuts.sorted(by: { $0.key < $1.key }) {
-            let bytes = segments.reduce(Int64(0)) { $0 + segmentBytes(partitions[p], $1.baseOffset) }
+            let bytes = segments.reduce(Int64(0)) { $0 + partitions[p].segmentPaths($1.baseOffset).bytesOnDisk }
             let dropped = try partitions[p].dropSegments(endingBy: segments.last!.nextOffset)
             removed.append(.init(partition: p, segments: dropped.count, bytes: bytes, startOffset: partitions[p].startOffset,
                                  floor: floors[p]!))
@@ -115,13 +115,11 @@ extension Log {
                 blocked = held(active.nextOffset)
             }
         }
-        let sizes = closed.map { segmentBytes(partition, $0.baseOffset) }
+        let sizes = closed.map { partition.segmentPaths($0.baseOffset).bytesOnDisk }
         var total = sizes.reduce(active.size, +)
         var cut: [ClosedSegment] = []
         for (segment, bytes) in zip(closed, sizes) {
-            let old = cutoff.map { segment.maxTimestamp < $0 } ?? false
-            let big = maxBytes.map { total > $0 } ?? false
-            guard old || big else { break }
+            guard Retention.isDue(newest: segment.maxTimestamp, cutoff: cutoff, total: total, maxBytes: maxBytes) else { break }
             guard segment.nextOffset <= folded else {
                 blocked = held(segment.nextOffset)
                 break
@@ -130,11 +128,6 @@ extension Log {
             total -= bytes
         }
         return (cut, blocked)
-    }
-
-    /// A closed segment's bytes on disk, its indexes included.
-    private func segmentBytes(_ partition: Partition, _ base: Int64) -> Int64 {
-        partition.segmentPaths(base).files.reduce(Int64(0)) { $0 + Compactor.fileSize($1) }
     }
 }
 

@@ -58,7 +58,7 @@ public enum Retention {
             var total: Int64 = 0
             for (i, base) in bases.enumerated() {
                 let paths = view.segmentPaths(base)
-                let bytes = paths.files.reduce(Int64(0)) { $0 + Compactor.fileSize($1) }
+                let bytes = paths.bytesOnDisk
                 total += bytes
                 let path = paths.display
                 guard i < bases.count - 1 else {
@@ -74,14 +74,21 @@ public enum Retention {
                                           maxTimestamp: try maxTimestamp(view, base), bytes: bytes, path: path))
             }
             for s in segments {
-                let old = cutoff.map { s.maxTimestamp < $0 } ?? false
-                let big = !s.isActive && (maxBytes.map { total > $0 } ?? false)
-                guard old || big else { break }  // whole segments from the start only
+                // Whole segments from the start only; the active one by age only.
+                guard isDue(newest: s.maxTimestamp, cutoff: cutoff, total: s.isActive ? nil : total, maxBytes: maxBytes) else { break }
                 out.append(s)
                 total -= s.bytes
             }
         }
         return out
+    }
+
+    /// Whether retention deletes the oldest segment left, whose newest reading is `newest`, while
+    /// its partition holds `total` bytes (nil: the size does not count against it).
+    static func isDue(newest: Int64, cutoff: Int64?, total: Int64?, maxBytes: Int64?) -> Bool {
+        if let cutoff, newest < cutoff { return true }
+        if let total, let maxBytes, total > maxBytes { return true }
+        return false
     }
 
     static func maxTimestamp(_ view: ReadOnlyPartition, _ base: Int64) throws(LogError) -> Int64 {

@@ -24,6 +24,8 @@ struct SegmentPaths: Sendable {
     var timeIndex: String { stem + SegmentFiles.timeIndexSuffix }
     /// Every file of the segment, the log first.
     var files: [String] { [log, offsetIndex, timeIndex] }
+    /// Bytes of the segment's files on disk, its indexes included (what retention counts).
+    var bytesOnDisk: Int64 { files.reduce(Int64(0)) { $0 + Compactor.fileSize($1) } }
     /// The `.log` path as messages show it (relative to the data directory).
     var display: String { displayStem + SegmentFiles.logSuffix }
     var offsetIndexDisplay: String { displayStem + SegmentFiles.offsetIndexSuffix }

@@ -3,18 +3,9 @@
 public enum DurationText {
     /// Nil for anything else, for a negative number, and for more than about 292 years.
     public static func parse(_ text: String) -> Duration? {
-        guard let unit = text.last, let n = Int64(text.dropLast()), n >= 0 else { return nil }
-        let seconds: Int64
-        switch unit {
-        case "d": seconds = 86_400
-        case "h": seconds = 3600
-        case "m": seconds = 60
-        case "s": seconds = 1
-        default: return nil
-        }
-        let (total, overflow) = n.multipliedReportingOverflow(by: seconds)
-        guard !overflow, total <= Int64.max / 1_000_000_000 else { return nil }
-        return .seconds(total)
+        guard let seconds = wholeNumber(text, units: ["d": 86_400, "h": 3600, "m": 60, "s": 1]),
+              seconds <= Int64.max / 1_000_000_000 else { return nil }
+        return .seconds(seconds)
     }
 }
 
@@ -24,16 +15,14 @@ public enum ByteSizeText {
     /// Nil for anything else, a negative number, or an overflow.
     public static func parse(_ text: String) -> Int64? {
         if let n = Int64(text) { return n >= 0 ? n : nil }
-        guard let unit = text.last?.uppercased(), let n = Int64(text.dropLast()), n >= 0 else { return nil }
-        let shift: Int64
-        switch unit {
-        case "K": shift = 10
-        case "M": shift = 20
-        case "G": shift = 30
-        case "T": shift = 40
-        default: return nil
-        }
-        let (total, overflow) = n.multipliedReportingOverflow(by: 1 << shift)
-        return overflow ? nil : total
+        return wholeNumber(text.uppercased(), units: ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40])
     }
+}
+
+/// A non-negative whole number followed by one of `units`, times that unit's factor; nil for
+/// anything else or an overflow.
+private func wholeNumber(_ text: String, units: [Character: Int64]) -> Int64? {
+    guard let unit = text.last, let factor = units[unit], let n = Int64(text.dropLast()), n >= 0 else { return nil }
+    let (total, overflow) = n.multipliedReportingOverflow(by: factor)
+    return overflow ? nil : total
 }

@@ -126,7 +126,7 @@ import Testing
         let bySize = try await log.applyRetention(RetentionPolicy(maxBytes: 200_000), now: time.wallNanoseconds, foldedUpTo: [end],
                                                   floorsRaised: { _ in })
         #expect(bySize.segments > 0 && bySize.blocked.isEmpty)
-        let kept = try log.partitions[0].segmentBases().map { log.partitions[0].segmentPaths($0).files.reduce(Int64(0)) { $0 + Compactor.fileSize($1) } }
+        let kept = try log.partitions[0].segmentBases().map { log.partitions[0].segmentPaths($0).bytesOnDisk }
         #expect(kept.reduce(0, +) <= 200_000)
         #expect(kept.reduce(0, +) + kept.first! > 200_000, "deleted one segment too many")
 
