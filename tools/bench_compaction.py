@@ -1,7 +1,7 @@
 """Driver of tools/bench-compaction (see there)."""
 import json, os, re, shutil, statistics, subprocess, sys, tempfile, threading, time, urllib.request
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_ingest import free_port, settle_disk, POST_SCRIPT
+from bench_ingest import free_port, settle_disk, wait_healthy, POST_SCRIPT
 
 SERVER, LOADGEN, TOOL = sys.argv[1], sys.argv[2], sys.argv[3]
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
@@ -17,11 +17,7 @@ class Server:
         self.p = subprocess.Popen([SERVER, "--data-dir", data, "--tcp-port", str(self.tcp), "--http-port", str(self.http),
                                    "--log-level", "warning", "--segment-bytes", str(1 << 20), *flags],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(600):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.http}/health", timeout=1); return
-            except Exception:
-                time.sleep(0.05)
+        wait_healthy(self.http)
 
     def metric(self, name):
         text = urllib.request.urlopen(f"http://127.0.0.1:{self.http}/metrics", timeout=5).read().decode()

@@ -57,6 +57,18 @@ def settle_disk(path=tempfile.gettempdir(), quiet_seconds=2.0, limit_seconds=120
             return
 
 
+def wait_healthy(http, seconds=30):
+    """Waits until the sensorlogd on HTTP port `http` answers /health; exits the run if it never does."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{http}/health", timeout=1)
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit("sensorlogd did not start")
+
+
 class Sensorlogd:
     def __init__(self, *extra):
         self.dir = tempfile.mkdtemp(prefix="bench-sensorlog-")
@@ -64,13 +76,7 @@ class Sensorlogd:
         self.proc = subprocess.Popen([os.path.join(BIN, "sensorlogd"), "--data-dir", self.dir, "--tcp-port", str(self.tcp),
                                       "--http-port", str(self.http), "--log-level", "warning", *extra],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.http}/health", timeout=1)
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise SystemExit("sensorlogd did not start")
+        wait_healthy(self.http)
 
     def rss_mib(self):
         for line in open(f"/proc/{self.proc.pid}/status"):

@@ -1,7 +1,7 @@
 """Driver of tools/bench-tcp-ab (see there)."""
 import json, os, shutil, statistics, subprocess, sys, tempfile, time, urllib.request
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_ingest import free_port, settle_disk
+from bench_ingest import free_port, settle_disk, wait_healthy
 A, B, LOADGEN = sys.argv[1], sys.argv[2], sys.argv[3]
 rounds = int(os.environ.get("ROUNDS", "3"))
 readings = os.environ.get("READINGS", "2000000")
@@ -17,11 +17,7 @@ for r in range(rounds):
         tcp, http = free_port(), free_port()
         p = subprocess.Popen([binary, "--data-dir", d, "--tcp-port", str(tcp), "--http-port", str(http)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(600):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{http}/health", timeout=1); break
-            except Exception:
-                time.sleep(0.05)
+        wait_healthy(http)
         out = subprocess.run([LOADGEN, "--tcp-port", str(tcp), "--http-port", str(http), "--readings", readings,
                               "--sensors", "10000", "--connections", "4", "--json"], capture_output=True, text=True, check=True).stdout
         rate = json.loads(out)["readings_per_second"]
