@@ -92,6 +92,7 @@ let package = Package(
             name: "Daemon",
             dependencies: [
                 "SensorLogCore", "LogStore", "Ingest", "HTTPAPI", "Aggregator",
+                .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

@@ -17,6 +17,11 @@ public final class AggregatorService: Service, @unchecked Sendable {
     private let condition = NSCondition()
     private var stopRequested = false
     private var finished = false
+    /// The fold thread is running (so a pause has someone to wait for).
+    private var started = false
+    /// Asked for by `whilePaused`; the fold thread commits, closes the store and waits.
+    private var pauseRequested = false
+    private var paused = false
     private var committed: [Int64]
     private var lastError: String?
 
@@ -81,7 +86,11 @@ public final class AggregatorService: Service, @unchecked Sendable {
     /// Runs until stopped; a failure (disk full for SQLite, a corrupt batch) is logged and the
     /// fold restarts from the stored offsets after a pause.
     private func loop() {
+        condition.lock()
+        started = true
+        condition.unlock()
         while !shouldStop {
+            if waitWhilePaused() { continue }
             do {
                 try consume()
             } catch {
@@ -90,13 +99,50 @@ public final class AggregatorService: Service, @unchecked Sendable {
                 condition.unlock()
                 logger.error("aggregator stopped on an error; retrying from the committed offsets in 1 s", metadata: ["error": "\(error)"])
                 condition.lock()
-                if !stopRequested { _ = condition.wait(until: Date().addingTimeInterval(1)) }
+                if !stopRequested && !pauseRequested { _ = condition.wait(until: Date().addingTimeInterval(1)) }
                 condition.unlock()
             }
         }
         condition.lock()
         finished = true
+        condition.broadcast()
         condition.unlock()
+    }
+
+    /// Runs `body` while the fold thread is stopped with everything it folded committed and its
+    /// store closed (an in-place rebuild swaps the store then); the fold resumes afterwards from
+    /// the offsets of whatever store is then in place. Blocking: call it from a thread of its own.
+    public func whilePaused<T>(_ body: () throws -> T) rethrows -> T {
+        condition.lock()
+        pauseRequested = true
+        condition.broadcast()
+        while started && !finished && !paused { condition.wait() }
+        condition.unlock()
+        defer {
+            condition.lock()
+            pauseRequested = false
+            condition.broadcast()
+            condition.unlock()
+        }
+        return try body()
+    }
+
+    /// Parks the fold thread while a pause is asked for. Returns whether it parked.
+    private func waitWhilePaused() -> Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        guard pauseRequested else { return false }
+        paused = true
+        condition.broadcast()
+        while pauseRequested && !stopRequested { condition.wait() }
+        paused = false
+        return true
+    }
+
+    private var shouldPause: Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        return pauseRequested
     }
 
     private func consume() throws {
@@ -114,6 +160,7 @@ public final class AggregatorService: Service, @unchecked Sendable {
         var lastCommitCost: Duration = .zero
         while true {
             let stopping = shouldStop
+            let pausing = shouldPause
             var progressed = false
             for (p, reader) in readers.enumerated() {
                 var budget = log.configuration.limits.aggregatorFoldBudget
@@ -131,7 +178,7 @@ public final class AggregatorService: Service, @unchecked Sendable {
             // keeps catching up with would have it committing half of the time, and not more
             // than 50 times a second, or a trickle of one-reading requests commits every poll.
             let caughtUp = !progressed && sinceCommit >= max(.milliseconds(20), lastCommitCost * 4)
-            if pending > 0 && (pending >= commitRecords || due || caughtUp || stopping) {
+            if pending > 0 && (pending >= commitRecords || due || caughtUp || stopping || pausing) {
                 let started = now()
                 try folder.commit(offsets: offsets, now: time.wallNanoseconds)
                 publish(offsets)
@@ -139,10 +186,10 @@ public final class AggregatorService: Service, @unchecked Sendable {
                 lastCommit = now()
                 lastCommitCost = lastCommit - started
             }
-            if stopping && !progressed { return }
+            if (stopping && !progressed) || pausing { return }
             if !progressed {
                 condition.lock()
-                if !stopRequested { _ = condition.wait(until: Date().addingTimeInterval(0.005)) }
+                if !stopRequested && !pauseRequested { _ = condition.wait(until: Date().addingTimeInterval(0.005)) }
                 condition.unlock()
             }
         }

@@ -10,6 +10,8 @@ public enum LogRepair {
     public struct Outcome: Sendable {
         public var done: [String] = []
         public var failed: [String] = []
+
+        public init() {}
     }
 
     /// Repairs what `verify` found. The marker goes down before the first segment changes, so

@@ -29,50 +29,119 @@ public enum AggregateRebuild {
         }
         let started = Date()
         let directory = try LogDirectory(dataDirectory: dataDirectory)
-        let totalBytes = logBytes(directory.dataDirectory)
         let store = try AggregateStore(path: output)
-        let folder = try AggregateFolder(store: store, maxCachedRows: 2_000_000)
-        var offsets = [Int64](repeating: 0, count: directory.partitionCount)
+        var fold = try Fold(store: store, readers: (0..<directory.partitionCount).map { directory.reader(partition: $0, from: 0) },
+                            totalBytes: logBytes(directory.dataDirectory))
+        try fold.run(until: until, progress: progress)
+        let kept = try keepRowsBeforeFloors(into: store, dataDirectory: directory.dataDirectory, partitions: directory.partitionCount)
+        try store.checkpoint()
+        progress(fold.totalBytes, fold.totalBytes)
+        let rows = try store.allAggregates().count
+        return Result(readings: fold.readings, rows: rows, seconds: Date().timeIntervalSince(started), offsets: fold.offsets, keptRows: kept)
+    }
+
+    /// A fold of partitions from their readers into a store, committed every million rows.
+    struct Fold {
+        let store: AggregateStore
+        let folder: AggregateFolder
+        let readers: [PartitionReader]
+        var offsets: [Int64]
         var readings: Int64 = 0
-        var bytesBefore: Int64 = 0
-        var batch = DecodedBatch()
-        var lastReport = Date()
-        for p in 0..<directory.partitionCount {
-            let reader = directory.reader(partition: p, from: 0)
-            offsets[p] = reader.nextOffset
-            while let first = try reader.next(into: &batch) {
-                if let until, batch.header.appendTime > until { break }
-                try folder.fold(batch, from: first)
-                if batch.kind == .readings { readings += Int64(batch.count - first) }  // not removed records
-                offsets[p] = reader.nextOffset
-                if folder.pendingRows > 1_000_000 { try folder.commit(offsets: offsets) }
-                if Date().timeIntervalSince(lastReport) > 0.2 {
-                    progress(bytesBefore + reader.bytesRead, totalBytes)
-                    lastReport = Date()
+        let totalBytes: Int64
+        /// Partitions whose fold reached a batch appended after `until`.
+        var reachedUntil: Set<Int> = []
+
+        /// Asked between batches: true abandons the fold.
+        let stopped: () -> Bool
+
+        init(store: AggregateStore, readers: [PartitionReader], totalBytes: Int64, stopped: @escaping () -> Bool = { false }) throws {
+            self.store = store
+            self.stopped = stopped
+            folder = try AggregateFolder(store: store, maxCachedRows: 2_000_000)
+            self.readers = readers
+            offsets = readers.map(\.nextOffset)
+            self.totalBytes = totalBytes
+        }
+
+        /// Folds each partition up to where its reader catches up (or to `until`), and commits.
+        mutating func run(until: Int64?, progress: (Int64, Int64) -> Void) throws {
+            var batch = DecodedBatch()
+            var lastReport = Date()
+            for (p, reader) in readers.enumerated() where !reachedUntil.contains(p) {
+                while let first = try reader.next(into: &batch) {
+                    if stopped() { throw LogError(.io, "the rebuild was stopped (shutdown); the current store stays") }
+                    if let until, batch.header.appendTime > until {
+                        reachedUntil.insert(p)  // the reader is past this batch: stop here for good
+                        break
+                    }
+                    try folder.fold(batch, from: first)
+                    if batch.kind == .readings { readings += Int64(batch.count - first) }  // not removed records
+                    offsets[p] = reader.nextOffset
+                    if folder.pendingRows > 1_000_000 { try folder.commit(offsets: offsets) }
+                    if Date().timeIntervalSince(lastReport) > 0.2 {
+                        progress(readers.reduce(0) { $0 + $1.bytesRead }, totalBytes)
+                        lastReport = Date()
+                    }
                 }
             }
-            bytesBefore += reader.bytesRead
+            try folder.commit(offsets: offsets)
         }
-        try folder.commit(offsets: offsets)
-        // Once retention has cut a partition, the hours up to its floor lost readings the log no
-        // longer holds: the current store's rows for them are the complete ones.
-        var kept = 0
-        let floors = try Retention.floors(dataDirectory: directory.dataDirectory, partitions: directory.partitionCount)
-        let currentPath = directory.layout.aggregates
-        if floors.contains(where: { $0 != nil }), FileManager.default.fileExists(atPath: currentPath) {
-            let current = try AggregateStore(path: currentPath, readOnly: true)
-            let keep = try current.allAggregates().filter { row in
-                guard let floor = floors[PartitionHash.partition(of: row.sensorID, partitions: directory.partitionCount)],
-                      let start = Timestamp.parseISO8601(row.hourBucket) else { return false }
-                return start <= Timestamp.hourStart(floor)
+    }
+
+    /// Once retention has cut a partition, the hours up to its floor lost readings the log no
+    /// longer holds: the current store's rows for them are the complete ones. Copies them into
+    /// `store`; returns how many.
+    static func keepRowsBeforeFloors(into store: AggregateStore, dataDirectory: String, partitions: Int) throws -> Int {
+        let floors = try Retention.floors(dataDirectory: dataDirectory, partitions: partitions)
+        let currentPath = DataLayout(dataDirectory).aggregates
+        guard floors.contains(where: { $0 != nil }), FileManager.default.fileExists(atPath: currentPath) else { return 0 }
+        let current = try AggregateStore(path: currentPath, readOnly: true)
+        let keep = try current.allAggregates().filter { row in
+            guard let floor = floors[PartitionHash.partition(of: row.sensorID, partitions: partitions)],
+                  let start = Timestamp.parseISO8601(row.hourBucket) else { return false }
+            return start <= Timestamp.hourStart(floor)
+        }
+        try store.put(keep)
+        return keep.count
+    }
+
+    /// `rebuild-aggregates` in place while sensorlogd serves: folds the live log from its start
+    /// into a new file while ingestion and the aggregator go on, then pauses the aggregator
+    /// (which commits what it folded), folds the tail appended meanwhile, and swaps the new
+    /// store in. Queries read the old store until the swap and the new one after, never a mix.
+    /// Blocking: run it on a thread of its own.
+    /// - Parameter until: see `build`; the aggregator then folds on from the rebuilt offsets.
+    /// - Parameter stopped: asked between batches; true abandons the rebuild (shutdown).
+    public static func rebuildWhileServing(log: Log, aggregator: AggregatorService, until: Int64? = nil, _ ops: FileOperations = .system,
+                                           stopped: @escaping () -> Bool = { false },
+                                           progress: (Int64, Int64) -> Void = { _, _ in }) throws -> Result {
+        let started = Date()
+        let dataDirectory = log.dataDirectory
+        let target = DataLayout(dataDirectory).aggregatesRebuilding
+        for suffix in ["", "-wal", "-shm"] {  // left by an interrupted rebuild
+            try ops.remove(target + suffix, display: DataLayout.aggregatesRebuildingDisplay + suffix)
+        }
+        do {
+            var fold: Fold? = try Fold(store: try AggregateStore(path: target),
+                                       readers: log.partitions.indices.map { log.reader(partition: $0, from: 0) },
+                                       totalBytes: logBytes(dataDirectory), stopped: stopped)
+            try fold!.run(until: until, progress: progress)
+            var result = try aggregator.whilePaused { () throws -> Result in
+                try fold!.run(until: until, progress: progress)  // the tail appended meanwhile
+                let kept = try keepRowsBeforeFloors(into: fold!.store, dataDirectory: dataDirectory, partitions: log.partitions.count)
+                try fold!.store.checkpoint()
+                let done = Result(readings: fold!.readings, rows: try fold!.store.allAggregates().count, seconds: 0,
+                                  offsets: fold!.offsets, keptRows: kept)
+                fold = nil  // closes the new store before it is renamed into place
+                try swapIn(target, dataDirectory: dataDirectory, ops)
+                return done
             }
-            try store.put(keep)
-            kept = keep.count
+            result.seconds = Date().timeIntervalSince(started)
+            return result
+        } catch {
+            _ = ops.unlink(target)
+            throw error
         }
-        try store.checkpoint()
-        progress(totalBytes, totalBytes)
-        let rows = try store.allAggregates().count
-        return Result(readings: readings, rows: rows, seconds: Date().timeIntervalSince(started), offsets: offsets, keptRows: kept)
     }
 
     /// The bytes of every segment a full read of the log goes through (at least 1): the total

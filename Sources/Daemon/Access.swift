@@ -40,11 +40,6 @@ public enum Access {
     /// Only an address, never a name that merely starts like one (`127.example.com`).
     public static func isLoopback(_ host: String) -> Bool {
         if host == "localhost" { return true }
-        guard let address = try? SocketAddress(ipAddress: host, port: 0) else { return false }
-        switch address {
-        case .v4(let v4): return UInt32(bigEndian: v4.address.sin_addr.s_addr) >> 24 == 127
-        case .v6: return host == "::1" || address.ipAddress == "::1"
-        default: return false
-        }
+        return (try? SocketAddress(ipAddress: host, port: 0))?.isLocal ?? false
     }
 }

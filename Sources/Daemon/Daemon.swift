@@ -25,7 +25,7 @@ public final class Daemon: Sendable {
     /// The services in start order; shutdown runs in reverse: HTTP, the line protocol (drains
     /// what it read into the log), maintenance (stops its job), the aggregator (commits what it
     /// folded), the log (fsync, close).
-    public static let serviceOrder = ["log", "aggregator", "maintenance", "line protocol", "http"]
+    public static let serviceOrder = ["log", "aggregator", "maintenance", "admin", "line protocol", "http"]
 
     public let configuration: DaemonConfiguration
     public let log: Log
@@ -33,6 +33,9 @@ public final class Daemon: Sendable {
     public let aggregator: AggregatorService
     /// Retention and background compaction, one job at a time.
     public let maintenance: MaintenanceService
+    /// The operator's jobs (`/admin/` and the admin socket).
+    let admin: AdminService
+    let adminSocket: AdminSocketService
     /// The line protocol's port (the bound one when 0 was asked).
     public let tcpPort: Int
     let tcp: LineProtocolServer
@@ -54,6 +57,8 @@ public final class Daemon: Sendable {
         self.tcpPort = tcpPort
         self.http = http
         self.logger = logger
+        admin = AdminService(log: log, pipeline: pipeline, aggregator: aggregator, maintenance: maintenance, logger: logger)
+        adminSocket = AdminSocketService(admin: admin, path: DataLayout(log.dataDirectory).adminSocket, limits: configuration.limits, logger: logger)
     }
 
     /// Opens everything and binds the line protocol (HTTP binds in `run`, before "ready").
@@ -106,7 +111,7 @@ public final class Daemon: Sendable {
     /// - Throws: `DaemonError` for a port that cannot be bound (69), readings lost at shutdown or
     ///   a log that would not close (74).
     public func run(signals: [UnixSignal] = [.sigterm, .sigint]) async throws(DaemonError) {
-        let services: [any Service] = [LogService(log: log, logger: logger), aggregator, maintenance, tcp, http]
+        let services: [any Service] = [LogService(log: log, logger: logger), aggregator, maintenance, adminSocket, tcp, http]
         let named = zip(Self.serviceOrder, services).map { name, service in
             ServiceGroupConfiguration.ServiceConfiguration(service: StopRecorder(name: name, service: service, stopped: stopped))
         }
@@ -158,7 +163,7 @@ public final class Daemon: Sendable {
         return HTTPServer.make(
             configuration: HTTPServerConfiguration(host: c.bind, port: c.httpPort, apiKeys: c.apiKeys, rateLimit: c.rateLimit,
                                                    corsOrigin: c.corsOrigin, limits: c.limits),
-            pipeline: pipeline, aggregator: aggregator, logger: logger,
+            pipeline: pipeline, aggregator: aggregator, admin: admin, logger: logger,
             metricsText: {
                 gauges.refresh()
                 return registry.emitToString()

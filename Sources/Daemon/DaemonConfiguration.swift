@@ -17,8 +17,9 @@ public struct DaemonConfiguration: Sendable {
     public var fsync: FsyncPolicy = .interval
     public var limits = DaemonConfiguration.defaultLimits
     public var types: SensorTypes = .standard
-    /// HTTP API keys; empty turns authentication off.
-    public var apiKeys: [String] = []
+    /// HTTP API keys with their roles; empty turns authentication off (and `/admin/` answers on
+    /// loopback only).
+    public var apiKeys: [APIKey] = []
     /// Readings a second per key (per client address without keys); nil is off.
     public var rateLimit: Double?
     public var corsOrigin: String?

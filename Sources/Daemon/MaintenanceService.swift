@@ -29,6 +29,9 @@ public final class MaintenanceService: Service, Sendable {
     let compaction: CompactionJob
     /// Partitions held back at the last pass, so the reason is logged once per episode.
     private let blocked = Mutex<Set<Int>>([])
+    /// Held by whatever changes segments (a pass here, an admin job), so that two never do at
+    /// once: a compaction never swaps segments retention is deleting.
+    let segmentWork = AsyncLock()
 
     public init(log: Log, pipeline: IngestPipeline, aggregator: AggregatorService, policy: RetentionPolicy, compacts: Bool,
                 time: any TimeSource, logger: Logger) {
@@ -55,11 +58,13 @@ public final class MaintenanceService: Service, Sendable {
             } catch {
                 return  // shutting down
             }
-            if !policy.isOff { await retentionPass() }
-            // A shutdown stops a compaction between batches (what it wrote is discarded).
-            if compacts {
-                let job = compaction
-                await withGracefulShutdownHandler { await job.run() } onGracefulShutdown: { job.stop() }
+            await segmentWork.run {
+                if !policy.isOff { await retentionPass() }
+                // A shutdown stops a compaction between batches (what it wrote is discarded).
+                if compacts {
+                    let job = compaction
+                    await withGracefulShutdownHandler { await job.run() } onGracefulShutdown: { job.stop() }
+                }
             }
         }
     }
@@ -71,6 +76,18 @@ public final class MaintenanceService: Service, Sendable {
     /// One retention pass now. A failure is logged and counted; the next pass tries again.
     @discardableResult
     public func retentionPass() async -> RetentionPassResult? {
+        do {
+            return try await retention(policy)
+        } catch {
+            logger.error("retention failed; the next pass tries again", metadata: ["error": "\(error)"])
+            return nil
+        }
+    }
+
+    /// One retention pass under `policy` (the server's, or an operator's `sensorlog retention`),
+    /// never past what the aggregator has folded; logged and counted. The caller holds
+    /// `segmentWork`.
+    func retention(_ policy: RetentionPolicy) async throws(LogError) -> RetentionPassResult {
         let started = time.monotonicNanoseconds
         let before = log.partitions.map(\.startOffset)
         let result: RetentionPassResult
@@ -78,9 +95,8 @@ public final class MaintenanceService: Service, Sendable {
             result = try await log.applyRetention(policy, now: time.wallNanoseconds, foldedUpTo: aggregator.committedOffsets,
                                                   floorsRaised: { await pipeline.raiseFloors($0) })
         } catch {
-            logger.error("retention failed; the next pass tries again", metadata: ["error": "\(error)"])
             metrics.failed()
-            return nil
+            throw error
         }
         if !result.removed.isEmpty { await pipeline.logStartMoved() }
         report(result, seconds: Double(time.monotonicNanoseconds - started) / 1e9)
@@ -169,4 +185,36 @@ struct JobMetrics: Sendable {
     }
 
     func failed() { failures.increment() }
+}
+
+/// A lock for async code that may hold it across suspensions (a maintenance pass, an admin
+/// job); waiters are served in order.
+actor AsyncLock {
+    private var held = false
+    private var waiters: [CheckedContinuation<Void, Never>] = []
+
+    func lock() async {
+        guard held else {
+            held = true
+            return
+        }
+        await withCheckedContinuation { waiters.append($0) }
+    }
+
+    func unlock() {
+        if waiters.isEmpty { held = false } else { waiters.removeFirst().resume() }
+    }
+
+    /// Runs `body` holding the lock.
+    nonisolated func run<T: Sendable>(_ body: () async throws -> T) async rethrows -> T {
+        await lock()
+        do {
+            let value = try await body()
+            await unlock()
+            return value
+        } catch {
+            await unlock()
+            throw error
+        }
+    }
 }

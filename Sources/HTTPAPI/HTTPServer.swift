@@ -13,15 +13,16 @@ public import SensorLogCore
 public struct HTTPServerConfiguration: Sendable {
     public var host: String
     public var port: Int
-    /// Accepted `X-API-Key` values; empty turns authentication off.
-    public var apiKeys: [String]
+    /// Accepted `X-API-Key` values with their roles; empty turns authentication off (and
+    /// `/admin/` answers on loopback only).
+    public var apiKeys: [APIKey]
     /// Readings a second per key (or client address); nil turns rate limiting off.
     public var rateLimit: Double?
     /// The origin allowed by CORS; nil answers no CORS headers.
     public var corsOrigin: String?
     public var limits: Limits
 
-    public init(host: String = "127.0.0.1", port: Int = 8080, apiKeys: [String] = [], rateLimit: Double? = nil,
+    public init(host: String = "127.0.0.1", port: Int = 8080, apiKeys: [APIKey] = [], rateLimit: Double? = nil,
                 corsOrigin: String? = nil, limits: Limits = Limits()) {
         self.host = host
         self.port = port
@@ -65,7 +66,8 @@ public enum HTTPServer {
     ///   - metricsText: renders the Prometheus exposition (the executable owns the registry).
     ///   - onRunning: called with the bound port once the server listens.
     public static func make(
-        configuration: HTTPServerConfiguration, pipeline: IngestPipeline, aggregator: AggregatorService? = nil, logger: Logger,
+        configuration: HTTPServerConfiguration, pipeline: IngestPipeline, aggregator: AggregatorService? = nil,
+        admin: (any AdminOperations)? = nil, logger: Logger,
         metricsText: @escaping @Sendable () -> String,
         onRunning: @escaping @Sendable (Int) async -> Void = { _ in }
     ) -> App {
@@ -80,8 +82,10 @@ public enum HTTPServer {
                 allowHeaders: [.accept, .contentType, .origin, APIKeyMiddleware.header, RequestIDMiddleware.header],
                 allowMethods: [.get, .post, .options], exposedHeaders: ["X-Request-Id", "Retry-After"], maxAge: .seconds(600)))
         }
-        if !configuration.apiKeys.isEmpty {
-            router.add(middleware: APIKeyMiddleware(keys: configuration.apiKeys.map { Array($0.utf8) }))
+        if configuration.apiKeys.isEmpty {
+            router.add(middleware: AdminLoopbackMiddleware())
+        } else {
+            router.add(middleware: APIKeyMiddleware(keys: configuration.apiKeys))
         }
         router.add(middleware: APIErrorMiddleware(routes: routes.table))
 
@@ -102,6 +106,7 @@ public enum HTTPServer {
         }
         QueryRoutes(log: pipeline.log, aggregator: aggregator,
                     reader: AggregateReader(path: DataLayout(pipeline.log.dataDirectory).aggregates)).add(to: routes)
+        if let admin { AdminRoutes.add(admin, to: routes, maxBodyBytes: configuration.limits.maxBodyBytes) }
         routes.get("/metrics") { _, _ -> Response in
             Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                      body: ResponseBody(byteBuffer: ByteBuffer(string: metricsText())))
@@ -121,5 +126,21 @@ public enum HTTPServer {
             configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "sensorlog"),
             onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? configuration.port) },
             logger: logger)
+    }
+
+    /// The admin routes alone on a Unix domain socket (`sensorlog` finds it in the data
+    /// directory): no keys, since whoever may open the socket may touch the files.
+    public static func makeAdminSocket(path: String, admin: any AdminOperations, limits: Limits, logger: Logger,
+                                       onRunning: @escaping @Sendable () async -> Void) -> App {
+        let router = Router(context: SensorRequestContext.self)
+        let routes = Routes(router: router)
+        router.add(middleware: RequestIDMiddleware())
+        router.add(middleware: APIErrorMiddleware(routes: routes.table))
+        AdminRoutes.add(admin, to: routes, maxBodyBytes: limits.maxBodyBytes)
+        let idle = TimeAmount.nanoseconds(Int64(limits.idleTimeout / .nanoseconds(1)))
+        return Application(
+            router: router, server: .http1(configuration: .init(idleTimeout: idle)),
+            configuration: .init(address: .unixDomainSocket(path: path), serverName: "sensorlog"),
+            onServerRunning: { _ in await onRunning() }, logger: logger)
     }
 }

@@ -264,36 +264,63 @@ final class RouteMetrics: Sendable {
     }
 }
 
-/// `X-API-Key` on every route but `/health` and `/metrics`, when keys are configured. Keys are
-/// compared in constant time, against every configured key, so timing reveals nothing.
+/// `X-API-Key` on every route but `/health` and `/metrics`, when keys are configured, and the
+/// key's role for the route (`APIRole`): 403 naming the role it lacks. Keys are compared in
+/// constant time, against every configured key, so timing reveals nothing.
 struct APIKeyMiddleware: RouterMiddleware {
     typealias Context = SensorRequestContext
     static let header = HTTPField.Name("X-API-Key")!
-    let keys: [[UInt8]]
+    let keys: [(key: [UInt8], roles: Set<APIRole>)]
+
+    init(keys: [APIKey]) { self.keys = keys.map { (Array($0.key.utf8), $0.roles) } }
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         let path = request.uri.path
         if path == "/health" || path == "/metrics" || request.method == .options { return try await next(request, context) }
-        guard let given = request.headers[Self.header], let key = match(Array(given.utf8)) else {
+        guard let given = request.headers[Self.header], let (key, roles) = match(Array(given.utf8)) else {
             var error = APIError(.unauthorized, code: "unauthorized", "missing or unknown X-API-Key")
             error.headers[.wwwAuthenticate] = "X-API-Key"
             throw error
+        }
+        let needed = Self.role(method: request.method, path: path)
+        guard roles.contains(needed) else {
+            throw APIError(.forbidden, code: "forbidden", "this API key lacks the \(needed.rawValue) role this route needs")
         }
         var context = context
         context.apiKey = key
         return try await next(request, context)
     }
 
-    private func match(_ given: [UInt8]) -> String? {
-        var found: String?
-        for key in keys {
+    /// The role a route needs: `/admin/` admin, a write ingest, anything else read.
+    static func role(method: HTTPRequest.Method, path: String) -> APIRole {
+        if path == "/admin" || path.hasPrefix("/admin/") { return .admin }
+        return method == .post ? .ingest : .read
+    }
+
+    private func match(_ given: [UInt8]) -> (String, Set<APIRole>)? {
+        var found: (String, Set<APIRole>)?
+        for (key, roles) in keys {
             // The whole length difference counts (a key plus 256 bytes must not match), and the
             // loop's length is the configured key's, so timing says nothing about the given one.
             var difference = key.count ^ given.count
             for i in 0..<key.count { difference |= Int(key[i] ^ (i < given.count ? given[i] : 0)) }
-            if difference == 0 && found == nil { found = String(decoding: key, as: UTF8.self) }
+            if difference == 0 && found == nil { found = (String(decoding: key, as: UTF8.self), roles) }
         }
         return found
+    }
+}
+
+/// Without API keys, `/admin/` answers only to clients on this host (loopback, or the admin
+/// socket): anyone who can reach the port could otherwise delete data.
+struct AdminLoopbackMiddleware: RouterMiddleware {
+    typealias Context = SensorRequestContext
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        let path = request.uri.path
+        if path == "/admin" || path.hasPrefix("/admin/"), let remote = context.remoteAddress, !remote.isLocal {
+            throw APIError(.forbidden, code: "forbidden", "/admin/ answers on loopback only when no API keys are configured")
+        }
+        return try await next(request, context)
     }
 }
 

@@ -42,13 +42,21 @@ final class AggregateReader: @unchecked Sendable {
     let path: String
     private let lock = NSLock()
     private var store: AggregateStore?
+    /// The file the connection has open: an in-place rebuild renames a new store over the path,
+    /// and the next request opens that one (a request under way reads on from the old).
+    private var inode: UInt64 = 0
 
     init(path: String) { self.path = path }
 
     func read<T>(_ body: (AggregateStore) throws -> T) throws -> T {
         lock.lock()
         defer { lock.unlock() }
-        if store == nil { store = try AggregateStore(path: path, readOnly: true) }
+        let current = FileOperations.inode(path) ?? 0
+        if store == nil || current != inode {
+            store = nil
+            store = try AggregateStore(path: path, readOnly: true)
+            inode = current
+        }
         return try body(store!)
     }
 }

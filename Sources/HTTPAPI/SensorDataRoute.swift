@@ -87,7 +87,8 @@ struct SensorDataRoute: Sendable {
         var readings: [Stored]
         var duplicates: [Int]
         var tooOld: [Int]
-        enum CodingKeys: String, CodingKey { case accepted, readings, duplicates, tooOld = "too_old" }
+        var deleted: [Int]
+        enum CodingKeys: String, CodingKey { case accepted, readings, duplicates, tooOld = "too_old", deleted }
     }
 
     func handle(_ request: Request, context: SensorRequestContext) async throws -> Response {
@@ -178,9 +179,12 @@ struct SensorDataRoute: Sendable {
             case .tooOld:
                 throw APIError(.badRequest, code: "too_old", "older than the retained log: retention removed readings up to this time",
                                field: "timestamp")
+            case .deleted:
+                throw APIError(.conflict, code: "deleted",
+                               "sensor \(readings[0].sensorID) was deleted: its readings up to the newest one deleted are refused", field: "timestamp")
             }
         }
-        var created = Created(accepted: 0, readings: [], duplicates: [], tooOld: [])
+        var created = Created(accepted: 0, readings: [], duplicates: [], tooOld: [], deleted: [])
         for (i, outcome) in outcomes.enumerated() {
             switch outcome {
             case .appended(let partition, let offset):
@@ -189,6 +193,8 @@ struct SensorDataRoute: Sendable {
                 created.duplicates.append(i)
             case .tooOld:
                 created.tooOld.append(i)
+            case .deleted:
+                created.deleted.append(i)
             }
         }
         created.accepted = created.readings.count

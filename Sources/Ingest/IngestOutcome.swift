@@ -7,6 +7,7 @@ public struct SubmissionResult: Sendable {
     public var duplicates = 0
     public var mismatches = 0
     public var tooOld = 0
+    public var deleted = 0
     public var outcomes: [IngestOutcome]?
     /// The first reading refused (its index in the submission) and why: what a summary log line
     /// shows when no per-reading report was asked for.
@@ -19,8 +20,16 @@ public struct SubmissionResult: Sendable {
 
     /// The refused counts under the reasons metrics and logs name them by.
     var refusals: [(reason: String, count: Int)] {
-        [("duplicate", duplicates), ("type_mismatch", mismatches), ("too_old", tooOld)]
+        [("duplicate", duplicates), ("type_mismatch", mismatches), ("too_old", tooOld), ("deleted", deleted)]
     }
+}
+
+/// A sensor deleted: its deletion record's partition and offset, and the newest reading deleted.
+public struct SensorDeletion: Sendable, Equatable {
+    public var sensorID: String
+    public var partition: Int
+    public var offset: Int64
+    public var lastReading: Int64
 }
 
 /// Readings whose sensor is bound to another type: (index, the sensor's type).
@@ -36,6 +45,8 @@ public enum IngestOutcome: Sendable, Equatable {
     case typeMismatch(expected: String)
     /// Older than what retention removed from its partition: it may have been counted already.
     case tooOld
+    /// Of a sensor deleted since, at or before the newest reading the deletion removed.
+    case deleted
 
     /// The reason a refused reading is counted and logged under (as `SubmissionResult.refusals`);
     /// nil for an appended one.
@@ -45,6 +56,7 @@ public enum IngestOutcome: Sendable, Equatable {
         case .duplicate: "duplicate"
         case .typeMismatch: "type_mismatch"
         case .tooOld: "too_old"
+        case .deleted: "deleted"
         }
     }
 }

@@ -142,6 +142,17 @@ public final class IngestPipeline: Sendable {
         for (p, ingest) in partitions.enumerated() { await ingest.forgetOffsets(before: log.partitions[p].startOffset) }
     }
 
+    /// Deletes each of `sensorIDs` (see `PartitionIngest.delete`); nil for a sensor with no
+    /// reading in the log. Returns once every deletion record is durable.
+    public func delete(_ sensorIDs: [String]) async throws(LogError) -> [SensorDeletion?] {
+        var done: [SensorDeletion?] = []
+        for id in sensorIDs { done.append(try await partitions[partition(for: id)].delete(id).get()) }
+        return done
+    }
+
+    /// Whether the log holds a reading of `sensorID` the ingest knows of (not deleted since).
+    public func knows(_ sensorID: String) async -> Bool { await partitions[partition(for: sensorID)].knows(sensorID) }
+
     /// What `submitCounting` did: counts, and one refused reading to show in a log line.
     public struct Counted: Sendable {
         public var appended = 0

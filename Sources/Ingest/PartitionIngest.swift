@@ -45,7 +45,8 @@ actor PartitionIngest {
     }
 
     private struct Waiting {
-        var submission: Submission
+        /// nil: a deletion waiting for the lead (it runs alone, between batches).
+        var submission: Submission?
         var continuation: CheckedContinuation<Wake, Never>
     }
 
@@ -68,6 +69,9 @@ actor PartitionIngest {
 
     /// Readings at or before this timestamp are refused (`Retention` removed that far).
     private(set) var floor: Int64?
+    /// Deleted sensors, each with the newest reading deleted: a reading of the sensor at or
+    /// before it is refused `deleted`, a newer one starts the sensor afresh.
+    private var deleted: [String: Int64] = [:]
 
     init(partition: Int, log: Log, typeNames: [String], floor: Int64?) {
         self.partition = partition
@@ -84,6 +88,9 @@ actor PartitionIngest {
         var batch = DecodedBatch()
         var hashes: [UInt64] = []
         while let first = try reader.next(into: &batch) {
+            if batch.kind == .sensorDeletions {
+                for i in first..<batch.count { forget(batch.sensorID(at: i), lastReading: batch.timestamps[i], deletionOffset: batch.offset(at: i)) }
+            }
             guard batch.kind == .readings else { continue }
             hashes.removeAll(keepingCapacity: true)
             for i in 0..<batch.count { hashes.append(KeyFilter.hash(batch.sensorID(at: i), batch.timestamps[i])) }
@@ -103,6 +110,48 @@ actor PartitionIngest {
     }
 
     var sensorCount: Int { sensors.count }
+
+    func knows(_ sensorID: String) -> Bool { sensors.slot(of: sensorID) != nil }
+
+    /// A deletion record's effect: the sensor's type is released, its readings up to
+    /// `lastReading` are refused from now on, and readers stop seeing them.
+    private func forget(_ sensorID: String, lastReading: Int64, deletionOffset: Int64) {
+        sensors[sensorID] = nil
+        deleted[sensorID] = max(deleted[sensorID] ?? .min, lastReading)
+        log.partitions[partition].deletions.add(sensorID, before: deletionOffset)
+    }
+
+    /// Deletes a sensor: its deletion record goes into the log (stamped with its newest
+    /// reading), between two batches of appends so no reading of it is in flight.
+    /// - Returns: the deletion, or nil when the partition has no reading of the sensor.
+    func delete(_ sensorID: String) async -> Result<SensorDeletion?, LogError> {
+        await takeLead()
+        defer { passLead() }
+        guard let state = sensors[sensorID] else { return .success(nil) }
+        do {
+            let appended = try await log.appendDeletion(sensorID, lastReading: state.lastTimestamp, toPartition: partition)
+            forget(sensorID, lastReading: state.lastTimestamp, deletionOffset: appended.baseOffset)
+            return .success(SensorDeletion(sensorID: sensorID, partition: partition, offset: appended.baseOffset, lastReading: state.lastTimestamp))
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    private func takeLead() async {
+        if running {
+            _ = await withCheckedContinuation { queue.append(Waiting(submission: nil, continuation: $0)) }
+        }
+        running = true
+    }
+
+    /// Hands the lead to the first waiting submission or deletion.
+    private func passLead() {
+        if queue.isEmpty {
+            running = false
+        } else {
+            queue.removeFirst().continuation.resume(returning: .lead)
+        }
+    }
 
     private func typeIndex(_ name: String) -> UInt8 {
         if let i = typeNames.firstIndex(of: name) { return UInt8(i) }
@@ -212,15 +261,12 @@ actor PartitionIngest {
             if case .done(let result) = wake { return result }
         }
         running = true
-        let followers = queue
-        queue = []
-        let results = await process([submission] + followers.map(\.submission))
+        // Followers up to the first deletion waiting: it runs after this batch, alone.
+        let followers = Array(queue.prefix { $0.submission != nil })
+        queue.removeFirst(followers.count)
+        let results = await process([submission] + followers.map { $0.submission! })
         for (waiting, result) in zip(followers, results.dropFirst()) { waiting.continuation.resume(returning: .done(result)) }
-        if queue.isEmpty {
-            running = false
-        } else {
-            queue.removeFirst().continuation.resume(returning: .lead)
-        }
+        passLead()
         return results[0]
     }
 
@@ -248,6 +294,11 @@ actor PartitionIngest {
                 if let floor, r.timestamp <= floor {
                     results[s].tooOld += 1
                     results[s].refuse(i, .tooOld)
+                    continue
+                }
+                if !deleted.isEmpty, let last = deleted[r.sensorID], r.timestamp <= last {
+                    results[s].deleted += 1
+                    results[s].refuse(i, .deleted)
                     continue
                 }
                 if r.type != lastTypeName {

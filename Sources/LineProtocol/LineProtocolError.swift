@@ -35,6 +35,8 @@ public struct LineProtocolError: Error, Sendable, Equatable, CustomStringConvert
         public static let typeMismatch = Reason("type_mismatch")
         /// Older than the start of the retained log.
         public static let tooOld = Reason("too_old")
+        /// Of a deleted sensor, at or before the newest reading its deletion removed.
+        public static let deleted = Reason("deleted")
 
         /// The line-protocol reason for a failed reading validation.
         public init(_ code: ReadingError.Code) {

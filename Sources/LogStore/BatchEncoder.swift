@@ -151,13 +151,14 @@ final class BatchEncoder {
         return removed
     }
 
-    /// Encodes sensor deletions: one record per sensor_id, stamped with the append time.
-    func encodeDeletions(_ sensorIDs: [String], appendTime: Int64, maxBatchBytes: Int) throws(LogError) -> UnsafeRawBufferPointer {
+    /// Encodes sensor deletions: one record per sensor_id, all stamped with `timestamp` (the
+    /// newest reading deleted; records written before that was kept carry the append time).
+    func encodeDeletions(_ sensorIDs: [String], timestamp: Int64, appendTime: Int64, maxBatchBytes: Int) throws(LogError) -> UnsafeRawBufferPointer {
         precondition(!sensorIDs.isEmpty)
         payload.removeAll()
         for id in sensorIDs { writeString(id) }
         return try finish(
-            kind: .sensorDeletions, count: sensorIDs.count, minTimestamp: appendTime, maxTimestamp: appendTime,
+            kind: .sensorDeletions, count: sensorIDs.count, minTimestamp: timestamp, maxTimestamp: timestamp,
             appendTime: appendTime, maxBatchBytes: maxBatchBytes)
     }
 

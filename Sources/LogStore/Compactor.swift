@@ -212,7 +212,8 @@ public enum Compactor {
             case .sensorDeletions:
                 try flush()
                 let ids = (0..<batch.count).map(batch.sensorID(at:))
-                try write(try encoder.encodeDeletions(ids, appendTime: batch.header.appendTime, maxBatchBytes: limits.maxBatchBytes),
+                try write(try encoder.encodeDeletions(ids, timestamp: batch.header.minTimestamp, appendTime: batch.header.appendTime,
+                                                       maxBatchBytes: limits.maxBatchBytes),
                           count: batch.count, maxTimestamp: batch.header.maxTimestamp)
             case .removed, .sparseReadings:
                 try remove(Int(batch.nextOffset - batch.baseOffset))

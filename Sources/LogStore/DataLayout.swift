@@ -4,6 +4,7 @@
 /// ```
 /// meta.json                    LogMetadata (format, partition count, hash)
 /// LOCK                         DirectoryLock
+/// admin.sock                   the running server's admin socket (sensorlog finds it here)
 /// retention.json               retention floors
 /// aggregates.sqlite            the aggregator's rows and offsets (+ -wal, -shm)
 /// aggregates.rebuild-pending   present while the aggregates may hold folds the log lost
@@ -20,6 +21,7 @@ public struct DataLayout: Sendable {
 
     static let metadataName = "meta.json"
     static let lockName = "LOCK"
+    static let adminSocketName = "admin.sock"
     static let retentionFloorsName = "retention.json"
     static let aggregatesName = "aggregates.sqlite"
     static let aggregatesRebuildPendingName = "aggregates.rebuild-pending"
@@ -30,6 +32,9 @@ public struct DataLayout: Sendable {
 
     public var metadata: String { root + "/" + Self.metadataName }
     public var lock: String { root + "/" + Self.lockName }
+    /// The running server's admin socket; its name as messages show it.
+    public var adminSocket: String { root + "/" + Self.adminSocketName }
+    public static let adminSocketDisplay = adminSocketName
     public var retentionFloors: String { root + "/" + Self.retentionFloorsName }
     public var aggregates: String { root + "/" + Self.aggregatesName }
     public var aggregatesRebuildPending: String { root + "/" + Self.aggregatesRebuildPendingName }

@@ -196,3 +196,12 @@ func timedSync(_ ops: FileOperations, _ fd: Int32, onSync: ((Int64) -> Void)?) -
 public func syncDirectory(_ path: String, display: String, _ ops: FileOperations = .system) throws(LogError) {
     try ops.syncDirectory(path, display: display)
 }
+
+extension FileOperations {
+    /// The inode a path names now (nil when nothing is there): tells a file renamed over the
+    /// path from the one a reader opened.
+    public static func inode(_ path: String) -> UInt64? {
+        var st = stat()
+        return stat(path, &st) == 0 ? UInt64(st.st_ino) : nil
+    }
+}

@@ -16,10 +16,14 @@ extension Log {
     /// beside the old files; the swap is one rename under the partition lock (appends wait for
     /// that only), and readers with an old file open read on from it. Crash-safe as the
     /// offline compaction is: a manifest makes the swap one decision that recovery completes.
-    /// Deleted sensors' readings are dropped only by the offline `sensorlog compact`.
-    /// - Parameter throttle: called with the bytes of each batch read, to pace the pass.
-    public func compactOnline(partition p: Int, memory: CompactionMemory, throttle: (Int) throws -> Void = { _ in })
-        throws -> Compactor.Result {
+    /// A deleted sensor's readings in a run it rewrites go (they are read through the mask,
+    /// `DeletionMask`); `dropDeleted` rewrites the segments that still hold some.
+    /// - Parameters:
+    ///   - merging: merge every run of adjacent closed segments up to this many bytes, not only
+    ///     those written in small batches (`sensorlog compact` on a running server).
+    ///   - throttle: called with the bytes of each batch read, to pace the pass.
+    public func compactOnline(partition p: Int, memory: CompactionMemory, merging targetBytes: Int? = nil,
+                              throttle: (Int) throws -> Void = { _ in }) throws -> Compactor.Result {
         let partition = partitions[p]
         var result = Compactor.Result()
         if let halted = partition.haltedMaintenance { throw LogError(.io, halted, path: partition.displayDirectory) }
@@ -32,10 +36,11 @@ extension Log {
         var runs: [[ClosedSegment]] = []
         var run: [ClosedSegment] = []
         var runBytes: Int64 = 0
+        let runLimit = Int64(targetBytes ?? configuration.limits.segmentBytes)
         for segment in closed {
-            let sparse = try !dense.contains(segment.baseOffset) && hasSmallBatches(partition, segment)
+            let sparse = try targetBytes != nil || (!dense.contains(segment.baseOffset) && hasSmallBatches(partition, segment))
             if !sparse { dense.insert(segment.baseOffset) }
-            if !sparse || runBytes + segment.size > Int64(configuration.limits.segmentBytes) {
+            if !sparse || runBytes + segment.size > runLimit {
                 if !run.isEmpty { runs.append(run) }
                 (run, runBytes) = ([], 0)
             }
@@ -45,7 +50,9 @@ extension Log {
             }
         }
         if !run.isEmpty { runs.append(run) }
-        for run in runs {
+        // Merging, a lone segment gains nothing from a rewrite (`dropDeleted` rewrites those
+        // that hold deleted readings).
+        for run in runs where targetBytes == nil || run.count > 1 {
             let (before, written, records) = try compact(run, in: partition, throttle: throttle)
             dense.insert(run[0].baseOffset)
             result.bytesBefore += before
@@ -57,6 +64,44 @@ extension Log {
         memory.dense[p] = dense
         result.segmentsAfter = partition.retentionView().closed.count
         return result
+    }
+
+    /// Rewrites every closed segment of `partition` that still holds a reading its deletion mask
+    /// hides, so deleted readings are gone from the files (as removed records; offsets kept).
+    /// Crash-safe and concurrent with appends and readers as `compactOnline` is.
+    public func dropDeleted(partition p: Int, throttle: (Int) throws -> Void = { _ in }) throws -> Compactor.Result {
+        let partition = partitions[p]
+        var result = Compactor.Result()
+        if let halted = partition.haltedMaintenance { throw LogError(.io, halted, path: partition.displayDirectory) }
+        if Compactor.hasManifest(partition.paths) { try Compactor.recover(partition.paths, configuration.fileOperations) }
+        let closed = partition.retentionView().closed
+        result.segmentsBefore = closed.count
+        guard let horizon = partition.deletions.entries.values.max() else { return result }
+        for segment in try segmentsHoldingMasked(partition, closed.filter { $0.baseOffset < horizon }) {
+            let (before, written, records) = try compact([segment], in: partition, throttle: throttle)
+            result.bytesBefore += before
+            result.bytesAfter += written
+            result.records += records
+            result.runs += 1
+            result.segmentsRewritten += 1
+        }
+        result.segmentsAfter = partition.retentionView().closed.count
+        return result
+    }
+
+    private func segmentsHoldingMasked(_ partition: Partition, _ segments: [ClosedSegment]) throws(LogError) -> [ClosedSegment] {
+        var holding: [ClosedSegment] = []
+        var batch = DecodedBatch()
+        for segment in segments {
+            let reader = PartitionReader(view: partition, startOffset: segment.baseOffset, partition: partition.id)
+            while reader.nextOffset < segment.nextOffset, try reader.next(into: &batch) != nil {
+                if reader.maskedInLastBatch > 0 {
+                    holding.append(segment)
+                    break
+                }
+            }
+        }
+        return holding
     }
 
     /// Whether a closed segment's batches average fewer records than a compacted one would hold.

@@ -50,14 +50,14 @@ extension Log {
     public func applyRetention(_ policy: RetentionPolicy, now: Int64, foldedUpTo: [Int64],
                                floorsRaised: ([Int64?]) async -> Void) async throws(LogError) -> RetentionPassResult {
         guard !policy.isOff else { return RetentionPassResult() }
-        let (cuts, floors, blocked) = try await onThread { () throws(LogError) in
+        let (cuts, floors, blocked) = try await onThread("slog-maintain") { () throws(LogError) in
             try self.planRetention(policy, now: now, foldedUpTo: foldedUpTo)
         }
         var result = RetentionPassResult()
         result.blocked = blocked
         guard !cuts.isEmpty else { return result }
         await floorsRaised(floors)
-        result.removed = try await onThread { () throws(LogError) in try self.dropCuts(cuts, floors: floors) }
+        result.removed = try await onThread("slog-maintain") { () throws(LogError) in try self.dropCuts(cuts, floors: floors) }
         return result
     }
 
@@ -129,15 +129,4 @@ extension Log {
         }
         return (cut, blocked)
     }
-}
-
-/// Runs blocking file work on a thread of its own and suspends the caller until it is done.
-func onThread<T: Sendable>(_ body: @escaping @Sendable () throws(LogError) -> T) async throws(LogError) -> T {
-    let result: Result<T, LogError> = await withCheckedContinuation { continuation in
-        Thread {
-            nameCurrentThread("slog-maintain")
-            do throws(LogError) { continuation.resume(returning: .success(try body())) } catch { continuation.resume(returning: .failure(error)) }
-        }.start()
-    }
-    return try result.get()
 }

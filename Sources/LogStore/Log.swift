@@ -297,16 +297,32 @@ public final class Log: Sendable {
         return try outcome.get()
     }
 
-    /// Appends a sensor-deletion record for each of `sensorIDs` (all of one partition).
-    public func appendDeletions(_ sensorIDs: [String], toPartition partition: Int) throws(LogError) -> AppendResult {
-        guard partitions.indices.contains(partition), !sensorIDs.isEmpty else { throw LogError(.invalidArgument, "bad deletion batch") }
+    /// Deletes `sensorID`'s readings: appends its deletion record, stamped with the timestamp of
+    /// the newest reading it deletes (`lastReading`), and masks the readings below the record at
+    /// once (`Partition.deletions`). Returns once the record is durable under the fsync policy.
+    public func appendDeletion(_ sensorID: String, lastReading: Int64, toPartition partition: Int) async throws(LogError) -> AppendResult {
+        let (result, waiter) = try writeDeletion(sensorID, lastReading: lastReading, partition: partition)
+        if let waiter { try await partitions[partition].wait(waiter) }
+        return result
+    }
+
+    /// The blocking form of `appendDeletion`, for tools and tests.
+    public func appendDeletionBlocking(_ sensorID: String, lastReading: Int64, toPartition partition: Int) throws(LogError) -> AppendResult {
+        let (result, waiter) = try writeDeletion(sensorID, lastReading: lastReading, partition: partition)
+        if let waiter { try partitions[partition].wait(waiter) }
+        return result
+    }
+
+    private func writeDeletion(_ sensorID: String, lastReading: Int64, partition: Int) throws(LogError) -> (AppendResult, DurabilityWaiter?) {
+        guard partitions.indices.contains(partition) else { throw LogError(.invalidArgument, "bad deletion batch") }
         let encoder = encoders.take()
         defer { encoders.give(encoder) }
         let appendTime = configuration.time.wallNanoseconds
-        let bytes = try encoder.encodeDeletions(sensorIDs, appendTime: appendTime, maxBatchBytes: configuration.limits.maxBatchBytes)
-        let (result, waiter) = try partitions[partition].write(encoded: bytes, count: sensorIDs.count, maxTimestamp: appendTime, appendTime: appendTime)
-        if let waiter { try partitions[partition].wait(waiter) }
-        return result
+        let bytes = try encoder.encodeDeletions([sensorID], timestamp: lastReading, appendTime: appendTime,
+                                                maxBatchBytes: configuration.limits.maxBatchBytes)
+        let (result, waiter) = try partitions[partition].write(encoded: bytes, count: 1, maxTimestamp: lastReading, appendTime: appendTime)
+        partitions[partition].deletions.add(sensorID, before: result.baseOffset)
+        return (result, waiter)
     }
 
     /// Closes every non-empty active segment (fsync, index files) and starts new ones, so that

@@ -23,6 +23,8 @@ final class ReadOnlyPartition: PartitionView, @unchecked Sendable {
 
     func visibleEnd() -> Int64? { nil }
 
+    var deletionMask: DeletionMask? { nil }
+
     func index(forSegment base: Int64) -> SegmentIndex? {
         let paths = segmentPaths(base)
         var st = stat()

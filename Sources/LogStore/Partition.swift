@@ -73,6 +73,9 @@ protocol PartitionView: AnyObject, Sendable {
     /// swaps the segment meanwhile leaves the caller with the old file and the old index (or
     /// the new and the new), never one of each.
     func openIndexed(_ base: Int64) throws(LogError) -> (Segment, SegmentIndex?)
+    /// Deleted sensors whose readings readers leave out (the live partition's); nil for files
+    /// read from outside the server.
+    var deletionMask: DeletionMask? { get }
 }
 
 /// One partition of the log: a directory of segments and its single writer. When an append is
@@ -106,6 +109,9 @@ public final class Partition: PartitionView, CommittedPartition, @unchecked Send
     let onSync: (@Sendable (_ nanoseconds: Int64) -> Void)?
 
     public let recovery: PartitionRecovery
+    /// Sensors deleted while their readings may still be in the files.
+    public let deletions = DeletionMask()
+    var deletionMask: DeletionMask? { deletions }
 
     init(
         id: Int, directory: String, displayDirectory: String, limits: Limits, committer: any Committer,
@@ -307,6 +313,9 @@ public final class Partition: PartitionView, CommittedPartition, @unchecked Send
     }
 
     // MARK: Retention
+
+    /// Bytes of the closed segments (what a compaction may read).
+    public var closedSegmentBytes: Int64 { retentionView().closed.reduce(0) { $0 + $1.size } }
 
     /// What retention decides on: the closed segments, oldest first, and the active segment.
     func retentionView() -> (closed: [ClosedSegment], active: ClosedSegment) {

@@ -24,6 +24,8 @@ public final class PartitionReader {
     public let partitionID: Int
     /// Bytes of batches returned so far (progress reporting).
     public private(set) var bytesRead: Int64 = 0
+    /// Readings of deleted sensors the deletion mask left out of the last batch.
+    public private(set) var maskedInLastBatch = 0
 
     init(view: any PartitionView, startOffset: Int64, partition: Int) {
         self.view = view
@@ -50,6 +52,7 @@ public final class PartitionReader {
             throw LogError(.corruptBatch, "batch does not decode: \(error.message)", path: segment?.paths.display,
                            position: position - Int64(header.length))
         }
+        maskedInLastBatch = view.deletionMask?.apply(to: &batch) ?? 0
         let first = batch.firstIndex(atOrAfter: nextOffset)
         nextOffset = header.nextOffset
         return first

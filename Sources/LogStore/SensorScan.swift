@@ -128,6 +128,8 @@ extension PartitionReader {
         var batches = 0
         let decoder = BatchDecoder()
         let partition = partitionID
+        // A deleted sensor's readings below its deletion record are gone, in the files or not.
+        let deletedBefore = view.deletionMask?.entries[sensorID] ?? .min
         while out.count < limit, batches < maxBatches {
             // A page may start inside a batch (the cursor of the previous one), and after a
             // compaction's swap the reader may go on from a merged batch that begins before
@@ -139,7 +141,7 @@ extension PartitionReader {
             do {
                 var found: [LocatedReading] = []
                 try decoder.scan(bytes, header: header, sensorID: id, from: from, to: to, partition: partition, into: &found)
-                out += found.lazy.filter { $0.offset >= start }
+                out += found.lazy.filter { $0.offset >= start && $0.offset >= deletedBefore }
             } catch {
                 throw LogError(.corruptBatch, "batch does not decode: \(error.message)", path: segment, position: position)
             }

@@ -1,3 +1,4 @@
+import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -13,4 +14,16 @@ public func nameCurrentThread(_ name: String) {
     _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
     close(fd)
     #endif
+}
+
+/// Runs blocking work (fsyncs, whole-file reads, SQLite) on a thread of its own, named `name`,
+/// and awaits it: on the cooperative pool it would stall every task on two cores.
+public func onThread<T: Sendable, E: Error>(_ name: String, _ body: @escaping @Sendable () throws(E) -> T) async throws(E) -> T {
+    let result: Result<T, E> = await withCheckedContinuation { continuation in
+        Thread {
+            nameCurrentThread(name)
+            do throws(E) { continuation.resume(returning: .success(try body())) } catch { continuation.resume(returning: .failure(error)) }
+        }.start()
+    }
+    return try result.get()
 }

@@ -11,8 +11,9 @@ struct RebuildAggregates: ParsableCommand {
         abstract: "Rebuild the hourly aggregates by replaying the log from its first offset.",
         discussion: """
             Without --output, builds a new aggregates.sqlite beside the old one and swaps it in \
-            atomically; sensorlogd must be stopped (the command takes the data directory's lock). \
-            With --output, writes a separate, complete database with the same schema and works while \
+            atomically. While sensorlogd runs, it does that itself as a job: it folds the log into \
+            the new file while ingestion goes on, pauses its aggregator for the swap only, and \
+            queries answer from the old store until the swap, from the new one after. With --output, writes a separate, complete database with the same schema and works while \
             sensorlogd runs (it reads the log read-only).
 
             Examples:
@@ -37,11 +38,8 @@ struct RebuildAggregates: ParsableCommand {
         let directory = URL(fileURLWithPath: options.dataDir).standardizedFileURL.path
         var lock: DirectoryLock?
         if output == nil {
-            do {
-                lock = try DirectoryLock(dataDirectory: directory)
-            } catch {
-                Terminal.fail("\(error.message); use --output to rebuild into another file while it runs", code: .locked)
-            }
+            lock = AdminClient.lockOrDelegate(directory, operation: "rebuild-aggregates", parameters: until.map { ["until": $0] } ?? [:],
+                                              label: "rebuild", json: options.json)
         }
         defer { lock?.release() }
         let target = output.map { URL(fileURLWithPath: $0).standardizedFileURL.path } ?? DataLayout(directory).aggregates

@@ -14,7 +14,7 @@ struct ResetOffsets: ParsableCommand {
             aggregator group (its reset is rebuild-aggregates: moving its offsets would count \
             readings twice or never). Refuses a group that has no committed offsets (exit 64, naming \
             the groups there are), so that a mistyped name never creates a group: pass --create to \
-            start a new one. With --execute the server must be stopped.
+            start a new one. With --execute while sensorlogd runs, the server moves the offsets.
 
             Examples:
               sensorlog reset-offsets --data-dir ./data --group exporter --to-earliest
@@ -48,7 +48,14 @@ struct ResetOffsets: ParsableCommand {
         if let partition, !(0..<directory.partitionCount).contains(partition) { Terminal.fail("no partition \(partition)", code: .usage) }
         var lock: DirectoryLock?
         if execute {
-            do { lock = try DirectoryLock(dataDirectory: directory.dataDirectory) } catch { Terminal.fail(error.message, code: .locked) }
+            var parameters: [String: Any] = ["group": group, "create": create, "execute": true]
+            if toEarliest { parameters["to"] = "earliest" }
+            if toLatest { parameters["to"] = "latest" }
+            if let toOffset { parameters["to_offset"] = toOffset }
+            if let toDatetime { parameters["to_datetime"] = toDatetime }
+            if let partition { parameters["partition"] = partition }
+            lock = AdminClient.lockOrDelegate(directory.dataDirectory, operation: "reset-offsets", parameters: parameters, label: "reset",
+                                              json: options.json)
         }
         defer { lock?.release() }
         let groups = ConsumerGroups(dataDirectory: directory.dataDirectory, partitions: directory.partitionCount)

@@ -14,8 +14,9 @@ struct Retention: ParsableCommand {
             active segment). Refuses while \
             a consumer group (the aggregator included) has not read a segment yet, unless --force. \
             Remembers, per partition, the newest timestamp it removed: sensorlogd then refuses older \
-            readings as too old, so a late resend is never counted twice. The server must be stopped, \
-            except for --dry-run, which only reads.
+            readings as too old, so a late resend is never counted twice. While sensorlogd runs, \
+            the server deletes as a job, and never past what its aggregator has folded (that part \
+            is refused, saying why); --dry-run only reads.
 
             Examples:
               sensorlog retention --data-dir ./data --older-than 30d --dry-run
@@ -42,9 +43,16 @@ struct Retention: ParsableCommand {
         do { directory = try LogDirectory(dataDirectory: options.dataDir) } catch { Terminal.fail("\(error)", code: .noInput) }
         // A dry run only reads, so it runs beside sensorlogd (the disk-full runbook starts with it).
         let cutoff = olderThan.flatMap(Self.seconds).map { WallClock.nowNanoseconds() - $0 * 1_000_000_000 }
-        if !dryRun, let cutoff { closeStaleActiveSegments(directory, cutoff: cutoff, force: force) }
         var lock: DirectoryLock?
         if !dryRun {
+            var parameters: [String: Any] = ["force": force]
+            if let olderThan { parameters["older_than"] = olderThan }
+            if let maxBytes { parameters["max_bytes"] = maxBytes }
+            let probe = AdminClient.lockOrDelegate(directory.dataDirectory, operation: "retention", parameters: parameters, label: "retention",
+                                                   json: options.json)
+            // Closing stale active segments opens the log as its writer, which takes the lock.
+            probe.release()
+            if let cutoff { closeStaleActiveSegments(directory, cutoff: cutoff, force: force) }
             do { lock = try DirectoryLock(dataDirectory: directory.dataDirectory) } catch { Terminal.fail(error.message, code: .locked) }
         }
         defer { lock?.release() }
@@ -93,41 +101,11 @@ struct Retention: ParsableCommand {
 
     /// Why each candidate may not go yet: a group (the aggregator included) has not read it.
     func unread(_ candidates: [LogStore.Retention.Candidate], _ directory: LogDirectory) throws -> [String] {
-        var groups: [(String, [Int64])] = []
-        let storePath = directory.layout.aggregates
-        if FileManager.default.fileExists(atPath: storePath) {
-            groups.append((AggregateStore.group, try AggregateStore(path: storePath, readOnly: true).offsets(partitions: directory.partitionCount)))
-        }
-        let files = ConsumerGroups(dataDirectory: directory.dataDirectory, partitions: directory.partitionCount)
-        for name in files.list() { if let c = try files.committed(name) { groups.append((name, c)) } }
-        var blocked: [String] = []
-        for c in candidates {
-            for (name, committed) in groups where committed[c.partition] < c.endOffset {
-                blocked.append("\(c.path): group \(name) has read partition \(c.partition) only up to offset \(committed[c.partition]), the segment ends at \(c.endOffset)")
-            }
-        }
-        return blocked
+        try RetentionReport.unread(candidates, dataDirectory: directory.dataDirectory, partitions: directory.partitionCount)
     }
 
     func report(_ candidates: [LogStore.Retention.Candidate], blocked: [String], deleted: Bool) {
-        let bytes = candidates.reduce(Int64(0)) { $0 + $1.bytes }
-        if options.json {
-            let segments: [[String: Any]] = candidates.map {
-                ["path": $0.path, "partition": $0.partition, "base_offset": $0.baseOffset, "end_offset": $0.endOffset,
-                 "max_timestamp": $0.maxTimestamp, "bytes": $0.bytes, "active": $0.isActive]
-            }
-            Terminal.printJSON(["dry_run": dryRun, "deleted": deleted, "segments": segments, "bytes": bytes, "refused": force ? [] : blocked])
-            return
-        }
-        for c in candidates {
-            print("\(deleted ? "delete" : "would delete")\(c.isActive ? " (closing it first: the active segment)" : "") \(c.path) (offsets \(c.baseOffset)..<\(c.endOffset), newest reading \(Timestamp.formatISO8601(c.maxTimestamp)), \(c.bytes) bytes)")
-        }
-        if candidates.isEmpty {
-            print("nothing to delete")
-        } else if deleted {
-            print("deleted \(candidates.count) segment(s), \(bytes) bytes")
-        } else if dryRun {
-            print("dry run: nothing deleted")
-        }
+        let (json, lines) = RetentionReport.report(candidates, refused: force ? [] : blocked, deleted: deleted, dryRun: dryRun)
+        if options.json { Terminal.printJSON(json) } else { for line in lines { print(line) } }
     }
 }

@@ -55,7 +55,7 @@ struct SensorLogDaemon: AsyncParsableCommand {
     @Option(help: "Roll the active segment at this size in bytes (at least 65536; default 67108864).")
     var segmentBytes: Int?
 
-    @Option(help: "File of API keys, one per line (# comments). With keys, every route but /health and /metrics needs X-API-Key.")
+    @Option(help: "File of API keys, one per line (# comments): KEY (may ingest and read) or KEY role[,role] with roles ingest, read, admin. With keys, every route but /health and /metrics needs X-API-Key, and /admin/ the admin role.")
     var apiKeysFile: String?
 
     @Option(help: "Readings a second per API key (per client address without keys); off when absent.")
@@ -187,14 +187,18 @@ struct SensorLogDaemon: AsyncParsableCommand {
         do { return try SensorTypes(specs: specs) } catch { throw ValidationError(error.description) }
     }
 
-    static func apiKeys(file: String?, environment: Environment = Environment()) throws -> [String] {
-        var keys: [String] = []
+    static func apiKeys(file: String?, environment: Environment = Environment()) throws -> [APIKey] {
+        var keys: [APIKey] = []
         if let file {
             guard let text = try? String(contentsOfFile: file, encoding: .utf8) else {
                 throw ValidationError("cannot read --api-keys-file \(file)")
             }
-            keys += text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }
-                .filter { !$0.isEmpty && !$0.hasPrefix("#") }
+            let lines = text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }
+            for (n, line) in lines.enumerated() where !line.isEmpty && !line.hasPrefix("#") {
+                do { keys.append(try APIKey.parse(line: line)) } catch {
+                    throw ValidationError("--api-keys-file \(file) line \(n + 1): \(error)")
+                }
+            }
         }
         if let env = environment.variables["SENSORLOG_API_KEYS"] {
             let given = env.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
@@ -203,7 +207,7 @@ struct SensorLogDaemon: AsyncParsableCommand {
             guard !given.isEmpty else {
                 throw ValidationError("SENSORLOG_API_KEYS is set but holds no key; unset it to run without API keys")
             }
-            keys += given
+            keys += given.map { APIKey($0) }
         }
         if let file, keys.isEmpty { throw ValidationError("--api-keys-file \(file) holds no key") }
         return keys

@@ -18,7 +18,7 @@ import Testing
             all += (0..<6).flatMap { s in noisyReadings(40, sensor: "c\(s)", start: 1_700_000_000_000_000_000 + Int64(k) * 40_000_000_000, seed: UInt64(k * 7 + s)) }
         }
         let groups = try log.appendAll(all, batch: 60)
-        _ = try log.appendDeletions(["c0"], toPartition: log.partition(for: "c0"))
+        _ = try log.appendDeletionBlocking("c0", lastReading: 0, toPartition: log.partition(for: "c0"))
         try log.close()
         return groups
     }
@@ -110,7 +110,7 @@ import Testing
         let log = try Log.open(dataDirectory: dir.path, configuration: LogConfiguration(limits: limits, fsync: .never))
         let readings = standardWorkload(seconds: 600, sensors: 400)
         _ = try log.appendAll(readings, batch: 4000)
-        _ = try log.appendDeletions(["sensor-00007"], toPartition: log.partition(for: "sensor-00007"))
+        _ = try log.appendDeletionBlocking("sensor-00007", lastReading: 0, toPartition: log.partition(for: "sensor-00007"))
         try log.close()
         let before = try contents(dir.path)
         let (batchesBefore, _) = try batchCounts(dir.path)

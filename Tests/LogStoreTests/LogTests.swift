@@ -141,18 +141,27 @@ import Testing
         try log.close()
     }
 
-    @Test func deletionRecordsRoundTrip() throws {
+    @Test func deletionRecordsRoundTripAndMaskAtOnce() throws {
         let dir = TemporaryDirectory()
         defer { dir.cleanup() }
         let log = try Log.open(dataDirectory: dir.path, configuration: LogConfiguration(limits: limits(partitions: 1)))
-        _ = try log.appendBlocking(oneSensorReadings(5), toPartition: 0)
-        let r = try log.appendDeletions(["sensor-1", "other"], toPartition: 0)
-        #expect(r.offsets == 5..<7)
+        let readings = oneSensorReadings(5)
+        _ = try log.appendBlocking(readings, toPartition: 0)
+        let r = try log.appendDeletionBlocking("sensor-1", lastReading: readings[4].timestamp, toPartition: 0)
+        #expect(r.offsets == 5..<6)
+        _ = try log.appendBlocking(oneSensorReadings(1, start: readings[4].timestamp + 1), toPartition: 0)
         let reader = log.reader(partition: 0, from: 0)
-        _ = try reader.next()
+        let (masked, _) = try #require(try reader.next())
+        #expect(masked.count == 0 && masked.nextOffset == 5, "the readings before the deletion read as removed records")
+        #expect(reader.maskedInLastBatch == 5)
         let (batch, _) = try #require(try reader.next())
         #expect(batch.kind == .sensorDeletions)
-        #expect((0..<batch.count).map(batch.sensorID(at:)) == ["sensor-1", "other"])
+        #expect((0..<batch.count).map(batch.sensorID(at:)) == ["sensor-1"])
+        #expect(batch.timestamps == [readings[4].timestamp], "stamped with the newest reading it deletes")
+        let (after, _) = try #require(try reader.next())
+        #expect(after.count == 1 && after.offset(at: 0) == 6, "a reading after the deletion is not masked")
+        let scanned = try log.reader(partition: 0, from: 0).scan(sensorID: "sensor-1", from: .min, to: .max, limit: 100).readings
+        #expect(scanned.map(\.offset) == [6])
         try log.close()
     }
 

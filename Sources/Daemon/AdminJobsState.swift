@@ -1,0 +1,124 @@
+import Aggregator
+import Foundation
+import HTTPAPI
+import LogStore
+import SensorLogCore
+import Synchronization
+
+/// The jobs that change what is derived from the log: group offsets, the aggregates; and the
+/// check of it all.
+extension AdminService {
+    func resetJob(_ body: inout AdminBody) throws(AdminRefusal) -> Work {
+        guard let group = try body.string("group") else { throw AdminBody.invalid("group", "name the consumer group") }
+        guard group != AggregateStore.group else {
+            throw AdminBody.invalid("group", "the aggregator group is reset by rebuild-aggregates, which replays the log into a new store")
+        }
+        let to = try body.string("to")
+        let offset = try body.int("to_offset")
+        let datetime = try body.time("to_datetime")
+        let partition = try body.int("partition").map(Int.init)
+        let create = try body.bool("create")
+        let execute = try body.bool("execute")
+        let target: ConsumerGroups.ResetTarget
+        switch (to, offset, datetime) {
+        case ("earliest"?, nil, nil): target = .earliest
+        case ("latest"?, nil, nil): target = .latest
+        case (nil, let o?, nil): target = .offset(o)
+        case (nil, nil, let t?): target = .timestamp(t)
+        default: throw AdminBody.invalid("to", "give exactly one of to (earliest or latest), to_offset, to_datetime")
+        }
+        if let partition, !log.partitions.indices.contains(partition) { throw AdminBody.invalid("partition", "no partition \(partition)") }
+        let groups = ConsumerGroups(dataDirectory: log.dataDirectory, partitions: log.partitions.count)
+        let before: [Int64]?
+        do { before = try groups.committed(group) } catch { throw AdminBody.invalid("group", error.message) }
+        if before == nil && !create {
+            let known = groups.list()
+            throw AdminRefusal(status: 404, code: "unknown_group",
+                               "no consumer group '\(group)' (groups: \(known.isEmpty ? "none" : known.joined(separator: ", "))); pass create to start it",
+                               field: "group")
+        }
+        let log = self.log
+        return { _ in
+            let after = try groups.resetOffsets(
+                group, to: target, partition: partition,
+                start: { (p: Int) throws(LogError) -> Int64 in log.partitions[p].startOffset },
+                end: { (p: Int) throws(LogError) -> Int64 in log.partitions[p].endOffset },
+                seek: { (p: Int, t: Int64) throws(LogError) -> Int64 in try log.offset(partition: p, atOrAfter: t) })
+            if execute { try groups.commit(group, offsets: after) }
+            let lines = after.enumerated().filter { partition == nil || partition == $0.offset }.map { p, o in
+                "\(group) partition \(p): \(before.map { String($0[p]) } ?? "none") -> \(o)"
+            } + [execute ? "offsets written" : "dry run: add --execute to write them"]
+            return .done(["group": group, "executed": execute, "before": before.map { $0 as Any } ?? NSNull(), "after": after], summary: lines)
+        }
+    }
+
+    func rebuildJob(_ body: inout AdminBody) throws(AdminRefusal) -> Work {
+        let until = try body.time("until")
+        let (log, aggregator) = (self.log, self.aggregator)
+        return { job in
+            job.phase("folding the log from its start")
+            let result = try await onThread("slog-admin") { () throws -> AggregateRebuild.Result in
+                let result = try AggregateRebuild.rebuildWhileServing(
+                    log: log, aggregator: aggregator, until: until, stopped: { self.stopping.load(ordering: .relaxed) },
+                    progress: { done, total in job.progress(done: done, total: total) })
+                // The store is the fold of the log again: a repair's marker no longer applies.
+                try log.configuration.fileOperations.remove(DataLayout(log.dataDirectory).aggregatesRebuildPending,
+                                                            display: AggregateRebuild.pendingMarker)
+                return result
+            }
+            let rate = Double(result.readings) / max(result.seconds, 1e-9)
+            var lines = [String(format: "rebuilt %lld readings into %d hourly rows in %.2f s (%.1f M readings/s) -> %@", result.readings, result.rows,
+                                result.seconds, rate / 1e6, AggregateStore.fileName)]
+            if result.keptRows > 0 { lines.insert("kept \(result.keptRows) hourly rows from the current store: their hours began before the retained log", at: 0) }
+            return .done(["readings": result.readings, "rows": result.rows, "seconds": result.seconds, "readings_per_second": rate,
+                          "kept_rows": result.keptRows, "output": AggregateStore.fileName, "offsets": result.offsets], summary: lines)
+        }
+    }
+
+    /// `verify`, and `verify --repair` as far as a running server can: the check runs with
+    /// the segments held still (no compaction swap or retention cut in the middle of it), and a
+    /// repair's unfinished aggregate rebuild is done in place. A damaged segment or index file
+    /// is not repaired while the server serves: the job says so, and `sensorlog verify --repair`
+    /// on the stopped server salvages it.
+    func verifyJob(_ body: inout AdminBody) throws(AdminRefusal) -> Work {
+        let repair = try body.bool("repair")
+        let log = self.log
+        return { job in
+            job.phase("waiting for the server's own maintenance")
+            let found = try await self.maintenance.segmentWork.run {
+                try await onThread("slog-admin") { () throws -> LogCheck.Findings in
+                    job.phase("verifying")
+                    return try LogCheck.check(try LogDirectory(dataDirectory: log.dataDirectory)) { job.progress(done: $0, total: $1) }
+                }
+            }
+            guard repair else { return try Self.verdict(found, repairs: nil, after: nil) }
+            let pending = found.errors.filter { $0.path == AggregateStore.fileName }
+            var repairs = LogRepair.Outcome()
+            if !pending.isEmpty {
+                var rebuild = try AdminBody([])
+                _ = try await self.rebuildJob(&rebuild)(job)
+                repairs.done.append("\(AggregateStore.fileName): rebuilt from the log in place while serving")
+            }
+            let others = found.errors.count - pending.count
+            if others > 0 {
+                repairs.failed.append("\(others) problem(s) in segment or index files: a running server does not rewrite them; "
+                                      + "stop sensorlogd and run sensorlog verify --repair to salvage them")
+            }
+            let after = try await onThread("slog-admin") { () throws -> LogCheck.Findings in
+                try LogCheck.check(try LogDirectory(dataDirectory: log.dataDirectory))
+            }
+            return try Self.verdict(found, repairs: repairs, after: after)
+        }
+    }
+
+    /// The verify report; exit 1 (a failed job) when errors remain.
+    static func verdict(_ found: LogCheck.Findings, repairs: LogRepair.Outcome?, after: LogCheck.Findings?) throws -> AdminJob.Outcome {
+        let report = LogCheck.report(found: found, repairs: repairs, after: after)
+        let remaining = (after ?? found).errors.count
+        guard remaining == 0 else {
+            throw JobFailure(code: "problems_found", "\(remaining) error(s) in the log", exit: .problemsFound, result: report.json,
+                             summary: report.text)
+        }
+        return .done(report.json, summary: report.text)
+    }
+}

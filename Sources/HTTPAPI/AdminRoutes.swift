@@ -1,0 +1,68 @@
+import Foundation
+public import Hummingbird
+import HummingbirdCore
+import Logging
+import NIOCore
+
+/// What the server does for `/admin/`: jobs that change the log while it serves. The HTTP layer
+/// only authenticates, routes and relays; the daemon decides (and knows the files).
+public protocol AdminOperations: Sendable {
+    /// The operations `POST /admin/{operation}` starts.
+    var operations: [String] { get }
+    /// Starts `operation` with the request's JSON body (empty: defaults).
+    /// - Returns: the job's JSON object.
+    /// - Throws: why nothing was started (and nothing changed).
+    func start(_ operation: String, body: [UInt8]) async throws(AdminRefusal) -> String
+    /// `{"jobs":[...]}`, newest first.
+    func jobsJSON() -> String
+    /// One job's JSON object, or nil for an unknown id.
+    func jobJSON(_ id: Int) -> String?
+}
+
+/// A refused admin request: its HTTP status (400, 404, 409), a stable code, a message naming
+/// the field or the running job.
+public struct AdminRefusal: Error, Sendable {
+    public var status: Int
+    public var code: String
+    public var message: String
+    public var field: String?
+
+    public init(status: Int, code: String, _ message: String, field: String? = nil) {
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+    }
+}
+
+enum AdminRoutes {
+    /// `POST /admin/{operation}` → 202 and the job (`Location: /admin/jobs/{id}`);
+    /// `GET /admin/jobs`, `GET /admin/jobs/{id}`.
+    static func add(_ admin: any AdminOperations, to routes: Routes, maxBodyBytes: Int) {
+        routes.get("/admin/jobs") { _, _ in JSONBody.response(.ok, raw: admin.jobsJSON() + "\n") }
+        routes.get("/admin/jobs/:id") { _, context in
+            guard let id = context.parameters.get("id").flatMap({ Int($0) }), let job = admin.jobJSON(id) else {
+                throw APIError(.notFound, code: "unknown_job", "no such job", field: "id")
+            }
+            return JSONBody.response(.ok, raw: job + "\n")
+        }
+        for operation in admin.operations {
+            routes.post("/admin/\(operation)") { request, _ in
+                let body = try await request.body.collect(upTo: maxBodyBytes)
+                let job: String
+                do {
+                    job = try await admin.start(operation, body: Array(buffer: body))
+                } catch let error as AdminRefusal {
+                    throw APIError(HTTPResponse.Status(code: error.status), code: error.code, error.message, field: error.field)
+                }
+                var response = JSONBody.response(.accepted, raw: job + "\n")
+                if let id = Self.id(of: job) { response.headers[.location] = "/admin/jobs/\(id)" }
+                return response
+            }
+        }
+    }
+
+    private static func id(of job: String) -> Int? {
+        (try? JSONSerialization.jsonObject(with: Data(job.utf8)) as? [String: Any])?["id"] as? Int
+    }
+}
