@@ -67,6 +67,39 @@ import Testing
         }
     }
 
+    /// `rebuild-aggregates` in place while the server serves: appends go on during the fold,
+    /// the aggregator pauses for the swap only and resumes on the new store, and the store is
+    /// the fold of the whole log afterwards.
+    @Test func anInPlaceRebuildWhileAppendsGoOnEqualsTheFoldOfTheLog() async throws {
+        let f = try await Fixture.make(partitions: 2)
+        defer { f.close() }
+        let readings = (0..<40_000).map { i in
+            Reading(sensorID: "s\(i % 40)", type: "temperature", value: Double(i % 1013) / 7, location: "l",
+                    timestamp: 1_763_978_400_000_000_000 + Int64(i) * 10_000_000)
+        }
+        let service = try await aggregate(f.log)
+        _ = try await f.pipeline.submit(Array(readings[..<20_000]), via: .tcp)
+        let before = FileOperations.inode(f.path + "/aggregates.sqlite")
+        let pipeline = f.pipeline
+        let producer = Task {
+            for chunk in stride(from: 20_000, to: 40_000, by: 500) { _ = try await pipeline.submit(Array(readings[chunk..<chunk + 500]), via: .http) }
+        }
+        let log = f.log
+        let result = try await onThread("test-rebuild") { try AggregateRebuild.rebuildWhileServing(log: log, aggregator: service) }
+        try await producer.value
+        #expect(result.readings >= 20_000)
+        #expect(FileOperations.inode(f.path + "/aggregates.sqlite") != before, "swapped in")
+        try await waitCaughtUp(service, f.log)
+        service.requestStop()
+        await service.waitUntilFinished()
+        let live = try AggregateStore(path: f.path + "/aggregates.sqlite", readOnly: true).allAggregates()
+        let out = f.path + "/reference.sqlite"
+        _ = try AggregateRebuild.build(dataDirectory: f.path, output: out)
+        func strip(_ a: [Aggregate]) -> [Aggregate] { a.map { var x = $0; x.lastUpdated = ""; return x } }
+        #expect(strip(live) == strip(try AggregateStore(path: out, readOnly: true).allAggregates()))
+        #expect(live.reduce(0) { $0 + $1.count } == 40_000)
+    }
+
     @Test func untilFoldsOnlyWhatWasAppendedBefore() async throws {
         let time = ManualTime()
         let f = try await Fixture.make(partitions: 1, time: time)

@@ -1,5 +1,5 @@
 import Aggregator
-import Daemon
+@testable import Daemon
 import Ingest
 import Foundation
 import LogStore
@@ -7,6 +7,7 @@ import Logging
 import Prometheus
 import SensorLogCore
 import TestSupport
+import Synchronization
 import Testing
 
 /// The whole server in-process: started from a configuration, fed over both doors, stopped,
@@ -72,7 +73,7 @@ import Testing
 
         await daemon.stop()
         try await running.value
-        #expect(daemon.stoppedServices == ["http", "line protocol", "maintenance", "aggregator", "log"])
+        #expect(daemon.stoppedServices == ["http", "line protocol", "admin", "maintenance", "aggregator", "log"])
         #expect(daemon.stoppedServices == Daemon.serviceOrder.reversed())
         // Closed cleanly: everything is there, and the aggregator committed all of it.
         let log = try Log.open(dataDirectory: dir.path)
@@ -134,6 +135,72 @@ import Testing
         try await until { time.advance(by: .milliseconds(100)); return daemon.aggregator.committedOffsets == [20_001] }
         #expect(try AggregateStore(path: DataLayout(dir.path).aggregates, readOnly: true).allAggregates().count == rows + 1)
 
+        await daemon.stop()
+        try await running.value
+    }
+
+    /// The admin jobs over HTTP: a job of an operation while another runs is 409 naming it (the
+    /// first is held waiting for the segments, deterministically), it runs once they are free,
+    /// and a shutdown while a job waits ends it before the log closes.
+    @Test func adminJobsOneOfAKindAtATimeAndShutdownWaitsForThem() async throws {
+        let dir = TemporaryDirectory()
+        defer { dir.cleanup() }
+        let (daemon, running) = try await start(configuration(dir))
+        let port = daemon.httpPort!
+        _ = try await daemon.pipeline.submit((0..<500).map { r("a-\($0 % 5)", Int64($0)) }, via: .tcp)
+        await daemon.maintenance.segmentWork.lock()
+        let first = try await http(port, "POST", "/admin/compact", body: "{}")
+        #expect(first.0 == 202 && first.1.contains("\"state\":\"running\""), "\(first)")
+        let second = try await http(port, "POST", "/admin/compact", body: "{\"target_segment_bytes\":\"1M\"}")
+        #expect(second.0 == 409 && second.1.contains("job_running") && second.1.contains("job 1"), "\(second)")
+        // Another operation is not held back by it.
+        let reset = try await http(port, "POST", "/admin/reset-offsets", body: "{\"group\":\"exporter\",\"to\":\"latest\",\"create\":true,\"execute\":true}")
+        #expect(reset.0 == 202)
+        try await until { daemon.admin.jobs.job(2)?.isRunning == false }
+        #expect(try ConsumerGroups(dataDirectory: dir.path, partitions: daemon.log.partitions.count).committed("exporter")
+            == daemon.log.partitions.map(\.endOffset))
+        #expect(daemon.admin.jobs.job(1)?.json.contains("waiting for the server's own maintenance") == true)
+        await daemon.maintenance.segmentWork.unlock()
+        try await until { daemon.admin.jobs.job(1)?.isRunning == false }
+        let done = try await http(port, "GET", "/admin/jobs/1")
+        #expect(done.0 == 200 && done.1.contains("\"state\":\"succeeded\"") && done.1.contains("\"exit_code\":0"), "\(done)")
+        #expect(try await http(port, "GET", "/admin/jobs/99").0 == 404)
+
+        // A job waiting at shutdown: the admin service ends it before the log closes.
+        await daemon.maintenance.segmentWork.lock()
+        #expect(try await http(port, "POST", "/admin/compact", body: "{}").0 == 202)
+        let unlock = Task {
+            try await until { daemon.stoppedServices.contains("admin") || daemon.admin.stopping.load(ordering: .relaxed) }
+            await daemon.maintenance.segmentWork.unlock()
+        }
+        await daemon.stop()
+        try await running.value
+        try await unlock.value
+        #expect(daemon.admin.jobs.all().allSatisfy { !$0.isRunning })
+        #expect(daemon.stoppedServices == Daemon.serviceOrder.reversed())
+    }
+
+    @Test func adminRequestsAreCheckedBeforeAnythingRuns() async throws {
+        let dir = TemporaryDirectory()
+        defer { dir.cleanup() }
+        let (daemon, running) = try await start(configuration(dir))
+        let port = daemon.httpPort!
+        for (path, body, status, field) in [
+            ("/admin/retention", "{\"older_than\":12}", 400, "older_than"),
+            ("/admin/retention", "{\"max_bytes\":-1}", 400, "max_bytes"),
+            ("/admin/compact", "{\"target_segment_bytes\":100}", 400, "target_segment_bytes"),
+            ("/admin/compact", "[1]", 400, "invalid_json"),
+            ("/admin/verify", "{\"repair\":\"yes\"}", 400, "repair"),
+            ("/admin/reset-offsets", "{\"group\":\"g\",\"to\":\"earliest\",\"to_offset\":3}", 400, "to"),
+            ("/admin/reset-offsets", "{\"group\":\"g\",\"to\":\"earliest\",\"partition\":99}", 400, "partition"),
+            ("/admin/delete-sensor", "{\"sensors\":[]}", 400, "sensors"),
+            ("/admin/delete-sensor", "{\"sensors\":[\"nobody\"]}", 404, "sensors"),
+            ("/admin/rebuild-aggregates", "{\"until\":\"yesterday\"}", 400, "until"),
+        ] {
+            let (got, reply) = try await http(port, "POST", path, body: body)
+            #expect(got == status && reply.contains(field), "\(path) \(body): \(got) \(reply)")
+        }
+        #expect(daemon.admin.jobs.all().isEmpty, "nothing started")
         await daemon.stop()
         try await running.value
     }

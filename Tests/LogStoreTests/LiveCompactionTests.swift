@@ -27,6 +27,7 @@ import Testing
         var batch = DecodedBatch()
         let reader = log.reader(partition: 0, from: offset)
         while let first = try reader.next(into: &batch) {
+            guard batch.kind == .readings else { continue }
             for i in first..<batch.count { out.append("\(batch.offset(at: i)) \(batch.timestamps[i]) \(batch.values[i].bitPattern)") }
         }
         return out
@@ -185,5 +186,47 @@ import Testing
             effects = n
         }
         #expect(effects >= 8, "writes, syncs, index files, the manifest, renames, removals, directory syncs")
+    }
+
+    /// A deleted sensor's readings: masked for every reader of the live log at once, then gone
+    /// from the files once `dropDeleted` rewrote the segments that held them (as removed records:
+    /// every other reading keeps its offset), the active segment's once it closed.
+    @Test func deletedReadingsAreMaskedAtOnceAndDroppedFromTheFiles() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.cleanup() }
+        let log = try open(dir.path)
+        let mixed = (0..<12_000).map { i in
+            Reading(sensorID: "s\(i % 4)", type: "temperature", value: Double(i % 977) / 7, location: "lab",
+                    timestamp: 1_700_000_000_000_000_000 + Int64(i) * 1_000_000)
+        }
+        _ = try log.appendAll(mixed, batch: 100)
+        let kept = try records(log).count - 3_000
+        let deletion = try log.appendDeletionBlocking("s1", lastReading: mixed[12_000 - 3].timestamp, toPartition: 0)
+        func offline(_ sensor: String) throws -> [Int64] {
+            let reader = try LogDirectory(dataDirectory: dir.path).reader(partition: 0, from: 0)
+            var out: [Int64] = []
+            var batch = DecodedBatch()
+            while let first = try reader.next(into: &batch) {
+                guard batch.kind == .readings else { continue }
+                for i in first..<batch.count where batch.sensorID(at: i) == sensor { out.append(batch.offset(at: i)) }
+            }
+            return out
+        }
+        #expect(try records(log).count == kept, "masked at once for the live log's readers")
+        #expect(try offline("s1").count == 3_000, "still in the files")
+        let others = try offline("s2")
+
+        try log.rollActiveSegments()
+        let result = try log.dropDeleted(partition: 0)
+        #expect(result.segmentsRewritten > 0 && result.bytesAfter < result.bytesBefore)
+        #expect(try offline("s1").isEmpty, "gone from every segment")
+        #expect(try offline("s2") == others, "the others keep their offsets")
+        #expect(try records(log).count == kept)
+        // Nothing left to drop: a second pass rewrites nothing.
+        #expect(try log.dropDeleted(partition: 0).segmentsRewritten == 0)
+        // A reading of the sensor after its deletion record is not masked.
+        _ = try log.appendBlocking([Reading(sensorID: "s1", type: "humidity", value: 1, location: "lab", timestamp: 1)], toPartition: 0)
+        #expect(try records(log, from: deletion.baseOffset + 1).count == 1)
+        try log.close()
     }
 }

@@ -36,6 +36,7 @@ public struct Fixture: Sendable {
         for p in 0..<log.partitions.count {
             let reader = log.reader(partition: p, from: 0)
             while let (batch, first) = try reader.next() {
+                guard batch.kind == .readings else { continue }
                 for i in first..<batch.count { counts["\(batch.sensorID(at: i))@\(batch.timestamps[i])", default: 0] += 1 }
             }
         }
@@ -47,7 +48,9 @@ public struct Fixture: Sendable {
         var all: [Reading] = []
         for p in 0..<log.partitions.count {
             let reader = log.reader(partition: p, from: 0)
-            while let (batch, first) = try reader.next() { all += batch.readings[first...] }
+            while let (batch, first) = try reader.next() {
+                if batch.kind == .readings { all += batch.readings[first...] }
+            }
         }
         return all
     }

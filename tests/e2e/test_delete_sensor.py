@@ -21,10 +21,17 @@ def test_a_deleted_sensor_is_gone_from_the_active_segment_too(data_dir):
     s = Server(data_dir).start()
     try:
         assert json.loads(s.get(f"/sensors/op-3/readings?from={BASE}&to={BASE + 10**12}")[1]).get("readings", []) == []
-        # Its keys and its type went with it: a resend is stored again, once, and a new type binds.
-        resend = {"sensor_id": "op-3", "type": "humidity", "value": 40.0, "location": "l", "timestamp": "2025-11-24T10:00:00.000000003Z"}
-        assert s.post(resend)[0] == 201
-        assert s.post(resend)[0] == 409
+        # A resend of a deleted reading is refused (deleted readings never come back); a newer
+        # reading starts the sensor afresh, with a new type, once.
+        resend = {"sensor_id": "op-3", "type": "temperature", "value": 40.0, "location": "l", "timestamp": "2025-11-24T10:00:00.000000003Z"}
+        refused = s.post(resend)
+        assert refused[0] == 409 and json.loads(refused[1])["error"]["code"] == "deleted", refused
+        assert s.post(dict(resend, timestamp="2025-11-24T10:04:59.000000003Z"))[0] == 409  # its last deleted reading
+        newer = dict(resend, type="humidity", timestamp="2025-11-24T10:05:00.000000003Z")
+        assert s.post(newer)[0] == 201
+        again = s.post(newer)
+        assert again[0] == 409 and json.loads(again[1])["error"]["code"] == "duplicate"
+        assert s.metric("sensorlog_readings_rejected_total", transport="http", reason="deleted") == 2
         live = s.post(dict(resend, sensor_id="op-4", type="humidity"))  # a live sensor keeps its type
         assert live[0] == 400 and b"type_mismatch" in live[1], live
     finally:
@@ -88,15 +95,15 @@ def test_deletion_does_not_fragment_the_log(data_dir):
         got = json.loads(s.get(f"/sensors/op-4/readings?from={BASE}&to={BASE + 10**12}")[1])["readings"]
         dumped = [line.split() for line in kept.splitlines()]
         assert len(got) == len(dumped) == 300
-        # Exactly-once reads the sparse batches too: resending the first 1 000 lines stores
-        # only op-3's 5 (deleted, so new again) and refuses the other 995 as duplicates.
+        # Exactly-once reads the sparse batches too: resending the first 1 000 lines refuses
+        # op-3's 5 as deleted (deleted readings never come back) and the other 995 as duplicates.
         c = socket.create_connection(("127.0.0.1", s.tcp))
         c.sendall(b"".join(f"temperature,sensor_id=op-{i % 200},location=l value={(i * 7919) % 100003 / 1000} {BASE + (i // 200) * 10**9 + i % 200}\n".encode()
                            for i in range(1000)))
         c.close()
         s.wait_metric("sensorlog_readings_rejected_total", 995, reason="duplicate")
-        s.wait_metric("sensorlog_readings_ingested_total", 5)
-        assert s.metric("sensorlog_readings_ingested_total") == 5
+        s.wait_metric("sensorlog_readings_rejected_total", 5, reason="deleted")
+        assert s.metric("sensorlog_readings_ingested_total") == 0
     finally:
         s.stop()
     assert tool("rebuild-aggregates", "--data-dir", data_dir).returncode == 0

@@ -38,12 +38,21 @@ def test_read_commands_while_running_and_a_flipped_byte(data_dir):
         assert len(lines) == 5 and json.loads(lines[0])["offset"] == 0
         one = tool("dump", "--data-dir", data_dir, "--sensor", "op-7", "--from", "2025-11-24T10:00:00Z", "--to", "2025-11-24T10:00:10Z").stdout
         assert len(one.splitlines()) == 10
-        # Mutating commands refuse while the server runs, naming its pid.
-        for args in (["compact"], ["retention", "--older-than", "1d"], ["verify", "--repair"], ["rebuild-aggregates"],
-                     ["reset-offsets", "--group", "g", "--to-earliest", "--execute"]):
+        # Mutating commands run inside the server while it runs (its jobs), with the exit codes
+        # and output of the offline commands.
+        for args, says in ((["compact"], " segments"), (["retention", "--older-than", "1000d"], "nothing to delete"),
+                           (["verify", "--repair"], "after the repair: no problems"), (["rebuild-aggregates"], "rebuilt 20000 readings"),
+                           (["reset-offsets", "--group", "g", "--to-earliest", "--execute", "--create"], "offsets written")):
             r = tool(*args, "--data-dir", data_dir)
-            assert r.returncode == 75 and f"pid {s.proc.pid}" in r.stderr, (args, r.stderr)
+            assert r.returncode == 0 and says in r.stdout and "runs inside it as job" in r.stderr, (args, r.stdout, r.stderr)
+        r = tool("reset-offsets", "--group", "nope", "--to-earliest", "--execute", "--data-dir", data_dir)
+        assert r.returncode == 64 and "no consumer group 'nope'" in r.stderr, r.stderr
         assert tool("reset-offsets", "--data-dir", data_dir, "--group", "aggregator", "--to-earliest").returncode == 64
+        # Exit 75 only when the running server cannot be reached (its socket gone).
+        os.rename(os.path.join(data_dir, "admin.sock"), os.path.join(data_dir, "admin.sock.away"))
+        r = tool("compact", "--data-dir", data_dir)
+        assert r.returncode == 75 and f"pid {s.proc.pid}" in r.stderr and "does not answer" in r.stderr, r.stderr
+        os.rename(os.path.join(data_dir, "admin.sock.away"), os.path.join(data_dir, "admin.sock"))
     finally:
         assert s.stop() == 0
     # A flipped byte in any segment is caught and its file named.

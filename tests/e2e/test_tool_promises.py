@@ -144,7 +144,6 @@ def test_retention_dry_run_while_the_server_runs_and_json(data_dir):
         assert r.returncode == 0, r.stderr
         doc = json.loads(r.stdout)
         assert doc["dry_run"] and not doc["deleted"] and len(doc["segments"]) > 0 and doc["refused"] == []
-        assert tool("retention", "--data-dir", data_dir, "--older-than", "1s").returncode == 75
     finally:
         assert s.stop() == 0
     r = tool("retention", "--data-dir", data_dir, "--older-than", "1s", "--json")
