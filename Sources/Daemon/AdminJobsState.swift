@@ -1,6 +1,7 @@
 import Aggregator
 import Foundation
 import HTTPAPI
+import Ingest
 import LogStore
 import SensorLogCore
 import Synchronization
@@ -75,39 +76,63 @@ extension AdminService {
         }
     }
 
-    /// `verify`, and `verify --repair` as far as a running server can: the check runs with
-    /// the segments held still (no compaction swap or retention cut in the middle of it), and a
-    /// repair's unfinished aggregate rebuild is done in place. A damaged segment or index file
-    /// is not repaired while the server serves: the job says so, and `sensorlog verify --repair`
-    /// on the stopped server salvages it.
+    /// `verify`, and `verify --repair` while serving: the check runs with the segments held
+    /// still (no compaction swap or retention cut in the middle of it); the repair salvages
+    /// damaged closed segments and rewrites bad index files through the compaction swap
+    /// (`Log.repairOnline`), then rebuilds the aggregates in place when the aggregator may have
+    /// folded records the salvage removed (or a repair's rebuild is pending). A damaged active
+    /// segment is left for the stopped server, and the job says so (exit 1).
     func verifyJob(_ body: inout AdminBody) throws(AdminRefusal) -> Work {
         let repair = try body.bool("repair")
-        let log = self.log
         return { job in
             job.phase("waiting for the server's own maintenance")
-            let found = try await self.maintenance.segmentWork.run {
-                try await onThread("slog-admin") { () throws -> LogCheck.Findings in
-                    job.phase("verifying")
-                    return try LogCheck.check(try LogDirectory(dataDirectory: log.dataDirectory)) { job.progress(done: $0, total: $1) }
-                }
+            let (found, repairs, removed) = try await self.maintenance.segmentWork.run {
+                let found = try await self.check(job)
+                guard repair else { return (found, LogRepair.Outcome?.none, [Int: Int64]()) }
+                job.phase("repairing")
+                let (repairs, removed) = try await self.repairSegments(found)
+                return (found, Optional(repairs), removed)
             }
-            guard repair else { return try Self.verdict(found, repairs: nil, after: nil) }
-            let pending = found.errors.filter { $0.path == AggregateStore.fileName }
-            var repairs = LogRepair.Outcome()
-            if !pending.isEmpty {
+            guard var repairs else { return try Self.verdict(found, repairs: nil, after: nil) }
+            for p in removed.keys { await self.pipeline.recordsRemoved(partition: p) }
+            if AggregateRebuild.isPending(dataDirectory: self.log.dataDirectory) {
                 var rebuild = try AdminBody([])
                 _ = try await self.rebuildJob(&rebuild)(job)
-                repairs.done.append("\(AggregateStore.fileName): rebuilt from the log in place while serving")
+                repairs.done.append("\(AggregateStore.fileName): rebuilt from the repaired log in place while serving")
             }
-            let others = found.errors.count - pending.count
-            if others > 0 {
-                repairs.failed.append("\(others) problem(s) in segment or index files: a running server does not rewrite them; "
-                                      + "stop sensorlogd and run sensorlog verify --repair to salvage them")
-            }
-            let after = try await onThread("slog-admin") { () throws -> LogCheck.Findings in
-                try LogCheck.check(try LogDirectory(dataDirectory: log.dataDirectory))
-            }
+            let after = try await self.maintenance.segmentWork.run { try await self.check(job) }
             return try Self.verdict(found, repairs: repairs, after: after)
+        }
+    }
+
+    private func check(_ job: AdminJob) async throws -> LogCheck.Findings {
+        let log = self.log
+        return try await onThread("slog-admin") { () throws -> LogCheck.Findings in
+            job.phase("verifying")
+            return try LogCheck.check(try LogDirectory(dataDirectory: log.dataDirectory)) { job.progress(done: $0, total: $1) }
+        }
+    }
+
+    /// Repairs the partitions with problems; per partition, the first offset now removed. The
+    /// rebuild marker goes down before a segment the aggregator may have folded changes, so a
+    /// crash before the rebuild still ends in one (at the next start, or the next repair).
+    private func repairSegments(_ found: LogCheck.Findings) async throws -> (LogRepair.Outcome, [Int: Int64]) {
+        let (log, aggregator) = (self.log, self.aggregator)
+        return try await onThread("slog-admin") { () throws -> (LogRepair.Outcome, [Int: Int64]) in
+            var outcome = LogRepair.Outcome()
+            var removed: [Int: Int64] = [:]
+            for partition in found.partitions where !partition.problems.isEmpty {
+                let (repair, first) = log.repairOnline(partition) { offsets in
+                    if aggregator.committedOffsets[partition.partition] > offsets.lowerBound,
+                       !AggregateRebuild.isPending(dataDirectory: log.dataDirectory) {
+                        try AggregateRebuild.markPending(dataDirectory: log.dataDirectory)
+                    }
+                }
+                outcome.done += repair.done
+                outcome.failed += repair.failed
+                if let first { removed[partition.partition] = first }
+            }
+            return (outcome, removed)
         }
     }
 

@@ -150,6 +150,9 @@ public final class IngestPipeline: Sendable {
         return done
     }
 
+    /// A repair removed records of `partition` (see `PartitionIngest.forgetCachedKeys`).
+    public func recordsRemoved(partition: Int) async { await partitions[partition].forgetCachedKeys() }
+
     /// Whether the log holds a reading of `sensorID` the ingest knows of (not deleted since).
     public func knows(_ sensorID: String) async -> Bool { await partitions[partition(for: sensorID)].knows(sensorID) }
 

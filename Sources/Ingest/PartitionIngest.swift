@@ -181,6 +181,10 @@ actor PartitionIngest {
         }
     }
 
+    /// A repair replaced records of the partition by removed records: keys decoded before are
+    /// no longer the log's, and a resend of a lost reading must be judged against the log.
+    func forgetCachedKeys() { keyCache = KeyCache(maxKeys: keyCache.maxKeys) }
+
     /// Adds a batch's keys; its offsets [baseOffset, endOffset) may hold removed records too.
     private func addSpan(baseOffset: Int64, endOffset: Int64, minTimestamp: Int64, maxTimestamp: Int64, hashes: [UInt64]) {
         if let last = spans.last, last.endOffset == baseOffset, last.filter.count + hashes.count <= last.filter.capacity {

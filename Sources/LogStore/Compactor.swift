@@ -224,11 +224,16 @@ public enum Compactor {
         try ops.fullSync(file.fd, display: display)
         index.seal()
         try Segment.writeIndexes(index, paths: paths, directory: dir, suffix: pendingSuffix, ops)
-        // The manifest makes the swap a single decision: once it is durable, the swap completes.
-        let manifest = "\(first)\n" + run.map(String.init).joined(separator: "\n") + "\n"
-        try SegmentFiles.writeAtomically(Array(manifest.utf8), to: dir + "/" + manifestName, directory: dir, displayPath: display, ops)
+        try writeManifest(run, directory: dir, display: display, ops)
         try install(ClosedSegment(baseOffset: first, nextOffset: end, size: position, maxTimestamp: index.maxTimestamp))
         return (before, position, records)
+    }
+
+    /// The manifest makes a swap a single decision: once it is durable, the swap completes
+    /// (`recover` renames the pending files of the segment named first over the run's first).
+    static func writeManifest(_ run: [Int64], directory: String, display: String, _ ops: FileOperations) throws(LogError) {
+        let manifest = "\(run[0])\n" + run.map(String.init).joined(separator: "\n") + "\n"
+        try SegmentFiles.writeAtomically(Array(manifest.utf8), to: directory + "/" + manifestName, directory: directory, displayPath: display, ops)
     }
 
     /// Moves a compacted segment's pending files over its names: the indexes first, so the log

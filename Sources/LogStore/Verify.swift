@@ -162,51 +162,13 @@ extension LogDirectory {
         let segment = try view.openSegment(base)
         let (path, display) = (segment.paths.log, segment.paths.display)
         let name = segment.paths.logName
-        var batches = try segment.batches(expecting: base, verifyCRC: true, buffer: GrowableBuffer(capacity: 64 << 10))
-        let size = batches.scanner.size
         let temporary = path + ".salvage"
         let outFD = try FileDescriptor.open(temporary, flags: O_RDWR | O_CREAT | O_TRUNC, displayPath: display)
         let out = SharedFile(outFD, displayPath: display)
-        let encoder = BatchEncoder()
-        var written: Int64 = 0
-        var expected = base
-        var removed: Int64 = 0
-        func writeRemoved(upTo next: Int64) throws {
-            guard next > expected else { return }
-            let bytes = try encoder.encodeRemoved(count: Int(next - expected), appendTime: WallClock.nowNanoseconds(), maxBatchBytes: view.limits.maxBatchBytes)
-            UnsafeMutableRawBufferPointer(mutating: bytes).storeBytes(of: expected.littleEndian, toByteOffset: 0, as: Int64.self)
-            try writeAll(fileOperations, fd: out.fd, bytes, at: written, displayPath: display)
-            written += Int64(bytes.count)
-            removed += next - expected
-            expected = next
-        }
-        while true {
-            if let header = try batches.next() {
-                try writeAll(fileOperations, fd: out.fd, UnsafeRawBufferPointer(rebasing: batches.bytes[..<header.length]), at: written,
-                             displayPath: display)
-                written += Int64(header.length)
-                expected = header.nextOffset
-                continue
-            }
-            guard batches.stop != .end else { break }
-            guard let later = try batches.validBatchAfterStop() else {
-                if let end { try writeRemoved(upTo: end) }  // a closed segment must still reach its end
-                break
-            }
-            try batches.resume(at: later, expecting: nil)
-            try writeRemoved(upTo: batches.expected)
-        }
-        if let end, expected != end { throw LogError(.invalidLog, "salvaged segment ends at \(expected), expected \(end)", path: display) }
-        try fileOperations.fullSync(out.fd, display: display)
+        let copy = try Self.salvageBatches(segment, base: base, end: end, to: out, limits: view.limits, fileOperations)
+        let (size, written, removed) = (copy.size, copy.written, copy.removed)
         // Keep the original, and say why, before replacing it.
-        let quarantine = layout.quarantine(partition: partition)
-        try FileManager.default.createDirectory(atPath: quarantine, withIntermediateDirectories: true)
-        let stamp = String(WallClock.nowNanoseconds())
-        let kept = quarantine + "/" + name + "." + stamp
-        try FileManager.default.copyItem(atPath: path, toPath: kept)
-        let text = report.map { "\($0.severity.rawValue) \($0.path)\($0.position.map { " at byte \($0)" } ?? ""): \($0.message)" }.joined(separator: "\n")
-            + "\nreplaced by a salvaged segment: \(removed) record(s) could not be read and are now removed records; the original is beside this report\n"
-        try text.write(toFile: kept + ".report.txt", atomically: true, encoding: .utf8)
+        try Self.quarantine(path, name: name, in: layout.quarantine(partition: partition), report: report, removed: removed)
         try fileOperations.rename(temporary, to: path, display: display)
         try fileOperations.syncDirectory(view.directory, display: view.displayDirectory)
         // The old indexes point into the old file. A closed segment gets new ones now; the
@@ -218,6 +180,72 @@ extension LogDirectory {
         }
         return "\(display): \(removed) unreadable record(s) replaced by removed records, \(size - written) bytes dropped; original in quarantine/"
             + (end != nil ? "; index files rebuilt" : "")
+    }
+
+    /// Copies a damaged segment into `quarantine/<partition>/` with a report of what was wrong.
+    static func quarantine(_ path: String, name: String, in directory: String, report: [VerifyProblem], removed: Int64) throws {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let kept = directory + "/" + name + "." + String(WallClock.nowNanoseconds())
+        try FileManager.default.copyItem(atPath: path, toPath: kept)
+        let text = report.map { "\($0.severity.rawValue) \($0.path)\($0.position.map { " at byte \($0)" } ?? ""): \($0.message)" }.joined(separator: "\n")
+            + "\nreplaced by a salvaged segment: \(removed) record(s) could not be read and are now removed records; the original is beside this report\n"
+        try text.write(toFile: kept + ".report.txt", atomically: true, encoding: .utf8)
+    }
+
+    /// What `salvageBatches` wrote.
+    struct SalvagedCopy {
+        var size: Int64 = 0
+        var written: Int64 = 0
+        var removed: Int64 = 0
+        var firstRemoved: Int64?
+        var index = SegmentIndex()
+    }
+
+    /// Copies every readable batch of `segment` to `out` and writes a removed-records batch for
+    /// each range it cannot read, so the copy holds the same offsets (up to `end` for a closed
+    /// segment; a damaged tail of the active one is cut), and syncs it. Indexes the copy.
+    static func salvageBatches(_ segment: Segment, base: Int64, end: Int64?, to out: SharedFile, limits: Limits,
+                               _ ops: FileOperations) throws -> SalvagedCopy {
+        let display = segment.paths.display
+        var batches = try segment.batches(expecting: base, verifyCRC: true, buffer: GrowableBuffer(capacity: 64 << 10))
+        let encoder = BatchEncoder()
+        var copy = SalvagedCopy(size: batches.scanner.size)
+        var expected = base
+        var newest = Int64.min
+        func append(_ bytes: UnsafeRawBufferPointer, offsets: Int64, maxTimestamp: Int64) throws {
+            try writeAll(ops, fd: out.fd, bytes, at: copy.written, displayPath: display)
+            copy.index.add(relative: UInt32(expected - base), position: copy.written, length: bytes.count, maxTimestamp: maxTimestamp,
+                           interval: limits.indexIntervalBytes)
+            copy.written += Int64(bytes.count)
+            expected += offsets
+        }
+        func writeRemoved(upTo next: Int64) throws {
+            guard next > expected else { return }
+            let bytes = try encoder.encodeRemoved(count: Int(next - expected), appendTime: WallClock.nowNanoseconds(), maxBatchBytes: limits.maxBatchBytes)
+            UnsafeMutableRawBufferPointer(mutating: bytes).storeBytes(of: expected.littleEndian, toByteOffset: 0, as: Int64.self)
+            copy.removed += next - expected
+            copy.firstRemoved = copy.firstRemoved ?? expected
+            try append(bytes, offsets: next - expected, maxTimestamp: newest)
+        }
+        while true {
+            if let header = try batches.next() {
+                newest = max(newest, header.maxTimestamp)
+                try append(UnsafeRawBufferPointer(rebasing: batches.bytes[..<header.length]), offsets: header.nextOffset - expected,
+                           maxTimestamp: header.maxTimestamp)
+                continue
+            }
+            guard batches.stop != .end else { break }
+            guard let later = try batches.validBatchAfterStop() else {
+                if let end { try writeRemoved(upTo: end) }  // a closed segment must still reach its end
+                break
+            }
+            try batches.resume(at: later, expecting: nil)
+            try writeRemoved(upTo: batches.expected)
+        }
+        if let end, expected != end { throw LogError(.invalidLog, "salvaged segment ends at \(expected), expected \(end)", path: display) }
+        try ops.fullSync(out.fd, display: display)
+        copy.index.seal()
+        return copy
     }
 
     /// Writes a closed segment's index files anew from its batches, as sensorlogd does when it

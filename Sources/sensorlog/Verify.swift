@@ -12,7 +12,8 @@ struct Verify: ParsableCommand {
             Checks each batch's CRC32C and header, that offsets are contiguous within and across \
             segments, that every column decodes with timestamps inside the batch's bounds, that \
             closed segments' indexes point at batch starts, and that consumer-group offsets lie \
-            within the log. Reads only, so it works while sensorlogd runs.
+            within the log. Reads only. While sensorlogd runs, the server runs the check, with its \
+            segments held still (no compaction swap in the middle of it).
 
             --repair on a stopped server salvages every segment \
             with a damaged batch: each readable batch is kept, each unreadable range becomes \
@@ -22,10 +23,10 @@ struct Verify: ParsableCommand {
             removed or cut, aggregates.sqlite is rebuilt from the repaired log (into a new file, \
             swapped in atomically), so it no longer counts the lost readings and producers' resends \
             of them count exactly once. Then the log is verified again and the state after the \
-            repair is reported. While sensorlogd runs, --repair asks it: it verifies with its \
-            segments held still and finishes an interrupted aggregate rebuild in place, but does \
-            not rewrite a damaged segment or index file under its readers (it says so, exit 1): \
-            stop it and repair then.
+            repair is reported. While sensorlogd runs, --repair asks it: it salvages damaged closed \
+            segments and rewrites index files through the compaction swap, and rebuilds the \
+            aggregates in place when needed; a damaged active segment is reported as not repaired \
+            (exit 1): stop the server and repair then.
 
             Exit codes: 0 clean (warnings allowed; with --repair: clean after the repair), 1 \
             problems found (with --repair: problems remain), 66 no log, 75 a running sensorlogd \
@@ -44,19 +45,18 @@ struct Verify: ParsableCommand {
     func run() throws {
         let directory: LogDirectory
         do { directory = try LogDirectory(dataDirectory: options.dataDir) } catch { Terminal.fail("\(error)", code: .noInput) }
-        var lock: DirectoryLock?
-        if repair {
-            lock = AdminClient.lockOrDelegate(directory.dataDirectory, operation: "verify", parameters: ["repair": true], label: "verify",
+        // Beside a running server the check runs inside it, with its segments held still: read
+        // from outside, a compaction's swap could show as a transient overlap.
+        let lock = AdminClient.lockOrDelegate(directory.dataDirectory, operation: "verify", parameters: ["repair": repair], label: "verify",
                                               json: options.json)
-        }
-        defer { lock?.release() }
+        defer { lock.release() }
         let found = try Self.check(directory)
         guard repair else {
             report(found: found, repairs: nil, after: nil)
             if !found.errors.isEmpty { throw ExitCode(.problemsFound) }
             return
         }
-        let repairs = Self.repair(directory, found: found, held: lock!)
+        let repairs = Self.repair(directory, found: found, held: lock)
         let after = try Self.check(directory)
         report(found: found, repairs: repairs, after: after)
         if !after.errors.isEmpty { throw ExitCode(.problemsFound) }

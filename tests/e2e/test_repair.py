@@ -144,3 +144,37 @@ def test_a_torn_tail_alone_is_cut_without_rebuilding_the_aggregates(data_dir):
     r = tool("verify", "--data-dir", data_dir, "--repair")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "torn tail truncated" in r.stdout and "rebuilt from the repaired log" not in r.stdout, r.stdout
+
+
+def test_a_running_server_salvages_a_damaged_closed_segment_and_resends_heal_it(data_dir):
+    # The same damage, repaired without stopping sensorlogd: `verify --repair` runs inside it.
+    s = Server(data_dir, extra=["--segment-bytes", "65536", "--compaction", "off"]).start()
+    store = os.path.join(data_dir, "aggregates.sqlite")
+    try:
+        fill(s, n=N, sensors=SENSORS)
+        before = counts(store)
+        damaged = corrupt_a_closed_segment(data_dir)
+        r = tool("verify", "--data-dir", data_dir)
+        assert r.returncode == 1 and damaged in r.stdout and "runs inside it" in r.stderr, r.stdout[-500:] + r.stderr
+        r = tool("verify", "--data-dir", data_dir, "--repair")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "REPAIRED" in r.stdout and damaged in r.stdout and "aggregates" in r.stdout, r.stdout
+        assert os.listdir(os.path.join(data_dir, "quarantine", "partition-002"))
+        after = json.loads(tool("verify", "--data-dir", data_dir, "--json").stdout)
+        assert after["ok"] and after["problems"] == [], after["problems"]
+        wait_for(lambda: lag_and_end(s)[0] == 0, "the aggregator to catch up")
+        lost = sum(before.values()) - sum(counts(store).values())
+        assert lost > 0
+        # Producers resend everything: exactly the lost readings are taken again.
+        _, end = lag_and_end(s)
+        c = socket.create_connection(("127.0.0.1", s.tcp))
+        c.sendall(b"".join(line(i) for i in range(N)))
+        c.close()
+        s.wait_metric("sensorlog_readings_rejected_total", N - lost, transport="tcp", reason="duplicate")
+        wait_for(lambda: lag_and_end(s) == (0, end + lost), "the resent readings to be folded")
+        assert counts(store) == before
+    finally:
+        assert s.stop() == 0
+    check = os.path.join(tempfile.mkdtemp(), "check.sqlite")
+    assert tool("rebuild-aggregates", "--data-dir", data_dir, "--output", check).returncode == 0
+    assert rows(store) == rows(check)
