@@ -32,10 +32,11 @@ final class AggregateFolder {
     var pendingRows: Int { dirty.count }
     var hasPendingChanges: Bool { !dirty.isEmpty || !deletedSensors.isEmpty }
 
-    /// Folds records `first..<count` of `batch`.
-    func fold(_ batch: DecodedBatch, from first: Int) throws(SQLiteError) {
+    /// Folds records `first..<end` of `batch` (to its last by default).
+    func fold(_ batch: DecodedBatch, from first: Int, to end: Int? = nil) throws(SQLiteError) {
+        let end = end ?? batch.count
         if batch.kind == .sensorDeletions {
-            for i in first..<batch.count { delete(batch.sensorID(at: i)) }
+            for i in first..<end { delete(batch.sensorID(at: i)) }
             return
         }
         guard batch.kind == .readings else { return }  // removed records: offsets only
@@ -44,7 +45,7 @@ final class AggregateFolder {
         var tupleHour = [Int64](repeating: .min, count: batch.sensorIDs.count)
         var tupleRow = [Unmanaged<AggregateRow>?](repeating: nil, count: batch.sensorIDs.count)
         folds += 1
-        for i in first..<batch.count {
+        for i in first..<end {
             let t = Int(batch.recordTuples[i])
             let ts = batch.timestamps[i]
             let hour = Timestamp.hourStart(ts)

@@ -30,8 +30,9 @@ public enum AggregateRebuild {
         let started = Date()
         let directory = try LogDirectory(dataDirectory: dataDirectory)
         let store = try AggregateStore(path: output)
-        var fold = try Fold(store: store, readers: (0..<directory.partitionCount).map { directory.reader(partition: $0, from: 0) },
-                            totalBytes: logBytes(directory.dataDirectory))
+        var fold = try Fold(store: store, partitions: directory.partitionCount, totalBytes: logBytes(directory.dataDirectory)) {
+            directory.reader(partition: $0, from: $1)
+        }
         try fold.run(until: until, progress: progress)
         let kept = try keepRowsBeforeFloors(into: store, dataDirectory: directory.dataDirectory, partitions: directory.partitionCount)
         try store.checkpoint()
@@ -40,48 +41,59 @@ public enum AggregateRebuild {
         return Result(readings: fold.readings, rows: rows, seconds: Date().timeIntervalSince(started), offsets: fold.offsets, keptRows: kept)
     }
 
-    /// A fold of partitions from their readers into a store, committed every million rows.
+    /// A fold of every partition from its first offset into a store, in runs (each from where
+    /// the last stopped), committed every million rows.
     struct Fold {
         let store: AggregateStore
         let folder: AggregateFolder
-        let readers: [PartitionReader]
+        /// A reader of a partition from an offset.
+        let reader: (Int, Int64) -> PartitionReader
         var offsets: [Int64]
         var readings: Int64 = 0
         let totalBytes: Int64
+        var bytesRead: Int64 = 0
         /// Partitions whose fold reached a batch appended after `until`.
         var reachedUntil: Set<Int> = []
-
         /// Asked between batches: true abandons the fold.
         let stopped: () -> Bool
 
-        init(store: AggregateStore, readers: [PartitionReader], totalBytes: Int64, stopped: @escaping () -> Bool = { false }) throws {
+        init(store: AggregateStore, partitions: Int, totalBytes: Int64, stopped: @escaping () -> Bool = { false },
+             reader: @escaping (Int, Int64) -> PartitionReader) throws {
             self.store = store
-            self.stopped = stopped
             folder = try AggregateFolder(store: store, maxCachedRows: 2_000_000)
-            self.readers = readers
-            offsets = readers.map(\.nextOffset)
+            self.reader = reader
+            offsets = [Int64](repeating: 0, count: partitions)
             self.totalBytes = totalBytes
+            self.stopped = stopped
         }
 
-        /// Folds each partition up to where its reader catches up (or to `until`), and commits.
-        mutating func run(until: Int64?, progress: (Int64, Int64) -> Void) throws {
+        /// Folds each partition from where it stopped until its reader catches up, a batch
+        /// appended after `until`, or the offset `limit` gives for it (not beyond: a batch
+        /// across it is folded up to it), and commits.
+        mutating func run(until: Int64?, limit: (Int) -> Int64? = { _ in nil }, progress: (Int64, Int64) -> Void) throws {
             var batch = DecodedBatch()
             var lastReport = Date()
-            for (p, reader) in readers.enumerated() where !reachedUntil.contains(p) {
+            for p in offsets.indices where !reachedUntil.contains(p) {
+                let reader = reader(p, offsets[p])
+                defer { bytesRead += reader.bytesRead }
                 while let first = try reader.next(into: &batch) {
                     if stopped() { throw LogError(.io, "the rebuild was stopped (shutdown); the current store stays") }
                     if let until, batch.header.appendTime > until {
-                        reachedUntil.insert(p)  // the reader is past this batch: stop here for good
+                        reachedUntil.insert(p)  // for good: later batches may be older, but the fold stops here
                         break
                     }
-                    try folder.fold(batch, from: first)
-                    if batch.kind == .readings { readings += Int64(batch.count - first) }  // not removed records
-                    offsets[p] = reader.nextOffset
+                    let bound = limit(p)
+                    if let bound, batch.baseOffset >= bound { break }
+                    let end = bound.map { batch.nextOffset > $0 ? batch.firstIndex(atOrAfter: $0) : batch.count } ?? batch.count
+                    try folder.fold(batch, from: first, to: end)
+                    if batch.kind == .readings { readings += Int64(end - first) }  // not removed records
+                    offsets[p] = end == batch.count ? reader.nextOffset : bound!
                     if folder.pendingRows > 1_000_000 { try folder.commit(offsets: offsets) }
                     if Date().timeIntervalSince(lastReport) > 0.2 {
-                        progress(readers.reduce(0) { $0 + $1.bytesRead }, totalBytes)
+                        progress(bytesRead + reader.bytesRead, totalBytes)
                         lastReport = Date()
                     }
+                    if let bound, offsets[p] >= bound { break }
                 }
             }
             try folder.commit(offsets: offsets)
@@ -106,32 +118,38 @@ public enum AggregateRebuild {
     }
 
     /// `rebuild-aggregates` in place while sensorlogd serves: folds the live log from its start
-    /// into a new file while ingestion and the aggregator go on, then pauses the aggregator
-    /// (which commits what it folded), folds the tail appended meanwhile, and swaps the new
-    /// store in. Queries read the old store until the swap and the new one after, never a mix.
-    /// Blocking: run it on a thread of its own.
-    /// - Parameter until: see `build`; the aggregator then folds on from the rebuilt offsets.
-    /// - Parameter stopped: asked between batches; true abandons the rebuild (shutdown).
+    /// into a new file while ingestion and the aggregator go on, never past what the aggregator
+    /// has committed; then pauses the aggregator (which commits what it folded and closes its
+    /// store), folds up to exactly where it stopped, and swaps the new store in. Both stores then
+    /// reflect the same offsets, so the rows kept from the current store for hours before a
+    /// retention floor are as up to date as the rest, and the aggregator resumes on the new
+    /// store where it paused. Queries read the old store until the swap and the new one after,
+    /// never a mix. One at a time (the caller's); blocking: run it on a thread of its own.
+    /// - Parameters:
+    ///   - until: see `build`; refused once retention has cut the log (see `refuseUntilAfterRetention`).
+    ///   - stopped: asked between batches; true abandons the rebuild (shutdown).
     public static func rebuildWhileServing(log: Log, aggregator: AggregatorService, until: Int64? = nil, _ ops: FileOperations = .system,
                                            stopped: @escaping () -> Bool = { false },
                                            progress: (Int64, Int64) -> Void = { _, _ in }) throws -> Result {
         let started = Date()
         let dataDirectory = log.dataDirectory
+        try refuseUntilAfterRetention(until, dataDirectory: dataDirectory, partitions: log.partitions.count)
         let target = DataLayout(dataDirectory).aggregatesRebuilding
         for suffix in ["", "-wal", "-shm"] {  // left by an interrupted rebuild
             try ops.remove(target + suffix, display: DataLayout.aggregatesRebuildingDisplay + suffix)
         }
         do {
-            var fold: Fold? = try Fold(store: try AggregateStore(path: target),
-                                       readers: log.partitions.indices.map { log.reader(partition: $0, from: 0) },
-                                       totalBytes: logBytes(dataDirectory), stopped: stopped)
-            try fold!.run(until: until, progress: progress)
+            var fold: Fold? = try Fold(store: try AggregateStore(path: target), partitions: log.partitions.count,
+                                       totalBytes: logBytes(dataDirectory), stopped: stopped) { log.reader(partition: $0, from: $1) }
+            try fold!.run(until: until, limit: { aggregator.committedOffsets[$0] }, progress: progress)
             var result = try aggregator.whilePaused { () throws -> Result in
-                try fold!.run(until: until, progress: progress)  // the tail appended meanwhile
+                let paused = aggregator.committedOffsets
+                try fold!.run(until: until, limit: { paused[$0] }, progress: progress)
                 let kept = try keepRowsBeforeFloors(into: fold!.store, dataDirectory: dataDirectory, partitions: log.partitions.count)
                 try fold!.store.checkpoint()
                 let done = Result(readings: fold!.readings, rows: try fold!.store.allAggregates().count, seconds: 0,
                                   offsets: fold!.offsets, keptRows: kept)
+                progress(fold!.totalBytes, fold!.totalBytes)
                 fold = nil  // closes the new store before it is renamed into place
                 try swapIn(target, dataDirectory: dataDirectory, ops)
                 return done
@@ -162,6 +180,15 @@ public enum AggregateRebuild {
         }
         try ops.rename(rebuilt, to: target, display: AggregateStore.fileName)
         try ops.syncDirectory(dataDirectory, display: ".")
+    }
+
+    /// An in-place rebuild `until` a time keeps the current rows of the hours before a retention
+    /// floor, which count readings appended after that time; the aggregator, resuming from the
+    /// rebuilt offsets, would count those again. Refused then (`--output` is the way).
+    static func refuseUntilAfterRetention(_ until: Int64?, dataDirectory: String, partitions: Int) throws {
+        guard until != nil, try Retention.floors(dataDirectory: dataDirectory, partitions: partitions).contains(where: { $0 != nil }) else { return }
+        throw LogError(.invalidArgument, "an in-place rebuild with --until keeps the rows of the hours retention cut, which would then count "
+                       + "readings after that time twice; rebuild into another file with --output instead")
     }
 }
 
@@ -197,6 +224,7 @@ extension AggregateRebuild {
         for suffix in ["", "-wal", "-shm"] {  // left by an interrupted rebuild
             try ops.remove(target + suffix, display: DataLayout.aggregatesRebuildingDisplay + suffix)
         }
+        try refuseUntilAfterRetention(until, dataDirectory: dataDirectory, partitions: try LogDirectory(dataDirectory: dataDirectory).partitionCount)
         let result: Result
         do {
             result = try build(dataDirectory: dataDirectory, output: target, until: until, progress: progress)

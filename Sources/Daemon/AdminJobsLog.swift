@@ -16,9 +16,9 @@ extension AdminService {
         let deletes = try body.strings("delete_sensors")
         try await requireKnown(deletes, field: "delete_sensors")
         return { job in
-            if !deletes.isEmpty { _ = try await self.deleteSensors(deletes, job) }
+            let deleted = deletes.isEmpty ? [] : try await self.deleteSensors(deletes, job)
             let started = Date()
-            var result = try await self.rewriteSegments(job, merging: Int(target))
+            var result = try await self.rewriteSegments(job, merging: Int(target), roll: Set(deleted.map(\.partition)))
             result.seconds = Date().timeIntervalSince(started)
             let summary = result.segmentsBefore == result.segmentsAfter && result.records == 0
                 ? "nothing to compact: \(result.segmentsBefore) segments, no run of closed segments to merge and no deleted sensor's readings left"
@@ -36,11 +36,15 @@ extension AdminService {
         try await requireKnown(ids, field: "sensors")
         return { job in
             let deleted = try await self.deleteSensors(ids, job)
-            let rewritten = try await self.rewriteSegments(job, merging: nil, only: Set(deleted.map(\.partition)))
+            let partitions = Set(deleted.map(\.partition))
+            let rewritten = try await self.rewriteSegments(job, merging: nil, only: partitions, roll: partitions)
+            let behind = deleted.filter { self.aggregator.committedOffsets[$0.partition] <= $0.offset }
             let lines = deleted.map {
                 "deleted sensor \($0.sensorID) (partition \($0.partition), deletion record at offset \($0.offset)); "
                     + "its readings up to \(Timestamp.formatISO8601($0.lastReading)) are refused from now on"
             } + ["rewrote \(rewritten.segmentsRewritten) closed segment(s) without its readings"]
+                + (behind.isEmpty ? [] : ["the aggregator has not folded the deletion of \(behind.map(\.sensorID).joined(separator: ", ")) yet "
+                                          + "(it is behind, or failing: see its log): the rows go when it does"])
             return .done(["deleted": deleted.map { ["sensor_id": $0.sensorID, "partition": $0.partition, "offset": $0.offset,
                                                     "last_reading": Timestamp.formatISO8601($0.lastReading)] },
                           "segments_rewritten": rewritten.segmentsRewritten, "bytes_rewritten_before": rewritten.bytesBefore,
@@ -59,8 +63,9 @@ extension AdminService {
         }
     }
 
-    /// Deletes the sensors (deletion records, masks, refusals of their resends) and waits until
-    /// the aggregator has folded the records, so their rows are gone when the job says done.
+    /// Deletes the sensors (deletion records, masks, refusals of their resends) and waits (a
+    /// minute at most) until the aggregator has folded the records, so their rows are gone when
+    /// the job says done.
     func deleteSensors(_ ids: [String], _ job: AdminJob) async throws -> [SensorDeletion] {
         job.phase("recording the deletions")
         let deleted = try await pipeline.delete(ids).compactMap { $0 }
@@ -73,17 +78,17 @@ extension AdminService {
         return deleted
     }
 
-    /// Under the segment lock, on a thread: merges runs of closed segments up to `merging`
-    /// bytes (nil: none) and rewrites the segments that hold deleted readings, at the background
-    /// compaction's pace. The active segments of `only` are closed first, so what a deletion
-    /// masked there goes too.
-    func rewriteSegments(_ job: AdminJob, merging: Int?, only: Set<Int>? = nil) async throws -> Compactor.Result {
+    /// Under the segment lock, on a thread: merges runs of closed segments of the partitions
+    /// `only` (all when nil) up to `merging` bytes (nil: none) and rewrites the segments that
+    /// hold deleted readings, at the background compaction's pace. The active segments of
+    /// `roll` are closed first, so what a deletion masked there goes too.
+    func rewriteSegments(_ job: AdminJob, merging: Int?, only: Set<Int>? = nil, roll: Set<Int> = []) async throws -> Compactor.Result {
         job.phase("waiting for the server's own maintenance")
         let log = self.log
         return try await maintenance.segmentWork.run {
             try await onThread("slog-admin") { () throws -> Compactor.Result in
                 job.phase("rewriting segments")
-                if let only { try log.rollActiveSegments(only: only) }
+                if !roll.isEmpty { try log.rollActiveSegments(only: roll) }
                 let partitions = log.partitions.filter { only?.contains($0.id) ?? true }
                 let total = partitions.reduce(Int64(0)) { $0 + $1.closedSegmentBytes }
                 let pacer = Pacer(bytesPerSecond: log.configuration.limits.compactionBytesPerSecond)

@@ -55,25 +55,34 @@ extension AdminService {
 
     func rebuildJob(_ body: inout AdminBody) throws(AdminRefusal) -> Work {
         let until = try body.time("until")
-        let (log, aggregator) = (self.log, self.aggregator)
-        return { job in
-            job.phase("folding the log from its start")
-            let result = try await onThread("slog-admin") { () throws -> AggregateRebuild.Result in
-                let result = try AggregateRebuild.rebuildWhileServing(
-                    log: log, aggregator: aggregator, until: until, stopped: { self.stopping.load(ordering: .relaxed) },
-                    progress: { done, total in job.progress(done: done, total: total) })
-                // The store is the fold of the log again: a repair's marker no longer applies.
-                try log.configuration.fileOperations.remove(DataLayout(log.dataDirectory).aggregatesRebuildPending,
-                                                            display: AggregateRebuild.pendingMarker)
-                return result
-            }
-            let rate = Double(result.readings) / max(result.seconds, 1e-9)
-            var lines = [String(format: "rebuilt %lld readings into %d hourly rows in %.2f s (%.1f M readings/s) -> %@", result.readings, result.rows,
-                                result.seconds, rate / 1e6, AggregateStore.fileName)]
-            if result.keptRows > 0 { lines.insert("kept \(result.keptRows) hourly rows from the current store: their hours began before the retained log", at: 0) }
-            return .done(["readings": result.readings, "rows": result.rows, "seconds": result.seconds, "readings_per_second": rate,
-                          "kept_rows": result.keptRows, "output": AggregateStore.fileName, "offsets": result.offsets], summary: lines)
+        if until != nil, (try? Retention.floors(dataDirectory: log.dataDirectory, partitions: log.partitions.count))?.contains(where: { $0 != nil }) ?? true {
+            throw AdminBody.invalid("until", "an in-place rebuild until a time, once retention has cut the log, would count readings twice; "
+                                    + "rebuild into another file (sensorlog rebuild-aggregates --output)")
         }
+        return { job in
+            job.phase("waiting for another rebuild")
+            return try await self.rebuildWork.run { try await self.rebuild(job, until: until) }
+        }
+    }
+
+    private func rebuild(_ job: AdminJob, until: Int64?) async throws -> AdminJob.Outcome {
+        let (log, aggregator) = (self.log, self.aggregator)
+        job.phase("folding the log from its start")
+        let result = try await onThread("slog-admin") { () throws -> AggregateRebuild.Result in
+            let result = try AggregateRebuild.rebuildWhileServing(
+                log: log, aggregator: aggregator, until: until, stopped: { self.stopping.load(ordering: .relaxed) },
+                progress: { done, total in job.progress(done: done, total: total) })
+            // The store is the fold of the log again: a repair's marker no longer applies.
+            try log.configuration.fileOperations.remove(DataLayout(log.dataDirectory).aggregatesRebuildPending,
+                                                        display: AggregateRebuild.pendingMarker)
+            return result
+        }
+        let rate = Double(result.readings) / max(result.seconds, 1e-9)
+        var lines = [String(format: "rebuilt %lld readings into %d hourly rows in %.2f s (%.1f M readings/s) -> %@", result.readings, result.rows,
+                            result.seconds, rate / 1e6, AggregateStore.fileName)]
+        if result.keptRows > 0 { lines.insert("kept \(result.keptRows) hourly rows from the current store: their hours began before the retained log", at: 0) }
+        return .done(["readings": result.readings, "rows": result.rows, "seconds": result.seconds, "readings_per_second": rate,
+                      "kept_rows": result.keptRows, "output": AggregateStore.fileName, "offsets": result.offsets], summary: lines)
     }
 
     /// `verify`, and `verify --repair` while serving: the check runs with the segments held

@@ -22,6 +22,9 @@ final class AdminService: AdminOperations {
     let maintenance: MaintenanceService
     let logger: Logger
     let jobs = AdminJobs()
+    /// Held by whatever rebuilds the aggregates in place (`rebuild-aggregates`, and `verify
+    /// --repair` when it must): one rebuild at a time, one pause of the aggregator.
+    let rebuildWork = AsyncLock()
     /// Set at shutdown: no new job starts, and running ones stop at their next batch.
     let stopping = Atomic<Bool>(false)
 
@@ -48,7 +51,7 @@ final class AdminService: AdminOperations {
         case "rebuild-aggregates": work = try rebuildJob(&body)
         case "verify": work = try verifyJob(&body)
         case "delete-sensor": work = try await deleteJob(&body)
-        default: throw AdminRefusal(status: 404, code: "unknown_operation", "no admin operation \(operation)")
+        default: throw AdminRefusal(status: 404, code: "not_found", "no admin operation \(operation)")
         }
         try body.finish()
         guard !stopping.load(ordering: .relaxed) else {

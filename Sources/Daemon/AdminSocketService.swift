@@ -16,12 +16,16 @@ import ServiceLifecycle
 final class AdminSocketService: Service {
     let admin: AdminService
     let path: String
+    let staging: String
+    let staged: String
     let limits: Limits
     let logger: Logger
 
-    init(admin: AdminService, path: String, limits: Limits, logger: Logger) {
+    init(admin: AdminService, layout: DataLayout, limits: Limits, logger: Logger) {
         self.admin = admin
-        self.path = path
+        self.path = layout.adminSocket
+        staging = layout.adminSocketStaging
+        staged = layout.adminSocketStaged
         self.limits = limits
         self.logger = logger
     }
@@ -32,15 +36,20 @@ final class AdminSocketService: Service {
     func run() async throws {
         // A socket left by a server killed with -9: the directory lock says none is running.
         unlink(path)
-        if path.utf8.count > Self.maxPathBytes {
-            logger.error("the data directory's path is too long for the admin socket; sensorlog cannot reach this server (use /admin/ over HTTP)",
-                         metadata: ["path": "\(path)", "bytes": "\(path.utf8.count)", "max": "\(Self.maxPathBytes)"])
+        unlink(staged)
+        rmdir(staging)
+        if staged.utf8.count > Self.maxPathBytes || mkdir(staging, 0o700) != 0 {
+            logger.error("cannot listen on the admin socket (the data directory's path is too long for a socket, or it is not writable); sensorlog cannot reach this server (use /admin/ over HTTP)",
+                         metadata: ["path": "\(staged)", "bytes": "\(staged.utf8.count)", "max": "\(Self.maxPathBytes)"])
             try? await gracefulShutdown()
         } else {
-            let (path, logger) = (path, logger)
-            let app = HTTPServer.makeAdminSocket(path: path, admin: admin, limits: limits, logger: logger) {
-                // Before the first request can be served: only the owner may connect.
-                chmod(path, 0o600)
+            let (path, staging, staged, logger) = (path, staging, staged, logger)
+            let app = HTTPServer.makeAdminSocket(path: staged, admin: admin, limits: limits, logger: logger) {
+                // Bound inside a folder only this user may enter; once only the owner may
+                // connect, it moves to where sensorlog looks for it.
+                chmod(staged, 0o600)
+                rename(staged, path)
+                rmdir(staging)
                 logger.info("admin socket listening", metadata: ["path": "\(DataLayout.adminSocketDisplay)"])
             }
             try await app.run()

@@ -58,7 +58,7 @@ public final class Daemon: Sendable {
         self.http = http
         self.logger = logger
         admin = AdminService(log: log, pipeline: pipeline, aggregator: aggregator, maintenance: maintenance, logger: logger)
-        adminSocket = AdminSocketService(admin: admin, path: DataLayout(log.dataDirectory).adminSocket, limits: configuration.limits, logger: logger)
+        adminSocket = AdminSocketService(admin: admin, layout: DataLayout(log.dataDirectory), limits: configuration.limits, logger: logger)
     }
 
     /// Opens everything and binds the line protocol (HTTP binds in `run`, before "ready").

@@ -2,7 +2,9 @@ import Foundation
 public import Hummingbird
 import HummingbirdCore
 import Logging
+import Ingest
 import NIOCore
+import SensorLogCore
 
 /// What the server does for `/admin/`: jobs that change the log while it serves. The HTTP layer
 /// only authenticates, routes and relays; the daemon decides (and knows the files).
@@ -39,15 +41,20 @@ enum AdminRoutes {
     /// `POST /admin/{operation}` → 202 and the job (`Location: /admin/jobs/{id}`);
     /// `GET /admin/jobs`, `GET /admin/jobs/{id}`.
     static func add(_ admin: any AdminOperations, to routes: Routes, maxBodyBytes: Int) {
-        routes.get("/admin/jobs") { _, _ in JSONBody.response(.ok, raw: admin.jobsJSON() + "\n") }
+        routes.get("/admin/jobs") { _, context in
+            try authorize(context)
+            return JSONBody.response(.ok, raw: admin.jobsJSON() + "\n")
+        }
         routes.get("/admin/jobs/:id") { _, context in
+            try authorize(context)
             guard let id = context.parameters.get("id").flatMap({ Int($0) }), let job = admin.jobJSON(id) else {
                 throw APIError(.notFound, code: "unknown_job", "no such job", field: "id")
             }
             return JSONBody.response(.ok, raw: job + "\n")
         }
         for operation in admin.operations {
-            routes.post("/admin/\(operation)") { request, _ in
+            routes.post("/admin/\(operation)") { request, context in
+                try authorize(context)
                 let body = try await request.body.collect(upTo: maxBodyBytes)
                 let job: String
                 do {
@@ -59,6 +66,16 @@ enum AdminRoutes {
                 if let id = Self.id(of: job) { response.headers[.location] = "/admin/jobs/\(id)" }
                 return response
             }
+        }
+    }
+
+    /// Checked by the route itself, whatever path reached it: a key with the admin role, or,
+    /// without keys, a client on this host (loopback, or the admin socket).
+    static func authorize(_ context: SensorRequestContext) throws {
+        if let roles = context.roles {
+            guard roles.contains(.admin) else { throw APIError(.forbidden, code: "forbidden", "this API key lacks the admin role this route needs") }
+        } else if let remote = context.remoteAddress, !remote.isLocal {
+            throw APIError(.forbidden, code: "forbidden", "/admin/ answers on loopback only when no API keys are configured")
         }
     }
 

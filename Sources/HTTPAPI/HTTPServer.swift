@@ -82,9 +82,7 @@ public enum HTTPServer {
                 allowHeaders: [.accept, .contentType, .origin, APIKeyMiddleware.header, RequestIDMiddleware.header],
                 allowMethods: [.get, .post, .options], exposedHeaders: ["X-Request-Id", "Retry-After"], maxAge: .seconds(600)))
         }
-        if configuration.apiKeys.isEmpty {
-            router.add(middleware: AdminLoopbackMiddleware())
-        } else {
+        if !configuration.apiKeys.isEmpty {
             router.add(middleware: APIKeyMiddleware(keys: configuration.apiKeys))
         }
         router.add(middleware: APIErrorMiddleware(routes: routes.table))

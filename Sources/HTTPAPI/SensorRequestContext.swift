@@ -1,5 +1,6 @@
 public import Hummingbird
 public import NIOCore
+public import SensorLogCore
 
 /// The request context of the API: the correlation id and the client's address.
 public struct SensorRequestContext: RequestContext, RemoteAddressRequestContext {
@@ -8,6 +9,8 @@ public struct SensorRequestContext: RequestContext, RemoteAddressRequestContext 
     public var requestID = ""
     /// The API key the request authenticated with (rate limiting is per key).
     public var apiKey: String?
+    /// The roles of that key; nil when no keys are configured.
+    public var roles: Set<APIRole>?
     public let remoteAddress: SocketAddress?
 
     public init(source: ApplicationRequestContextSource) {

@@ -5,6 +5,7 @@
 /// meta.json                    LogMetadata (format, partition count, hash)
 /// LOCK                         DirectoryLock
 /// admin.sock                   the running server's admin socket (sensorlog finds it here)
+/// admin.d/                     where it is bound first (mode 0700), before it moves to admin.sock
 /// retention.json               retention floors
 /// aggregates.sqlite            the aggregator's rows and offsets (+ -wal, -shm)
 /// aggregates.rebuild-pending   present while the aggregates may hold folds the log lost
@@ -35,6 +36,10 @@ public struct DataLayout: Sendable {
     /// The running server's admin socket; its name as messages show it.
     public var adminSocket: String { root + "/" + Self.adminSocketName }
     public static let adminSocketDisplay = adminSocketName
+    /// A private folder (0700) the socket is bound in, with its mode set, before it is renamed
+    /// to `adminSocket`: no other user can connect in between.
+    public var adminSocketStaging: String { root + "/admin.d" }
+    public var adminSocketStaged: String { adminSocketStaging + "/" + Self.adminSocketName }
     public var retentionFloors: String { root + "/" + Self.retentionFloorsName }
     public var aggregates: String { root + "/" + Self.aggregatesName }
     public var aggregatesRebuildPending: String { root + "/" + Self.aggregatesRebuildPendingName }

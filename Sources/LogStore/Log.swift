@@ -301,8 +301,16 @@ public final class Log: Sendable {
     /// the newest reading it deletes (`lastReading`), and masks the readings below the record at
     /// once (`Partition.deletions`). Returns once the record is durable under the fsync policy.
     public func appendDeletion(_ sensorID: String, lastReading: Int64, toPartition partition: Int) async throws(LogError) -> AppendResult {
+        let before = partitions[partition].deletions.entries[sensorID]
         let (result, waiter) = try writeDeletion(sensorID, lastReading: lastReading, partition: partition)
-        if let waiter { try await partitions[partition].wait(waiter) }
+        do {
+            if let waiter { try await partitions[partition].wait(waiter) }
+        } catch {
+            // Not durable: readers see the readings again, as the ingest (which refuses resends
+            // only once this returns) assumes.
+            partitions[partition].deletions.restore(sensorID, before)
+            throw error
+        }
         return result
     }
 

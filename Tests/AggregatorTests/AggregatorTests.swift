@@ -79,6 +79,7 @@ import Testing
         }
         let service = try await aggregate(f.log)
         _ = try await f.pipeline.submit(Array(readings[..<20_000]), via: .tcp)
+        try await waitCaughtUp(service, f.log)
         let before = FileOperations.inode(f.path + "/aggregates.sqlite")
         let pipeline = f.pipeline
         let producer = Task {

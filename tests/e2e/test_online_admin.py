@@ -226,6 +226,9 @@ def test_admin_doors_roles_and_refusals(data_dir):
             status, reply, _ = admin(s, "/admin/compact", {}, key=key)
             assert status == (401 if key is None else 403), (key, status, reply)
         assert admin(s, "/admin/jobs", key="reader")[0] == 403
+        # Paths the router matches to the admin routes all the same are checked all the same.
+        for path in ("//admin/compact", "/admin//compact", "/./admin/compact"):
+            assert admin(s, path, {}, key="writer")[0] in (403, 404), path
         # Bad requests change nothing and say why.
         for body, field in (({"older_than": "30 days"}, "older_than"), ({"max_bytes": "lots"}, "max_bytes"), ({}, "older_than"),
                             ({"older_than": "1d", "forse": True}, "forse")):
@@ -282,6 +285,13 @@ def test_without_keys_admin_answers_on_loopback_only(data_dir):
         assert admin(s, "/admin/jobs")[0] == 200                     # loopback
         c = socket.create_connection((address, s.http))
         c.sendall(b"GET /admin/jobs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        reply = b""
+        while chunk := c.recv(65536):
+            reply += chunk
+        c.close()
+        assert reply.startswith(b"HTTP/1.1 403"), reply[:200]
+        c = socket.create_connection((address, s.http))
+        c.sendall(b"POST //admin/compact HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
         reply = b""
         while chunk := c.recv(65536):
             reply += chunk
