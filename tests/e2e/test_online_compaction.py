@@ -1,4 +1,4 @@
-"""Background compaction inside the running server: producers write small batches over TCP while
+"""Background compaction inside the running server: producers write small batches over TCP and HTTP while
 compaction rewrites closed segments (slowly, so kill -9 lands in the middle of it), the server is
 killed ten times and producers resend what they cannot confirm; then the aggregates equal the
 reference, a rebuild from offset zero gives the same rows, and the directory verifies clean."""
@@ -6,6 +6,7 @@ import os, random, signal, socket, subprocess, time
 
 from conftest import Server, BIN, stats
 from test_exactly_once import workload, line, reference, stored, check, wait_settled
+from test_online_admin import produce
 
 FLAGS = ["--segment-bytes", "65536", "--maintenance-interval-seconds", "1", "--compaction-bytes-per-second", "1M",
          "--partitions", "2"]
@@ -39,10 +40,17 @@ def test_kill_nine_during_background_compaction_loses_and_doubles_nothing(data_d
         judged(s, len(chunk))
         time.sleep(rnd.uniform(0.5, 2.0))               # let a compaction pass start
         compactions += s.metric("sensorlog_compaction_segments_rewritten_total")
+        # The next chunk in flight over both doors when the kill comes.
+        following = chunks[i + 1] if i + 1 < len(chunks) else []
+        threads = produce(s, following)
+        time.sleep(rnd.uniform(0.0, 0.2))
         s.stop(signal.SIGKILL)
+        for t in threads:
+            t.join()
         s = Server(data_dir, extra=FLAGS).start()
-        resent = chunk + chunks[max(0, i - 1)]
-        send_small(s.tcp, resent)
+        resent = chunk + chunks[max(0, i - 1)] + following
+        for t in produce(s, resent):
+            t.join()
         judged(s, len(resent))
     distinct = len({(r[0], r[4]) for r in rows})
     wait_settled(s, distinct)
