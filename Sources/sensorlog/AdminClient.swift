@@ -39,18 +39,23 @@ enum AdminClient {
         }
         guard let id = started["id"] as? Int else { Terminal.fail("the server's answer names no job", code: .ioError) }
         Terminal.error("sensorlogd is running: \(operation) runs inside it as job \(id) (GET /admin/jobs/\(id))")
-        let job = follow(socket, id: id, label: label)
+        let job = follow(socket, started, label: label)
         finish(job, json: json)
     }
 
-    /// Polls the job until it ends, drawing its progress.
-    private static func follow(_ socket: String, id: Int, label: String) -> [String: Any] {
+    /// Polls the job until it ends, drawing its progress. A server that restarted meanwhile
+    /// (killed, say) knows the job no more, or has another under its id: that is a server that
+    /// went away (75), not a refusal.
+    private static func follow(_ socket: String, _ started: [String: Any], label: String) -> [String: Any] {
+        let id = started["id"] as? Int ?? 0
         let progress = Progress(label: label)
         while true {
             let job: [String: Any]
             do {
                 let (status, reply) = try request(socket, "GET", "/admin/jobs/\(id)", body: nil)
-                guard status == 200 else { refused(status, reply) }
+                guard status == 200, reply["started"] as? String == started["started"] as? String else {
+                    Terminal.fail("sensorlogd restarted while job \(id) ran: its outcome is unknown; run the command again", code: .locked)
+                }
                 job = reply
             } catch {
                 Terminal.fail("lost the server while following job \(id) (\(error)); its state is at GET /admin/jobs/\(id) once it is back",

@@ -1,6 +1,7 @@
 """The soak of issue 16: a steady ingest over TCP and HTTP into small segments while the server's
-retention (by size) and background compaction cycle, with a kill -9 every few seconds and the
-producers resending what they cannot confirm; then three equalities: the aggregates equal the
+retention (by size) and background compaction cycle and an operator runs `sensorlog
+rebuild-aggregates`, `compact` and `verify` against it now and then (jobs inside the server),
+with a kill -9 every few seconds and the producers resending what they cannot confirm; then three equalities: the aggregates equal the
 reference fold of every distinct reading sent (nothing lost, nothing counted twice), a clean
 restart changes nothing, and a rebuild from offset zero equals the live rows; and verify is clean.
 
@@ -13,6 +14,7 @@ from test_exactly_once import line, reference, stored, check, wait_settled
 FLAGS = ["--segment-bytes", "65536", "--partitions", "2", "--maintenance-interval-seconds", "1", "--retention-bytes", "120K",
          "--compaction-bytes-per-second", "4M"]
 BASE = 1_763_978_400_000_000_000
+OPERATOR = [["rebuild-aggregates"], ["compact", "--target-segment-bytes", "262144"], ["verify"]]
 SENSORS = 500
 TYPES = ["temperature", "humidity", "pressure"]
 
@@ -59,8 +61,12 @@ def soak(data_dir, seconds, seed=None):
     sent = []
     s = Server(data_dir, extra=FLAGS).start()
     ended = time.time() + seconds
-    kills, unconfirmed = 0, []
+    kills, unconfirmed, jobs = 0, [], []
     while time.time() < ended:
+        if rnd.random() < 0.05:                         # an operator's job, left running
+            args = rnd.choice(OPERATOR)
+            jobs.append((args, subprocess.Popen([os.path.join(BIN, "sensorlog"), *args, "--data-dir", data_dir],
+                                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
         chunk = readings(len(sent), 500, rnd)
         sent += chunk
         send_tcp(s.tcp, chunk[:450])
@@ -77,6 +83,12 @@ def soak(data_dir, seconds, seed=None):
             resend = [r for c in unconfirmed for r in c]
             send_tcp(s.tcp, resend)
             wait_judged(s, len(resend))
+    done = 0
+    for args, job in jobs:
+        out, err = job.communicate(timeout=300)
+        # Done (0); the server killed under it (75); or the same job already running (1, 409).
+        assert job.returncode in (0, 75) or (job.returncode == 1 and "already running" in err), (args, job.returncode, out, err)
+        done += job.returncode == 0
     distinct = len({(r[0], r[4]) for r in sent})
     deadline = time.time() + 120
     while s.metric("sensorlog_consumer_lag") > 0:    # the aggregator has folded everything
@@ -96,7 +108,8 @@ def soak(data_dir, seconds, seed=None):
     assert stored(out) == live
     r = subprocess.run([os.path.join(BIN, "sensorlog"), "verify", "--data-dir", data_dir], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
-    print(f"soak: {len(sent)} readings sent ({distinct} distinct), {kills} kill -9s, retention removed {removed:.0f} segments "
+    print(f"soak: {len(sent)} readings sent ({distinct} distinct), {kills} kill -9s, {done} of {len(jobs)} operator jobs done "
+          f"(the rest met a kill), retention removed {removed:.0f} segments "
           f"since the last start; aggregates equal the reference, "
           f"the restart and the rebuild; verify clean", flush=True)
     return kills, removed
