@@ -124,9 +124,16 @@ def test_rebuild_in_place_runs_inside_the_running_server(server, data_dir):
     rows = workload(5_000, sensors=50, seed=5)
     send(server.tcp, rows)
     wait_settled(server, len({(r[0], r[4]) for r in rows}))
+    before = json.loads(server.get(f"/sensors/{rows[0][0]}/aggregates")[1])["aggregates"]
+    assert before
     r = subprocess.run([os.path.join(BIN, "sensorlog"), "rebuild-aggregates", "--data-dir", data_dir], capture_output=True, text=True)
     assert r.returncode == 0 and "runs inside it as job" in r.stderr, r.stderr
     check(stored(os.path.join(data_dir, "aggregates.sqlite")), reference(rows))
+    # The queries read the new store (rows written by the rebuild, later), with the same figures.
+    after = json.loads(server.get(f"/sensors/{rows[0][0]}/aggregates")[1])["aggregates"]
+    assert [a["last_updated"] > b["last_updated"] for a, b in zip(after, before)] == [True] * len(before)
+    strip = lambda rows: [{k: v for k, v in a.items() if k != "last_updated"} for a in rows]
+    assert strip(after) == strip(before)
 
 
 def test_queries(server):
