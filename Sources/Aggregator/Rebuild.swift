@@ -87,7 +87,8 @@ public enum AggregateRebuild {
                     let end = bound.map { batch.nextOffset > $0 ? batch.firstIndex(atOrAfter: $0) : batch.count } ?? batch.count
                     try folder.fold(batch, from: first, to: end)
                     if batch.kind == .readings { readings += Int64(end - first) }  // not removed records
-                    offsets[p] = end == batch.count ? reader.nextOffset : bound!
+                    // Never past the bound, even when nothing of the batch lies beyond it.
+                    offsets[p] = bound.map { min(reader.nextOffset, $0) } ?? reader.nextOffset
                     if folder.pendingRows > 1_000_000 { try folder.commit(offsets: offsets) }
                     if Date().timeIntervalSince(lastReport) > 0.2 {
                         progress(bytesRead + reader.bytesRead, totalBytes)
@@ -145,6 +146,8 @@ public enum AggregateRebuild {
             var result = try aggregator.whilePaused { () throws -> Result in
                 let paused = aggregator.committedOffsets
                 try fold!.run(until: until, limit: { paused[$0] }, progress: progress)
+                // Retention may have cut the log since the start (it does not wait for a rebuild).
+                try refuseUntilAfterRetention(until, dataDirectory: dataDirectory, partitions: log.partitions.count)
                 let kept = try keepRowsBeforeFloors(into: fold!.store, dataDirectory: dataDirectory, partitions: log.partitions.count)
                 try fold!.store.checkpoint()
                 let done = Result(readings: fold!.readings, rows: try fold!.store.allAggregates().count, seconds: 0,

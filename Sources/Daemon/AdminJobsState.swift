@@ -68,13 +68,18 @@ extension AdminService {
     private func rebuild(_ job: AdminJob, until: Int64?) async throws -> AdminJob.Outcome {
         let (log, aggregator) = (self.log, self.aggregator)
         job.phase("folding the log from its start")
+        // A repair's marker set meanwhile asks for a rebuild after this one: only the marker this
+        // rebuild found is its to clear.
+        let pending = AggregateRebuild.isPending(dataDirectory: log.dataDirectory)
         let result = try await onThread("slog-admin") { () throws -> AggregateRebuild.Result in
             let result = try AggregateRebuild.rebuildWhileServing(
                 log: log, aggregator: aggregator, until: until, stopped: { self.stopping.load(ordering: .relaxed) },
                 progress: { done, total in job.progress(done: done, total: total) })
-            // The store is the fold of the log again: a repair's marker no longer applies.
-            try log.configuration.fileOperations.remove(DataLayout(log.dataDirectory).aggregatesRebuildPending,
-                                                        display: AggregateRebuild.pendingMarker)
+            // The store is the fold of the log again: the repair's marker no longer applies.
+            if pending {
+                try log.configuration.fileOperations.remove(DataLayout(log.dataDirectory).aggregatesRebuildPending,
+                                                            display: AggregateRebuild.pendingMarker)
+            }
             return result
         }
         let rate = Double(result.readings) / max(result.seconds, 1e-9)

@@ -34,27 +34,42 @@ final class AdminSocketService: Service {
     static let maxPathBytes = 107
 
     func run() async throws {
-        // A socket left by a server killed with -9: the directory lock says none is running.
-        unlink(path)
-        unlink(staged)
-        rmdir(staging)
-        if staged.utf8.count > Self.maxPathBytes || mkdir(staging, 0o700) != 0 {
-            logger.error("cannot listen on the admin socket (the data directory's path is too long for a socket, or it is not writable); sensorlog cannot reach this server (use /admin/ over HTTP)",
-                         metadata: ["path": "\(staged)", "bytes": "\(staged.utf8.count)", "max": "\(Self.maxPathBytes)"])
+        if let why = prepare() {
+            logger.error("cannot listen on the admin socket; sensorlog cannot reach this server (use /admin/ over HTTP)",
+                         metadata: ["path": "\(path)", "reason": "\(why)"])
             try? await gracefulShutdown()
         } else {
             let (path, staging, staged, logger) = (path, staging, staged, logger)
             let app = HTTPServer.makeAdminSocket(path: staged, admin: admin, limits: limits, logger: logger) {
                 // Bound inside a folder only this user may enter; once only the owner may
                 // connect, it moves to where sensorlog looks for it.
-                chmod(staged, 0o600)
-                rename(staged, path)
+                if chmod(staged, 0o600) != 0 || rename(staged, path) != 0 {
+                    logger.error("cannot put the admin socket in place; sensorlog cannot reach this server (use /admin/ over HTTP)",
+                                 metadata: ["path": "\(path)", "error": "\(String(cString: strerror(errno)))"])
+                    return
+                }
                 rmdir(staging)
                 logger.info("admin socket listening", metadata: ["path": "\(DataLayout.adminSocketDisplay)"])
             }
             try await app.run()
         }
         unlink(path)
+        unlink(staged)
+        rmdir(staging)
         await admin.stopJobs()
+    }
+
+    /// Clears what a server killed with -9 left (the directory lock says none runs now) and
+    /// makes the private folder. Returns why it cannot, if it cannot.
+    private func prepare() -> String? {
+        unlink(path)
+        unlink(staged)
+        rmdir(staging)
+        let longest = max(path.utf8.count, staged.utf8.count)
+        if longest > Self.maxPathBytes {
+            return "the data directory's path is too long for a socket (\(longest) bytes, at most \(Self.maxPathBytes))"
+        }
+        if mkdir(staging, 0o700) != 0 { return "cannot create \(staging): \(String(cString: strerror(errno)))" }
+        return nil
     }
 }

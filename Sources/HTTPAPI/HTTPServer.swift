@@ -134,6 +134,7 @@ public enum HTTPServer {
         let routes = Routes(router: router)
         router.add(middleware: RequestIDMiddleware())
         router.add(middleware: APIErrorMiddleware(routes: routes.table))
+        router.add(middleware: AdminSocketTrust())
         AdminRoutes.add(admin, to: routes, maxBodyBytes: limits.maxBodyBytes)
         let idle = TimeAmount.nanoseconds(Int64(limits.idleTimeout / .nanoseconds(1)))
         return Application(

@@ -39,7 +39,8 @@ public struct DataLayout: Sendable {
     /// A private folder (0700) the socket is bound in, with its mode set, before it is renamed
     /// to `adminSocket`: no other user can connect in between.
     public var adminSocketStaging: String { root + "/admin.d" }
-    public var adminSocketStaged: String { adminSocketStaging + "/" + Self.adminSocketName }
+    /// Shorter than `adminSocket`, so a data directory whose socket path fits fits here too.
+    public var adminSocketStaged: String { adminSocketStaging + "/s" }
     public var retentionFloors: String { root + "/" + Self.retentionFloorsName }
     public var aggregates: String { root + "/" + Self.aggregatesName }
     public var aggregatesRebuildPending: String { root + "/" + Self.aggregatesRebuildPendingName }

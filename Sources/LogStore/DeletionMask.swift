@@ -23,11 +23,6 @@ public final class DeletionMask: Sendable {
         horizon.max(offset, ordering: .releasing)
     }
 
-    /// Puts back what `entries` said of `sensorID` before a deletion that did not become durable.
-    func restore(_ sensorID: String, _ offset: Int64?) {
-        deletedBefore.withLock { $0[sensorID] = offset }
-    }
-
     /// Per deleted sensor, the offset below which its readings are deleted.
     public var entries: [String: Int64] { deletedBefore.withLock { $0 } }
 

@@ -298,19 +298,14 @@ public final class Log: Sendable {
     }
 
     /// Deletes `sensorID`'s readings: appends its deletion record, stamped with the timestamp of
-    /// the newest reading it deletes (`lastReading`), and masks the readings below the record at
-    /// once (`Partition.deletions`). Returns once the record is durable under the fsync policy.
+    /// the newest reading it deletes (`lastReading`), and once the record is durable under the
+    /// fsync policy masks the readings below it (`Partition.deletions`): from then on no reader
+    /// of this log sees them, and a compaction drops them. Not before: a compaction that
+    /// dropped them for a record that then failed to become durable could not be undone.
     public func appendDeletion(_ sensorID: String, lastReading: Int64, toPartition partition: Int) async throws(LogError) -> AppendResult {
-        let before = partitions[partition].deletions.entries[sensorID]
         let (result, waiter) = try writeDeletion(sensorID, lastReading: lastReading, partition: partition)
-        do {
-            if let waiter { try await partitions[partition].wait(waiter) }
-        } catch {
-            // Not durable: readers see the readings again, as the ingest (which refuses resends
-            // only once this returns) assumes.
-            partitions[partition].deletions.restore(sensorID, before)
-            throw error
-        }
+        if let waiter { try await partitions[partition].wait(waiter) }
+        partitions[partition].deletions.add(sensorID, before: result.baseOffset)
         return result
     }
 
@@ -318,6 +313,7 @@ public final class Log: Sendable {
     public func appendDeletionBlocking(_ sensorID: String, lastReading: Int64, toPartition partition: Int) throws(LogError) -> AppendResult {
         let (result, waiter) = try writeDeletion(sensorID, lastReading: lastReading, partition: partition)
         if let waiter { try partitions[partition].wait(waiter) }
+        partitions[partition].deletions.add(sensorID, before: result.baseOffset)
         return result
     }
 
@@ -328,9 +324,7 @@ public final class Log: Sendable {
         let appendTime = configuration.time.wallNanoseconds
         let bytes = try encoder.encodeDeletions([sensorID], timestamp: lastReading, appendTime: appendTime,
                                                 maxBatchBytes: configuration.limits.maxBatchBytes)
-        let (result, waiter) = try partitions[partition].write(encoded: bytes, count: 1, maxTimestamp: lastReading, appendTime: appendTime)
-        partitions[partition].deletions.add(sensorID, before: result.baseOffset)
-        return (result, waiter)
+        return try partitions[partition].write(encoded: bytes, count: 1, maxTimestamp: lastReading, appendTime: appendTime)
     }
 
     /// Closes every non-empty active segment (fsync, index files) and starts new ones, so that
