@@ -58,7 +58,7 @@ struct RebuildAggregates: ParsableCommand {
             }
         } catch {
             if output != nil { try? FileManager.default.removeItem(atPath: target) }
-            Terminal.fail("rebuild failed: \(error)", code: .ioError)
+            Terminal.fail("rebuild failed: \(error)", code: (error as? LogError)?.code == .invalidArgument ? .usage : .ioError)
         }
         progress.finish()
         let rate = Double(result.readings) / max(result.seconds, 1e-9)
