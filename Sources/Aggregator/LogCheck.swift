@@ -14,6 +14,9 @@ public enum LogCheck {
     /// Verifies every partition and every group's offsets (reads only: safe beside the server).
     /// - Parameter progress: (bytes verified, bytes in the log).
     public static func check(_ directory: LogDirectory, progress: (Int64, Int64) -> Void = { _, _ in }) throws -> Findings {
+        // Read before the partitions: beside a running server their ends only grow meanwhile,
+        // while a group read afterwards may have gone past the end a partition had when checked.
+        let committed = groupOffsets(directory)
         var done: Int64 = 0
         let total = AggregateRebuild.logBytes(directory.dataDirectory)
         var partitions: [PartitionVerification] = []
@@ -23,7 +26,7 @@ public enum LogCheck {
                 progress(done, total)
             })
         }
-        var problems = partitions.flatMap(\.problems) + groupProblems(directory, partitions: partitions)
+        var problems = partitions.flatMap(\.problems) + groupProblems(directory, committed, partitions: partitions)
         if AggregateRebuild.isPending(dataDirectory: directory.dataDirectory) {
             problems.append(VerifyProblem(severity: .error, path: AggregateStore.fileName, position: nil,
                 message: "a repair changed the log but the aggregates were not rebuilt; run sensorlog verify --repair"))
@@ -31,8 +34,8 @@ public enum LogCheck {
         return Findings(partitions: partitions, problems: problems)
     }
 
-    /// Group offsets must lie within the log.
-    static func groupProblems(_ directory: LogDirectory, partitions: [PartitionVerification]) -> [VerifyProblem] {
+    /// Every group's committed offsets, the aggregator's first.
+    static func groupOffsets(_ directory: LogDirectory) -> [(String, [Int64])] {
         var offsets: [(String, [Int64])] = []
         let storePath = directory.layout.aggregates
         if FileManager.default.fileExists(atPath: storePath), let store = try? AggregateStore(path: storePath, readOnly: true),
@@ -41,6 +44,11 @@ public enum LogCheck {
         }
         let groups = ConsumerGroups(dataDirectory: directory.dataDirectory, partitions: directory.partitionCount)
         for name in groups.list() { if let c = try? groups.committed(name) { offsets.append((name, c)) } }
+        return offsets
+    }
+
+    /// Group offsets must lie within the log.
+    static func groupProblems(_ directory: LogDirectory, _ offsets: [(String, [Int64])], partitions: [PartitionVerification]) -> [VerifyProblem] {
         var problems: [VerifyProblem] = []
         for (group, committed) in offsets {
             for (p, c) in committed.enumerated() where c > partitions[p].endOffset || (c < partitions[p].startOffset && c != 0) {
