@@ -43,9 +43,8 @@ final class AdminJob: Sendable {
 
     var isRunning: Bool { state.withLock { $0.outcome == nil } }
 
-    func progress(_ phase: String? = nil, done: Int64, total: Int64) {
+    func progress(done: Int64, total: Int64) {
         state.withLock {
-            if let phase { $0.phase = phase }
             $0.done = done
             $0.total = total
         }

@@ -110,8 +110,7 @@ extension AdminService {
             guard var repairs else { return try Self.verdict(found, repairs: nil, after: nil) }
             for p in removed.keys { await self.pipeline.recordsRemoved(partition: p) }
             if AggregateRebuild.isPending(dataDirectory: self.log.dataDirectory) {
-                var rebuild = try AdminBody([])
-                _ = try await self.rebuildJob(&rebuild)(job)
+                _ = try await self.rebuildWork.run { try await self.rebuild(job, until: nil) }
                 repairs.done.append("\(AggregateStore.fileName): rebuilt from the repaired log in place while serving")
             }
             let after = try await self.maintenance.segmentWork.run { try await self.check(job) }

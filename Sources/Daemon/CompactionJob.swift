@@ -29,12 +29,7 @@ final class CompactionJob: Sendable {
     /// One pass over every partition; returns what it did (also logged and counted).
     @discardableResult
     func run() async -> Compactor.Result {
-        await withCheckedContinuation { continuation in
-            Thread { [self] in
-                nameCurrentThread("slog-compact")
-                continuation.resume(returning: pass())
-            }.start()
-        }
+        await onThread("slog-compact") { self.pass() }
     }
 
     private func pass() -> Compactor.Result {

@@ -29,9 +29,7 @@ extension Log {
                               throttle: (Int) throws -> Void = { _ in }) throws -> Compactor.Result {
         let partition = partitions[p]
         var result = Compactor.Result()
-        if let halted = partition.haltedMaintenance { throw LogError(.io, halted, path: partition.displayDirectory) }
-        // A swap done in memory whose clean-up failed last time: finish it (removes the old files).
-        if Compactor.hasManifest(partition.paths) { try Compactor.recover(partition.paths, configuration.fileOperations) }
+        try readyForSwaps(partition)
         let (closed, _) = partition.retentionView()
         result.segmentsBefore = closed.count
         var dense = memory.dense[p] ?? []
@@ -69,14 +67,20 @@ extension Log {
         return result
     }
 
+    /// Before any work that swaps segments: refuses a partition whose last swap could not be
+    /// completed, and finishes a swap whose clean-up failed last time (removes the old files).
+    private func readyForSwaps(_ partition: Partition) throws(LogError) {
+        if let halted = partition.haltedMaintenance { throw LogError(.io, halted, path: partition.displayDirectory) }
+        if Compactor.hasManifest(partition.paths) { try Compactor.recover(partition.paths, configuration.fileOperations) }
+    }
+
     /// Rewrites every closed segment of `partition` that still holds a reading its deletion mask
     /// hides, so deleted readings are gone from the files (as removed records; offsets kept).
     /// Crash-safe and concurrent with appends and readers as `compactOnline` is.
     public func dropDeleted(partition p: Int, throttle: (Int) throws -> Void = { _ in }) throws -> Compactor.Result {
         let partition = partitions[p]
         var result = Compactor.Result()
-        if let halted = partition.haltedMaintenance { throw LogError(.io, halted, path: partition.displayDirectory) }
-        if Compactor.hasManifest(partition.paths) { try Compactor.recover(partition.paths, configuration.fileOperations) }
+        try readyForSwaps(partition)
         let closed = partition.retentionView().closed
         result.segmentsBefore = closed.count
         guard let horizon = partition.deletions.entries.values.max() else { return result }
@@ -170,8 +174,7 @@ extension Log {
     /// - Returns: what was done, and the first offset whose record is now removed (nil: none).
     public func salvageOnline(partition p: Int, segment base: Int64, report: [VerifyProblem]) throws -> (done: String, firstRemoved: Int64?) {
         let partition = partitions[p]
-        if let halted = partition.haltedMaintenance { throw LogError(.io, halted, path: partition.displayDirectory) }
-        if Compactor.hasManifest(partition.paths) { try Compactor.recover(partition.paths, configuration.fileOperations) }
+        try readyForSwaps(partition)
         let paths = partition.segmentPaths(base)
         guard let segment = partition.retentionView().closed.first(where: { $0.baseOffset == base }) else {
             throw LogError(.invalidArgument, "not a closed segment: the active segment is repaired with the server stopped", path: paths.display)

@@ -26,18 +26,24 @@ def iso(ns):
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10**9)) + f".{ns % 10**9:09d}Z"
 
 
-def post_rows(port, rows):
-    body = json.dumps([{"sensor_id": r[0], "type": r[1], "value": r[2], "location": r[3], "timestamp": iso(r[4])} for r in rows]).encode()
-    c = socket.create_connection(("127.0.0.1", port), timeout=30)
+def exchange(host, port, request):
+    """One request on a fresh connection (`Connection: close`); the whole reply."""
+    c = socket.create_connection((host, port), timeout=30)
     try:
-        c.sendall(b"POST /sensor/data HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
-                  + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        c.sendall(request)
         reply = b""
         while chunk := c.recv(65536):
             reply += chunk
-        assert reply.startswith(b"HTTP/1.1 201"), reply[:300]
+        return reply
     finally:
         c.close()
+
+
+def post_rows(port, rows):
+    body = json.dumps([{"sensor_id": r[0], "type": r[1], "value": r[2], "location": r[3], "timestamp": iso(r[4])} for r in rows]).encode()
+    reply = exchange("127.0.0.1", port, b"POST /sensor/data HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    assert reply.startswith(b"HTTP/1.1 201"), reply[:300]
 
 
 def produce(s, rows):
@@ -283,23 +289,11 @@ def test_without_keys_admin_answers_on_loopback_only(data_dir):
     s = Server(data_dir, extra=["--bind", "0.0.0.0"]).start()
     try:
         assert admin(s, "/admin/jobs")[0] == 200                     # loopback
-        c = socket.create_connection((address, s.http))
-        c.sendall(b"GET /admin/jobs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        reply = b""
-        while chunk := c.recv(65536):
-            reply += chunk
-        c.close()
+        reply = exchange(address, s.http, b"GET /admin/jobs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert reply.startswith(b"HTTP/1.1 403"), reply[:200]
-        c = socket.create_connection((address, s.http))
-        c.sendall(b"POST //admin/compact HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
-        reply = b""
-        while chunk := c.recv(65536):
-            reply += chunk
-        c.close()
+        reply = exchange(address, s.http, b"POST //admin/compact HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
         assert reply.startswith(b"HTTP/1.1 403"), reply[:200]
-        c = socket.create_connection((address, s.http))
-        c.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        assert c.recv(100).startswith(b"HTTP/1.1 200")
-        c.close()
+        reply = exchange(address, s.http, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
     finally:
         s.stop()
