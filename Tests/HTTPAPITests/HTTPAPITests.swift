@@ -17,9 +17,11 @@ import TestSupport
 @Suite struct HTTPAPITests {
     static let json: HTTPFields = [.contentType: "application/json"]
 
-    func withApp(_ configuration: HTTPServerConfiguration = HTTPServerConfiguration(),
+    /// `time` is the clock of the log and the rate limiter: tests of the limiter pass a
+    /// `ManualTime`, so a slow machine never refills a bucket between two requests.
+    func withApp(_ configuration: HTTPServerConfiguration = HTTPServerConfiguration(), time: any TimeSource = SystemTime(),
                  _ body: @Sendable (any TestClientProtocol, Fixture) async throws -> Void) async throws {
-        let f = try await Fixture.make()
+        let f = try await Fixture.make(time: time)
         defer { f.close() }
         let app = HTTPServer.make(configuration: configuration, pipeline: f.pipeline, logger: .init(label: "test"), metricsText: { "# metrics\n" })
         try await app.test(.router) { client in try await body(client, f) }
@@ -99,7 +101,7 @@ import TestSupport
 
     @Test func apiKeysRateLimitAndCORS() async throws {
         let configuration = HTTPServerConfiguration(apiKeys: ["k1", "secret-2"], rateLimit: 2, corsOrigin: "https://dash.example")
-        try await withApp(configuration) { client, _ in
+        try await withApp(configuration, time: ManualTime()) { client, _ in
             var (status, _, _) = try await post(client, valid)
             #expect(status == 401)
             (status, _, _) = try await post(client, valid, headers: [.contentType: "application/json", HTTPField.Name("X-API-Key")!: "wrong"])
@@ -140,7 +142,7 @@ import TestSupport
     /// CORS adds its headers to errors too; the error keeps its code, field, index and headers.
     @Test func errorsKeepTheirBodyAndHeadersUnderCORS() async throws {
         let configuration = HTTPServerConfiguration(apiKeys: ["k1"], rateLimit: 1, corsOrigin: "https://dash.example")
-        try await withApp(configuration) { client, _ in
+        try await withApp(configuration, time: ManualTime()) { client, _ in
             var headers: HTTPFields = [.contentType: "application/json", .origin: "https://dash.example"]
             var (status, body, got) = try await post(client, valid, headers: headers)
             #expect(status == 401 && body.contains("\"unauthorized\"") && got[.wwwAuthenticate] == "X-API-Key")
