@@ -1,4 +1,5 @@
 import Foundation
+import HTTPTypes
 public import Hummingbird
 
 /// Every error the API answers with: `{"error":{"code","message","field","index"}}`, never
@@ -12,6 +13,8 @@ public struct APIError: Error, HTTPResponseError, Sendable {
     public var index: Int?
     public var partition: Int?
     public var offset: Int64?
+    /// The line of a line-protocol body (from 1) the error is about.
+    public var line: Int?
     public var headers: HTTPFields = [:]
 
     public init(_ status: HTTPResponse.Status, code: String, _ message: String, field: String? = nil, index: Int? = nil) {
@@ -35,9 +38,44 @@ public struct APIError: Error, HTTPResponseError, Sendable {
     }
 
     public func response(from request: Request, context: some RequestContext) throws -> Response {
-        var response = JSONBody.response(status, Body(error: .init(code: code, message: message, field: field, index: index, partition: partition, offset: offset)))
+        var response: Response
+        if let api = InfluxAPI(request) {
+            response = influxResponse(api)
+        } else {
+            response = JSONBody.response(status, Body(error: .init(code: code, message: message, field: field, index: index, partition: partition, offset: offset)))
+        }
         response.headers.append(contentsOf: headers)
         return response
+    }
+
+    /// InfluxDB's error bodies, which its clients (and QuestDB's) parse: `{"error":...}` on 1.x,
+    /// `{"code":...,"message":...}` on 2.x with the line when there is one.
+    private func influxResponse(_ api: InfluxAPI) -> Response {
+        struct V1: Encodable { var error: String }
+        struct V2: Encodable { var code: String; var message: String; var line: Int? }
+        var response = api == .v1 ? JSONBody.response(status, V1(error: message))
+                                  : JSONBody.response(status, V2(code: Self.influxCode(status), message: message, line: line))
+        response.headers[LineProtocolRoutes.versionHeader] = LineProtocolRoutes.influxVersion
+        if api == .v1 { response.headers[HTTPField.Name("X-Influxdb-Error")!] = String(message.prefix(1024)) }
+        return response
+    }
+
+    /// InfluxDB 2.x's error codes (its `errors.go`), by status.
+    static func influxCode(_ status: HTTPResponse.Status) -> String {
+        switch status.code {
+        case 400: "invalid"
+        case 401: "unauthorized"
+        case 403: "forbidden"
+        case 404: "not found"
+        case 405: "method not allowed"
+        case 409: "conflict"
+        case 413: "request too large"
+        case 415: "unsupported media type"
+        case 422: "unprocessable entity"
+        case 429: "too many requests"
+        case 503: "unavailable"
+        default: "internal error"
+        }
     }
 }
 

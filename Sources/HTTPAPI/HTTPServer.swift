@@ -55,8 +55,9 @@ public enum HTTPServer {
 
     /// The statuses whose `sensorlog_http_requests_total` series exist from start-up, per method
     /// of a route: those alerts watch (errors, overload, an unavailable log) and the success.
-    static func preregisteredStatuses(_ methods: [HTTPRequest.Method]) -> [Int] {
+    static func preregisteredStatuses(_ template: String, _ methods: [HTTPRequest.Method]) -> [Int] {
         let common: [Int] = [400, 401, 500, 503]
+        if LineProtocolRoutes.writeTemplates.contains(template) { return [204, 413, 415, 429] + common }
         if methods.contains(.post) { return [201, 409, 413, 415, 429] + common }
         return [200] + common
     }
@@ -79,7 +80,7 @@ public enum HTTPServer {
         if let origin = configuration.corsOrigin {
             router.add(middleware: CORSMiddleware(
                 allowOrigin: .custom(origin),
-                allowHeaders: [.accept, .contentType, .origin, APIKeyMiddleware.header, RequestIDMiddleware.header],
+                allowHeaders: [.accept, .contentType, .contentEncoding, .authorization, .origin, APIKeyMiddleware.header, RequestIDMiddleware.header],
                 allowMethods: [.get, .post, .options], exposedHeaders: ["X-Request-Id", "Retry-After"], maxAge: .seconds(600)))
         }
         if !configuration.apiKeys.isEmpty {
@@ -88,10 +89,11 @@ public enum HTTPServer {
         router.add(middleware: APIErrorMiddleware(routes: routes.table))
 
         let started = Date()
-        let route = SensorDataRoute(
-            pipeline: pipeline, limits: configuration.limits,
-            rateLimiter: configuration.rateLimit.map { RateLimiter(readingsPerSecond: $0, time: pipeline.time) })
+        // One bucket per client for both doors: a producer cannot double its rate by using both.
+        let rateLimiter = configuration.rateLimit.map { RateLimiter(readingsPerSecond: $0, time: pipeline.time) }
+        let route = SensorDataRoute(pipeline: pipeline, limits: configuration.limits, rateLimiter: rateLimiter)
         routes.post("/sensor/data") { request, context in try await route.handle(request, context: context) }
+        LineProtocolRoutes(pipeline: pipeline, limits: configuration.limits, rateLimiter: rateLimiter, logger: logger).add(to: routes)
         routes.get("/health") { _, _ -> Response in
             let failure = pipeline.unavailableReason
             let health = Health(
@@ -111,10 +113,11 @@ public enum HTTPServer {
         }
 
         for (template, methods) in routes.table.templates {
-            routeMetrics.preregister(route: template, statuses: preregisteredStatuses(methods))
+            routeMetrics.preregister(route: template, statuses: preregisteredStatuses(template, methods))
         }
         routeMetrics.preregister(route: RouteMetrics.unmatched, statuses: [404])
         pipeline.metrics.preregister(reasons: SensorDataRoute.rejectionReasons, via: .http)
+        pipeline.metrics.preregister(reasons: LineProtocolRoutes.rejectionReasons, via: .httpLineProtocol)
 
         // Idle keep-alive connections and stalled requests (a slow-loris body) are closed after
         // the idle timeout, as on the line-protocol listener; a shutdown waits at most that long.

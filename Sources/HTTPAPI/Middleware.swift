@@ -264,21 +264,28 @@ final class RouteMetrics: Sendable {
     }
 }
 
-/// `X-API-Key` on every route but `/health` and `/metrics`, when keys are configured, and the
-/// key's role for the route (`APIRole`): 403 naming the role it lacks. Keys are compared in
-/// constant time, against every configured key, so timing reveals nothing.
+/// An API key on every route but `/health`, `/metrics` and what InfluxDB and QuestDB clients
+/// probe unauthenticated (`/ping`, `/settings`), when keys are configured, and the key's role for
+/// the route (`APIRole`): 403 naming the role it lacks. Keys are compared in constant time,
+/// against every configured key, so timing reveals nothing.
+///
+/// The key is taken where each kind of client puts its credential: `X-API-Key`, or
+/// `Authorization: Token K` (InfluxDB 2.x), `Bearer K` (QuestDB's `token=`), `Basic` with the
+/// key as password (InfluxDB 1.x, QuestDB's `username`/`password`), or the `p` query parameter
+/// (InfluxDB 1.x's `u`/`p`).
 struct APIKeyMiddleware: RouterMiddleware {
     typealias Context = SensorRequestContext
     static let header = HTTPField.Name("X-API-Key")!
+    static let open: Set<String> = ["/health", "/metrics", "/ping", "/settings"]
     let keys: [(key: [UInt8], roles: Set<APIRole>)]
 
     init(keys: [APIKey]) { self.keys = keys.map { (Array($0.key.utf8), $0.roles) } }
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         let path = request.uri.path
-        if path == "/health" || path == "/metrics" || request.method == .options { return try await next(request, context) }
-        guard let given = request.headers[Self.header], let (key, roles) = match(Array(given.utf8)) else {
-            var error = APIError(.unauthorized, code: "unauthorized", "missing or unknown X-API-Key")
+        if Self.open.contains(path) || request.method == .options { return try await next(request, context) }
+        guard let given = Self.credential(request), let (key, roles) = match(Array(given.utf8)) else {
+            var error = APIError(.unauthorized, code: "unauthorized", "missing or unknown API key (X-API-Key, or Authorization: Token/Bearer/Basic)")
             error.headers[.wwwAuthenticate] = "X-API-Key"
             throw error
         }
@@ -290,6 +297,26 @@ struct APIKeyMiddleware: RouterMiddleware {
         context.apiKey = key
         context.roles = roles
         return try await next(request, context)
+    }
+
+    /// The key a request offers, wherever its client put it.
+    static func credential(_ request: Request) -> String? {
+        if let key = request.headers[header] { return key }
+        if let authorization = request.headers[.authorization] {
+            let parts = authorization.split(separator: " ", maxSplits: 1)
+            guard parts.count == 2 else { return nil }
+            let scheme = parts[0].lowercased()
+            let value = parts[1].trimmingCharacters(in: .whitespaces)
+            switch scheme {
+            case "token", "bearer": return value
+            case "basic":
+                guard let decoded = Data(base64Encoded: value).flatMap({ String(data: $0, encoding: .utf8) }),
+                      let colon = decoded.firstIndex(of: ":") else { return nil }
+                return String(decoded[decoded.index(after: colon)...])
+            default: return nil
+            }
+        }
+        return request.uri.queryParameters.get("p")
     }
 
     /// The role a route needs: `/admin/` admin, a write ingest, anything else read. The admin

@@ -4,8 +4,14 @@ import Synchronization
 
 /// Where a reading came in.
 public enum Transport: String, Sendable, CaseIterable {
+    /// The line protocol over TCP.
     case tcp
+    /// `POST /sensor/data` (JSON).
     case http
+    /// The line protocol over HTTP: InfluxDB's `/write` and `/api/v2/write`, QuestDB's `http::`.
+    case httpLineProtocol = "http_lp"
+    /// Messages from an MQTT broker.
+    case mqtt
 }
 
 /// A metric's name and the `# HELP` text `/metrics` gives it. The code that creates a metric
@@ -36,7 +42,7 @@ public final class IngestMetrics: Sendable {
     /// so that an alert on their rate sees the first refusal.
     public static let tcpReasons: [String] = {
         let reasons: [LineProtocolError.Reason] = [
-            .syntax, .invalidUTF8, .unknownType, .multipleTypes, .missingSensorID, .missingLocation, .missingValue, .invalidValue,
+            .syntax, .invalidUTF8, .duplicateTag, .unknownType, .multipleTypes, .missingSensorID, .missingLocation, .missingValue, .invalidValue,
             .nonFiniteValue, .outOfRange, .invalidSensorID, .invalidLocation, .invalidTimestamp, .binaryProtocol, .lineTooLong,
             .partialLine, .duplicate, .typeMismatch, .tooOld, .deleted,
         ]

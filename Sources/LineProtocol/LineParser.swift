@@ -15,16 +15,31 @@ public import SensorLogCore
 /// Tags `sensor_id` and `location` are required, in any order; other tags and fields are ignored.
 /// The value may be a float or an integer (`i`/`u` suffix). A missing timestamp takes the receive
 /// time. Escapes follow the spec: `\,` `\=` `\ ` in names and tag values, `\"` `\\` in strings.
-/// Blank lines and `#` comments parse to nil. docs/protocol.md has the full rules.
+/// Blank lines and `#` comments parse to nil. A line InfluxDB refuses as ambiguous is refused
+/// here too: a tag key given twice, an unescaped `=` in a tag value. docs/protocol.md has the
+/// full rules.
 public struct LineParser: Sendable {
+    /// How a backslash before another backslash is read in names and tag values: the one point
+    /// where the clients of the doors disagree on purpose.
+    public enum Dialect: Sendable {
+        /// QuestDB's clients write one backslash as `\\` and expect one back (the TCP door, MQTT
+        /// and QuestDB's `http::` transport).
+        case questDB
+        /// InfluxDB 1.x and 2.x keep a backslash literal unless it escapes `,`, `=` or a space,
+        /// so `\\` is two backslashes (`/write` with a `db`, `/api/v2/write`).
+        case influxDB
+    }
+
     public let validator: ReadingValidator
+    public let dialect: Dialect
     private let typeNames: [String]
     /// The type names' bytes back to back, and where each starts (one more entry: the end).
     private let typeBytes: [UInt8]
     private let typeStarts: [Int]
 
-    public init(validator: ReadingValidator) {
+    public init(validator: ReadingValidator, dialect: Dialect = .questDB) {
         self.validator = validator
+        self.dialect = dialect
         self.typeNames = validator.typeNames
         self.typeBytes = typeNames.flatMap { Array($0.utf8) }
         self.typeStarts = typeNames.reduce(into: [0]) { starts, name in starts.append(starts.last! + name.utf8.count) }
@@ -35,6 +50,8 @@ public struct LineParser: Sendable {
         var start: Int
         var end: Int
         var escaped: Bool
+        /// An unescaped `=` inside (tag values only: keys stop at one).
+        var equals = false
         var isEmpty: Bool { start == end }
     }
 
@@ -74,6 +91,7 @@ public struct LineParser: Sendable {
         // Tags.
         var sensor: Token?
         var location: Token?
+        let tagsStart = i
         while i < n && line[i] == UInt8(ascii: ",") {
             i += 1
             let key = scanToken(line, &i, n, stopAtEquals: true)
@@ -81,6 +99,10 @@ public struct LineParser: Sendable {
             i += 1
             let value = scanToken(line, &i, n, stopAtEquals: false)
             if value.isEmpty { throw LineProtocolError(.syntax, "tag '\(text(line, key))' has an empty value") }
+            if value.equals { throw LineProtocolError(.syntax, "tag '\(text(line, key))' has an unescaped '=' in its value (write \\=)") }
+            if key.start > tagsStart + 1 && tagKey(line, key, occursIn: tagsStart, key.start) {
+                throw LineProtocolError(.duplicateTag, "tag '\(text(line, key))' is given twice")
+            }
             if equals(line, key, "sensor_id") {
                 sensor = value
             } else if equals(line, key, "location") {
@@ -220,6 +242,7 @@ public struct LineParser: Sendable {
     private func scanToken(_ line: UnsafeRawBufferPointer, _ i: inout Int, _ n: Int, stopAtEquals: Bool) -> Token {
         let start = i
         var escaped = false
+        var equals = false
         while i < n {
             let c = line[i]
             if c == UInt8(ascii: "\\") && i + 1 < n {
@@ -227,10 +250,32 @@ public struct LineParser: Sendable {
                 i += 2
                 continue
             }
-            if c == UInt8(ascii: ",") || c == 32 || (stopAtEquals && c == UInt8(ascii: "=")) { break }
+            if c == UInt8(ascii: ",") || c == 32 { break }
+            if c == UInt8(ascii: "=") {
+                if stopAtEquals { break }
+                equals = true
+            }
             i += 1
         }
-        return Token(start: start, end: i, escaped: escaped)
+        return Token(start: start, end: i, escaped: escaped, equals: equals)
+    }
+
+    /// Whether the tag key `key` is also the key of a tag in `line[start..<end]` (the tags
+    /// before it, each after its `,`). Rescans rather than remembers: lines have two or three
+    /// tags, and a list of keys would cost an allocation per line.
+    private func tagKey(_ line: UnsafeRawBufferPointer, _ key: Token, occursIn start: Int, _ end: Int) -> Bool {
+        var i = start
+        while i < end && line[i] == UInt8(ascii: ",") {
+            i += 1
+            let earlier = scanToken(line, &i, end, stopAtEquals: true)
+            if earlier.end - earlier.start == key.end - key.start
+                && memcmp(line.baseAddress! + earlier.start, line.baseAddress! + key.start, key.end - key.start) == 0 {
+                return true
+            }
+            i += 1
+            _ = scanToken(line, &i, end, stopAtEquals: false)
+        }
+        return false
     }
 
     @inline(__always)
@@ -269,7 +314,8 @@ public struct LineParser: Sendable {
             let c = line[i]
             if c == UInt8(ascii: "\\") && i + 1 < end {
                 let next = line[i + 1]
-                if next == UInt8(ascii: ",") || next == UInt8(ascii: "=") || next == 32 || next == UInt8(ascii: "\\") {
+                if next == UInt8(ascii: ",") || next == UInt8(ascii: "=") || next == 32
+                    || (next == UInt8(ascii: "\\") && dialect == .questDB) {
                     out.append(next)
                     i += 2
                     continue

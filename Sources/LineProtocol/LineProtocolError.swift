@@ -11,6 +11,8 @@ public struct LineProtocolError: Error, Sendable, Equatable, CustomStringConvert
         /// Not line protocol: missing fields, a bad escape, an unterminated string.
         public static let syntax = Reason("syntax")
         public static let invalidUTF8 = Reason("invalid_utf8")
+        /// A tag key given twice in one line (InfluxDB refuses it too: which one would count?).
+        public static let duplicateTag = Reason("duplicate_tag")
         public static let unknownType = Reason("unknown_type")
         public static let multipleTypes = Reason("multiple_types")
         public static let missingSensorID = Reason("missing_sensor_id")

@@ -50,6 +50,10 @@ public struct Limits: Sendable, Equatable {
     public var socketReadsPerWakeup = 4
     /// Largest HTTP request body.
     public var maxBodyBytes = 1 << 20
+    /// Largest line-protocol body over HTTP (`/write`, `/api/v2/write`), after gzip inflation:
+    /// InfluxDB's own default, since its clients size their batches for it (QuestDB's flush
+    /// 75 000 rows at a time).
+    public var maxWriteBodyBytes = 25_000_000
     /// Most readings in one `POST /sensor/data` array.
     public var maxReadingsPerRequest = 10_000
 
@@ -129,6 +133,7 @@ public struct Limits: Sendable, Equatable {
         guard maxSocketReadBytes >= 4096 else { throw LimitsError("max socket read bytes must be at least 4096, got \(maxSocketReadBytes)") }
         guard socketReadsPerWakeup >= 1 else { throw LimitsError("socket reads per wake-up must be at least 1") }
         guard maxBodyBytes >= 1024 else { throw LimitsError("max body bytes must be at least 1024, got \(maxBodyBytes)") }
+        guard maxWriteBodyBytes >= 1024 else { throw LimitsError("max write body bytes must be at least 1024, got \(maxWriteBodyBytes)") }
         guard (1...maxBatchRecords).contains(maxReadingsPerRequest) else {
             throw LimitsError("max readings per request must be between 1 and \(maxBatchRecords)")
         }

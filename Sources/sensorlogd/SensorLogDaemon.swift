@@ -64,8 +64,11 @@ struct SensorLogDaemon: AsyncParsableCommand {
     @Option(help: "Origin allowed by CORS (e.g. https://dashboard.example); off when absent.")
     var corsOrigin: String?
 
-    @Option(help: "Largest POST body in bytes (default 1048576).")
+    @Option(help: "Largest POST /sensor/data body in bytes (default 1048576).")
     var maxBodyBytes: Int?
+
+    @Option(help: "Largest line-protocol body over HTTP (/write, /api/v2/write) in bytes, after gzip inflation (default 25000000, InfluxDB's).")
+    var maxWriteBodyBytes: Int?
 
     @Option(help: "Most line-protocol connections at once (default 1024).")
     var maxConnections: Int?
@@ -122,6 +125,7 @@ struct SensorLogDaemon: AsyncParsableCommand {
             rateLimit: try e.value(rateLimit, "RATE_LIMIT"),
             corsOrigin: try e.value(corsOrigin, "CORS_ORIGIN"),
             maxBodyBytes: try e.value(maxBodyBytes, "MAX_BODY_BYTES") ?? limits.maxBodyBytes,
+            maxWriteBodyBytes: try e.value(maxWriteBodyBytes, "MAX_WRITE_BODY_BYTES") ?? limits.maxWriteBodyBytes,
             maxConnections: try e.value(maxConnections, "MAX_CONNECTIONS") ?? limits.maxConnections,
             idleTimeoutSeconds: try e.value(idleTimeoutSeconds, "IDLE_TIMEOUT_SECONDS") ?? Int(limits.idleTimeout / .seconds(1)),
             maxLineBytes: try e.value(maxLineBytes, "MAX_LINE_BYTES") ?? limits.maxLineBytes,
@@ -174,6 +178,7 @@ struct SensorLogDaemon: AsyncParsableCommand {
         limits.segmentBytes = s.segmentBytes
         limits.fsyncInterval = .milliseconds(s.fsyncIntervalMs)
         limits.maxBodyBytes = s.maxBodyBytes
+        limits.maxWriteBodyBytes = s.maxWriteBodyBytes
         limits.maxConnections = s.maxConnections
         limits.idleTimeout = .seconds(s.idleTimeoutSeconds)
         limits.maxLineBytes = s.maxLineBytes

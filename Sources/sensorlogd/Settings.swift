@@ -19,6 +19,7 @@ struct Settings {
     var rateLimit: Double?
     var corsOrigin: String?
     var maxBodyBytes: Int
+    var maxWriteBodyBytes: Int
     var maxConnections: Int
     var idleTimeoutSeconds: Int
     var maxLineBytes: Int

@@ -72,6 +72,31 @@ func reason(_ text: String) -> LineProtocolError.Reason? {
         #expect(reason("temperature,sensor_id=a,location=salle ü value=1 1") == .syntax)
     }
 
+    /// What InfluxDB refuses as ambiguous is refused here too.
+    @Test func ambiguousTagsAreRefused() throws {
+        #expect(reason("temperature,sensor_id=a,location=l,sensor_id=b value=1 1") == .duplicateTag)
+        #expect(reason("temperature,site=x,sensor_id=a,site=y,location=l value=1 1") == .duplicateTag)
+        #expect(reason("temperature,sensor_id=a=b,location=l value=1 1") == .syntax)
+        #expect(try parse(#"temperature,sensor_id=a\=b,location=l value=1 1"#)?.sensorID == "a=b")
+        // Keys that only share a prefix are two tags.
+        #expect(try parse("temperature,sensor_id=a,sensor=z,location=l value=1 1")?.sensorID == "a")
+        // An equals sign in the measurement is InfluxDB's too: not a tag.
+        #expect(reason("temp=x,sensor_id=a,location=l value=1 1") == .unknownType)
+    }
+
+    /// InfluxDB keeps a backslash literal unless it escapes `,`, `=` or a space; QuestDB's
+    /// clients escape one as two.
+    @Test func theBackslashDialects() throws {
+        let influx = LineParser(validator: ReadingValidator(), dialect: .influxDB)
+        var line = #"temperature,sensor_id=a\\b,location=x\ y value=1 1"#
+        let (quest, influxReading) = line.withUTF8 { bytes in
+            (try? parser.parse(UnsafeRawBufferPointer(bytes), receiveTime: 0), try? influx.parse(UnsafeRawBufferPointer(bytes), receiveTime: 0))
+        }
+        #expect(quest?.sensorID == #"a\b"#)
+        #expect(influxReading?.sensorID == #"a\\b"#)
+        #expect(influxReading?.location == "x y")
+    }
+
     @Test func blankAndComments() throws {
         #expect(try parse("") == nil)
         #expect(try parse("   ") == nil)
