@@ -197,7 +197,8 @@ final class LineProtocolRoutes: Sendable {
     /// that is answered as InfluxDB does (there is nothing to create). Any other statement is
     /// refused: readings are read at `/sensors/{id}/readings`, not with InfluxQL.
     private func query(_ request: Request, _ context: SensorRequestContext) async throws -> Response {
-        var statement = request.uri.queryParameters.get("q")
+        // By hand: clients encode the statement's spaces as `+`, which the URI decoder keeps.
+        var statement = Self.formValue("q", in: request.uri.query ?? "")
         if statement == nil, request.method == .post {
             var request = request
             let form = try await request.collectBody(upTo: limits.maxBodyBytes)

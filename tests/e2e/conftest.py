@@ -102,3 +102,14 @@ def stats(data_dir):
     r = subprocess.run([os.path.join(BIN, "sensorlog"), "stats", "--data-dir", data_dir, "--json"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
+
+
+def dump_all(data_dir):
+    """Every reading in the log, from the segment files (`sensorlog dump --json`), as dicts."""
+    out = []
+    for p in range(len(stats(data_dir)["partitions"])):
+        r = subprocess.run([os.path.join(BIN, "sensorlog"), "dump", "--data-dir", data_dir, "--partition", str(p), "--json"],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        out += [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+    return out
