@@ -40,11 +40,31 @@ ensure_python_venv() {
     echo "installing python3 and python3-venv (apt-get)" >&2
     apt_install python3 python3-venv python3-pip
   fi
-  if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import questdb, pytest, requests, cryptography' >/dev/null 2>&1; then
-    echo "setting up .venv (questdb, pytest, requests, cryptography)" >&2
+  if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import questdb, pytest, requests, cryptography, influxdb_client, influxdb, paho.mqtt' >/dev/null 2>&1; then
+    echo "setting up .venv (questdb, pytest, requests, cryptography, influxdb-client, influxdb, paho-mqtt)" >&2
     python3 -m venv .venv
-    .venv/bin/pip install -q --disable-pip-version-check "questdb==6.0.0" "pytest>=8" requests cryptography
+    .venv/bin/pip install -q --disable-pip-version-check "questdb==6.0.0" "pytest>=8" requests cryptography \
+      "influxdb-client==1.50.0" "influxdb==5.3.2" "paho-mqtt==2.2.0"
   fi
+}
+
+# The real third parties the end-to-end tests run against: Debian's influxdb (1.6, the
+# differential test of the line protocol) and mosquitto (the MQTT door). Their services are not
+# started: each test starts its own on a free loopback port.
+ensure_test_peers() {
+  local missing=()
+  command -v influxd >/dev/null 2>&1 || missing+=(influxdb)
+  command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "installing ${missing[*]} (apt-get)" >&2
+  local policy=/usr/sbin/policy-rc.d created=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+    as_root chmod +x "$policy"
+    created=1
+  fi
+  apt_install --no-install-recommends "${missing[@]}"
+  if [ "$created" -eq 1 ]; then as_root rm -f "$policy"; fi
 }
 
 # promtool, which checks the /metrics exposition (tools/check-docs, tests/e2e): from Debian's
