@@ -62,6 +62,19 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // sensorlogd as a subscriber of an MQTT broker: an MQTT 3.1.1 client on SwiftNIO, so that a
+        // message is acknowledged only once its readings are durable.
+        .target(
+            name: "MQTT",
+            dependencies: [
+                "SensorLogCore", "LogStore", "LineProtocol", "Ingest",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // SQLite from the system (Debian: libsqlite3-dev): the aggregates store.
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
         // The consumer group "aggregator": hourly aggregates, exactly once, in aggregates.sqlite.
@@ -93,7 +106,7 @@ let package = Package(
         .target(
             name: "Daemon",
             dependencies: [
-                "SensorLogCore", "LogStore", "Ingest", "HTTPAPI", "Aggregator",
+                "SensorLogCore", "LogStore", "Ingest", "HTTPAPI", "Aggregator", "MQTT",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -109,7 +122,7 @@ let package = Package(
         .executableTarget(
             name: "sensorlogd",
             dependencies: [
-                "SensorLogCore", "LogStore", "Ingest", "Daemon",
+                "SensorLogCore", "LogStore", "Ingest", "Daemon", "MQTT",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -181,6 +194,15 @@ let package = Package(
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "PropertyBased", package: "swift-property-based"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "MQTTTests",
+            dependencies: [
+                "MQTT", "TestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ],

@@ -5,6 +5,7 @@ public import Ingest
 public import LogStore
 public import Logging
 import Metrics
+import MQTT
 import NIOCore
 public import Prometheus
 public import SensorLogCore
@@ -22,10 +23,10 @@ public struct DaemonError: Error, CustomStringConvertible {
 /// ingest pipeline and the aggregates and binds the line protocol; `run` serves until a signal
 /// or `stop()`, then shuts the services down in the reverse of `serviceOrder`.
 public final class Daemon: Sendable {
-    /// The services in start order; shutdown runs in reverse: HTTP, the line protocol (drains
-    /// what it read into the log), maintenance (stops its job), the aggregator (commits what it
+    /// The services in start order; shutdown runs in reverse: HTTP, MQTT (acknowledges what it
+    /// wrote, leaves the rest with the broker), the line protocol (drains what it read into the log), maintenance (stops its job), the aggregator (commits what it
     /// folded), the log (fsync, close).
-    public static let serviceOrder = ["log", "aggregator", "maintenance", "admin", "line protocol", "http"]
+    public static let serviceOrder = ["log", "aggregator", "maintenance", "admin", "line protocol", "mqtt", "http"]
 
     public let configuration: DaemonConfiguration
     public let log: Log
@@ -39,6 +40,8 @@ public final class Daemon: Sendable {
     /// The line protocol's port (the bound one when 0 was asked).
     public let tcpPort: Int
     let tcp: LineProtocolServer
+    /// The MQTT subscriber, or a service that waits for the shutdown when there is none.
+    let mqtt: any Service
     let http: ListeningService<HTTPServer.App>
     let logger: Logger
     private let boundHTTPPort = PortBox()
@@ -54,6 +57,8 @@ public final class Daemon: Sendable {
         self.maintenance = MaintenanceService(log: log, pipeline: pipeline, aggregator: aggregator, policy: configuration.retention,
                                               compacts: configuration.backgroundCompaction, time: configuration.time, logger: logger)
         self.tcp = tcp
+        self.mqtt = configuration.mqtt.map { MQTTIngestService(configuration: $0, pipeline: pipeline, limits: configuration.limits, logger: logger) }
+            ?? IdleService()
         self.tcpPort = tcpPort
         self.http = http
         self.logger = logger
@@ -111,7 +116,7 @@ public final class Daemon: Sendable {
     /// - Throws: `DaemonError` for a port that cannot be bound (69), readings lost at shutdown or
     ///   a log that would not close (74).
     public func run(signals: [UnixSignal] = [.sigterm, .sigint]) async throws(DaemonError) {
-        let services: [any Service] = [LogService(log: log, logger: logger), aggregator, maintenance, adminSocket, tcp, http]
+        let services: [any Service] = [LogService(log: log, logger: logger), aggregator, maintenance, adminSocket, tcp, mqtt, http]
         let named = zip(Self.serviceOrder, services).map { name, service in
             ServiceGroupConfiguration.ServiceConfiguration(service: StopRecorder(name: name, service: service, stopped: stopped))
         }
@@ -178,6 +183,13 @@ public final class Daemon: Sendable {
                     "sensors": "\(sensors)", "pid": "\(getpid())", "version": "\(SensorLogVersion.current)",
                 ])
             })
+    }
+}
+
+/// A door that is off: runs until the shutdown.
+struct IdleService: Service {
+    func run() async throws {
+        try? await gracefulShutdown()
     }
 }
 

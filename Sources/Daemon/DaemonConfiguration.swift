@@ -1,5 +1,6 @@
 public import Ingest
 public import LogStore
+public import MQTT
 public import SensorLogCore
 
 /// What a `Daemon` runs with: every flag, environment variable and file already read and
@@ -32,6 +33,8 @@ public struct DaemonConfiguration: Sendable {
     /// Rewrite closed segments written in small batches in the background (on by default).
     public var backgroundCompaction = true
     public var time: any TimeSource = SystemTime()
+    /// The MQTT broker to subscribe to; nil (the default) subscribes to none.
+    public var mqtt: MQTTConfiguration?
 
     public init() {}
 

@@ -45,6 +45,10 @@ public struct APIError: Error, HTTPResponseError, Sendable {
             response = JSONBody.response(status, Body(error: .init(code: code, message: message, field: field, index: index, partition: partition, offset: offset)))
         }
         response.headers.append(contentsOf: headers)
+        if status == .unauthorized, InfluxAPI(request) != nil {
+            // Influx clients answer a Basic challenge with their user name and password (the key).
+            response.headers[.wwwAuthenticate] = "Basic realm=\"sensorlog\""
+        }
         return response
     }
 
@@ -55,6 +59,8 @@ public struct APIError: Error, HTTPResponseError, Sendable {
         struct V2: Encodable { var code: String; var message: String; var line: Int? }
         var response = api == .v1 ? JSONBody.response(status, V1(error: message))
                                   : JSONBody.response(status, V2(code: Self.influxCode(status), message: message, line: line))
+        // Exactly this: QuestDB's client parses an error body only under `application/json`.
+        response.headers[.contentType] = "application/json"
         response.headers[LineProtocolRoutes.versionHeader] = LineProtocolRoutes.influxVersion
         if api == .v1 { response.headers[HTTPField.Name("X-Influxdb-Error")!] = String(message.prefix(1024)) }
         return response

@@ -42,7 +42,7 @@ final class LineProtocolRoutes: Sendable {
     func add(to routes: Routes) {
         routes.post("/write") { [self] request, context in try await write(request, context, api: InfluxAPI(request) ?? .questDB) }
         routes.post("/api/v2/write") { [self] request, context in try await write(request, context, api: .v2) }
-        routes.get("/ping") { _, _ in Self.ping() }
+        routes.get("/ping") { request, _ in Self.ping(verbose: request.uri.queryParameters.get("verbose") == "true") }
         routes.get("/settings") { _, _ in Self.settings() }
         routes.post("/query") { [self] request, context in try await query(request, context) }
         routes.get("/query") { [self] request, context in try await query(request, context) }
@@ -179,8 +179,11 @@ final class LineProtocolRoutes: Sendable {
 
     /// 204, as InfluxDB answers it: clients (`influxdb-client`'s `ping()`) check the status and
     /// read the version header.
-    static func ping() -> Response {
-        Response(status: .noContent, headers: [versionHeader: influxVersion, buildHeader: "OSS"])
+    static func ping(verbose: Bool) -> Response {
+        guard verbose else { return Response(status: .noContent, headers: [versionHeader: influxVersion, buildHeader: "OSS"]) }
+        var response = JSONBody.response(.ok, raw: "{\"version\":\"\(influxVersion)\"}\n")
+        response.headers[versionHeader] = influxVersion
+        return response
     }
 
     static let versionHeader = HTTPField.Name("X-Influxdb-Version")!

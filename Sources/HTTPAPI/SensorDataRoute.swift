@@ -5,71 +5,6 @@ import LogStore
 import Logging
 import SensorLogCore
 
-/// A JSON scalar as the client sent it: parsing never fails on a wrong type, so validation can
-/// name the field and the array index itself.
-enum JSONScalar: Equatable {
-    case string(String)
-    case number(Double)
-    case bool(Bool)
-    case null
-    /// An array or object.
-    case other
-}
-
-/// One reading as posted, before validation: a member missing from the JSON is nil.
-struct PostedReading: Equatable {
-    var sensorID: JSONScalar?
-    var type: JSONScalar?
-    var value: JSONScalar?
-    var location: JSONScalar?
-    var timestamp: JSONScalar?
-
-    /// The validated reading, or the error naming the field.
-    func reading(index: Int?, validator: ReadingValidator) throws(APIError) -> Reading {
-        func text(_ v: JSONScalar?, _ field: String, _ code: String) throws(APIError) -> String {
-            switch v {
-            case .string(let s): return s
-            case nil, .null?: throw APIError(.badRequest, code: "missing_field", "\(field) is required", field: field, index: index)
-            default: throw APIError(.badRequest, code: code, "\(field) must be a string", field: field, index: index)
-            }
-        }
-        let sensor = try text(sensorID, "sensor_id", "invalid_sensor_id")
-        let type = try text(type, "type", "unknown_type")
-        let location = try text(location, "location", "invalid_location")
-        let number: Double
-        switch value {
-        case .number(let d): number = d
-        case nil, .null?: throw APIError(.badRequest, code: "missing_field", "value is required", field: "value", index: index)
-        default: throw APIError(.badRequest, code: "invalid_value", "value must be a number", field: "value", index: index)
-        }
-        let ns: Int64
-        switch timestamp {
-        case .string(let s):
-            // ISO-8601 only: a bare epoch number leaves its unit (s, ms, ns) to a guess, and a
-            // wrong guess files readings in 1970 or the year 55000 without a word.
-            guard let t = Timestamp.parseISO8601(s) else {
-                throw APIError(.badRequest, code: "invalid_timestamp",
-                               "timestamp must be ISO-8601 with a zone, e.g. 2026-11-24T10:00:00.123Z",
-                               field: "timestamp", index: index)
-            }
-            ns = t
-        case nil, .null?:
-            throw APIError(.badRequest, code: "missing_field", "timestamp is required", field: "timestamp", index: index)
-        default:
-            throw APIError(.badRequest, code: "invalid_timestamp",
-                           "timestamp must be an ISO-8601 string with a zone, e.g. 2026-11-24T10:00:00.123Z",
-                           field: "timestamp", index: index)
-        }
-        let reading = Reading(sensorID: sensor, type: type, value: number, location: location, timestamp: ns)
-        do {
-            try validator.validate(reading)
-        } catch {
-            throw APIError(.badRequest, code: error.code.rawValue, error.message, field: error.field, index: index)
-        }
-        return reading
-    }
-}
-
 /// `POST /sensor/data`: one reading or an array; 201 once durable under the fsync policy.
 struct SensorDataRoute: Sendable {
     let pipeline: IngestPipeline
@@ -124,7 +59,13 @@ struct SensorDataRoute: Sendable {
             }
             var out: [Reading] = []
             out.reserveCapacity(parsed.items.count)
-            for (i, p) in parsed.items.enumerated() { out.append(try p.reading(index: isArray ? i : nil, validator: validator)) }
+            for (i, p) in parsed.items.enumerated() {
+                do {
+                    out.append(try p.reading(index: isArray ? i : nil, validator: validator))
+                } catch {
+                    throw APIError(.badRequest, code: error.code, error.message, field: error.field, index: error.index)
+                }
+            }
             readings = out
         } catch let error as APIError {
             throw reject(error, count: refused)

@@ -68,8 +68,9 @@ public struct LineBody: Sendable {
     /// Parses every line of `text`. A last line without its `\n` is a line.
     /// - Parameter now: the timestamp of a line that carries none (stamped after the precision
     ///   is applied: it is already in ns).
+    /// - Parameter defaults: tags a line may leave out (an MQTT topic supplies them).
     public static func parse(_ text: UnsafeRawBufferPointer, parser: LineParser, precision: Precision, maxLineBytes: Int,
-                             now: () -> Int64) -> LineBody {
+                             defaults: LineParser.Defaults? = nil, now: () -> Int64) -> LineBody {
         var body = LineBody()
         guard let base = text.baseAddress, !text.isEmpty else { return body }
         var start = 0
@@ -82,7 +83,7 @@ public struct LineBody: Sendable {
                 body.refuse(number, LineProtocolError(.lineTooLong, "line longer than \(maxLineBytes) bytes"), line)
             } else {
                 do throws(LineProtocolError) {
-                    if var reading = try parser.parse(line, receiveTime: LineParser.noTimestamp) {
+                    if var reading = try parser.parse(line, receiveTime: LineParser.noTimestamp, defaults: defaults) {
                         if reading.timestamp == LineParser.noTimestamp {
                             reading.timestamp = now()
                         } else if precision != .nanoseconds {
@@ -100,6 +101,12 @@ public struct LineBody: Sendable {
             start = end + 1
         }
         return body
+    }
+
+    /// Counts a refusal that is not a line's (an MQTT payload refused whole, a JSON item).
+    public mutating func refuse(reason: String, message: String, line: Int = 1) {
+        refused[reason, default: 0] += 1
+        if firstRefusal == nil { firstRefusal = Refusal(line: line, reason: reason, message: message, text: "") }
     }
 
     private mutating func refuse(_ number: Int, _ error: LineProtocolError, _ line: UnsafeRawBufferPointer) {

@@ -70,6 +70,21 @@ public struct LineParser: Sendable {
     /// - Returns: the reading, or nil for a blank or comment line.
     /// - Throws: `LineProtocolError` naming the first problem.
     public func parse(_ line: UnsafeRawBufferPointer, receiveTime: Int64) throws(LineProtocolError) -> Reading? {
+        try parse(line, receiveTime: receiveTime, defaults: nil)
+    }
+
+    /// What a line may leave out when its transport supplies it (an MQTT topic template).
+    public struct Defaults: Sendable, Equatable {
+        public var sensorID: String?
+        public var location: String?
+        public init(sensorID: String? = nil, location: String? = nil) {
+            self.sensorID = sensorID
+            self.location = location
+        }
+    }
+
+    /// `parse`, with the `sensor_id` and `location` tags of `defaults` standing in for absent ones.
+    public func parse(_ line: UnsafeRawBufferPointer, receiveTime: Int64, defaults: Defaults?) throws(LineProtocolError) -> Reading? {
         var n = line.count
         if n > 0 && line[n - 1] == 13 { n -= 1 }
         var i = 0
@@ -189,9 +204,21 @@ public struct LineParser: Sendable {
         } else {
             throw LineProtocolError(.unknownType, "unknown type '\(ReadingValidator.prefix(text(line, measurement)))' (known: \(typeNames.joined(separator: ", ")))")
         }
-        guard let sensor else { throw LineProtocolError(.missingSensorID, "no sensor_id tag") }
-        guard let location else { throw LineProtocolError(.missingLocation, "no location tag") }
+        if sensor == nil || location == nil {
+            guard sensor != nil || defaults?.sensorID != nil else { throw LineProtocolError(.missingSensorID, "no sensor_id tag") }
+            guard location != nil || defaults?.location != nil else { throw LineProtocolError(.missingLocation, "no location tag") }
+        }
         let value = try parseValue(line, valueToken)
+        guard let sensor, let location else {
+            let reading = Reading(sensorID: sensor.map { text(line, $0) } ?? defaults!.sensorID!, type: typeNames[type], value: value,
+                                  location: location.map { text(line, $0) } ?? defaults!.location!, timestamp: timestamp)
+            do {
+                try validator.validate(reading)
+            } catch {
+                throw LineProtocolError(LineProtocolError.Reason(error.code), error.message)
+            }
+            return reading
+        }
 
         do {
             if !sensor.escaped && !location.escaped {

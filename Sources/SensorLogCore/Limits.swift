@@ -54,6 +54,12 @@ public struct Limits: Sendable, Equatable {
     /// InfluxDB's own default, since its clients size their batches for it (QuestDB's flush
     /// 75 000 rows at a time).
     public var maxWriteBodyBytes = 25_000_000
+    /// Largest MQTT message taken; a larger one is skipped unread, counted and acknowledged.
+    public var maxMQTTPayloadBytes = 1 << 20
+    /// The keep-alive sensorlogd asks its MQTT broker for.
+    public var mqttKeepAlive: Duration = .seconds(30)
+    /// The longest wait between two attempts to reach the MQTT broker (the wait doubles from 1 s).
+    public var mqttMaxBackoff: Duration = .seconds(30)
     /// Most readings in one `POST /sensor/data` array.
     public var maxReadingsPerRequest = 10_000
 
@@ -133,6 +139,7 @@ public struct Limits: Sendable, Equatable {
         guard maxSocketReadBytes >= 4096 else { throw LimitsError("max socket read bytes must be at least 4096, got \(maxSocketReadBytes)") }
         guard socketReadsPerWakeup >= 1 else { throw LimitsError("socket reads per wake-up must be at least 1") }
         guard maxBodyBytes >= 1024 else { throw LimitsError("max body bytes must be at least 1024, got \(maxBodyBytes)") }
+        guard maxMQTTPayloadBytes >= 1024 else { throw LimitsError("max MQTT payload bytes must be at least 1024, got \(maxMQTTPayloadBytes)") }
         guard maxWriteBodyBytes >= 1024 else { throw LimitsError("max write body bytes must be at least 1024, got \(maxWriteBodyBytes)") }
         guard (1...maxBatchRecords).contains(maxReadingsPerRequest) else {
             throw LimitsError("max readings per request must be between 1 and \(maxBatchRecords)")

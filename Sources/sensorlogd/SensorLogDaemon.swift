@@ -2,6 +2,7 @@ public import ArgumentParser
 import Daemon
 import Foundation
 import Ingest
+import MQTT
 import LogStore
 import Logging
 import Metrics
@@ -104,6 +105,24 @@ struct SensorLogDaemon: AsyncParsableCommand {
     @Option(help: "Bytes a second background compaction reads at most (or with K, M, G: 64M; default 32M, at least 1M).")
     var compactionBytesPerSecond: String?
 
+    @Option(help: "Subscribe to this MQTT broker (mqtt://host[:port]) at QoS 1 with a persistent session; each message is acknowledged once its readings are durable. Off when absent.")
+    var mqttURL: String?
+
+    @Option(help: "Topic filter to subscribe to (repeatable; default sensors/#).")
+    var mqttTopic: [String] = []
+
+    @Option(help: "Where a topic supplies what a payload leaves out, e.g. sensors/{location}/{sensor_id} (levels: literal, +, {sensor_id}, {location}, {type}; a last #).")
+    var mqttTopicTemplate: String?
+
+    @Option(help: "The MQTT client id: the name of the broker's session for sensorlogd (default sensorlogd).")
+    var mqttClientID: String?
+
+    @Option(help: "MQTT user name.")
+    var mqttUsername: String?
+
+    @Option(help: "MQTT password (prefer SENSORLOG_MQTT_PASSWORD: a flag shows in ps).")
+    var mqttPassword: String?
+
     @Flag(help: "With API keys configured and no --tcp-auth-file, let the unauthenticated line protocol listen on --bind beyond loopback anyway; without it, it listens on 127.0.0.1 only.")
     var tcpBeyondLoopback = false
 
@@ -139,7 +158,24 @@ struct SensorLogDaemon: AsyncParsableCommand {
             compaction: try e.value(compaction, "COMPACTION") ?? .on,
             compactionBytesPerSecond: try Self.size(e.value(compactionBytesPerSecond, "COMPACTION_BYTES_PER_SECOND"),
                                                     "--compaction-bytes-per-second (SENSORLOG_COMPACTION_BYTES_PER_SECOND)")
-                ?? Int64(limits.compactionBytesPerSecond))
+                ?? Int64(limits.compactionBytesPerSecond),
+            mqtt: try mqtt(e))
+    }
+
+    /// The MQTT subscription of the `--mqtt-` flags; nil without `--mqtt-url`.
+    func mqtt(_ e: Environment) throws -> MQTTConfiguration? {
+        guard let url = try e.value(mqttURL, "MQTT_URL") else { return nil }
+        do {
+            let (host, port) = try MQTTConfiguration.parseURL(url)
+            let topics = mqttTopic.isEmpty ? (e.text("MQTT_TOPIC")?.split(separator: ",").map(String.init) ?? ["sensors/#"]) : mqttTopic
+            guard !topics.contains(where: \.isEmpty) else { throw ValidationError("--mqtt-topic must not be empty") }
+            let template = try e.value(mqttTopicTemplate, "MQTT_TOPIC_TEMPLATE").map { try TopicTemplate($0) }
+            return MQTTConfiguration(host: host, port: port, topics: topics, clientID: try e.value(mqttClientID, "MQTT_CLIENT_ID") ?? "sensorlogd",
+                                     username: try e.value(mqttUsername, "MQTT_USERNAME"), password: try e.value(mqttPassword, "MQTT_PASSWORD"),
+                                     template: template)
+        } catch let error as TopicTemplate.Invalid {
+            throw ValidationError(error.description)
+        }
     }
 
     /// The retention policy of `--retention-time` and `--retention-bytes`.
@@ -170,6 +206,7 @@ struct SensorLogDaemon: AsyncParsableCommand {
         "API_KEYS_FILE", "RATE_LIMIT", "CORS_ORIGIN", "MAX_BODY_BYTES", "MAX_CONNECTIONS", "IDLE_TIMEOUT_SECONDS",
         "MAX_LINE_BYTES", "SENSOR_TYPES", "LOG_LEVEL", "TCP_AUTH_FILE", "TCP_BEYOND_LOOPBACK", "API_KEYS",
         "RETENTION_TIME", "RETENTION_BYTES", "MAINTENANCE_INTERVAL_SECONDS", "COMPACTION", "COMPACTION_BYTES_PER_SECOND",
+        "MAX_WRITE_BODY_BYTES", "MQTT_URL", "MQTT_TOPIC", "MQTT_TOPIC_TEMPLATE", "MQTT_CLIENT_ID", "MQTT_USERNAME", "MQTT_PASSWORD",
     ]
 
     static func limits(_ s: Settings) throws -> Limits {
@@ -280,6 +317,7 @@ struct SensorLogDaemon: AsyncParsableCommand {
         c.tcpBeyondLoopback = s.tcpBeyondLoopback
         c.retention = s.retention
         c.backgroundCompaction = s.compaction == .on
+        c.mqtt = s.mqtt
         return c
     }
 }

@@ -2,6 +2,7 @@ public import ArgumentParser
 import Foundation
 import LogStore
 import Logging
+import MQTT
 import SensorLogCore
 
 /// What sensorlogd runs with, once flags, environment and defaults are resolved.
@@ -31,6 +32,7 @@ struct Settings {
     var maintenanceIntervalSeconds: Int
     var compaction: Switch
     var compactionBytesPerSecond: Int64
+    var mqtt: MQTTConfiguration?
 }
 
 /// An `on`/`off` setting.

@@ -4,6 +4,7 @@ import TestSupport
 import Testing
 
 @testable import HTTPAPI
+@testable import Ingest
 
 /// The hand-written parser of `POST /sensor/data` bodies against the JSON spec and against
 /// Foundation's JSONSerialization, which it replaced.

@@ -1,4 +1,6 @@
-/// The JSON of `POST /sensor/data`, parsed straight from the body's bytes: one object or an
+public import SensorLogCore
+
+/// The JSON of `POST /sensor/data` and of MQTT payloads, parsed straight from the body's bytes: one object or an
 /// array of objects, whose members of interest are scalars.
 ///
 /// Strict RFC 8259: UTF-8, no trailing commas (which Foundation's parser lets through), no
@@ -7,15 +9,15 @@
 /// so validation can name the field. When a member appears twice, the last one counts.
 /// Written for speed: JSONDecoder cost more than everything else a one-reading request does
 /// outside the kernel.
-enum ReadingJSON {
-    struct SyntaxError: Error, Equatable {
-        var message: String
+public enum ReadingJSON {
+    public struct SyntaxError: Error, Equatable {
+        public var message: String
         /// Byte position in the body.
-        var position: Int
+        public var position: Int
     }
 
     /// The parsed body: its items, and whether it was an array.
-    static func parse(_ bytes: UnsafeRawBufferPointer) throws(SyntaxError) -> (items: [PostedReading], isArray: Bool) {
+    public static func parse(_ bytes: UnsafeRawBufferPointer) throws(SyntaxError) -> (items: [PostedReading], isArray: Bool) {
         var parser = Parser(bytes: bytes)
         parser.skipWhitespace()
         let isArray = parser.peek == UInt8(ascii: "[")

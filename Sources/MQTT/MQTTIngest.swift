@@ -1,0 +1,157 @@
+import Foundation
+public import Ingest
+import LineProtocol
+import LogStore
+public import Logging
+public import NIOCore
+public import NIOPosix
+public import SensorLogCore
+public import ServiceLifecycle
+import Synchronization
+
+/// Where and how sensorlogd subscribes (`--mqtt-url` and the flags around it).
+public struct MQTTConfiguration: Sendable {
+    public var host: String
+    public var port: Int
+    /// Topic filters subscribed to at QoS 1.
+    public var topics: [String]
+    /// The persistent session's name: the broker keeps unacknowledged messages under it.
+    public var clientID: String
+    public var username: String?
+    public var password: String?
+    public var template: TopicTemplate?
+
+    public init(host: String, port: Int = 1883, topics: [String] = ["sensors/#"], clientID: String = "sensorlogd",
+                username: String? = nil, password: String? = nil, template: TopicTemplate? = nil) {
+        self.host = host
+        self.port = port
+        self.topics = topics
+        self.clientID = clientID
+        self.username = username
+        self.password = password
+        self.template = template
+    }
+
+    /// `mqtt://host[:port]`.
+    public static func parseURL(_ url: String) throws(TopicTemplate.Invalid) -> (host: String, port: Int) {
+        guard url.hasPrefix("mqtt://") else {
+            throw TopicTemplate.Invalid(description: "--mqtt-url must be mqtt://host[:port], got '\(url)'")
+        }
+        let rest = url.dropFirst("mqtt://".count).split(separator: "/", maxSplits: 1).first.map(String.init) ?? ""
+        if let colon = rest.lastIndex(of: ":"), !rest.hasSuffix("]") {
+            guard let port = Int(rest[rest.index(after: colon)...]), (1...65535).contains(port) else {
+                throw TopicTemplate.Invalid(description: "--mqtt-url has a bad port: '\(url)'")
+            }
+            return (String(rest[..<colon]).trimmingCharacters(in: ["[", "]"]), port)
+        }
+        guard !rest.isEmpty else { throw TopicTemplate.Invalid(description: "--mqtt-url names no host: '\(url)'") }
+        return (rest, 1883)
+    }
+}
+
+/// sensorlogd as a subscriber of an MQTT broker: a persistent session at QoS 1, each message
+/// acknowledged only once its readings are durable. A crash before that makes the broker send it
+/// again, and the exact dedupe makes the second delivery harmless: exactly-once storage from an
+/// at-least-once transport. A payload that cannot be read is counted, logged and acknowledged
+/// (it would come back for ever otherwise). The broker's absence is logged and retried with
+/// backoff; the other doors do not notice.
+public final class MQTTIngestService: Service, Sendable {
+    let configuration: MQTTConfiguration
+    let pipeline: IngestPipeline
+    let limits: Limits
+    let logger: Logger
+    let group: any EventLoopGroup
+    private let channel = Mutex<(any Channel)?>(nil)
+    private let connected = Atomic<Bool>(false)
+
+    public init(configuration: MQTTConfiguration, pipeline: IngestPipeline, limits: Limits, logger: Logger,
+                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
+        self.configuration = configuration
+        self.pipeline = pipeline
+        self.limits = limits
+        self.logger = logger
+        self.group = group
+        pipeline.metrics.preregister(reasons: MQTTPayload.rejectionReasons, via: .mqtt)
+    }
+
+    /// Whether a session with the broker is up (subscribed).
+    public var isConnected: Bool { connected.load(ordering: .relaxed) }
+
+    public func run() async throws {
+        var backoff = Duration.seconds(1)
+        var lastError = ""
+        while !Task.isShuttingDownGracefully && !Task.isCancelled {
+            do {
+                let closed = try await connect()
+                backoff = .seconds(1)
+                lastError = ""
+                // Until the connection ends or a shutdown starts.
+                try? await withGracefulShutdownHandler {
+                    try await closed.get()
+                } onGracefulShutdown: { [self] in
+                    closeSession()
+                }
+                connected.store(false, ordering: .relaxed)
+                if Task.isShuttingDownGracefully { break }
+                logger.warning("MQTT connection lost; reconnecting", metadata: ["broker": "\(configuration.host):\(configuration.port)"])
+            } catch {
+                connected.store(false, ordering: .relaxed)
+                let text = "\(error)"
+                // Once per kind of failure, not once per retry: a broker down for an hour is one line.
+                if text != lastError {
+                    logger.error("cannot reach the MQTT broker; retrying with backoff", metadata: [
+                        "broker": "\(configuration.host):\(configuration.port)", "error": "\(text)", "max_backoff_s": "\(limits.mqttMaxBackoff.components.seconds)",
+                    ])
+                    lastError = text
+                }
+            }
+            try? await withGracefulShutdownHandler {
+                try await Task.sleep(for: backoff)
+            } onGracefulShutdown: {}
+            backoff = min(backoff * 2, limits.mqttMaxBackoff)
+        }
+        await pipeline.drain()
+        logger.info("MQTT subscriber stopped")
+    }
+
+    /// Opens a session: TCP, CONNECT, CONNACK, SUBSCRIBE, SUBACK.
+    /// - Returns: the future of the connection's close.
+    private func connect() async throws -> EventLoopFuture<Void> {
+        let session = MQTTSession(pipeline: pipeline, configuration: configuration, limits: limits, logger: logger)
+        let channel = try await ClientBootstrap(group: group)
+            .connectTimeout(.seconds(10))
+            .channelOption(.socketOption(.so_keepalive), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let sync = channel.pipeline.syncOperations
+                    try sync.addHandler(ByteToMessageHandler(MQTTDecoder(maxPacketBytes: self.limits.maxMQTTPayloadBytes)))
+                    try sync.addHandler(MessageToByteHandler(MQTTEncoder()))
+                    try sync.addHandler(session)
+                }
+            }
+            .connect(host: configuration.host, port: configuration.port).get()
+        self.channel.withLock { $0 = channel }
+        do {
+            let present = try await session.established.futureResult.get()
+            connected.store(true, ordering: .relaxed)
+            logger.info("MQTT subscribed", metadata: [
+                "broker": "\(configuration.host):\(configuration.port)", "topics": "\(configuration.topics.joined(separator: ","))",
+                "client_id": "\(configuration.clientID)", "session_present": "\(present)",
+            ])
+        } catch {
+            channel.close(promise: nil)
+            throw error
+        }
+        return channel.closeFuture
+    }
+
+    /// At shutdown: stop reading, let a submission under way finish and acknowledge, then
+    /// DISCONNECT. What was not acknowledged stays in the broker's session for the next start.
+    private func closeSession() {
+        guard let channel = channel.withLock({ $0 }) else { return }
+        channel.eventLoop.execute {
+            _ = channel.setOption(ChannelOptions.autoRead, value: false)
+            (try? channel.pipeline.syncOperations.handler(type: MQTTSession.self))?.finish(channel)
+        }
+    }
+}
