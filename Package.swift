@@ -33,8 +33,8 @@ let package = Package(
     targets: [
         // LZ4 from the system (Debian: liblz4-dev); tools/run and tools/test install it.
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
-        // zlib from the system (Debian: zlib1g-dev): gzip request bodies.
-        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        // libdeflate from the system (Debian: libdeflate-dev): gzip request bodies.
+        .systemLibrary(name: "CDeflate", pkgConfig: "libdeflate", providers: [.apt(["libdeflate-dev"])]),
         // CRC32C in C: the SSE4.2 instruction is not reachable from Swift without intrinsics.
         .target(name: "CRC32C"),
         // The reading, its validation, the partition hash and every bound. No dependencies.
@@ -91,7 +91,7 @@ let package = Package(
         .target(
             name: "HTTPAPI",
             dependencies: [
-                "SensorLogCore", "Ingest", "Aggregator", "LogStore", "LineProtocol", "CZlib",
+                "SensorLogCore", "Ingest", "Aggregator", "LogStore", "LineProtocol", "CDeflate",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),

@@ -15,14 +15,14 @@ apt_install() {
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
-# liblz4-dev, libsqlite3-dev and zlib1g-dev (the CLZ4, CSQLite and CZlib system libraries), pkg-config (how SwiftPM
+# liblz4-dev, libsqlite3-dev and libdeflate-dev (the CLZ4, CSQLite and CDeflate system libraries), pkg-config (how SwiftPM
 # finds them) and the sqlite3 shell (analysts and tests use it).
 ensure_build_dependencies() {
   local missing=()
   command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
   if ! pkg-config --exists liblz4 2>/dev/null && [ ! -f /usr/include/lz4.h ]; then missing+=(liblz4-dev); fi
   if ! pkg-config --exists sqlite3 2>/dev/null && [ ! -f /usr/include/sqlite3.h ]; then missing+=(libsqlite3-dev); fi
-  if ! pkg-config --exists zlib 2>/dev/null && [ ! -f /usr/include/zlib.h ]; then missing+=(zlib1g-dev); fi
+  if ! pkg-config --exists libdeflate 2>/dev/null && [ ! -f /usr/include/libdeflate.h ]; then missing+=(libdeflate-dev); fi
   command -v sqlite3 >/dev/null 2>&1 || missing+=(sqlite3)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]} (apt-get)" >&2

@@ -57,9 +57,9 @@ final class LineProtocolRoutes: Sendable {
         let text = try await body(request)
         let parser = api == .v1 || api == .v2 ? influxDB : questDB
         let parsed = text.withUnsafeReadableBytes { bytes in
-            LineBody.parse(bytes, parser: parser, precision: precision, maxLineBytes: limits.maxLineBytes, now: { pipeline.serverTimestamp() })
+            LineBody.parse(bytes, parser: parser, precision: precision, maxLineBytes: limits.maxLineBytes, pipeline: pipeline)
         }
-        try takeTokens(parsed.readings.count, context)
+        try takeTokens(parsed.readingCount, context)
         let submitted: IngestPipeline.LinesSubmitted
         do {
             submitted = try await pipeline.submit(parsed, via: .httpLineProtocol)
@@ -241,7 +241,8 @@ enum InfluxAPI: CustomStringConvertible {
 
     /// The API of `request`, or nil for a route that is not InfluxDB's.
     init?(_ request: Request) {
-        switch request.uri.path {
+        // As the router matches it: `//write` is `/write`.
+        switch "/" + request.uri.path.split(separator: "/").joined(separator: "/") {
         case "/write": self = request.uri.queryParameters.get("db") == nil ? .questDB : .v1
         case "/api/v2/write": self = .v2
         case "/query": self = .v1

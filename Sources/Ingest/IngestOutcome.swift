@@ -12,10 +12,14 @@ public struct SubmissionResult: Sendable {
     /// The first reading refused (its index in the submission) and why: what a summary log line
     /// shows when no per-reading report was asked for.
     public var firstRefused: (index: Int, outcome: IngestOutcome)?
+    /// The first reading refused for a reason other than being a duplicate: what a producer
+    /// must hear about (a duplicate is as good as stored).
+    public var firstProblem: (index: Int, outcome: IngestOutcome)?
 
     mutating func refuse(_ index: Int, _ outcome: IngestOutcome) {
         outcomes?[index] = outcome
         if firstRefused == nil { firstRefused = (index, outcome) }
+        if firstProblem == nil { firstProblem = (index, outcome) }
     }
 
     /// The refused counts under the reasons metrics and logs name them by.

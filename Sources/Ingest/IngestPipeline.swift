@@ -161,6 +161,9 @@ public final class IngestPipeline: Sendable {
         public var appended = 0
         public var refused: [String: Int] = [:]
         public var example: (reading: Reading, outcome: IngestOutcome)?
+        /// Per partition, the first reading refused for a reason other than a duplicate: its
+        /// index in that partition's group.
+        public var problems: [(partition: Int, index: Int, outcome: IngestOutcome)] = []
     }
 
     /// The line protocol's form of `submit`: the same checks and append, counted, with no
@@ -174,6 +177,7 @@ public final class IngestPipeline: Sendable {
             counted.appended += result.appended
             for (reason, n) in result.refusals where n > 0 { counted.refused[reason, default: 0] += n }
             if counted.example == nil, let first = result.firstRefused { counted.example = (groups[p][first.index], first.outcome) }
+            if let problem = result.firstProblem { counted.problems.append((p, problem.index, problem.outcome)) }
         }
         return counted
     }
@@ -193,9 +197,10 @@ public final class IngestPipeline: Sendable {
                 collect(p, result)
             case .failure(let error):
                 failure = failure ?? error
-                // The line protocol keeps what it read and retries it: not refused (yet). What it
-                // loses at shutdown is counted as `lost_at_shutdown` there.
-                if transport != .tcp { metrics.rejected(group.count, via: transport, reason: error.code.rawValue) }
+                // The line protocol keeps what it read and retries it, and MQTT leaves it with the
+                // broker to deliver again: not refused (yet). What TCP loses at shutdown is
+                // counted as `lost_at_shutdown` there.
+                if transport != .tcp && transport != .mqtt { metrics.rejected(group.count, via: transport, reason: error.code.rawValue) }
             }
         }
         metrics.ingested(appended, via: transport)

@@ -6,8 +6,9 @@ import Glibc
 #endif
 
 /// Line-protocol text that arrives whole (an HTTP write body, an MQTT payload), parsed by the
-/// one `LineParser` the TCP door uses: every line's verdict, the readings kept in body order with
-/// their line numbers, and the first line refused.
+/// one `LineParser` the TCP door uses: every line's verdict, the readings kept grouped by
+/// partition (as the TCP door groups them, so the append takes them as they are) with their line
+/// numbers, and the first line refused.
 public struct LineBody: Sendable {
     /// The unit of the timestamps in the text (InfluxDB's `precision`): readings are stored in ns.
     public enum Precision: Int64, Sendable {
@@ -51,27 +52,41 @@ public struct LineBody: Sendable {
         public var text: String
     }
 
-    public var readings: [Reading] = []
-    /// The line each reading came from.
-    public var lines: [Int] = []
+    /// The readings kept, by partition, each partition's in body order.
+    public var groups: [[Reading]]
+    /// The line each reading came from, by partition as `groups`.
+    public var lines: [[Int32]]
+    public var readingCount = 0
     /// The first line refused by the parser.
     public var firstRefusal: Refusal?
     /// Lines refused by the parser, by reason.
     public var refused: [String: Int] = [:]
     public var refusedCount: Int { refused.values.reduce(0, +) }
 
-    public init() {}
+    public init(partitions: Int) {
+        groups = [[Reading]](repeating: [], count: partitions)
+        lines = [[Int32]](repeating: [], count: partitions)
+    }
+
+    /// Keeps `reading`, from line `line`, in `partition`.
+    public mutating func append(_ reading: Reading, line: Int, partition: Int) {
+        groups[partition].append(reading)
+        lines[partition].append(Int32(truncatingIfNeeded: line))
+        readingCount += 1
+    }
 
     /// How much of a refused line a report quotes.
     static let quotedBytes = 128
 
-    /// Parses every line of `text`. A last line without its `\n` is a line.
-    /// - Parameter now: the timestamp of a line that carries none (stamped after the precision
-    ///   is applied: it is already in ns).
-    /// - Parameter defaults: tags a line may leave out (an MQTT topic supplies them).
+    /// Parses every line of `text`. A last line without its `\n` is a line; a line without a
+    /// timestamp gets the receive time (in ns: the precision applies to written timestamps only).
+    /// - Parameters:
+    ///   - defaults: tags a line may leave out (an MQTT topic supplies them).
+    ///   - pipeline: whose partitions the readings are grouped by, and whose clock stamps a line
+    ///     without a timestamp.
     public static func parse(_ text: UnsafeRawBufferPointer, parser: LineParser, precision: Precision, maxLineBytes: Int,
-                             defaults: LineParser.Defaults? = nil, now: () -> Int64) -> LineBody {
-        var body = LineBody()
+                             defaults: LineParser.Defaults? = nil, pipeline: IngestPipeline) -> LineBody {
+        var body = LineBody(partitions: pipeline.log.partitions.count)
         guard let base = text.baseAddress, !text.isEmpty else { return body }
         var start = 0
         var number = 0
@@ -85,14 +100,13 @@ public struct LineBody: Sendable {
                 do throws(LineProtocolError) {
                     if var reading = try parser.parse(line, receiveTime: LineParser.noTimestamp, defaults: defaults) {
                         if reading.timestamp == LineParser.noTimestamp {
-                            reading.timestamp = now()
+                            reading.timestamp = pipeline.serverTimestamp()
                         } else if precision != .nanoseconds {
                             let (scaled, overflow) = reading.timestamp.multipliedReportingOverflow(by: precision.rawValue)
                             if overflow { throw LineProtocolError(.invalidTimestamp, "timestamp \(reading.timestamp) overflows in \(precision) ") }
                             reading.timestamp = scaled
                         }
-                        body.readings.append(reading)
-                        body.lines.append(number)
+                        body.append(reading, line: number, partition: pipeline.partition(for: reading.sensorID))
                     }
                 } catch {
                     body.refuse(number, error, line)
@@ -138,18 +152,16 @@ extension IngestPipeline {
     public func submit(_ body: LineBody, via transport: Transport) async throws(LogError) -> LinesSubmitted {
         for (reason, n) in body.refused { metrics.rejected(n, via: transport, reason: reason) }
         var result = LinesSubmitted(refused: body.refusedCount, firstRefusal: body.firstRefusal)
-        guard !body.readings.isEmpty else { return result }
-        let outcomes = try await submit(body.readings, via: transport)
-        for (i, outcome) in outcomes.enumerated() {
-            switch outcome {
-            case .appended: result.appended += 1
-            case .duplicate: result.duplicates += 1
-            case .typeMismatch, .tooOld, .deleted:
-                result.refused += 1
-                let line = body.lines[i]
-                if result.firstRefusal.map({ line < $0.line }) ?? true {
-                    result.firstRefusal = LineBody.Refusal(line: line, reason: outcome.reason ?? "", message: Self.explain(outcome, body.readings[i]), text: "")
-                }
+        guard body.readingCount > 0 else { return result }
+        let counted = try await submitCounting(body.groups, via: transport)
+        result.appended = counted.appended
+        result.duplicates = counted.refused["duplicate"] ?? 0
+        result.refused += counted.refused.filter { $0.key != "duplicate" }.values.reduce(0, +)
+        for (p, i, outcome) in counted.problems {
+            let line = Int(body.lines[p][i])
+            if result.firstRefusal.map({ line < $0.line }) ?? true {
+                result.firstRefusal = LineBody.Refusal(line: line, reason: outcome.reason ?? "", message: Self.explain(outcome, body.groups[p][i]),
+                                                       text: String(LineFormatter.line(for: body.groups[p][i]).dropLast()))
             }
         }
         return result

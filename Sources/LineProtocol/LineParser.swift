@@ -107,6 +107,8 @@ public struct LineParser: Sendable {
         var sensor: Token?
         var location: Token?
         let tagsStart = i
+        var tagCount = 0
+        var seenKeys: Set<[UInt8]> = []
         while i < n && line[i] == UInt8(ascii: ",") {
             i += 1
             let key = scanToken(line, &i, n, stopAtEquals: true)
@@ -115,7 +117,8 @@ public struct LineParser: Sendable {
             let value = scanToken(line, &i, n, stopAtEquals: false)
             if value.isEmpty { throw LineProtocolError(.syntax, "tag '\(text(line, key))' has an empty value") }
             if value.equals { throw LineProtocolError(.syntax, "tag '\(text(line, key))' has an unescaped '=' in its value (write \\=)") }
-            if key.start > tagsStart + 1 && tagKey(line, key, occursIn: tagsStart, key.start) {
+            tagCount += 1
+            if tagCount > 1 && isDuplicate(line, key, tagCount: tagCount, tagsStart: tagsStart, seen: &seenKeys) {
                 throw LineProtocolError(.duplicateTag, "tag '\(text(line, key))' is given twice")
             }
             if equals(line, key, "sensor_id") {
@@ -285,6 +288,26 @@ public struct LineParser: Sendable {
             i += 1
         }
         return Token(start: start, end: i, escaped: escaped, equals: equals)
+    }
+
+    /// Past this many tags in a line, earlier keys are remembered in a set rather than rescanned
+    /// (rescanning is quadratic: a 64 KiB line of tags would cost a hundred million compares).
+    static let rescannedTags = 16
+
+    /// Whether `key`, the `tagCount`-th tag's, was the key of an earlier tag of the line.
+    private func isDuplicate(_ line: UnsafeRawBufferPointer, _ key: Token, tagCount: Int, tagsStart: Int, seen: inout Set<[UInt8]>) -> Bool {
+        if tagCount <= Self.rescannedTags { return tagKey(line, key, occursIn: tagsStart, key.start) }
+        if seen.isEmpty {
+            var i = tagsStart
+            while i < key.start - 1 && line[i] == UInt8(ascii: ",") {
+                i += 1
+                let earlier = scanToken(line, &i, key.start, stopAtEquals: true)
+                seen.insert(Array(bytes(line, earlier)))
+                i += 1
+                _ = scanToken(line, &i, key.start, stopAtEquals: false)
+            }
+        }
+        return !seen.insert(Array(bytes(line, key))).inserted
     }
 
     /// Whether the tag key `key` is also the key of a tag in `line[start..<end]` (the tags

@@ -82,20 +82,26 @@ public final class MQTTIngestService: Service, Sendable {
         var lastError = ""
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             do {
-                let closed = try await connect()
-                backoff = .seconds(1)
+                // A shutdown (or the group's cancellation, when another service failed) closes
+                // the session at any stage, so the daemon never waits on the broker.
+                let closed = try await withTaskCancellationOrGracefulShutdownHandler {
+                    try await self.connect()
+                } onCancelOrGracefulShutdown: { [self] in closeSession() }
+                let since = ContinuousClock.now
                 lastError = ""
-                // Until the connection ends or a shutdown starts.
-                try? await withGracefulShutdownHandler {
+                try? await withTaskCancellationOrGracefulShutdownHandler {
                     try await closed.get()
-                } onGracefulShutdown: { [self] in
-                    closeSession()
-                }
+                } onCancelOrGracefulShutdown: { [self] in closeSession() }
                 connected.store(false, ordering: .relaxed)
-                if Task.isShuttingDownGracefully { break }
+                if Task.isShuttingDownGracefully || Task.isCancelled { break }
+                // Only a connection that lasted resets the backoff: a broker that takes the
+                // session and drops it at once (another sensorlogd with the same client id) is
+                // not retried every second.
+                if ContinuousClock.now - since > limits.mqttKeepAlive { backoff = .seconds(1) }
                 logger.warning("MQTT connection lost; reconnecting", metadata: ["broker": "\(configuration.host):\(configuration.port)"])
             } catch {
                 connected.store(false, ordering: .relaxed)
+                if Task.isShuttingDownGracefully || Task.isCancelled { break }
                 let text = "\(error)"
                 // Once per kind of failure, not once per retry: a broker down for an hour is one line.
                 if text != lastError {
@@ -105,12 +111,12 @@ public final class MQTTIngestService: Service, Sendable {
                     lastError = text
                 }
             }
-            try? await withGracefulShutdownHandler {
-                try await Task.sleep(for: backoff)
-            } onGracefulShutdown: {}
+            let wait = backoff
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: wait) }
             backoff = min(backoff * 2, limits.mqttMaxBackoff)
         }
-        await pipeline.drain()
+        // What this door submitted is waited for by the line protocol's drain, which stops after
+        // it: draining here would also wait for TCP producers still being served.
         logger.info("MQTT subscriber stopped")
     }
 
@@ -119,7 +125,7 @@ public final class MQTTIngestService: Service, Sendable {
     private func connect() async throws -> EventLoopFuture<Void> {
         let session = MQTTSession(pipeline: pipeline, configuration: configuration, limits: limits, logger: logger)
         let channel = try await ClientBootstrap(group: group)
-            .connectTimeout(.seconds(10))
+            .connectTimeout(.seconds(5))
             .channelOption(.socketOption(.so_keepalive), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -148,7 +154,7 @@ public final class MQTTIngestService: Service, Sendable {
     /// At shutdown: stop reading, let a submission under way finish and acknowledge, then
     /// DISCONNECT. What was not acknowledged stays in the broker's session for the next start.
     private func closeSession() {
-        guard let channel = channel.withLock({ $0 }) else { return }
+        guard let channel = channel.withLock({ $0 }), channel.isActive else { return }
         channel.eventLoop.execute {
             _ = channel.setOption(ChannelOptions.autoRead, value: false)
             (try? channel.pipeline.syncOperations.handler(type: MQTTSession.self))?.finish(channel)

@@ -193,6 +193,7 @@ public struct MQTTDecoder: ByteToMessageDecoder {
                 return nil
             }
             let consumed = buffer.readerIndex - header.bodyStart
+            guard consumed <= length else { throw MQTTProtocolError("PUBLISH header longer than its packet") }
             skipping = length - consumed
             let n = min(skipping, buffer.readableBytes)
             buffer.moveReaderIndex(forwardBy: n)

@@ -15,10 +15,11 @@ final class MQTTSession: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = MQTTPacket
     typealias OutboundOut = MQTTPacket
 
-    /// A message read: what to acknowledge, and its readings by partition.
+    /// A message read: what to acknowledge, and its readings by partition (none for a message
+    /// refused whole).
     struct Message {
         var packetID: UInt16?
-        var readings: [Reading]
+        var groups: [[Reading]]
     }
 
     let pipeline: IngestPipeline
@@ -70,6 +71,8 @@ final class MQTTSession: ChannelInboundHandler, RemovableChannelHandler {
         let interval = TimeAmount.seconds(Int64(max(1, seconds / 2)))
         keepAlive = loop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in
             let (session, context) = bound.value
+            // While reading is paused (the log is behind) silence is ours, not the broker's.
+            if session.readPaused { session.lastHeard = .now() }
             if NIODeadline.now() - session.lastHeard > .seconds(Int64(seconds) * 3 / 2) {
                 session.logger.warning("MQTT broker silent past the keep-alive; reconnecting")
                 context.close(promise: nil)
@@ -107,15 +110,22 @@ final class MQTTSession: ChannelInboundHandler, RemovableChannelHandler {
             if let refused = codes.firstIndex(of: 0x80) {
                 return fail(context, MQTTProtocolError("the broker refused the subscription to '\(configuration.topics[min(refused, configuration.topics.count - 1)])'"))
             }
+            if let downgraded = codes.firstIndex(of: 0) {
+                // QoS 0 messages are never redelivered: what arrives while sensorlogd is away is lost.
+                logger.warning("the MQTT broker granted QoS 0, not 1: messages sent while sensorlogd is away or failing are lost",
+                               metadata: ["topic": "\(configuration.topics[min(downgraded, configuration.topics.count - 1)])"])
+            }
             subscribed = true
             established.succeed(sessionPresent)
         case .publish(let message):
+            // QoS 2 was never asked for (the subscription is at 1); its handshake is not spoken.
+            guard message.qos < 2 else { return fail(context, MQTTProtocolError("the broker sent a QoS 2 message to a QoS 1 subscription")) }
             receive(message)
         case .oversizedPublish(let qos, let id, let bytes):
             pipeline.metrics.rejected(1, via: .mqtt, reason: "payload_too_large")
             pipeline.logRejection(logger, "MQTT message refused", metadata: [
                 "reason": "payload_too_large", "bytes": "\(bytes)", "limit": "\(limits.maxMQTTPayloadBytes)"])
-            pending.append(Message(packetID: qos > 0 ? id : nil, readings: []))
+            pending.append(Message(packetID: qos > 0 ? id : nil, groups: []))
         case .pingResp, .pubAck, .pingReq, .connect, .subscribe, .disconnect:
             break
         }
@@ -125,15 +135,15 @@ final class MQTTSession: ChannelInboundHandler, RemovableChannelHandler {
 
     private func receive(_ message: MQTTPacket.Publish) {
         let fields = configuration.template?.fields(of: message.topic) ?? [:]
-        let body = MQTTPayload.decode(message.payload, fields: fields, parser: parser, limits: limits, now: { pipeline.serverTimestamp() })
+        let body = MQTTPayload.decode(message.payload, fields: fields, parser: parser, limits: limits, pipeline: pipeline)
         for (reason, n) in body.refused { pipeline.metrics.rejected(n, via: .mqtt, reason: reason) }
         if let refusal = body.firstRefusal {
             pipeline.logRejection(logger, "MQTT message refused in part or whole", metadata: [
                 "topic": "\(message.topic.prefix(200))", "reason": "\(refusal.reason)", "line_number": "\(refusal.line)",
-                "error": "\(refusal.message)", "refused": "\(body.refusedCount)", "readings": "\(body.readings.count)"])
+                "error": "\(refusal.message)", "refused": "\(body.refusedCount)", "readings": "\(body.readingCount)"])
         }
-        pending.append(Message(packetID: message.qos > 0 ? message.packetID : nil, readings: body.readings))
-        pendingReadings += body.readings.count
+        pending.append(Message(packetID: message.qos > 0 ? message.packetID : nil, groups: body.groups))
+        pendingReadings += body.readingCount
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -151,7 +161,9 @@ final class MQTTSession: ChannelInboundHandler, RemovableChannelHandler {
         pending = []
         pendingReadings = 0
         var groups = [[Reading]](repeating: [], count: pipeline.log.partitions.count)
-        for message in batch { for r in message.readings { groups[pipeline.partition(for: r.sensorID)].append(r) } }
+        for message in batch {
+            for (p, group) in message.groups.enumerated() where !group.isEmpty { groups[p].append(contentsOf: group) }
+        }
         submitting = true
         let (pipeline, logger) = (self.pipeline, self.logger)
         let loop = context.eventLoop
@@ -177,7 +189,11 @@ final class MQTTSession: ChannelInboundHandler, RemovableChannelHandler {
                     for message in batch { if let id = message.packetID { context.write(session.wrapOutboundOut(.pubAck(packetID: id)), promise: nil) } }
                     context.flush()
                     session.resume(context)
-                    if session.finishing { session.disconnect(context) } else { session.submit(context) }
+                    if session.finishing {
+                        session.disconnect(context)
+                    } else if context.channel.isActive {
+                        session.submit(context)
+                    }
                 }
                 pipeline.end()
             }
@@ -229,26 +245,27 @@ enum MQTTPayload {
         + ["invalid_json", "missing_field", "payload_too_large", "empty_payload"]
 
     static func decode(_ payload: ByteBuffer, fields: [TopicTemplate.Field: String], parser: LineParser, limits: Limits,
-                       now: () -> Int64) -> LineBody {
+                       pipeline: IngestPipeline) -> LineBody {
         payload.withUnsafeReadableBytes { bytes in
             let first = bytes.first(where: { $0 != 0x20 && $0 != 0x09 && $0 != 0x0A && $0 != 0x0D })
             guard let first else {
-                var body = LineBody()
+                var body = LineBody(partitions: 0)
                 body.refuse(reason: "empty_payload", message: "the message has no payload")
                 return body
             }
             if first == UInt8(ascii: "{") || first == UInt8(ascii: "[") {
-                return json(bytes, fields: fields, validator: parser.validator)
+                return json(bytes, fields: fields, validator: parser.validator, pipeline: pipeline)
             }
             let defaults = fields.isEmpty ? nil : LineParser.Defaults(sensorID: fields[.sensorID], location: fields[.location])
-            return LineBody.parse(bytes, parser: parser, precision: .nanoseconds, maxLineBytes: limits.maxLineBytes, defaults: defaults, now: now)
+            return LineBody.parse(bytes, parser: parser, precision: .nanoseconds, maxLineBytes: limits.maxLineBytes, defaults: defaults, pipeline: pipeline)
         }
     }
 
     /// Each item of a JSON payload on its own: a bad one is refused, the others kept (an MQTT
     /// message has no answer to refuse it whole with).
-    private static func json(_ bytes: UnsafeRawBufferPointer, fields: [TopicTemplate.Field: String], validator: ReadingValidator) -> LineBody {
-        var body = LineBody()
+    private static func json(_ bytes: UnsafeRawBufferPointer, fields: [TopicTemplate.Field: String], validator: ReadingValidator,
+                             pipeline: IngestPipeline) -> LineBody {
+        var body = LineBody(partitions: pipeline.log.partitions.count)
         let parsed: (items: [PostedReading], isArray: Bool)
         do {
             parsed = try ReadingJSON.parse(bytes)
@@ -261,8 +278,8 @@ enum MQTTPayload {
             if item.location == nil, let location = fields[.location] { item.location = .string(location) }
             if item.type == nil, let type = fields[.type] { item.type = .string(type) }
             do {
-                body.readings.append(try item.reading(index: parsed.isArray ? i : nil, validator: validator))
-                body.lines.append(i + 1)
+                let reading = try item.reading(index: parsed.isArray ? i : nil, validator: validator)
+                body.append(reading, line: i + 1, partition: pipeline.partition(for: reading.sensorID))
             } catch {
                 body.refuse(reason: error.code, message: error.message, line: i + 1)
             }

@@ -80,6 +80,11 @@ func reason(_ text: String) -> LineProtocolError.Reason? {
         #expect(try parse(#"temperature,sensor_id=a\=b,location=l value=1 1"#)?.sensorID == "a=b")
         // Keys that only share a prefix are two tags.
         #expect(try parse("temperature,sensor_id=a,sensor=z,location=l value=1 1")?.sensorID == "a")
+        // Past 16 tags the keys are remembered in a set: the same verdicts.
+        let many = (0..<20).map { ",k\($0)=v" }.joined()
+        #expect(try parse("temperature,sensor_id=a,location=l\(many) value=1 1")?.sensorID == "a")
+        #expect(reason("temperature,sensor_id=a,location=l\(many),k3=w value=1 1") == .duplicateTag)
+        #expect(reason("temperature,sensor_id=a\(many),location=l,sensor_id=b value=1 1") == .duplicateTag)
         // An equals sign in the measurement is InfluxDB's too: not a tag.
         #expect(reason("temp=x,sensor_id=a,location=l value=1 1") == .unknownType)
     }
