@@ -49,7 +49,7 @@ public final class Daemon: Sendable {
     private let stopped = StopLog()
 
     private init(configuration: DaemonConfiguration, log: Log, pipeline: IngestPipeline, aggregator: AggregatorService,
-                 tcp: LineProtocolServer, tcpPort: Int, http: ListeningService<HTTPServer.App>, logger: Logger) {
+                 tcp: LineProtocolServer, tcpPort: Int, mqtt: any Service, http: ListeningService<HTTPServer.App>, logger: Logger) {
         self.configuration = configuration
         self.log = log
         self.pipeline = pipeline
@@ -57,8 +57,7 @@ public final class Daemon: Sendable {
         self.maintenance = MaintenanceService(log: log, pipeline: pipeline, aggregator: aggregator, policy: configuration.retention,
                                               compacts: configuration.backgroundCompaction, time: configuration.time, logger: logger)
         self.tcp = tcp
-        self.mqtt = configuration.mqtt.map { MQTTIngestService(configuration: $0, pipeline: pipeline, limits: configuration.limits, logger: logger) }
-            ?? IdleService()
+        self.mqtt = mqtt
         self.tcpPort = tcpPort
         self.http = http
         self.logger = logger
@@ -105,9 +104,15 @@ public final class Daemon: Sendable {
             try? log.close()
             throw listenFailure("line protocol", host: tcpHost, port: c.tcpPort, error: error, logger: logger)
         }
+        let mqtt: any Service
+        do {
+            mqtt = try c.mqtt.map { try MQTTIngestService(configuration: $0, pipeline: pipeline, limits: c.limits, logger: logger) } ?? IdleService()
+        } catch {
+            throw fail(.usage, "cannot load the MQTT TLS configuration (--mqtt-ca-file)", error)
+        }
         let http = ListeningService<HTTPServer.App>()
         let daemon = Daemon(configuration: c, log: log, pipeline: pipeline, aggregator: aggregator, tcp: tcp, tcpPort: tcpPort,
-                            http: http, logger: logger)
+                            mqtt: mqtt, http: http, logger: logger)
         http.wrap(daemon.makeHTTP(registry: registry))
         return daemon
     }

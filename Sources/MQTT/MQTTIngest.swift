@@ -5,6 +5,7 @@ import LogStore
 public import Logging
 public import NIOCore
 public import NIOPosix
+public import NIOSSL
 public import SensorLogCore
 public import ServiceLifecycle
 import Synchronization
@@ -20,11 +21,21 @@ public struct MQTTConfiguration: Sendable {
     public var username: String?
     public var password: String?
     public var template: TopicTemplate?
+    /// TLS to the broker (`mqtts://`): nil speaks plain TCP.
+    public var tls: TLS?
+
+    /// How the broker's certificate is checked: against `caFile` (PEM) when given, else the
+    /// system's trust roots; the name is the URL's host (its IP address for an IP).
+    public struct TLS: Sendable {
+        public var caFile: String?
+        public init(caFile: String? = nil) { self.caFile = caFile }
+    }
 
     public init(host: String, port: Int = 1883, topics: [String] = ["sensors/#"], clientID: String = "sensorlogd",
-                username: String? = nil, password: String? = nil, template: TopicTemplate? = nil) {
+                username: String? = nil, password: String? = nil, template: TopicTemplate? = nil, tls: TLS? = nil) {
         self.host = host
         self.port = port
+        self.tls = tls
         self.topics = topics
         self.clientID = clientID
         self.username = username
@@ -32,20 +43,28 @@ public struct MQTTConfiguration: Sendable {
         self.template = template
     }
 
-    /// `mqtt://host[:port]`.
-    public static func parseURL(_ url: String) throws(TopicTemplate.Invalid) -> (host: String, port: Int) {
-        guard url.hasPrefix("mqtt://") else {
-            throw TopicTemplate.Invalid(description: "--mqtt-url must be mqtt://host[:port], got '\(url)'")
+    /// `mqtt://host[:port]` (port 1883) or `mqtts://host[:port]` (TLS, port 8883).
+    public static func parseURL(_ url: String) throws(TopicTemplate.Invalid) -> (host: String, port: Int, tls: Bool) {
+        let tls = url.hasPrefix("mqtts://")
+        guard tls || url.hasPrefix("mqtt://") else {
+            throw TopicTemplate.Invalid(description: "--mqtt-url must be mqtt://host[:port] or mqtts://host[:port], got '\(url)'")
         }
-        let rest = url.dropFirst("mqtt://".count).split(separator: "/", maxSplits: 1).first.map(String.init) ?? ""
+        let rest = url.dropFirst(tls ? "mqtts://".count : "mqtt://".count).split(separator: "/", maxSplits: 1).first.map(String.init) ?? ""
         if let colon = rest.lastIndex(of: ":"), !rest.hasSuffix("]") {
             guard let port = Int(rest[rest.index(after: colon)...]), (1...65535).contains(port) else {
                 throw TopicTemplate.Invalid(description: "--mqtt-url has a bad port: '\(url)'")
             }
-            return (String(rest[..<colon]).trimmingCharacters(in: ["[", "]"]), port)
+            return (String(rest[..<colon]).trimmingCharacters(in: ["[", "]"]), port, tls)
         }
         guard !rest.isEmpty else { throw TopicTemplate.Invalid(description: "--mqtt-url names no host: '\(url)'") }
-        return (rest, 1883)
+        return (rest.trimmingCharacters(in: ["[", "]"]), tls ? 8883 : 1883, tls)
+    }
+
+    /// The TLS context of `tls`, checked at start-up (an unreadable CA file stops it with exit 64).
+    public static func sslContext(_ tls: TLS) throws -> NIOSSLContext {
+        var configuration = TLSConfiguration.makeClientConfiguration()
+        if let ca = tls.caFile { configuration.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(ca)) }
+        return try NIOSSLContext(configuration: configuration)
     }
 }
 
@@ -61,11 +80,14 @@ public final class MQTTIngestService: Service, Sendable {
     let limits: Limits
     let logger: Logger
     let group: any EventLoopGroup
+    let sslContext: NIOSSLContext?
     private let channel = Mutex<(any Channel)?>(nil)
     private let connected = Atomic<Bool>(false)
 
+    /// - Throws: a TLS configuration that cannot be loaded (the CA file).
     public init(configuration: MQTTConfiguration, pipeline: IngestPipeline, limits: Limits, logger: Logger,
-                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
+                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) throws {
+        self.sslContext = try configuration.tls.map(MQTTConfiguration.sslContext)
         self.configuration = configuration
         self.pipeline = pipeline
         self.limits = limits
@@ -130,6 +152,11 @@ public final class MQTTIngestService: Service, Sendable {
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations
+                    if let sslContext = self.sslContext {
+                        // The name checked is the URL's host; an IP address is checked as one.
+                        let isAddress = (try? SocketAddress(ipAddress: self.configuration.host, port: 0)) != nil
+                        try sync.addHandler(NIOSSLClientHandler(context: sslContext, serverHostname: isAddress ? nil : self.configuration.host))
+                    }
                     try sync.addHandler(ByteToMessageHandler(MQTTDecoder(maxPacketBytes: self.limits.maxMQTTPayloadBytes)))
                     try sync.addHandler(MessageToByteHandler(MQTTEncoder()))
                     try sync.addHandler(session)

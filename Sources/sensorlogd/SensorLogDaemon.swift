@@ -105,7 +105,7 @@ struct SensorLogDaemon: AsyncParsableCommand {
     @Option(help: "Bytes a second background compaction reads at most (or with K, M, G: 64M; default 32M, at least 1M).")
     var compactionBytesPerSecond: String?
 
-    @Option(help: "Subscribe to this MQTT broker (mqtt://host[:port]) at QoS 1 with a persistent session; each message is acknowledged once its readings are durable. Off when absent.")
+    @Option(help: "Subscribe to this MQTT broker (mqtt://host[:port], or mqtts:// for TLS) at QoS 1 with a persistent session; each message is acknowledged once its readings are durable. Off when absent.")
     var mqttURL: String?
 
     @Option(help: "Topic filter to subscribe to (repeatable; default sensors/#).")
@@ -122,6 +122,9 @@ struct SensorLogDaemon: AsyncParsableCommand {
 
     @Option(help: "MQTT password (prefer SENSORLOG_MQTT_PASSWORD: a flag shows in ps).")
     var mqttPassword: String?
+
+    @Option(help: "PEM file of the CA certificates an mqtts:// broker's certificate is checked against (default: the system's).")
+    var mqttCaFile: String?
 
     @Flag(help: "With API keys configured and no --tcp-auth-file, let the unauthenticated line protocol listen on --bind beyond loopback anyway; without it, it listens on 127.0.0.1 only.")
     var tcpBeyondLoopback = false
@@ -166,13 +169,15 @@ struct SensorLogDaemon: AsyncParsableCommand {
     func mqtt(_ e: Environment) throws -> MQTTConfiguration? {
         guard let url = try e.value(mqttURL, "MQTT_URL") else { return nil }
         do {
-            let (host, port) = try MQTTConfiguration.parseURL(url)
+            let (host, port, tls) = try MQTTConfiguration.parseURL(url)
+            let caFile = try e.value(mqttCaFile, "MQTT_CA_FILE")
+            if caFile != nil && !tls { throw ValidationError("--mqtt-ca-file needs an mqtts:// --mqtt-url") }
             let topics = mqttTopic.isEmpty ? (e.text("MQTT_TOPIC")?.split(separator: ",").map(String.init) ?? ["sensors/#"]) : mqttTopic
             guard !topics.contains(where: \.isEmpty) else { throw ValidationError("--mqtt-topic must not be empty") }
             let template = try e.value(mqttTopicTemplate, "MQTT_TOPIC_TEMPLATE").map { try TopicTemplate($0) }
             return MQTTConfiguration(host: host, port: port, topics: topics, clientID: try e.value(mqttClientID, "MQTT_CLIENT_ID") ?? "sensorlogd",
                                      username: try e.value(mqttUsername, "MQTT_USERNAME"), password: try e.value(mqttPassword, "MQTT_PASSWORD"),
-                                     template: template)
+                                     template: template, tls: tls ? .init(caFile: caFile) : nil)
         } catch let error as TopicTemplate.Invalid {
             throw ValidationError(error.description)
         }
@@ -206,7 +211,7 @@ struct SensorLogDaemon: AsyncParsableCommand {
         "API_KEYS_FILE", "RATE_LIMIT", "CORS_ORIGIN", "MAX_BODY_BYTES", "MAX_CONNECTIONS", "IDLE_TIMEOUT_SECONDS",
         "MAX_LINE_BYTES", "SENSOR_TYPES", "LOG_LEVEL", "TCP_AUTH_FILE", "TCP_BEYOND_LOOPBACK", "API_KEYS",
         "RETENTION_TIME", "RETENTION_BYTES", "MAINTENANCE_INTERVAL_SECONDS", "COMPACTION", "COMPACTION_BYTES_PER_SECOND",
-        "MAX_WRITE_BODY_BYTES", "MQTT_URL", "MQTT_TOPIC", "MQTT_TOPIC_TEMPLATE", "MQTT_CLIENT_ID", "MQTT_USERNAME", "MQTT_PASSWORD",
+        "MAX_WRITE_BODY_BYTES", "MQTT_URL", "MQTT_TOPIC", "MQTT_TOPIC_TEMPLATE", "MQTT_CLIENT_ID", "MQTT_USERNAME", "MQTT_PASSWORD", "MQTT_CA_FILE",
     ]
 
     static func limits(_ s: Settings) throws -> Limits {
@@ -267,6 +272,9 @@ struct SensorLogDaemon: AsyncParsableCommand {
         _ = try Self.limits(s)
         _ = try Self.types(s.sensorTypes)
         _ = try Self.apiKeys(file: s.keysFile)
+        if let tls = s.mqtt?.tls {
+            do { _ = try MQTTConfiguration.sslContext(tls) } catch { throw ValidationError("--mqtt-ca-file: \(error)") }
+        }
         guard (0...65535).contains(s.tcpPort) else { throw ValidationError("--tcp-port (SENSORLOG_TCP_PORT) must be 0-65535, got \(s.tcpPort)") }
         guard (0...65535).contains(s.httpPort) else { throw ValidationError("--http-port (SENSORLOG_HTTP_PORT) must be 0-65535, got \(s.httpPort)") }
         guard s.fsyncIntervalMs > 0 else { throw ValidationError("--fsync-interval-ms (SENSORLOG_FSYNC_INTERVAL_MS) must be positive") }

@@ -83,8 +83,10 @@ import TestSupport
     }
 
     @Test func brokerURLs() throws {
-        #expect(try MQTTConfiguration.parseURL("mqtt://broker") == ("broker", 1883))
-        #expect(try MQTTConfiguration.parseURL("mqtt://10.0.0.2:1884") == ("10.0.0.2", 1884))
+        #expect(try MQTTConfiguration.parseURL("mqtt://broker") == ("broker", 1883, false))
+        #expect(try MQTTConfiguration.parseURL("mqtt://10.0.0.2:1884") == ("10.0.0.2", 1884, false))
+        #expect(try MQTTConfiguration.parseURL("mqtts://broker") == ("broker", 8883, true))
+        #expect(try MQTTConfiguration.parseURL("mqtts://[::1]") == ("::1", 8883, true))
         #expect(throws: TopicTemplate.Invalid.self) { try MQTTConfiguration.parseURL("tcp://broker") }
         #expect(throws: TopicTemplate.Invalid.self) { try MQTTConfiguration.parseURL("mqtt://broker:99999") }
     }

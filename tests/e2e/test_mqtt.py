@@ -10,7 +10,7 @@ T0 = 1763978400 * 10**9
 
 
 class Broker:
-    def __init__(self, port=None):
+    def __init__(self, port=None, tls=None):
         self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="sensorlog-mosquitto-")
         conf = os.path.join(self.dir, "mosquitto.conf")
@@ -18,6 +18,8 @@ class Broker:
             # max_queued_messages 0: a persistent session keeps every message while sensorlogd is
             # away (the default, 1000, drops the rest: see docs/protocol.md).
             f.write(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\n")
+            if tls:
+                f.write(f"cafile {tls['ca']}\ncertfile {tls['cert']}\nkeyfile {tls['key']}\n")
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         self.proc = subprocess.Popen([exe, "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         import socket
@@ -166,3 +168,69 @@ def test_the_broker_away_at_start_and_later(data_dir):
             b.stop()
     finally:
         s.stop()
+
+
+def make_ca_and_server_cert(directory):
+    """A test CA and a certificate it signs for 127.0.0.1 and localhost (PEM files)."""
+    import datetime, ipaddress
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    now = datetime.datetime.now(datetime.timezone.utc)
+    def name(cn):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("sensorlog test CA")).issuer_name(name("sensorlog test CA"))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(name("localhost")).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = {k: os.path.join(directory, f"{k}.pem") for k in ("ca", "cert", "key")}
+    open(paths["ca"], "wb").write(ca.public_bytes(serialization.Encoding.PEM))
+    open(paths["cert"], "wb").write(cert.public_bytes(serialization.Encoding.PEM))
+    open(paths["key"], "wb").write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                                     serialization.NoEncryption()))
+    # mosquitto started as root reads them as its own user: a test key, readable to it.
+    os.chmod(directory, 0o755)
+    for path in paths.values():
+        os.chmod(path, 0o644)
+    return paths
+
+
+def test_tls_to_the_broker(data_dir):
+    certs = make_ca_and_server_cert(tempfile.mkdtemp(prefix="sensorlog-mqtt-tls-"))
+    b = Broker(tls=certs)
+    try:
+        # A broker whose certificate the system does not trust: refused, and said so.
+        s = Server(data_dir, extra=["--mqtt-url", f"mqtts://127.0.0.1:{b.port}"]).start()
+        deadline = time.time() + 30
+        while "cannot reach the MQTT broker" not in open(s.log_path).read():
+            assert time.time() < deadline
+            time.sleep(0.1)
+        s.stop()
+        s = Server(data_dir, extra=["--mqtt-url", f"mqtts://127.0.0.1:{b.port}", "--mqtt-ca-file", certs["ca"]]).start()
+        import paho.mqtt.client as mqtt
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="tls-publisher")
+        pub.tls_set(ca_certs=certs["ca"])
+        pub.connect("127.0.0.1", b.port)
+        pub.loop_start()
+        deadline = time.time() + 30
+        while "MQTT subscribed" not in open(s.log_path).read():
+            assert time.time() < deadline
+            time.sleep(0.1)
+        pub.publish("sensors/tls", f"temperature,sensor_id=tls-1,location=l value=1 {T0}", qos=1).wait_for_publish(30)
+        s.wait_metric("sensorlog_readings_ingested_total", 1, transport="mqtt")
+        pub.loop_stop()
+        s.stop()
+    finally:
+        b.stop()
+    # A CA file that cannot be read stops start-up with 64, before anything opens.
+    r = subprocess.run([os.path.join(__import__("conftest").BIN, "sensorlogd"), "--data-dir", data_dir + "-x",
+                        "--mqtt-url", "mqtts://127.0.0.1:1", "--mqtt-ca-file", "/nonexistent.pem"], capture_output=True, text=True)
+    assert r.returncode == 64 and "mqtt-ca-file" in r.stderr
