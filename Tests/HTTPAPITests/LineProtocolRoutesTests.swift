@@ -15,9 +15,9 @@ import TestSupport
 /// `/write`, `/api/v2/write` and what InfluxDB and QuestDB clients ask around them. The real
 /// clients are driven by tests/e2e/test_influx_http.py; these pin the answers.
 @Suite struct LineProtocolRoutesTests {
-    func withApp(_ configuration: HTTPServerConfiguration = HTTPServerConfiguration(),
+    func withApp(_ configuration: HTTPServerConfiguration = HTTPServerConfiguration(), fileOperations: FileOperations = .system,
                  _ body: @Sendable (any TestClientProtocol, Fixture) async throws -> Void) async throws {
-        let f = try await Fixture.make(time: ManualTime())
+        let f = try await Fixture.make(fileOperations: fileOperations, time: ManualTime())
         defer { f.close() }
         let app = HTTPServer.make(configuration: configuration, pipeline: f.pipeline, logger: .init(label: "test"), metricsText: { "" })
         try await app.test(.router) { client in try await body(client, f) }
@@ -187,6 +187,22 @@ import TestSupport
             a = try await send(client, "/api/v2/write?precision=s", "temperature,sensor_id=r,location=l value=1 5")
             #expect(a.status == 429 && a.headers[.retryAfter] != nil && a.body.contains("too many requests"))
             #expect(try f.stored().count == 2)
+        }
+    }
+
+    /// The log cannot write (disk full): 503 with Retry-After in InfluxDB's body, and the resend
+    /// once it can is stored once.
+    @Test func aFullDiskIs503AndTheResendLandsOnce() async throws {
+        let full = Gate(closed: true)
+        try await withApp(fileOperations: writes(while: full) { errno = ENOSPC; return true }) { client, f in
+            var a = try await send(client, "/api/v2/write?precision=s", lines)
+            #expect(a.status == 503 && a.headers[.retryAfter] != nil && a.body.contains("\"code\":\"unavailable\""), "\(a.body)")
+            a = try await send(client, "/write?db=d&precision=s", lines)
+            #expect(a.status == 503 && a.body.hasPrefix("{\"error\""))
+            full.open()
+            a = try await send(client, "/api/v2/write?precision=s", lines)
+            #expect(a.status == 204)
+            #expect(try f.stored().values.allSatisfy { $0 == 1 } && f.stored().count == 2)
         }
     }
 }
