@@ -3,6 +3,7 @@ import HTTPAPI
 public import Ingest
 import LogStore
 public import Metrics
+import MQTT
 public import Prometheus
 import Synchronization
 
@@ -11,7 +12,8 @@ import Synchronization
 /// `PrometheusMetricsFactory` registers every metric with empty help, and the registry keeps the
 /// first help text of a name (a later different one is a fatal error), so the text must go in at
 /// creation: this factory looks it up by name in the descriptions the code that creates each metric
-/// publishes (`IngestMetrics.descriptions`, `HTTPServer.metricDescriptions`, `DaemonMetrics`).
+/// publishes (`IngestMetrics.descriptions`, `HTTPServer.metricDescriptions`, `DaemonMetrics`,
+/// `MQTTIngestService.metricDescriptions`).
 public struct DescribedMetricsFactory: MetricsFactory {
     let registry: PrometheusCollectorRegistry
     /// For its bucket defaults and its `destroy…` methods, which unregister from the same registry.
@@ -20,6 +22,7 @@ public struct DescribedMetricsFactory: MetricsFactory {
 
     /// Every metric sensorlogd creates.
     public static let descriptions = IngestMetrics.descriptions + HTTPServer.metricDescriptions + DaemonMetrics.descriptions
+        + MQTTIngestService.metricDescriptions
 
     public init(registry: PrometheusCollectorRegistry, descriptions: [MetricDescription] = Self.descriptions) {
         self.registry = registry

@@ -2,6 +2,7 @@ import Foundation
 public import Ingest
 import LineProtocol
 import LogStore
+import Metrics
 public import Logging
 public import NIOCore
 public import NIOPosix
@@ -83,6 +84,12 @@ public final class MQTTIngestService: Service, Sendable {
     let sslContext: NIOSSLContext?
     private let channel = Mutex<(any Channel)?>(nil)
     private let connected = Atomic<Bool>(false)
+    private let connectedGauge = Gauge(label: "sensorlog_mqtt_connected")
+
+    /// The metrics of this service, with their help text.
+    public static let metricDescriptions = [
+        MetricDescription("sensorlog_mqtt_connected", help: "1 while sensorlogd is subscribed to its MQTT broker, else 0 (absent without --mqtt-url)."),
+    ]
 
     /// - Throws: a TLS configuration that cannot be loaded (the CA file).
     public init(configuration: MQTTConfiguration, pipeline: IngestPipeline, limits: Limits, logger: Logger,
@@ -94,10 +101,16 @@ public final class MQTTIngestService: Service, Sendable {
         self.logger = logger
         self.group = group
         pipeline.metrics.preregister(reasons: MQTTPayload.rejectionReasons, via: .mqtt)
+        connectedGauge.record(0)
     }
 
     /// Whether a session with the broker is up (subscribed).
     public var isConnected: Bool { connected.load(ordering: .relaxed) }
+
+    private func setConnected(_ up: Bool) {
+        connected.store(up, ordering: .relaxed)
+        connectedGauge.record(up ? 1 : 0)
+    }
 
     public func run() async throws {
         var backoff = Duration.seconds(1)
@@ -114,7 +127,7 @@ public final class MQTTIngestService: Service, Sendable {
                 try? await withTaskCancellationOrGracefulShutdownHandler {
                     try await closed.get()
                 } onCancelOrGracefulShutdown: { [self] in closeSession() }
-                connected.store(false, ordering: .relaxed)
+                setConnected(false)
                 if Task.isShuttingDownGracefully || Task.isCancelled { break }
                 // Only a connection that lasted resets the backoff: a broker that takes the
                 // session and drops it at once (another sensorlogd with the same client id) is
@@ -122,7 +135,7 @@ public final class MQTTIngestService: Service, Sendable {
                 if ContinuousClock.now - since > limits.mqttKeepAlive { backoff = .seconds(1) }
                 logger.warning("MQTT connection lost; reconnecting", metadata: ["broker": "\(configuration.host):\(configuration.port)"])
             } catch {
-                connected.store(false, ordering: .relaxed)
+                setConnected(false)
                 if Task.isShuttingDownGracefully || Task.isCancelled { break }
                 let text = "\(error)"
                 // Once per kind of failure, not once per retry: a broker down for an hour is one line.
@@ -166,7 +179,7 @@ public final class MQTTIngestService: Service, Sendable {
         self.channel.withLock { $0 = channel }
         do {
             let present = try await session.established.futureResult.get()
-            connected.store(true, ordering: .relaxed)
+            setConnected(true)
             logger.info("MQTT subscribed", metadata: [
                 "broker": "\(configuration.host):\(configuration.port)", "topics": "\(configuration.topics.joined(separator: ","))",
                 "client_id": "\(configuration.clientID)", "session_present": "\(present)",

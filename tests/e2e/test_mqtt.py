@@ -144,6 +144,7 @@ def test_the_broker_away_at_start_and_later(data_dir):
         while "cannot reach the MQTT broker" not in open(s.log_path).read():
             assert time.time() < deadline
             time.sleep(0.1)
+        assert s.metric("sensorlog_mqtt_connected") == 0
         b = Broker(port)
         try:
             pub = publisher(port, "late-publisher")
@@ -153,6 +154,7 @@ def test_the_broker_away_at_start_and_later(data_dir):
                 time.sleep(0.1)
             pub.publish("sensors/late", f"temperature,sensor_id=late,location=l value=1 {T0}", qos=1).wait_for_publish(30)
             s.wait_metric("sensorlog_readings_ingested_total", 1, transport="mqtt")
+            assert s.metric("sensorlog_mqtt_connected") == 1
             # The broker goes and comes back (without its sessions: persistence is off here), and
             # sensorlogd subscribes again by itself.
             b.stop()
