@@ -66,7 +66,7 @@ final class LineProtocolRoutes: Sendable {
         } catch {
             context.logger.error("append failed", metadata: ["error": "\(error)"])
             var api = APIError(.serviceUnavailable, code: error.code == .diskFull ? "disk_full" : "log_unavailable",
-                               "the log cannot accept writes right now; retry later (retries are deduplicated)")
+                               "the log cannot accept writes right now; retry later (lines with timestamps are deduplicated)")
             api.headers[.retryAfter] = String(limits.retryAfterSeconds)
             throw api
         }
