@@ -106,6 +106,7 @@ public enum HTTPServer {
         }
         QueryRoutes(log: pipeline.log, aggregator: aggregator,
                     reader: AggregateReader(path: DataLayout(pipeline.log.dataDirectory).aggregates)).add(to: routes)
+        GroupRoutes(log: pipeline.log).add(to: routes, maxBodyBytes: configuration.limits.maxBodyBytes)
         if let admin { AdminRoutes.add(admin, to: routes, maxBodyBytes: configuration.limits.maxBodyBytes) }
         routes.get("/metrics") { _, _ -> Response in
             Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],

@@ -92,6 +92,11 @@ struct Routes {
         table.add(.post, path)
         router.post(RouterPath(path), use: handler)
     }
+
+    func delete(_ path: String, use handler: @escaping Handler) {
+        table.add(.delete, path)
+        router.delete(RouterPath(path), use: handler)
+    }
 }
 
 /// Path patterns (`:name` matches one segment) and their methods.
@@ -321,11 +326,14 @@ struct APIKeyMiddleware: RouterMiddleware {
         return influx ? request.uri.queryParameters.get("p") : nil
     }
 
-    /// The role a route needs: `/admin/` admin, a write ingest, anything else read. The admin
-    /// routes check the admin role again themselves (`AdminRoutes.authorize`): the router
-    /// matches paths this prefix test does not (`//admin/…`).
+    /// The role a route needs: `/admin/` admin, `/groups` read (a consumer's own doors), a write
+    /// ingest, anything else read. The admin routes check the admin role again themselves
+    /// (`AdminRoutes.authorize`): the router matches paths this prefix test does not (`//admin/…`).
     static func role(method: HTTPRequest.Method, path: String) -> APIRole {
-        if path.split(separator: "/").first == "admin" { return .admin }
+        let first = path.split(separator: "/").first
+        if first == "admin" { return .admin }
+        // A consumer reads: creating its group, committing and deleting are part of reading.
+        if first == "groups" { return .read }
         return method == .post ? .ingest : .read
     }
 

@@ -31,6 +31,9 @@ public struct ConsumerGroups: Sendable {
         case timestamp(Int64)
     }
 
+    /// Whether `name` may name a group: 1-128 letters, digits, `-`, `_`, `.` (a file name).
+    public static func isValidName(_ name: String) -> Bool { validName(name) }
+
     static func validName(_ name: String) -> Bool {
         !name.isEmpty && name.utf8.count <= 128
             && name.utf8.allSatisfy { ($0 >= 48 && $0 <= 57) || ($0 >= 65 && $0 <= 90) || ($0 >= 97 && $0 <= 122) || $0 == 45 || $0 == 95 || $0 == 46 }
@@ -67,6 +70,20 @@ public struct ConsumerGroups: Sendable {
         }
         let text = "{\"offsets\":[" + offsets.map(String.init).joined(separator: ",") + "]}\n"
         try SegmentFiles.writeAtomically(Array(text.utf8), to: file.path, directory: directory, displayPath: file.display)
+    }
+
+    /// Deletes `group`'s committed offsets, durably.
+    /// - Returns: false when it had none.
+    public func delete(_ group: String) throws(LogError) -> Bool {
+        guard Self.validName(group) else { throw LogError(.invalidArgument, "bad group name '\(group)'") }
+        guard group != "aggregator" else { throw LogError(.invalidArgument, "the aggregator group is sensorlogd's own") }
+        let file = DataLayout(dataDirectory).group(group)
+        guard unlink(file.path) == 0 else {
+            if errno == ENOENT { return false }
+            throw LogError(.io, "cannot delete the group's offsets: \(String(cString: strerror(errno)))", path: file.display)
+        }
+        try syncDirectory(directory, display: file.display)
+        return true
     }
 
     /// The offsets a reset of `group` to `target` gives, for `partition` or all of them.

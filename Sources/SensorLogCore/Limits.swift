@@ -88,6 +88,10 @@ public struct Limits: Sendable, Equatable {
     /// Page size of `/aggregates` and `/sensors/{id}/readings` when none is asked, and the most.
     public var defaultPageSize = 1000
     public var maxPageSize = 10_000
+    /// The longest a consumer's `GET /groups/{g}/records` waits for records (`wait_ms`).
+    public var maxRecordsWait: Duration = .seconds(30)
+    /// How often a waiting records request looks for new records.
+    public var recordsPollInterval: Duration = .milliseconds(5)
     /// Batches one page of a sensor's readings looks at, at most (bounds one request's work).
     public var maxBatchesPerPage = 4096
     /// Readings the aggregator folds from one partition before it turns to the next.
