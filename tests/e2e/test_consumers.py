@@ -82,7 +82,12 @@ def test_at_least_once_by_commit(server):
 def test_a_hostile_consumer_moves_nothing(server):
     write(server, "h", 100)
     assert call(server, "POST", "/groups", {"group": "h", "start": "earliest"})[0] == 201
-    before = call(server, "GET", "/groups")[1]
+    def groups():
+        # Everything but the aggregator's offsets, which move as it folds.
+        return {g["group"]: [p["committed"] for p in g["partitions"]] for g in call(server, "GET", "/groups")[1]["groups"]
+                if g["group"] != "aggregator"}
+
+    before = groups()
     for route in ["/groups/h/records?partition=0&max=1000000", "/groups/h/records?partition=0&from=-5",
                   "/groups/h/records?partition=99", "/groups/h/records", "/groups/h/records?partition=0&wait_ms=99999999",
                   "/groups/h/records?partition=0&from=999999999"]:
@@ -97,7 +102,7 @@ def test_a_hostile_consumer_moves_nothing(server):
     assert call(server, "POST", "/groups", {"group": "../etc", "start": "earliest"})[0] == 400
     assert call(server, "POST", "/groups", {"group": "h2", "start": "tomorrow"})[0] == 400
     assert call(server, "GET", "/groups/nobody/records?partition=0")[0] == 404
-    assert call(server, "GET", "/groups")[1] == before
+    assert groups() == before
 
 
 def test_a_consumer_needs_the_read_role(data_dir):
