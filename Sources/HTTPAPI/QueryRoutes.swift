@@ -61,7 +61,8 @@ final class AggregateReader: @unchecked Sendable {
     }
 }
 
-/// `GET /groups`, `/sensors/{id}/aggregates`, `/aggregates`, `/sensors/{id}/readings`.
+/// `GET /groups`, `/sensors` (the catalogue), `/sensors/{id}`, `/sensors/{id}/aggregates`,
+/// `/aggregates`, `/sensors/{id}/readings`.
 struct QueryRoutes: Sendable {
     let log: Log
     let aggregator: AggregatorService?
@@ -104,9 +105,35 @@ struct QueryRoutes: Sendable {
         }
     }
 
+    struct Sensors: Encodable {
+        var sensors: [SensorSummary]
+        var nextCursor: String?
+        enum CodingKeys: String, CodingKey { case sensors, nextCursor = "next_cursor" }
+
+        func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(sensors, forKey: .sensors)
+            try c.encode(nextCursor, forKey: .nextCursor)
+        }
+    }
+
     func add(to router: Routes) {
         router.get("/groups") { _, _ -> Response in
             JSONBody.response(.ok, Groups(groups: GroupLag.all(log: log, aggregator: aggregator)))
+        }
+        router.get("/sensors") { request, _ -> Response in
+            let q = request.uri.queryParameters
+            let limit = try Self.limit(request, default: log.configuration.limits.defaultPageSize, max: log.configuration.limits.maxPageSize)
+            let filter = SensorFilter(type: q["type"].map(String.init), location: q["location"].map(String.init), prefix: q["prefix"].map(String.init))
+            let rows = try storeRead { try $0.sensors(filter, after: q["cursor"].map(String.init), limit: limit) }
+            return JSONBody.response(.ok, Sensors(sensors: rows, nextCursor: rows.count == limit ? rows.last?.sensorID : nil))
+        }
+        router.get("/sensors/:id") { _, context -> Response in
+            let id = try context.parameters.require("id")
+            guard let sensor = try storeRead({ try $0.sensor(id) }) else {
+                throw APIError(.notFound, code: "unknown_sensor", "no readings of sensor \(id) are aggregated")
+            }
+            return JSONBody.response(.ok, sensor)
         }
         router.get("/sensors/:id/aggregates") { request, context -> Response in
             let id = try context.parameters.require("id")
