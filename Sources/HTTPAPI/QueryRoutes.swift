@@ -69,18 +69,6 @@ struct QueryRoutes: Sendable {
     let reader: AggregateReader
 
     struct Groups: Encodable { var groups: [GroupLag] }
-    struct Aggregates: Encodable {
-        var aggregates: [Aggregate]
-        var nextCursor: String?
-        enum CodingKeys: String, CodingKey { case aggregates, nextCursor = "next_cursor" }
-
-        // `next_cursor` is always present: null on the last page.
-        func encode(to encoder: any Encoder) throws {
-            var c = encoder.container(keyedBy: CodingKeys.self)
-            try c.encode(aggregates, forKey: .aggregates)
-            try c.encode(nextCursor, forKey: .nextCursor)
-        }
-    }
     struct ReadingJSON: Encodable {
         var sensorID: String
         var type: String
@@ -93,27 +81,24 @@ struct QueryRoutes: Sendable {
             case sensorID = "sensor_id", type, value, location, timestamp, partition, offset
         }
     }
-    struct Readings: Encodable {
-        var readings: [ReadingJSON]
+    /// A page of a list: `{"<name>":[…],"next_cursor":…}`, `next_cursor` always present (null on
+    /// the last page).
+    struct Page<Item: Encodable>: Encodable {
+        let name: String
+        var items: [Item]
         var nextCursor: String?
-        enum CodingKeys: String, CodingKey { case readings, nextCursor = "next_cursor" }
 
-        func encode(to encoder: any Encoder) throws {
-            var c = encoder.container(keyedBy: CodingKeys.self)
-            try c.encode(readings, forKey: .readings)
-            try c.encode(nextCursor, forKey: .nextCursor)
+        struct Key: CodingKey {
+            var stringValue: String
+            init(stringValue: String) { self.stringValue = stringValue }
+            var intValue: Int? { nil }
+            init?(intValue: Int) { nil }
         }
-    }
-
-    struct Sensors: Encodable {
-        var sensors: [SensorSummary]
-        var nextCursor: String?
-        enum CodingKeys: String, CodingKey { case sensors, nextCursor = "next_cursor" }
 
         func encode(to encoder: any Encoder) throws {
-            var c = encoder.container(keyedBy: CodingKeys.self)
-            try c.encode(sensors, forKey: .sensors)
-            try c.encode(nextCursor, forKey: .nextCursor)
+            var c = encoder.container(keyedBy: Key.self)
+            try c.encode(items, forKey: Key(stringValue: name))
+            try c.encode(nextCursor, forKey: Key(stringValue: "next_cursor"))
         }
     }
 
@@ -126,7 +111,7 @@ struct QueryRoutes: Sendable {
             let limit = try Self.limit(request, default: log.configuration.limits.defaultPageSize, max: log.configuration.limits.maxPageSize)
             let filter = SensorFilter(type: q["type"].map(String.init), location: q["location"].map(String.init), prefix: q["prefix"].map(String.init))
             let rows = try storeRead { try $0.sensors(filter, after: q["cursor"].map(String.init), limit: limit) }
-            return JSONBody.response(.ok, Sensors(sensors: rows, nextCursor: rows.count == limit ? rows.last?.sensorID : nil))
+            return JSONBody.response(.ok, Page(name: "sensors", items: rows, nextCursor: rows.count == limit ? rows.last?.sensorID : nil))
         }
         router.get("/sensors/:id") { _, context -> Response in
             let id = try context.parameters.require("id")
@@ -139,7 +124,7 @@ struct QueryRoutes: Sendable {
             let id = try context.parameters.require("id")
             let (from, to) = try Self.range(request)
             let rows = try storeRead { try $0.aggregates(sensorID: id, from: from, to: to) }
-            return JSONBody.response(.ok, Aggregates(aggregates: rows, nextCursor: nil))
+            return JSONBody.response(.ok, Page(name: "aggregates", items: rows, nextCursor: nil))
         }
         router.get("/aggregates") { request, _ -> Response in
             let (from, to) = try Self.range(request)
@@ -157,7 +142,7 @@ struct QueryRoutes: Sendable {
             let location = q["location"].map(String.init)
             let rows = try storeRead { try $0.aggregates(from: from, to: to, type: type, location: location, after: cursor, limit: limit) }
             let next = rows.count == limit ? rows.last.map { $0.hourBucket + "|" + $0.sensorID } : nil
-            return JSONBody.response(.ok, Aggregates(aggregates: rows, nextCursor: next))
+            return JSONBody.response(.ok, Page(name: "aggregates", items: rows, nextCursor: next))
         }
         router.get("/sensors/:id/readings") { request, context -> Response in
             let id = try context.parameters.require("id")
@@ -182,7 +167,7 @@ struct QueryRoutes: Sendable {
                 ReadingJSON(sensorID: $0.reading.sensorID, type: $0.reading.type, value: $0.reading.value, location: $0.reading.location,
                             timestamp: Timestamp.formatISO8601($0.reading.timestamp), partition: $0.partition, offset: $0.offset)
             }
-            return JSONBody.response(.ok, Readings(readings: readings, nextCursor: scan.next.map(String.init)))
+            return JSONBody.response(.ok, Page(name: "readings", items: readings, nextCursor: scan.next.map(String.init)))
         }
     }
 
