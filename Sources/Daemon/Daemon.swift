@@ -24,8 +24,9 @@ public struct DaemonError: Error, CustomStringConvertible {
 /// or `stop()`, then shuts the services down in the reverse of `serviceOrder`.
 public final class Daemon: Sendable {
     /// The services in start order; shutdown runs in reverse: HTTP, MQTT (acknowledges what it
-    /// wrote, leaves the rest with the broker), the line protocol (drains what it read into the log), maintenance (stops its job), the aggregator (commits what it
-    /// folded), the log (fsync, close).
+    /// wrote, leaves the rest with the broker), the line protocol (drains what it read into the
+    /// log), maintenance (stops its job), the aggregator (commits what it folded), the log
+    /// (fsync, close).
     public static let serviceOrder = ["log", "aggregator", "maintenance", "admin", "line protocol", "mqtt", "http"]
 
     public let configuration: DaemonConfiguration
@@ -92,6 +93,13 @@ public final class Daemon: Sendable {
         } catch {
             throw fail(.ioError, "cannot open the aggregates store", error)
         }
+        // Before any listener binds: a refusal here leaves nothing open.
+        let mqtt: any Service
+        do {
+            mqtt = try c.mqtt.map { try MQTTIngestService(configuration: $0, pipeline: pipeline, limits: c.limits, logger: logger) } ?? IdleService()
+        } catch {
+            throw fail(.usage, "cannot load the MQTT TLS configuration (--mqtt-ca-file)", error)
+        }
         let tcpHost = Access.lineProtocolHost(c)
         Access.log(c, tcpHost: tcpHost, logger: logger)
         let tcp = LineProtocolServer(configuration: .init(host: tcpHost, port: c.tcpPort, limits: c.limits, keys: c.lineProtocolKeys),
@@ -103,12 +111,6 @@ public final class Daemon: Sendable {
         } catch {
             try? log.close()
             throw listenFailure("line protocol", host: tcpHost, port: c.tcpPort, error: error, logger: logger)
-        }
-        let mqtt: any Service
-        do {
-            mqtt = try c.mqtt.map { try MQTTIngestService(configuration: $0, pipeline: pipeline, limits: c.limits, logger: logger) } ?? IdleService()
-        } catch {
-            throw fail(.usage, "cannot load the MQTT TLS configuration (--mqtt-ca-file)", error)
         }
         let http = ListeningService<HTTPServer.App>()
         let daemon = Daemon(configuration: c, log: log, pipeline: pipeline, aggregator: aggregator, tcp: tcp, tcpPort: tcpPort,
