@@ -48,6 +48,19 @@ ensure_python_venv() {
   fi
 }
 
+# Installs packages that ship a daemon without starting it: policy-rc.d 101 keeps apt from
+# starting their services (the tests start their own, on free ports).
+apt_install_stopped() {
+  local policy=/usr/sbin/policy-rc.d created=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+    as_root chmod +x "$policy"
+    created=1
+  fi
+  apt_install --no-install-recommends "$@"
+  if [ "$created" -eq 1 ]; then as_root rm -f "$policy"; fi
+}
+
 # The real third parties the end-to-end tests run against: Debian's influxdb (1.6, the
 # differential test of the line protocol) and mosquitto (the MQTT door). Their services are not
 # started: each test starts its own on a free loopback port.
@@ -57,14 +70,7 @@ ensure_test_peers() {
   command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
   [ ${#missing[@]} -eq 0 ] && return 0
   echo "installing ${missing[*]} (apt-get)" >&2
-  local policy=/usr/sbin/policy-rc.d created=0
-  if [ ! -e "$policy" ]; then
-    printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
-    as_root chmod +x "$policy"
-    created=1
-  fi
-  apt_install --no-install-recommends "${missing[@]}"
-  if [ "$created" -eq 1 ]; then as_root rm -f "$policy"; fi
+  apt_install_stopped "${missing[@]}"
 }
 
 # promtool, which checks the /metrics exposition (tools/check-docs, tests/e2e): from Debian's
@@ -72,13 +78,5 @@ ensure_test_peers() {
 ensure_promtool() {
   command -v promtool >/dev/null 2>&1 && return 0
   echo "installing prometheus for promtool (apt-get)" >&2
-  # policy-rc.d 101 keeps apt from starting the prometheus daemons it installs.
-  local policy=/usr/sbin/policy-rc.d created=0
-  if [ ! -e "$policy" ]; then
-    printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
-    as_root chmod +x "$policy"
-    created=1
-  fi
-  apt_install --no-install-recommends prometheus
-  if [ "$created" -eq 1 ]; then as_root rm -f "$policy"; fi
+  apt_install_stopped prometheus
 }

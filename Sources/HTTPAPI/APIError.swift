@@ -1,5 +1,6 @@
 import Foundation
 import HTTPTypes
+import LogStore
 public import Hummingbird
 
 /// Every error the API answers with: `{"error":{"code","message","field","index"}}`, never
@@ -23,6 +24,15 @@ public struct APIError: Error, HTTPResponseError, Sendable {
         self.message = message
         self.field = field
         self.index = index
+    }
+
+    /// 503 for an append the log refused (disk full, I/O), with `Retry-After`; `retry` says which
+    /// resends the dedupe makes safe.
+    static func logRefused(_ error: LogError, retryAfterSeconds: Int, retry: String) -> APIError {
+        var api = APIError(.serviceUnavailable, code: error.code == .diskFull ? "disk_full" : "log_unavailable",
+                           "the log cannot accept writes right now; retry later (\(retry))")
+        api.headers[.retryAfter] = String(retryAfterSeconds)
+        return api
     }
 
     struct Body: Encodable {

@@ -65,10 +65,7 @@ final class LineProtocolRoutes: Sendable {
             submitted = try await pipeline.submit(parsed, via: .httpLineProtocol)
         } catch {
             context.logger.error("append failed", metadata: ["error": "\(error)"])
-            var api = APIError(.serviceUnavailable, code: error.code == .diskFull ? "disk_full" : "log_unavailable",
-                               "the log cannot accept writes right now; retry later (lines with timestamps are deduplicated)")
-            api.headers[.retryAfter] = String(limits.retryAfterSeconds)
-            throw api
+            throw APIError.logRefused(error, retryAfterSeconds: limits.retryAfterSeconds, retry: "lines with timestamps are deduplicated")
         }
         if let refusal = submitted.firstRefusal { throw Self.partialWrite(refusal, submitted) }
         var response = Response(status: .noContent, headers: [Self.versionHeader: Self.influxVersion])
@@ -140,12 +137,11 @@ final class LineProtocolRoutes: Sendable {
     }
 
     private func takeTokens(_ count: Int, _ context: SensorRequestContext) throws {
-        guard let rateLimiter, count > 0 else { return }
-        let client = context.apiKey ?? context.remoteAddress?.ipAddress ?? "unknown"
-        if let wait = rateLimiter.take(count, client: client) {
-            var error = APIError(.tooManyRequests, code: "rate_limited", "over \(Int(rateLimiter.rate)) readings a second")
-            error.headers[.retryAfter] = String(wait)
-            pipeline.metrics.rejected(count, via: .httpLineProtocol, reason: "rate_limited")
+        guard count > 0 else { return }
+        do {
+            try rateLimiter?.admit(count, context)
+        } catch {
+            pipeline.metrics.rejected(count, via: .httpLineProtocol, reason: error.code)
             throw error
         }
     }

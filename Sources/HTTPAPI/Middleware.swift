@@ -350,6 +350,18 @@ struct APIKeyMiddleware: RouterMiddleware {
     }
 }
 
+extension RateLimiter {
+    /// Takes `count` readings from the bucket of the request's key (or address, without keys).
+    /// - Throws: 429 `rate_limited` with `Retry-After` when the bucket is short.
+    func admit(_ count: Int, _ context: SensorRequestContext) throws(APIError) {
+        let client = context.apiKey ?? context.remoteAddress?.ipAddress ?? "unknown"
+        guard let wait = take(count, client: client) else { return }
+        var error = APIError(.tooManyRequests, code: "rate_limited", "over \(Int(rate)) readings a second")
+        error.headers[.retryAfter] = String(wait)
+        throw error
+    }
+}
+
 /// A token bucket per API key (or per client address when keys are off): `rate` readings a
 /// second, bursts up to one second's worth.
 final class RateLimiter: Sendable {

@@ -75,13 +75,10 @@ struct SensorDataRoute: Sendable {
             throw reject(APIError(.badRequest, code: "invalid_json", "body is not a JSON reading or array of readings"), count: 1)
         }
 
-        if let rateLimiter {
-            let client = context.apiKey ?? context.remoteAddress?.ipAddress ?? "unknown"
-            if let wait = rateLimiter.take(readings.count, client: client) {
-                var error = APIError(.tooManyRequests, code: "rate_limited", "over \(Int(rateLimiter.rate)) readings a second")
-                error.headers[.retryAfter] = String(wait)
-                throw reject(error, count: readings.count)
-            }
+        do {
+            try rateLimiter?.admit(readings.count, context)
+        } catch {
+            throw reject(error, count: readings.count)
         }
 
         let outcomes: [IngestOutcome]
@@ -102,10 +99,7 @@ struct SensorDataRoute: Sendable {
             throw error
         } catch let error as LogError {
             context.logger.error("append failed", metadata: ["error": "\(error)"])
-            var api = APIError(.serviceUnavailable, code: error.code == .diskFull ? "disk_full" : "log_unavailable",
-                               "the log cannot accept writes right now; retry later (retries are deduplicated)")
-            api.headers[.retryAfter] = String(limits.retryAfterSeconds)
-            throw api
+            throw APIError.logRefused(error, retryAfterSeconds: limits.retryAfterSeconds, retry: "retries are deduplicated")
         }
 
         if !isArray {
