@@ -70,10 +70,10 @@ def wait_healthy(http, seconds=30):
 
 
 class Sensorlogd:
-    def __init__(self, *extra):
+    def __init__(self, *extra, binary=None):
         self.dir = tempfile.mkdtemp(prefix="bench-sensorlog-")
         self.tcp, self.http = free_port(), free_port()
-        self.proc = subprocess.Popen([os.path.join(BIN, "sensorlogd"), "--data-dir", self.dir, "--tcp-port", str(self.tcp),
+        self.proc = subprocess.Popen([binary or os.path.join(BIN, "sensorlogd"), "--data-dir", self.dir, "--tcp-port", str(self.tcp),
                                       "--http-port", str(self.http), "--log-level", "warning", *extra],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_healthy(self.http)

@@ -11,7 +11,8 @@ import Synchronization
 /// The server's own maintenance, one job at a time (so a compaction never swaps segments that
 /// retention is deleting): every `Limits.maintenanceInterval` a retention pass
 /// (`--retention-time`, `--retention-bytes`; `Log.applyRetention`), then a background compaction
-/// pass (`--compaction`; `Log.compactOnline`), each on a thread of its own.
+/// pass (`--compaction`; `Log.compactOnline`), then the sensor indexes closed segments lack
+/// (`Log.writeSensorIndexes`, also at start), each on a thread of its own.
 ///
 /// The aggregator holds retention back: what it has not folded is never deleted (the pass
 /// waits, logs why once, and sets `sensorlog_retention_blocked`). Other consumer groups do not,
@@ -27,6 +28,7 @@ public final class MaintenanceService: Service, Sendable {
     let metrics: RetentionMetrics
     public let compacts: Bool
     let compaction: CompactionJob
+    let sensorIndexes: SensorIndexJob
     /// Partitions held back at the last pass, so the reason is logged once per episode.
     private let blocked = Mutex<Set<Int>>([])
     /// Held by whatever changes segments (a pass here, an admin job), so that two never do at
@@ -44,14 +46,12 @@ public final class MaintenanceService: Service, Sendable {
         self.logger = logger
         metrics = RetentionMetrics(partitions: log.partitions.count)
         compaction = CompactionJob(log: log, logger: logger)
+        sensorIndexes = SensorIndexJob(log: log, logger: logger)
     }
 
     public func run() async throws {
-        guard !policy.isOff || compacts else {
-            try? await gracefulShutdown()
-            return
-        }
         let interval = log.configuration.limits.maintenanceInterval
+        await writeSensorIndexes()
         while true {
             do {
                 try await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
@@ -66,6 +66,15 @@ public final class MaintenanceService: Service, Sendable {
                     await withGracefulShutdownHandler { await job.run() } onGracefulShutdown: { job.stop() }
                 }
             }
+            await writeSensorIndexes()
+        }
+    }
+
+    /// Writes the `.sensors` files closed segments lack, stopping between segments at shutdown.
+    public func writeSensorIndexes() async {
+        let job = sensorIndexes
+        await segmentWork.run {
+            await withGracefulShutdownHandler { await job.run() } onGracefulShutdown: { job.stop() }
         }
     }
 

@@ -82,6 +82,7 @@ enum DaemonMetrics {
         MetricDescription("sensorlog_maintenance_jobs_total", help: "Maintenance jobs run inside the server, by job and outcome."),
         MetricDescription("sensorlog_maintenance_job_duration_seconds", help: "Duration of maintenance jobs inside the server, by job."),
         MetricDescription("sensorlog_compaction_segments_rewritten_total", help: "Closed segments background compaction rewrote."),
+        MetricDescription("sensorlog_sensor_index_files_written_total", help: "Sensor index files written for closed segments that lacked one."),
         MetricDescription("sensorlog_compaction_bytes_read_total", help: "Bytes of the segments background compaction rewrote."),
         MetricDescription("sensorlog_compaction_bytes_written_total", help: "Bytes of the segments background compaction wrote in their place."),
         MetricDescription("sensorlog_consumer_group_skipped_total",

@@ -140,6 +140,19 @@ struct ByteReader {
         return Int64(bitPattern: v >> 1) ^ -Int64(bitPattern: v & 1)
     }
 
+    /// Moves past `n` varints without decoding them (each ends at its first byte below 0x80).
+    mutating func skipVarints(_ n: Int) throws(DecodeError) {
+        var left = n
+        var p = position
+        let end = bytes.count
+        while left > 0 {
+            guard p < end else { throw DecodeError("varint runs past the payload") }
+            if bytes[p] < 0x80 { left -= 1 }
+            p += 1
+        }
+        position = p
+    }
+
     mutating func readLittleEndian<T: FixedWidthInteger>(_: T.Type) throws(DecodeError) -> T {
         let size = MemoryLayout<T>.size
         guard remaining >= size else { throw DecodeError("payload ends early") }

@@ -239,6 +239,11 @@ public enum Compactor {
     /// Moves a compacted segment's pending files over its names: the indexes first, so the log
     /// renamed last marks the new segment complete. Skips what was moved already.
     static func renamePending(_ merged: SegmentPaths, _ ops: FileOperations) throws(LogError) {
+        // The sensor index of the segment being replaced would describe other batches; the new
+        // one's is written by the next maintenance pass (a reader builds it meanwhile).
+        if FileManager.default.fileExists(atPath: merged.log + pendingSuffix) {
+            try ops.remove(merged.sensorIndex, display: merged.sensorIndexDisplay)
+        }
         for path in [merged.offsetIndex, merged.timeIndex, merged.log] where FileManager.default.fileExists(atPath: path + pendingSuffix) {
             try ops.rename(path + pendingSuffix, to: path, display: merged.display + pendingSuffix)
         }

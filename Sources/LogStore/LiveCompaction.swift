@@ -229,7 +229,7 @@ extension Log {
         var repair = PartitionRepair(partition: p)
         var firstRemoved: Int64?
         let damaged = found.damagedSegments
-        let indexProblems = Set(found.problems.map(\.path).filter(SegmentPaths.isOffsetIndexDisplay))
+        let indexProblems = Set(found.problems.map(\.path).filter(SegmentPaths.isIndexDisplay))
         let (closed, active) = partitions[p].retentionView()
         var seen: Set<String> = []
         for segment in closed {
@@ -244,6 +244,9 @@ extension Log {
                 } else if indexProblems.contains(paths.offsetIndexDisplay) {
                     try rebuildIndexFilesOnline(partition: p, segment: segment.baseOffset)
                     repair.done.append("\(paths.offsetIndexDisplay): rebuilt from the segment while serving")
+                } else if indexProblems.contains(paths.sensorIndexDisplay) {
+                    try partitions[p].rewriteSensorIndex(segment)
+                    repair.done.append("\(paths.sensorIndexDisplay): rebuilt from the segment while serving")
                 }
             } catch {
                 repair.failed.append("\(paths.display): \(error)")

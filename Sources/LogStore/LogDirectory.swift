@@ -49,6 +49,23 @@ final class ReadOnlyPartition: PartitionView, @unchecked Sendable {
             }
         }
     }
+
+    /// From the segment's `.sensors` file when it matches the file opened, or else from a walk
+    /// over the segment (up to its last complete batch: it may be a running server's active one).
+    func openSensorIndexed(_ base: Int64, sensorID: String) throws(LogError) -> (segment: Segment, batches: [SensorIndex.BatchRef])? {
+        let segment = try openSegment(base)
+        let size = try segment.file.size()
+        if let bytes = SegmentFiles.readWholeFile(segment.paths.sensorIndex),
+           let index = SensorIndex.parse(bytes, segmentSize: size, records: nil)
+        {
+            return index.batches(holding: sensorID).map { (segment, $0) }
+        }
+        var index = SensorIndex()
+        guard try SensorIndexCache.extend(&index, segment: segment, base: base, until: nil, size: size, openTail: true, decoder: BatchDecoder(),
+                                          buffer: GrowableBuffer(capacity: 64 << 10))
+        else { return nil }
+        return index.batches(holding: sensorID).map { (segment, $0) }
+    }
 }
 
 /// Read-only access to a data directory, safe while sensorlogd writes to it.

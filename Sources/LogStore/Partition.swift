@@ -73,6 +73,9 @@ protocol PartitionView: AnyObject, Sendable {
     /// swaps the segment meanwhile leaves the caller with the old file and the old index (or
     /// the new and the new), never one of each.
     func openIndexed(_ base: Int64) throws(LogError) -> (Segment, SegmentIndex?)
+    /// Opens segment `base` with the batches of it that may hold `sensorID`, as one consistent
+    /// pair (as `openIndexed`); nil when the segment cannot be indexed now (a damaged batch).
+    func openSensorIndexed(_ base: Int64, sensorID: String) throws(LogError) -> (segment: Segment, batches: [SensorIndex.BatchRef])?
     /// Deleted sensors whose readings readers leave out (the live partition's); nil for files
     /// read from outside the server.
     var deletionMask: DeletionMask? { get }
@@ -112,6 +115,8 @@ public final class Partition: PartitionView, CommittedPartition, @unchecked Send
     /// Sensors deleted while their readings may still be in the files.
     public let deletions = DeletionMask()
     var deletionMask: DeletionMask? { deletions }
+    /// Which batches hold each sensor, per segment.
+    let sensorIndexes: SensorIndexCache
 
     init(
         id: Int, directory: String, displayDirectory: String, limits: Limits, committer: any Committer,
@@ -124,6 +129,7 @@ public final class Partition: PartitionView, CommittedPartition, @unchecked Send
         self.limits = limits
         self.fileOperations = fileOperations
         self.onSync = onSync
+        sensorIndexes = SensorIndexCache(budget: limits.sensorIndexCacheBytes)
 
         let loaded = try PartitionLoader(
             id: id, paths: PartitionPaths(directory: directory, display: displayDirectory), limits: limits, ops: fileOperations
@@ -408,6 +414,29 @@ public final class Partition: PartitionView, CommittedPartition, @unchecked Send
             let segment = try openSegment(base)
             let index = index(forSegment: base)
             if condition.withLock({ swaps }) == before { return (segment, index) }
+        }
+    }
+
+    /// The segment's shape and the swap count, read together so that a file opened after them
+    /// and found under the same count is the one the shape describes.
+    /// - Returns: nil when the partition no longer lists `base`.
+    func sensorIndexState(_ base: Int64) -> (closed: SensorIndexCache.Shape?, swaps: Int)? {
+        condition.withLock {
+            if base == active.baseOffset { return (nil, swaps) }
+            guard let c = closedSegments.first(where: { $0.baseOffset == base }) else { return nil }
+            return (SensorIndexCache.Shape(size: c.size, records: c.nextOffset - base), swaps)
+        }
+    }
+
+    func openSensorIndexed(_ base: Int64, sensorID: String) throws(LogError) -> (segment: Segment, batches: [SensorIndex.BatchRef])? {
+        while true {
+            guard let (closed, before) = sensorIndexState(base) else { return nil }
+            let segment = try openSegment(base)
+            let end = endOffset
+            let refs = try sensorIndexes.batches(holding: sensorID, segment: base, closed: closed, visibleEnd: end,
+                                                 paths: segmentPaths(base), open: { segment })
+            if condition.withLock({ swaps }) == before { return refs.map { (segment, $0) } }
+            sensorIndexes.forget(base)  // it may describe the file the swap replaced
         }
     }
 

@@ -19,6 +19,11 @@ public final class PartitionReader {
     private let buffer = GrowableBuffer(capacity: 64 << 10)
     private let decoder = BatchDecoder()
     private var scratch = DecodedBatch()
+    /// What a sensor scan through the indexes reads batches with.
+    let indexedBuffer = GrowableBuffer(capacity: 64 << 10)
+    let indexedDecoder = BatchDecoder()
+    /// Whether the last sensor scan read through the sensor indexes (tests, benchmarks).
+    public internal(set) var lastScanUsedIndex = false
 
     /// The partition read.
     public let partitionID: Int
@@ -64,6 +69,12 @@ public final class PartitionReader {
         guard let header = try nextVerifiedBatch() else { return nil }
         nextOffset = header.nextOffset
         return (header, buffer.bytes, segment!.paths.display, position - Int64(header.length))
+    }
+
+    /// Goes on from `offset` (the next read seeks to it afresh).
+    func reposition(to offset: Int64) {
+        nextOffset = offset
+        segment = nil
     }
 
     private func nextVerifiedBatch() throws(LogError) -> BatchHeader? {

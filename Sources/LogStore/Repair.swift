@@ -43,7 +43,7 @@ extension LogDirectory {
             return repair
         }
         let damaged = found.damagedSegments
-        let indexProblems = Set(found.problems.map(\.path).filter(SegmentPaths.isOffsetIndexDisplay))
+        let indexProblems = Set(found.problems.map(\.path).filter(SegmentPaths.isIndexDisplay))
         for (i, base) in bases.enumerated() {
             let paths = view.segmentPaths(base)
             let display = paths.display
@@ -58,6 +58,9 @@ extension LogDirectory {
                 } else if next != nil, indexProblems.contains(paths.offsetIndexDisplay) {
                     try rebuildIndexFiles(partition: found.partition, segment: base, held: lock)
                     repair.done.append("\(paths.offsetIndexDisplay): rebuilt from the segment")
+                } else if let next, indexProblems.contains(paths.sensorIndexDisplay) {
+                    try rebuildSensorIndex(partition: found.partition, segment: base, end: next, held: lock)
+                    repair.done.append("\(paths.sensorIndexDisplay): rebuilt from the segment")
                 }
             } catch {
                 repair.failed.append("\(display): \(error)")

@@ -22,14 +22,16 @@ struct SegmentPaths: Sendable {
     var log: String { stem + SegmentFiles.logSuffix }
     var offsetIndex: String { stem + SegmentFiles.offsetIndexSuffix }
     var timeIndex: String { stem + SegmentFiles.timeIndexSuffix }
+    var sensorIndex: String { stem + SegmentFiles.sensorIndexSuffix }
     /// Every file of the segment, the log first.
-    var files: [String] { [log, offsetIndex, timeIndex] }
+    var files: [String] { [log, offsetIndex, timeIndex, sensorIndex] }
     /// Bytes of the segment's files on disk, its indexes included (what retention counts).
     var bytesOnDisk: Int64 { files.reduce(Int64(0)) { $0 + Compactor.fileSize($1) } }
     /// The `.log` path as messages show it (relative to the data directory).
     var display: String { displayStem + SegmentFiles.logSuffix }
     var offsetIndexDisplay: String { displayStem + SegmentFiles.offsetIndexSuffix }
     var timeIndexDisplay: String { displayStem + SegmentFiles.timeIndexSuffix }
+    var sensorIndexDisplay: String { displayStem + SegmentFiles.sensorIndexSuffix }
     /// The `.log` file's name within the partition directory.
     var logName: String { SegmentFiles.name(base) + SegmentFiles.logSuffix }
 
@@ -37,6 +39,7 @@ struct SegmentPaths: Sendable {
     func removeIndexes(_ ops: FileOperations) throws(LogError) {
         try ops.remove(offsetIndex, display: offsetIndexDisplay)
         try ops.remove(timeIndex, display: timeIndexDisplay)
+        try ops.remove(sensorIndex, display: sensorIndexDisplay)
     }
 
     /// Removes every file of the segment.
@@ -48,6 +51,8 @@ struct SegmentPaths: Sendable {
     /// Whether `path` (as messages show it) names one of the segments' `.log` or `.index` files.
     static func isLogDisplay(_ path: String) -> Bool { path.hasSuffix(SegmentFiles.logSuffix) }
     static func isOffsetIndexDisplay(_ path: String) -> Bool { path.hasSuffix(SegmentFiles.offsetIndexSuffix) }
+    /// Whether `path` (as messages show it) names an index file of either kind.
+    static func isIndexDisplay(_ path: String) -> Bool { isOffsetIndexDisplay(path) || path.hasSuffix(SegmentFiles.sensorIndexSuffix) }
 }
 
 extension PartitionView {

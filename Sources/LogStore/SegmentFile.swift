@@ -3,11 +3,12 @@ import Glibc
 #endif
 import Foundation
 
-/// Names and listing of segment files: `<20-digit base offset>.log|.index|.timeindex`.
+/// Names and listing of segment files: `<20-digit base offset>.log|.index|.timeindex|.sensors`.
 enum SegmentFiles {
     static let logSuffix = ".log"
     static let offsetIndexSuffix = ".index"
     static let timeIndexSuffix = ".timeindex"
+    static let sensorIndexSuffix = ".sensors"
 
     static func name(_ baseOffset: Int64) -> String {
         let digits = String(baseOffset)

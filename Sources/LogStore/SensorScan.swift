@@ -26,11 +26,8 @@ extension BatchDecoder {
         let typeCount = types.count
         // A sensor that moved or changed type inside the batch has several tuples.
         var targets: [(index: Int, type: Int, location: Int)] = []
-        var t = 0
-        let tupleCount = try readTuples(&reader, header: header, typeCount: typeCount, locationCount: locations.count) { id, type, location in
-            if id == sensorID { targets.append((t, type, location)) }
-            t += 1
-        }
+        let tupleCount = try findTuples(&reader, header: header, typeCount: typeCount, locationCount: locations.count, of: sensorID,
+                                        into: &targets)
         guard !targets.isEmpty else { return }
         // Per tuple, which of the sensor's tuples it is (-1: another sensor's).
         var targetOf = [Int32](repeating: -1, count: tupleCount)
@@ -61,6 +58,7 @@ extension BatchDecoder {
         stamps.reserveCapacity(mine.count)
         var timestamp = header.minTimestamp
         var k = 0
+        // Past the sensor's last record only where the column ends matters, and the values stop there.
         for i in 0..<count {
             let (scaled, overflow) = try reader.readZigZag().multipliedReportingOverflow(by: Int64(unit))
             guard !overflow else { throw DecodeError("timestamp delta overflows") }
@@ -68,6 +66,10 @@ extension BatchDecoder {
             if k < mine.count && mine[k] == i {
                 stamps.append(timestamp)
                 k += 1
+                if k == mine.count {
+                    try reader.skipVarints(count - i - 1)
+                    break
+                }
             }
         }
         let mode = try reader.readByte()
@@ -81,6 +83,7 @@ extension BatchDecoder {
                 if k < mine.count && mine[k] == i {
                     values.append(v)
                     k += 1
+                    if k == mine.count { break }
                 }
             }
         case 1:
@@ -95,6 +98,7 @@ extension BatchDecoder {
                     guard !overflow else { throw DecodeError("scaled value out of range") }
                     values.append(exponent == 0 ? Double(integer) : Double(integer) / BatchEncoder.powersOfTen[exponent])
                     k += 1
+                    if k == mine.count { break }
                 }
             }
         default:
@@ -112,15 +116,113 @@ extension BatchDecoder {
     }
 }
 
+extension BatchDecoder {
+    /// The tuples of `sensorID` in the tuple section, found without putting any id together: it
+    /// follows how long a prefix the current id shares with the sensor's, through the front
+    /// coding (an id that keeps more of the previous one than matched the sensor's differs from
+    /// it where the previous one did).
+    /// - Returns: the number of tuples.
+    func findTuples(_ reader: inout ByteReader, header: BatchHeader, typeCount: Int, locationCount: Int, of sensorID: [UInt8],
+                    into targets: inout [(index: Int, type: Int, location: Int)]) throws(DecodeError) -> Int {
+        let tupleCount = try reader.readCount(max: min(header.recordCount, reader.remaining))
+        let target = sensorID.count
+        var length = 0  // of the previous id
+        var common = 0  // its common prefix with the sensor's id
+        for i in 0..<tupleCount {
+            let shared = try reader.readCount(max: length)
+            let suffixLength = try reader.readCount(max: reader.remaining)
+            let suffix = try reader.readBytes(suffixLength)
+            if shared <= common {
+                common = shared
+                var k = 0
+                while k < suffixLength && common < target && suffix[k] == sensorID[common] {
+                    k += 1
+                    common += 1
+                }
+            }
+            length = shared + suffixLength
+            let type = try reader.readCount(max: typeCount - 1)
+            let location = try reader.readCount(max: locationCount - 1)
+            if common == target && length == target { targets.append((i, type, location)) }
+        }
+        return tupleCount
+    }
+}
+
 extension PartitionReader {
     /// Readings of `sensorID` with timestamps in [from, to], in log order, from this reader's
-    /// position: batches whose time bounds miss the range are skipped from their header, batches
-    /// without the sensor after their dictionary.
+    /// position. Only the batches the segments' sensor indexes name are read (and of those, only
+    /// the ones whose time bounds meet the range are decoded); when an index cannot be had or
+    /// does not match its segment, the page is read again batch by batch from the start.
     /// - Parameters:
     ///   - limit: stop after this many readings.
-    ///   - maxBatches: stop after looking at this many batches (bounds one request's work).
+    ///   - maxBatches: stop after decoding this many batches (bounds one request's work).
     /// - Returns: the readings, and the offset to continue from (nil when the end was reached).
     public func scan(sensorID: String, from: Int64, to: Int64, limit: Int, maxBatches: Int = .max)
+        throws(LogError) -> (readings: [LocatedReading], next: Int64?)
+    {
+        let start = nextOffset
+        do {
+            if let page = try indexedScan(sensorID: sensorID, from: from, to: to, limit: limit, maxBatches: maxBatches) {
+                reposition(to: page.resume)
+                lastScanUsedIndex = true
+                return (page.readings, page.next)
+            }
+        } catch {
+            // Retention or a swap under the walk, or damage: the batch-by-batch scan copes with the
+            // first and reports the second.
+        }
+        reposition(to: start)
+        lastScanUsedIndex = false
+        return try sequentialScan(sensorID: sensorID, from: from, to: to, limit: limit, maxBatches: maxBatches)
+    }
+
+    /// The page through the sensor indexes; nil when one is missing or stale.
+    private func indexedScan(sensorID: String, from: Int64, to: Int64, limit: Int, maxBatches: Int)
+        throws(LogError) -> (readings: [LocatedReading], next: Int64?, resume: Int64)?
+    {
+        let id = Array(sensorID.utf8)
+        let deletedBefore = view.deletionMask?.entries[sensorID] ?? .min
+        let end = view.visibleEnd()
+        let bases = try view.segmentBases()
+        guard let firstBase = bases.first else { return ([], nil, nextOffset) }
+        let start = max(nextOffset, firstBase)
+        var out: [LocatedReading] = []
+        var decoded = 0
+        var last = start
+        for (i, base) in bases.enumerated() {
+            let isLast = i == bases.count - 1
+            if !isLast && bases[i + 1] <= start { continue }
+            if !isLast, let max = view.maxTimestamp(ofSegment: base), max < from { continue }
+            guard let (segment, refs) = try view.openSensorIndexed(base, sensorID: sensorID) else { return nil }
+            for ref in refs {
+                let batchBase = base + Int64(ref.relativeOffset)
+                if let end, batchBase >= end { break }
+                var cursor = try segment.batches(from: ref.position, expecting: batchBase, verifyCRC: true, buffer: indexedBuffer)
+                guard let header = try cursor.next(), header.crc == ref.crc else { return nil }
+                if header.nextOffset <= start || header.maxTimestamp < from || header.minTimestamp > to { continue }
+                decoded += 1
+                last = header.nextOffset
+                var found: [LocatedReading] = []
+                do {
+                    try indexedDecoder.scan(cursor.bytes, header: header, sensorID: id, from: from, to: to, partition: partitionID, into: &found)
+                } catch {
+                    return nil
+                }
+                out += found.lazy.filter { $0.offset >= start && $0.offset >= deletedBefore }
+                if out.count > limit {
+                    out.removeSubrange(limit...)
+                    return (out, out[limit - 1].offset + 1, out[limit - 1].offset + 1)
+                }
+                if out.count == limit || decoded >= maxBatches { return (out, header.nextOffset, header.nextOffset) }
+            }
+        }
+        return (out, nil, end ?? last)
+    }
+
+    /// The page batch by batch: batches whose time bounds miss the range are skipped from their
+    /// header, batches without the sensor after their dictionary.
+    private func sequentialScan(sensorID: String, from: Int64, to: Int64, limit: Int, maxBatches: Int)
         throws(LogError) -> (readings: [LocatedReading], next: Int64?)
     {
         var out: [LocatedReading] = []

@@ -145,6 +145,22 @@ extension LogDirectory {
             result.problems.append(VerifyProblem(severity: .warning, path: indexDisplay, position: nil,
                                                  message: "index files missing (sensorlogd rebuilds them when it opens)"))
         }
+        verifySensorIndex(segment, size: size, end: end, into: &result)
+    }
+
+    /// Checks a closed segment's `.sensors` file against one built from the segment now. A
+    /// missing one is no problem: the server writes it in the background, and readers build it.
+    private func verifySensorIndex(_ segment: Segment, size: Int64, end: Int64, into result: inout PartitionVerification) {
+        let paths = segment.paths
+        guard let bytes = SegmentFiles.readWholeFile(paths.sensorIndex) else { return }
+        let shape = SensorIndexCache.Shape(size: size, records: end - segment.base)
+        let stored = SensorIndex.parse(bytes, segmentSize: size, records: shape.records)
+        // A segment too damaged to index is reported for its batches already.
+        guard let built = try? SensorIndexCache.build(segment, shape: shape) else { return }
+        if stored.map({ $0.sameEntries(as: built) }) != true {
+            result.problems.append(VerifyProblem(severity: .error, path: paths.sensorIndexDisplay, position: nil,
+                message: stored == nil ? "sensor index is malformed or describes another segment" : "sensor index disagrees with the segment's batches"))
+        }
     }
 }
 
@@ -257,6 +273,21 @@ extension LogDirectory {
         try view.segmentPaths(base).removeIndexes(fileOperations)
         _ = try PartitionLoader.inspectClosedSegment(PartitionPaths(directory: view.directory, display: view.displayDirectory), base: base,
                                                      limits: view.limits, fileOperations)
+    }
+
+    /// Writes a closed segment's `.sensors` file anew from its batches.
+    public func rebuildSensorIndex(partition: Int, segment base: Int64, end: Int64, held lock: DirectoryLock) throws(LogError) {
+        lock.requireHeld(for: dataDirectory)
+        let view = views[partition]
+        let segment = try view.openSegment(base)
+        let shape = SensorIndexCache.Shape(size: try segment.file.size(), records: end - base)
+        let paths = segment.paths
+        try fileOperations.remove(paths.sensorIndex, display: paths.sensorIndexDisplay)
+        guard let index = try SensorIndexCache.build(segment, shape: shape) else {
+            throw LogError(.corruptBatch, "a batch does not decode: the segment is salvaged first", path: paths.display)
+        }
+        try SegmentFiles.writeAtomically(index.fileBytes(segmentSize: shape.size, records: shape.records), to: paths.sensorIndex,
+                                         directory: view.directory, displayPath: paths.sensorIndexDisplay, fileOperations)
     }
 
     /// The bytes of every file in `partition`'s directory (segments and their indexes), as they are now.

@@ -100,6 +100,10 @@ public struct Limits: Sendable, Equatable {
     /// `log.retention.check.interval.ms` is five minutes; a pass that finds nothing costs a stat
     /// per segment, and a header walk of each segment not yet known dense).
     public var maintenanceInterval: Duration = .seconds(60)
+    /// Memory a partition may spend on the sensor indexes of closed segments it keeps loaded
+    /// (the active segment's is kept whatever its size: about a byte per reading of it in the
+    /// worst case, batches of one reading per sensor).
+    public var sensorIndexCacheBytes = 32 << 20
     /// Background compaction rewrites closed segments whose batches average fewer records than
     /// this (the real-time rate of 10 000 sensors at 1 reading/s gives batches of about 125).
     public var compactionBatchRecords = 1024
