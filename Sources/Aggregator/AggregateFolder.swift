@@ -23,13 +23,21 @@ final class AggregateFolder {
     /// from the same tuple of the same batch.
     private var folds = 0
 
-    init(store: AggregateStore, maxCachedRows: Int = 500_000) throws(SQLiteError) {
+    /// - Parameter latestStoredHour: the latest hour the store may hold a row of for the sensors
+    ///   this folder will see (a fold of one partition knows it better than the store's maximum);
+    ///   by default the store's maximum.
+    init(store: AggregateStore, maxCachedRows: Int = 500_000, latestStoredHour: Int64? = nil) throws(SQLiteError) {
         self.store = store
         self.maxCachedRows = maxCachedRows
-        latestStoredHour = try store.latestHourStart() ?? .min
+        if let latestStoredHour {
+            self.latestStoredHour = latestStoredHour
+        } else {
+            self.latestStoredHour = try store.latestHourStart() ?? .min
+        }
     }
 
     var pendingRows: Int { dirty.count }
+    var hasPendingDeletions: Bool { !deletedSensors.isEmpty }
     var hasPendingChanges: Bool { !dirty.isEmpty || !deletedSensors.isEmpty }
 
     /// Folds records `first..<end` of `batch` (to its last by default).
@@ -99,13 +107,38 @@ final class AggregateFolder {
 
     /// Writes what changed with `offsets` in one transaction, then forgets the changes.
     func commit(offsets: [Int64], now: Int64 = WallClock.nowNanoseconds()) throws(SQLiteError) {
-        try store.commit(rows: dirty, deletedSensors: deletedSensors, offsets: offsets, now: now)
+        let changes = handOff(now: now)
+        try store.commit(rows: changes.rows, deletedSensors: changes.deletedSensors, offsets: offsets)
+        committed(changes)
+    }
+
+    /// What changed since the last hand-off, as it is written (another thread may write it):
+    /// the rows are clean from here on, though they stay in memory.
+    func handOff(now: Int64 = WallClock.nowNanoseconds()) -> Changes {
+        let updated = Timestamp.formatISO8601(now)
+        var changes = Changes(rows: dirty.map { $0.aggregate(updated: updated) }, deletedSensors: deletedSensors)
         for row in dirty {
             row.dirty = false
-            latestStoredHour = max(latestStoredHour, row.hourStart)
+            changes.latestHour = max(changes.latestHour, row.hourStart)
         }
         dirty.removeAll(keepingCapacity: true)
         deletedSensors.removeAll()
+        return changes
+    }
+
+    /// Once `changes` are in the store: its rows may be read back from there, so the rows in
+    /// memory may go past `maxCachedRows`.
+    func committed(_ changes: Changes) {
+        latestStoredHour = max(latestStoredHour, changes.latestHour)
         if rows.count > maxCachedRows { rows.removeAll(keepingCapacity: true) }
+    }
+
+    var cachedRows: Int { rows.count }
+
+    /// Rows and deletions to write, and the latest hour among the rows.
+    struct Changes: Sendable {
+        var rows: [Aggregate]
+        var deletedSensors: [String]
+        var latestHour = Int64.min
     }
 }

@@ -118,6 +118,12 @@ public final class AggregateStore {
 
     /// Writes changed rows, deletions and the offsets they reflect in one transaction.
     func commit(rows: [AggregateRow], deletedSensors: [String], offsets: [Int64], now: Int64) throws(SQLiteError) {
+        let updated = Timestamp.formatISO8601(now)
+        try commit(rows: rows.map { $0.aggregate(updated: updated) }, deletedSensors: deletedSensors, offsets: offsets)
+    }
+
+    /// Writes rows (as they are written), deletions (first) and offsets in one transaction.
+    func commit(rows: [Aggregate], deletedSensors: [String], offsets: [Int64]) throws(SQLiteError) {
         if upsert == nil {
             // An update in place, not REPLACE: the key and the (hour, sensor) index entry of an
             // existing row never change, so SQLite leaves that index alone.
@@ -132,7 +138,6 @@ public final class AggregateStore {
             saveOffset = try database.prepare("INSERT OR REPLACE INTO consumer_offsets VALUES (?,?,?)")
             deleteSensor = try database.prepare("DELETE FROM aggregates WHERE sensor_id = ?")
         }
-        let updated = Timestamp.formatISO8601(now)
         try database.transaction { () throws(SQLiteError) in
             for id in deletedSensors {
                 deleteSensor!.reset()
@@ -140,10 +145,7 @@ public final class AggregateStore {
                 try deleteSensor!.run()
             }
             for row in rows {
-                insert(upsert!, Aggregate(
-                    sensorID: row.sensorID, hourBucket: Timestamp.hourBucket(row.hourStart), sensorType: row.type, location: row.location,
-                    count: row.count, sum: row.sum, min: row.min, max: row.max, avg: row.sum / Double(row.count),
-                    firstReading: Timestamp.formatISO8601(row.first), lastReading: Timestamp.formatISO8601(row.last), lastUpdated: updated))
+                insert(upsert!, row)
                 try upsert!.run()
             }
             for (p, offset) in offsets.enumerated() {
@@ -283,5 +285,12 @@ final class AggregateRow {
         self.hourStart = hourStart
         self.type = type
         self.location = location
+    }
+
+    /// The row as it is written.
+    func aggregate(updated: String) -> Aggregate {
+        Aggregate(sensorID: sensorID, hourBucket: Timestamp.hourBucket(hourStart), sensorType: type, location: location,
+                  count: count, sum: sum, min: min, max: max, avg: sum / Double(count),
+                  firstReading: Timestamp.formatISO8601(first), lastReading: Timestamp.formatISO8601(last), lastUpdated: updated)
     }
 }

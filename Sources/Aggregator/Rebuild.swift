@@ -41,66 +41,6 @@ public enum AggregateRebuild {
         return Result(readings: fold.readings, rows: rows, seconds: Date().timeIntervalSince(started), offsets: fold.offsets, keptRows: kept)
     }
 
-    /// A fold of every partition from its first offset into a store, in runs (each from where
-    /// the last stopped), committed every million rows.
-    struct Fold {
-        let store: AggregateStore
-        let folder: AggregateFolder
-        /// A reader of a partition from an offset.
-        let reader: (Int, Int64) -> PartitionReader
-        var offsets: [Int64]
-        var readings: Int64 = 0
-        let totalBytes: Int64
-        var bytesRead: Int64 = 0
-        /// Partitions whose fold reached a batch appended after `until`.
-        var reachedUntil: Set<Int> = []
-        /// Asked between batches: true abandons the fold.
-        let stopped: () -> Bool
-
-        init(store: AggregateStore, partitions: Int, totalBytes: Int64, stopped: @escaping () -> Bool = { false },
-             reader: @escaping (Int, Int64) -> PartitionReader) throws {
-            self.store = store
-            folder = try AggregateFolder(store: store, maxCachedRows: 2_000_000)
-            self.reader = reader
-            offsets = [Int64](repeating: 0, count: partitions)
-            self.totalBytes = totalBytes
-            self.stopped = stopped
-        }
-
-        /// Folds each partition from where it stopped until its reader catches up, a batch
-        /// appended after `until`, or the offset `limit` gives for it (not beyond: a batch
-        /// across it is folded up to it), and commits.
-        mutating func run(until: Int64?, limit: (Int) -> Int64? = { _ in nil }, progress: (Int64, Int64) -> Void) throws {
-            var batch = DecodedBatch()
-            var lastReport = Date()
-            for p in offsets.indices where !reachedUntil.contains(p) {
-                let reader = reader(p, offsets[p])
-                defer { bytesRead += reader.bytesRead }
-                while let first = try reader.next(into: &batch) {
-                    if stopped() { throw LogError(.io, "the rebuild was stopped (shutdown); the current store stays") }
-                    if let until, batch.header.appendTime > until {
-                        reachedUntil.insert(p)  // for good: later batches may be older, but the fold stops here
-                        break
-                    }
-                    let bound = limit(p)
-                    if let bound, batch.baseOffset >= bound { break }
-                    let end = bound.map { batch.nextOffset > $0 ? batch.firstIndex(atOrAfter: $0) : batch.count } ?? batch.count
-                    try folder.fold(batch, from: first, to: end)
-                    if batch.kind == .readings { readings += Int64(end - first) }  // not removed records
-                    // Never past the bound, even when nothing of the batch lies beyond it.
-                    offsets[p] = bound.map { min(reader.nextOffset, $0) } ?? reader.nextOffset
-                    if folder.pendingRows > 1_000_000 { try folder.commit(offsets: offsets) }
-                    if Date().timeIntervalSince(lastReport) > 0.2 {
-                        progress(bytesRead + reader.bytesRead, totalBytes)
-                        lastReport = Date()
-                    }
-                    if let bound, offsets[p] >= bound { break }
-                }
-            }
-            try folder.commit(offsets: offsets)
-        }
-    }
-
     /// Once retention has cut a partition, the hours up to its floor lost readings the log no
     /// longer holds: the current store's rows for them are the complete ones. Copies them into
     /// `store`; returns how many.
@@ -130,7 +70,7 @@ public enum AggregateRebuild {
     ///   - until: see `build`; refused once retention has cut the log (see `refuseUntilAfterRetention`).
     ///   - stopped: asked between batches; true abandons the rebuild (shutdown).
     public static func rebuildWhileServing(log: Log, aggregator: AggregatorService, until: Int64? = nil, _ ops: FileOperations = .system,
-                                           stopped: @escaping () -> Bool = { false },
+                                           stopped: @escaping @Sendable () -> Bool = { false },
                                            progress: (Int64, Int64) -> Void = { _, _ in }) throws -> Result {
         let started = Date()
         let dataDirectory = log.dataDirectory
