@@ -19,6 +19,8 @@ final class AggregateFolder {
     /// No stored row covers an hour after this one, so a row of a later hour is new without
     /// asking the store (a live stream keeps opening such hours).
     private var latestStoredHour: Int64
+    /// The latest hour of a row handed off so far (`latestStoredHour` once all are written).
+    private(set) var handedOffHour = Int64.min
     /// Folds so far: with a tuple index, tells whether a row last took its type and location
     /// from the same tuple of the same batch.
     private var folds = 0
@@ -105,40 +107,49 @@ final class AggregateFolder {
         deletedSensors.append(sensorID)
     }
 
-    /// Writes what changed with `offsets` in one transaction, then forgets the changes.
+    /// Writes what changed with `offsets` in one transaction, then forgets the changes (which
+    /// stay pending when the write fails).
     func commit(offsets: [Int64], now: Int64 = WallClock.nowNanoseconds()) throws(SQLiteError) {
-        let changes = handOff(now: now)
+        let changes = pendingChanges(now: now)
         try store.commit(rows: changes.rows, deletedSensors: changes.deletedSensors, offsets: offsets)
-        committed(changes)
+        handedOff()
+        committed()
     }
 
     /// What changed since the last hand-off, as it is written (another thread may write it):
-    /// the rows are clean from here on, though they stay in memory.
+    /// the rows are clean from here on, though they stay in memory until `committed`.
     func handOff(now: Int64 = WallClock.nowNanoseconds()) -> Changes {
-        let updated = Timestamp.formatISO8601(now)
-        var changes = Changes(rows: dirty.map { $0.aggregate(updated: updated) }, deletedSensors: deletedSensors)
-        for row in dirty {
-            row.dirty = false
-            changes.latestHour = max(changes.latestHour, row.hourStart)
-        }
-        dirty.removeAll(keepingCapacity: true)
-        deletedSensors.removeAll()
+        let changes = pendingChanges(now: now)
+        handedOff()
         return changes
     }
 
-    /// Once `changes` are in the store: its rows may be read back from there, so the rows in
-    /// memory may go past `maxCachedRows`.
-    func committed(_ changes: Changes) {
-        latestStoredHour = max(latestStoredHour, changes.latestHour)
+    private func pendingChanges(now: Int64) -> Changes {
+        let updated = Timestamp.formatISO8601(now)
+        return Changes(rows: dirty.map { $0.aggregate(updated: updated) }, deletedSensors: deletedSensors)
+    }
+
+    private func handedOff() {
+        for row in dirty {
+            row.dirty = false
+            handedOffHour = max(handedOffHour, row.hourStart)
+        }
+        dirty.removeAll(keepingCapacity: true)
+        deletedSensors.removeAll()
+    }
+
+    /// Once everything handed off is in the store: those rows may be read back from there, so
+    /// the rows in memory may go past `maxCachedRows`.
+    func committed() {
+        latestStoredHour = max(latestStoredHour, handedOffHour)
         if rows.count > maxCachedRows { rows.removeAll(keepingCapacity: true) }
     }
 
     var cachedRows: Int { rows.count }
 
-    /// Rows and deletions to write, and the latest hour among the rows.
+    /// Rows and deletions to write.
     struct Changes: Sendable {
         var rows: [Aggregate]
         var deletedSensors: [String]
-        var latestHour = Int64.min
     }
 }

@@ -113,6 +113,7 @@ public final class AggregateStore {
         row.max = s.double(5)
         row.first = Timestamp.parseISO8601(s.string(6)) ?? hourStart
         row.last = Timestamp.parseISO8601(s.string(7)) ?? hourStart
+        s.reset()  // a stepped statement would hold a read transaction until the next lookup
         return row
     }
 

@@ -29,11 +29,21 @@ extension AggregateRebuild {
 
         /// How a run spreads: workers, and the rows each hands off at once and keeps in memory.
         struct Tuning: Sendable {
-            var workers = ProcessInfo.processInfo.activeProcessorCount
+            var workers: Int
             /// Hand-offs of this many rows keep the writer busy beside the folds.
-            var handOffRows = 100_000
-            /// Rows a worker keeps in memory (the fold as a whole keeps about as many as one fold did).
-            var maxCachedRows = 1_000_000
+            var handOffRows: Int
+            /// Rows a worker keeps in memory: together about what one fold kept.
+            var maxCachedRows: Int
+            /// Hand-offs waiting for the writer before a worker waits too (bounds their memory).
+            var queuedHandOffs: Int
+
+            init(workers: Int = ProcessInfo.processInfo.activeProcessorCount, handOffRows: Int = 250_000,
+                 maxCachedRows: Int? = nil, queuedHandOffs: Int = 2) {
+                self.workers = max(1, workers)
+                self.handOffRows = handOffRows
+                self.maxCachedRows = maxCachedRows ?? 2_000_000 / self.workers
+                self.queuedHandOffs = queuedHandOffs
+            }
         }
 
         init(store: AggregateStore, partitions: Int, totalBytes: Int64, tuning: Tuning = Tuning(),
@@ -54,7 +64,7 @@ extension AggregateRebuild {
             let jobs = offsets.indices.filter { !reachedUntil.contains($0) }.map {
                 PartitionJob(partition: $0, from: offsets[$0], limit: limit, latestStoredHour: latestStoredHour[$0], tuning: tuning)
             }
-            let writer = AggregateWriter(store: store)
+            let writer = AggregateWriter(store: store, queueLimit: tuning.queuedHandOffs)
             let shared = FoldWork(jobs: jobs)
             let threads = (0..<min(max(1, tuning.workers), max(1, jobs.count))).map { n in
                 let (path, until, reader, stopped) = (store.path, until, reader, stopped)
@@ -133,18 +143,19 @@ extension AggregateRebuild {
                 if let bound, out.offset >= bound { break }
             }
             try handOff(folder, to: writer, into: &out)
+            out.latestHour = folder.handedOffHour
             return out
         }
 
         private func handOff(_ folder: AggregateFolder, to writer: AggregateWriter, into out: inout Outcome) throws {
             let changes = folder.handOff()
             guard !changes.rows.isEmpty || !changes.deletedSensors.isEmpty else { return }
-            out.latestHour = max(out.latestHour, changes.latestHour)
             let ticket = try writer.submit(changes)
-            // Rows may leave memory, and deleted sensors be looked up, only once written.
+            // Rows may leave memory, and deleted sensors be looked up, only once written (this
+            // hand-off and, the writer keeping their order, every one before it).
             if folder.cachedRows > tuning.maxCachedRows || !changes.deletedSensors.isEmpty {
                 try writer.waitWritten(ticket)
-                folder.committed(changes)
+                folder.committed()
             }
         }
     }
@@ -211,15 +222,18 @@ final class AggregateWriter: @unchecked Sendable {
     private var failure: (any Error)?
     private var closing = false
     private var finished = false
+    private let queueLimit: Int
 
-    init(store: AggregateStore) {
+    init(store: AggregateStore, queueLimit: Int) {
         self.store = store
+        self.queueLimit = max(1, queueLimit)
         Thread { [self] in loop() }.start()
     }
 
-    /// Queues `changes`; returns the ticket `waitWritten` takes.
+    /// Queues `changes` (waiting while the queue is full); returns the ticket `waitWritten` takes.
     func submit(_ changes: AggregateFolder.Changes) throws -> Int {
         try condition.withLock {
+            while queue.count >= queueLimit && failure == nil { condition.wait() }
             if let failure { throw failure }
             queue.append(changes)
             submitted += 1
@@ -255,7 +269,9 @@ final class AggregateWriter: @unchecked Sendable {
         nameCurrentThread("slog-fold-writer")
         while let changes = condition.withLock({ () -> AggregateFolder.Changes? in
             while queue.isEmpty && !closing { condition.wait() }
-            return queue.isEmpty || failure != nil ? nil : queue.removeFirst()
+            guard !queue.isEmpty, failure == nil else { return nil }
+            defer { condition.broadcast() }  // room in the queue
+            return queue.removeFirst()
         }) {
             do {
                 // Each hand-off in its own transaction, deletions before rows (the offsets come at the end).

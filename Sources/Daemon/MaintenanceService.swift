@@ -51,6 +51,8 @@ public final class MaintenanceService: Service, Sendable {
 
     public func run() async throws {
         let interval = log.configuration.limits.maintenanceInterval
+        // Retention first: after an upgrade the first index pass reads the whole log.
+        if !policy.isOff { await segmentWork.run { await retentionPass() } }
         await writeSensorIndexes()
         while true {
             do {
@@ -70,11 +72,14 @@ public final class MaintenanceService: Service, Sendable {
         }
     }
 
-    /// Writes the `.sensors` files closed segments lack, stopping between segments at shutdown.
+    /// Writes the `.sensors` files closed segments lack, stopping between segments at shutdown;
+    /// a partition at a time, so an operator's job waits for one partition's worth at most.
     public func writeSensorIndexes() async {
         let job = sensorIndexes
-        await segmentWork.run {
-            await withGracefulShutdownHandler { await job.run() } onGracefulShutdown: { job.stop() }
+        for p in log.partitions.indices {
+            await segmentWork.run {
+                await withGracefulShutdownHandler { await job.run(partition: p) } onGracefulShutdown: { job.stop() }
+            }
         }
     }
 

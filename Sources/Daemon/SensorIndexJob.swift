@@ -23,18 +23,19 @@ final class SensorIndexJob: Sendable {
 
     func stop() { stopping.store(true, ordering: .relaxed) }
 
-    func run() async {
-        await onThread("slog-sensor-index") { self.pass() }
+    /// One partition's closed segments.
+    func run(partition: Int) async {
+        await onThread("slog-sensor-index") { self.pass(partition) }
     }
 
-    private func pass() {
+    private func pass(_ partition: Int) {
         let started = DispatchTime.now().uptimeNanoseconds
         do {
-            let done = try log.writeSensorIndexes { self.stopping.load(ordering: .relaxed) }
+            let done = try log.writeSensorIndexes(only: [partition]) { self.stopping.load(ordering: .relaxed) }
             files.increment(by: done.written)
             job.ran(nanoseconds: Int64(DispatchTime.now().uptimeNanoseconds - started))
             if done.written > 0 {
-                logger.info("wrote sensor indexes", metadata: ["files": "\(done.written)", "bytes": "\(done.bytes)"])
+                logger.info("wrote sensor indexes", metadata: ["partition": "\(partition)", "files": "\(done.written)", "bytes": "\(done.bytes)"])
             }
             if done.unindexable > 0 {
                 logger.warning("closed segments with a batch that does not decode have no sensor index; run sensorlog verify",

@@ -205,6 +205,7 @@ extension Log {
             throw LogError(.invalidArgument, "not a closed segment", path: partition.segmentPaths(base).display)
         }
         try partition.segmentPaths(base).removeIndexes(configuration.fileOperations)
+        partition.sensorIndexes.forget(base)  // its .sensors went too: the next maintenance pass writes it
         _ = try PartitionLoader.inspectClosedSegment(partition.paths, base: base, limits: configuration.limits, configuration.fileOperations)
     }
 }

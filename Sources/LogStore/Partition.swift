@@ -464,6 +464,7 @@ public final class Partition: PartitionView, CommittedPartition, @unchecked Send
         try rename()
         closedSegments.replaceSubrange(first..<(first + run.count), with: [merged])
         swaps += 1
+        for base in run { sensorIndexes.forget(base) }
         return true
     }
 

@@ -17,12 +17,25 @@ final class SensorIndexCache: @unchecked Sendable {
         var closed: Shape?
         var used: UInt64
         var bytes: Int { index.approximateBytes }
+
+        /// Whether it answers for the segment as it is now without more work.
+        func isCurrent(base: Int64, closed shape: Shape?, visibleEnd: Int64) -> Bool {
+            if let shape { return closed == shape }
+            return base + Int64(index.coveredRelative) >= visibleEnd
+        }
     }
 
+    /// Guards the maps; held only to look up or store, never across I/O.
     private let lock = NSLock()
+    /// Held while an index is loaded, built or brought up to date: one at a time, so readers of
+    /// other segments are never held up by the walk.
+    private let buildLock = NSLock()
     private var entries: [Int64: Entry] = [:]
     /// Closed segments whose `.sensors` file is known to match them.
     private var onDisk: [Int64: Shape] = [:]
+    /// Closed segments with a batch that does not decode: readers read them without an index
+    /// (and report the damage) instead of trying again each time.
+    private var unindexable: [Int64: Shape] = [:]
     private var clock: UInt64 = 0
     private let budget: Int
     private let decoder = BatchDecoder()
@@ -37,30 +50,49 @@ final class SensorIndexCache: @unchecked Sendable {
     ///     to `visibleEnd`.
     func batches(holding sensorID: String, segment base: Int64, closed: Shape?, visibleEnd: Int64,
                  paths: SegmentPaths, open: () throws(LogError) -> Segment) throws(LogError) -> [SensorIndex.BatchRef]? {
-        lock.lock()
-        defer { lock.unlock() }
-        clock += 1
-        var entry = entries[base]
+        if let answer = lookUp(sensorID, base: base, closed: closed, visibleEnd: visibleEnd) { return answer }
+        buildLock.lock()
+        defer { buildLock.unlock() }
+        // Another reader may have done the work meanwhile.
+        if let answer = lookUp(sensorID, base: base, closed: closed, visibleEnd: visibleEnd) { return answer }
+        // Out of the map while it changes: an entry in it would be copied whole by the change.
+        var entry = lock.withLock { entries.removeValue(forKey: base) }
         if let e = entry, let closed, e.closed != nil, e.closed != closed { entry = nil }  // swapped by a compaction
         if entry == nil, let closed, let loaded = Self.load(paths, closed) {
-            entry = Entry(index: loaded, closed: closed, used: clock)
-            onDisk[base] = closed
+            entry = Entry(index: loaded, closed: closed, used: 0)
+            markOnDisk(base, closed)
         }
-        var e = entry ?? Entry(index: SensorIndex(), closed: nil, used: clock)
+        var e = entry ?? Entry(index: SensorIndex(), closed: nil, used: 0)
         if e.closed == nil {
             let segment = try open()
             guard try Self.extend(&e.index, segment: segment, base: base, until: closed == nil ? visibleEnd : nil,
                                   size: closed?.size, openTail: closed == nil, decoder: decoder, buffer: buffer)
             else {
-                entries[base] = nil
+                if let closed { lock.withLock { unindexable[base] = closed } }
                 return nil
             }
             e.closed = closed
         }
-        e.used = clock
-        entries[base] = e
-        evict(keeping: base)
-        return e.index.batches(holding: sensorID)
+        let answer = e.index.batches(holding: sensorID)
+        lock.withLock {
+            clock += 1
+            e.used = clock
+            entries[base] = e
+            evict(keeping: base)
+        }
+        return answer
+    }
+
+    /// The answer from the map when it needs no I/O: .some(nil) for a segment known to be
+    /// unindexable, nil when there is work to do.
+    private func lookUp(_ sensorID: String, base: Int64, closed: Shape?, visibleEnd: Int64) -> [SensorIndex.BatchRef]?? {
+        lock.withLock {
+            if let closed, unindexable[base] == closed { return .some(nil) }
+            guard let e = entries[base], e.isCurrent(base: base, closed: closed, visibleEnd: visibleEnd) else { return nil }
+            clock += 1
+            entries[base]!.used = clock
+            return .some(e.index.batches(holding: sensorID))
+        }
     }
 
     /// Whether segment `base`'s `.sensors` file is known to match `shape`.
@@ -81,6 +113,7 @@ final class SensorIndexCache: @unchecked Sendable {
         lock.withLock {
             entries[base] = nil
             onDisk[base] = nil
+            unindexable[base] = nil
         }
     }
 
@@ -89,14 +122,15 @@ final class SensorIndexCache: @unchecked Sendable {
         lock.withLock {
             entries = entries.filter { bases.contains($0.key) }
             onDisk = onDisk.filter { bases.contains($0.key) }
+            unindexable = unindexable.filter { bases.contains($0.key) }
         }
     }
 
+    /// Drops the least recently used entries past the budget (a rolled active segment's too).
     private func evict(keeping base: Int64) {
         var total = entries.values.reduce(0) { $0 + $1.bytes }
         while total > budget {
-            guard let victim = entries.filter({ $0.key != base && $0.value.closed != nil }).min(by: { $0.value.used < $1.value.used })
-            else { return }
+            guard let victim = entries.filter({ $0.key != base }).min(by: { $0.value.used < $1.value.used }) else { return }
             total -= victim.value.bytes
             entries[victim.key] = nil
         }
@@ -158,9 +192,10 @@ extension Log {
     /// compacted, salvaged, or from before sensor indexes): the server's maintenance runs it at
     /// start and after every pass, so appends never wait for it. Safe while the log serves;
     /// runs beside nothing else that changes segments.
-    public func writeSensorIndexes(stop: () -> Bool = { false }) throws(LogError) -> SensorIndexWrites {
+    /// - Parameter only: the partitions to look at (all by default).
+    public func writeSensorIndexes(only: [Int]? = nil, stop: () -> Bool = { false }) throws(LogError) -> SensorIndexWrites {
         var done = SensorIndexWrites()
-        for partition in partitions {
+        for partition in (only ?? Array(partitions.indices)).map({ partitions[$0] }) {
             let closed = partition.retentionView().closed
             partition.sensorIndexes.retain(Set(closed.map(\.baseOffset) + [partition.retentionView().active.baseOffset]))
             for segment in closed where !stop() {

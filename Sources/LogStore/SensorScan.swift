@@ -156,7 +156,7 @@ extension PartitionReader {
     /// does not match its segment, the page is read again batch by batch from the start.
     /// - Parameters:
     ///   - limit: stop after this many readings.
-    ///   - maxBatches: stop after decoding this many batches (bounds one request's work).
+    ///   - maxBatches: stop after reading this many batches (bounds one request's work).
     /// - Returns: the readings, and the offset to continue from (nil when the end was reached).
     public func scan(sensorID: String, from: Int64, to: Int64, limit: Int, maxBatches: Int = .max)
         throws(LogError) -> (readings: [LocatedReading], next: Int64?)
@@ -188,36 +188,40 @@ extension PartitionReader {
         guard let firstBase = bases.first else { return ([], nil, nextOffset) }
         let start = max(nextOffset, firstBase)
         var out: [LocatedReading] = []
-        var decoded = 0
+        var read = 0
         var last = start
         for (i, base) in bases.enumerated() {
             let isLast = i == bases.count - 1
             if !isLast && bases[i + 1] <= start { continue }
             if !isLast, let max = view.maxTimestamp(ofSegment: base), max < from { continue }
             guard let (segment, refs) = try view.openSensorIndexed(base, sensorID: sensorID) else { return nil }
-            for ref in refs {
+            for (k, ref) in refs.enumerated() {
                 let batchBase = base + Int64(ref.relativeOffset)
                 if let end, batchBase >= end { break }
+                // A batch ends where the next one the sensor is in begins, or before.
+                if k + 1 < refs.count, base + Int64(refs[k + 1].relativeOffset) <= start { continue }
                 var cursor = try segment.batches(from: ref.position, expecting: batchBase, verifyCRC: true, buffer: indexedBuffer)
                 guard let header = try cursor.next(), header.crc == ref.crc else { return nil }
-                if header.nextOffset <= start || header.maxTimestamp < from || header.minTimestamp > to { continue }
-                decoded += 1
-                last = header.nextOffset
-                var found: [LocatedReading] = []
-                do {
-                    try indexedDecoder.scan(cursor.bytes, header: header, sensorID: id, from: from, to: to, partition: partitionID, into: &found)
-                } catch {
-                    return nil
+                // Every batch read counts against the page's bound, decoded or not.
+                read += 1
+                last = max(last, header.nextOffset)
+                if header.nextOffset > start && header.maxTimestamp >= from && header.minTimestamp <= to {
+                    var found: [LocatedReading] = []
+                    do {
+                        try indexedDecoder.scan(cursor.bytes, header: header, sensorID: id, from: from, to: to, partition: partitionID, into: &found)
+                    } catch {
+                        return nil
+                    }
+                    out += found.lazy.filter { $0.offset >= start && $0.offset >= deletedBefore }
+                    if out.count > limit {
+                        out.removeSubrange(limit...)
+                        return (out, out[limit - 1].offset + 1, out[limit - 1].offset + 1)
+                    }
                 }
-                out += found.lazy.filter { $0.offset >= start && $0.offset >= deletedBefore }
-                if out.count > limit {
-                    out.removeSubrange(limit...)
-                    return (out, out[limit - 1].offset + 1, out[limit - 1].offset + 1)
-                }
-                if out.count == limit || decoded >= maxBatches { return (out, header.nextOffset, header.nextOffset) }
+                if out.count == limit || read >= maxBatches { return (out, last, last) }
             }
         }
-        return (out, nil, end ?? last)
+        return (out, nil, max(start, end ?? last))
     }
 
     /// The page batch by batch: batches whose time bounds miss the range are skipped from their

@@ -150,6 +150,8 @@ extension LogDirectory {
 
     /// Checks a closed segment's `.sensors` file against one built from the segment now. A
     /// missing one is no problem: the server writes it in the background, and readers build it.
+    /// A bad one is a warning: no reader believes it (each batch it names must carry the CRC it
+    /// lists), it only costs them the walk; `--repair` writes it anew.
     private func verifySensorIndex(_ segment: Segment, size: Int64, end: Int64, into result: inout PartitionVerification) {
         let paths = segment.paths
         guard let bytes = SegmentFiles.readWholeFile(paths.sensorIndex) else { return }
@@ -158,7 +160,7 @@ extension LogDirectory {
         // A segment too damaged to index is reported for its batches already.
         guard let built = try? SensorIndexCache.build(segment, shape: shape) else { return }
         if stored.map({ $0.sameEntries(as: built) }) != true {
-            result.problems.append(VerifyProblem(severity: .error, path: paths.sensorIndexDisplay, position: nil,
+            result.problems.append(VerifyProblem(severity: .warning, path: paths.sensorIndexDisplay, position: nil,
                 message: stored == nil ? "sensor index is malformed or describes another segment" : "sensor index disagrees with the segment's batches"))
         }
     }
