@@ -143,6 +143,26 @@ def median(xs):
     return statistics.median(xs)
 
 
+def postgres_aggregate(pg):
+    """PostgreSQL's equivalent of a rebuild: INSERT ... SELECT ... GROUP BY (sensor, hour) over the
+    `events` table into a fresh `aggregates` table. Returns the seconds it took."""
+    pg.psql("DROP TABLE IF EXISTS aggregates; CREATE TABLE aggregates (sensor_id text, hour_start bigint, sensor_type text, "
+            "location text, count bigint, sum double precision, min double precision, max double precision, avg double precision, "
+            "first_reading bigint, last_reading bigint, PRIMARY KEY (sensor_id, hour_start))")
+    t0 = time.time()
+    pg.psql("INSERT INTO aggregates SELECT sensor_id, ts / 3600000000000 * 3600000000000, max(type), max(location), count(*), "
+            "sum(value), min(value), max(value), avg(value), min(ts), max(ts) FROM events GROUP BY 1, 2")
+    return time.time() - t0
+
+
+def write_results(name, results):
+    """Keeps a bench's figures in Benchmarks/results/<name>.json and prints them."""
+    os.makedirs("Benchmarks/results", exist_ok=True)
+    with open(f"Benchmarks/results/{name}.json", "w") as f:
+        json.dump(results, f, indent=1)
+    print(json.dumps(results, indent=1))
+
+
 def main():
     results = {"machine": f"{os.cpu_count()} cores", "readings": READINGS, "runs": RUNS}
 
@@ -273,13 +293,7 @@ def main():
         pg.psql(f"\\copy events FROM '{csv.name}' WITH (FORMAT csv)")
         pg.psql("VACUUM ANALYZE events")
         for r in range(RUNS):
-            pg.psql("DROP TABLE IF EXISTS aggregates; CREATE TABLE aggregates (sensor_id text, hour_start bigint, sensor_type text, "
-                    "location text, count bigint, sum double precision, min double precision, max double precision, avg double precision, "
-                    "first_reading bigint, last_reading bigint, PRIMARY KEY (sensor_id, hour_start))")
-            t0 = time.time()
-            pg.psql("INSERT INTO aggregates SELECT sensor_id, ts / 3600000000000 * 3600000000000, max(type), max(location), count(*), "
-                    "sum(value), min(value), max(value), avg(value), min(ts), max(ts) FROM events GROUP BY 1, 2")
-            pg_agg.append(big / (time.time() - t0))
+            pg_agg.append(big / postgres_aggregate(pg))
     finally:
         pg.stop()
         os.unlink(csv.name)

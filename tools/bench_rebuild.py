@@ -6,7 +6,7 @@ in alternating rounds of the same run. Results in Benchmarks/results/rebuild.jso
 import json, os, statistics, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_ingest import BIN, Postgres, Sensorlogd, loadgen, workload_rows
+from bench_ingest import BIN, Postgres, Sensorlogd, loadgen, postgres_aggregate, workload_rows, write_results
 
 READINGS = int(os.environ.get("READINGS", "10000000"))
 SENSORS = int(os.environ.get("SENSORS", "100000"))
@@ -44,13 +44,7 @@ def main():
             if os.environ.get("BEFORE"):
                 rates["before"].append(rebuild(os.environ["BEFORE"], data_dir))
             rates["after"].append(rebuild(os.path.join(BIN, "sensorlog"), data_dir))
-            pg.psql("DROP TABLE IF EXISTS aggregates; CREATE TABLE aggregates (sensor_id text, hour_start bigint, sensor_type text, "
-                    "location text, count bigint, sum double precision, min double precision, max double precision, avg double precision, "
-                    "first_reading bigint, last_reading bigint, PRIMARY KEY (sensor_id, hour_start))")
-            t0 = time.time()
-            pg.psql("INSERT INTO aggregates SELECT sensor_id, ts / 3600000000000 * 3600000000000, max(type), max(location), count(*), "
-                    "sum(value), min(value), max(value), avg(value), min(ts), max(ts) FROM events GROUP BY 1, 2")
-            rates["postgres"].append(READINGS / (time.time() - t0))
+            rates["postgres"].append(READINGS / postgres_aggregate(pg))
     finally:
         pg.stop()
         os.unlink(csv.name)
@@ -60,10 +54,7 @@ def main():
                "rates": rates, "medians": med, "ratio_vs_postgres": med["after"] / med["postgres"]}
     if "before" in med:
         results["ratio_vs_before"] = med["after"] / med["before"]
-    os.makedirs("Benchmarks/results", exist_ok=True)
-    with open("Benchmarks/results/rebuild.json", "w") as f:
-        json.dump(results, f, indent=1)
-    print(json.dumps(results, indent=1))
+    write_results("rebuild", results)
 
 
 if __name__ == "__main__":

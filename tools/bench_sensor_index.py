@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """The per-sensor index (issue 18): one sensor-hour from a log of READINGS readings from SENSORS
 sensors, QUERIES random sensors, with the page cache warm and again after dropping it; the
-index's bytes per reading; and, with BEFORE=<sensorlogd of another build>, the ingest rate of
-the two binaries in alternating rounds (the append cost). Results in
+index's bytes per reading; and, with BEFORE=<sensorlogd of another build>, the same queries
+against it and the ingest rate of the two binaries in alternating rounds (the append cost). Results in
 Benchmarks/results/sensor-index.json."""
 import json, os, random, subprocess, sys, time, urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_ingest
-from bench_ingest import BIN, Sensorlogd, loadgen
+from bench_ingest import BIN, Sensorlogd, loadgen, write_results
 
 READINGS = int(os.environ.get("READINGS", "10000000"))
 SENSORS = int(os.environ.get("SENSORS", "100000"))
@@ -58,8 +58,17 @@ def sizes(directory):
     return log, index, readings
 
 
-def queries():
-    s = Sensorlogd()
+def all_indexed(directory):
+    """Whether every closed segment has its .sensors file."""
+    for root, _, files in os.walk(directory):
+        logs = sorted(n for n in files if n.endswith(".log") and len(n) == 24)
+        if any(n[:-4] + ".sensors" not in files for n in logs[:-1]):
+            return False
+    return True
+
+
+def queries(binary=None):
+    s = Sensorlogd(binary=binary)
     try:
         loadgen(s, READINGS, sensors=SENSORS, base=BASE)
         rnd = random.Random(SEED)
@@ -89,12 +98,8 @@ def index_bytes():
                                "--http-port", str(s.http), "--log-level", "warning", "--segment-bytes", str(1 << 20)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         bench_ingest.wait_healthy(s.http)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            metrics = urllib.request.urlopen(f"http://127.0.0.1:{s.http}/metrics").read().decode()
-            if any(l.startswith("sensorlog_maintenance_jobs_total{") and 'job="sensor_index"' in l and 'outcome="ok"' in l
-                   for l in metrics.splitlines()):
-                break
+        deadline = time.time() + 300
+        while time.time() < deadline and not all_indexed(directory):
             time.sleep(0.2)
         log, index, readings = sizes(directory)
         s2.terminate()
@@ -123,14 +128,13 @@ def main():
     results = {"readings": READINGS, "sensors": SENSORS, "queries": QUERIES, "rounds": ROUNDS, "date": time.strftime("%Y-%m-%d %H:%M")}
     if os.environ.get("ONLY") in (None, "queries"):
         results["queries"] = queries()
+        if os.environ.get("BEFORE"):
+            results["queries_before"] = queries(os.environ["BEFORE"])
     if os.environ.get("ONLY") in (None, "bytes"):
         results["index"] = index_bytes()
     if os.environ.get("BEFORE"):
         results["append"] = append_ab(os.environ["BEFORE"])
-    os.makedirs("Benchmarks/results", exist_ok=True)
-    with open("Benchmarks/results/sensor-index.json", "w") as f:
-        json.dump(results, f, indent=1)
-    print(json.dumps(results, indent=1))
+    write_results("sensor-index", results)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ struct Verify: ParsableCommand {
             """)
 
     @OptionGroup var options: CommonOptions
-    @Flag(help: "Salvage damaged segments (originals quarantined), cut a torn tail, rebuild indexes and aggregates (server stopped).")
+    @Flag(help: "Salvage damaged segments (originals quarantined), cut a torn tail, rebuild indexes and aggregates; a running server does what it can while serving.")
     var repair = false
 
     func run() throws {
