@@ -3,10 +3,10 @@
 TCP, then how long until the aggregator's lag is 0, and consume + aggregate as bench-peers counts
 it (readings / (until durable + catch-up)). Alternates the sensorlogd binaries given, ROUNDS
 rounds: python3 tools/bench_catch_up.py A_BINARY B_BINARY ..."""
-import json, os, statistics, sys, time, urllib.request
+import os, statistics, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_ingest import Sensorlogd, loadgen, write_results
+from bench_ingest import Sensorlogd, loadgen, wait_aggregated, write_results
 
 READINGS = int(os.environ.get("READINGS", "1000000"))
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
@@ -17,11 +17,7 @@ def one(binary):
     try:
         out = loadgen(s, READINGS)
         sent = time.time()
-        while True:
-            groups = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{s.http}/groups").read())["groups"]
-            if sum(p["lag"] for g in groups if g["group"] == "aggregator" for p in g["partitions"]) == 0:
-                break
-            time.sleep(0.005)
+        wait_aggregated(s)
         catch_up = time.time() - sent
         return {"catch_up_seconds": catch_up, "consume_per_second": READINGS / (out["durable_seconds"] + catch_up)}
     finally:

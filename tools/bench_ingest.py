@@ -155,6 +155,15 @@ def postgres_aggregate(pg):
     return time.time() - t0
 
 
+def wait_aggregated(server):
+    """Waits until the aggregator's committed offsets reach the end of every partition."""
+    while True:
+        groups = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{server.http}/groups").read())["groups"]
+        if sum(p["lag"] for g in groups if g["group"] == "aggregator" for p in g["partitions"]) == 0:
+            return
+        time.sleep(0.005)
+
+
 def write_results(name, results):
     """Keeps a bench's figures in Benchmarks/results/<name>.json and prints them."""
     os.makedirs("Benchmarks/results", exist_ok=True)
@@ -244,11 +253,7 @@ def main():
     s = Sensorlogd()
     out = loadgen(s, big, sensors=100_000)
     sent_done = time.time()
-    while True:
-        groups = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{s.http}/groups").read())["groups"]
-        if sum(p["lag"] for g in groups if g["group"] == "aggregator" for p in g["partitions"]) == 0:
-            break
-        time.sleep(0.01)
+    wait_aggregated(s)
     results["aggregator_catch_up_seconds_after_burst"] = time.time() - sent_done
     results["aggregator_readings_per_second_during_ingest"] = big / (out["durable_seconds"] + results["aggregator_catch_up_seconds_after_burst"])
     time.sleep(1)
