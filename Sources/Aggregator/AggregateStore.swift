@@ -117,13 +117,8 @@ public final class AggregateStore {
         return row
     }
 
-    /// Writes changed rows, deletions and the offsets they reflect in one transaction.
-    func commit(rows: [AggregateRow], deletedSensors: [String], offsets: [Int64], now: Int64) throws(SQLiteError) {
-        let updated = Timestamp.formatISO8601(now)
-        try commit(rows: rows.map { $0.aggregate(updated: updated) }, deletedSensors: deletedSensors, offsets: offsets)
-    }
-
-    /// Writes rows (as they are written), deletions (first) and offsets in one transaction.
+    /// Writes rows (as they are written), deletions (first) and the offsets they reflect in one
+    /// transaction; each row replaces the stored one of its (sensor, hour).
     func commit(rows: [Aggregate], deletedSensors: [String], offsets: [Int64]) throws(SQLiteError) {
         if upsert == nil {
             // An update in place, not REPLACE: the key and the (hour, sensor) index entry of an
@@ -169,18 +164,7 @@ public final class AggregateStore {
         guard rc == SQLITE_DONE else { throw SQLiteError(code: rc, message: "online backup did not finish") }
     }
 
-    /// Writes rows as they are (a rebuild keeping rows of hours retention cut).
-    func put(_ rows: [Aggregate]) throws(SQLiteError) {
-        let s = try database.prepare("INSERT OR REPLACE INTO aggregates VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
-        try database.transaction { () throws(SQLiteError) in
-            for a in rows {
-                insert(s, a)
-                try s.run()
-            }
-        }
-    }
-
-    /// Binds one row to the 12 placeholders of `INSERT OR REPLACE INTO aggregates VALUES (…)`.
+    /// Binds one row to the 12 placeholders of `INSERT INTO aggregates VALUES (…)`.
     private func insert(_ s: SQLiteStatement, _ a: Aggregate) {
         s.reset()
         s.bind(1, a.sensorID)

@@ -54,7 +54,7 @@ public enum AggregateRebuild {
                   let start = Timestamp.parseISO8601(row.hourBucket) else { return false }
             return start <= Timestamp.hourStart(floor)
         }
-        try store.put(keep)
+        try store.commit(rows: keep, deletedSensors: [], offsets: [])
         return keep.count
     }
 

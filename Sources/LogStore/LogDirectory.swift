@@ -60,10 +60,7 @@ final class ReadOnlyPartition: PartitionView, @unchecked Sendable {
         {
             return index.batches(holding: sensorID).map { (segment, $0) }
         }
-        var index = SensorIndex()
-        guard try SensorIndexCache.extend(&index, segment: segment, base: base, until: nil, size: size, openTail: true, decoder: BatchDecoder(),
-                                          buffer: GrowableBuffer(capacity: 64 << 10))
-        else { return nil }
+        guard let index = try SensorIndexCache.build(segment, size: size, openTail: true) else { return nil }
         return index.batches(holding: sensorID).map { (segment, $0) }
     }
 }

@@ -104,6 +104,16 @@ struct Segment {
         return SegmentCursor(scanner: scanner, verifyCRC: verifyCRC, position: position, expected: offset)
     }
 
+    /// Writes a closed segment's `.sensors` file atomically (the one writer of it).
+    /// - Returns: its size in bytes.
+    @discardableResult
+    static func writeSensorIndex(_ index: SensorIndex, shape: SensorIndexCache.Shape, paths: SegmentPaths, directory: String,
+                                 _ ops: FileOperations) throws(LogError) -> Int {
+        let bytes = index.fileBytes(segmentSize: shape.size, records: shape.records)
+        try SegmentFiles.writeAtomically(bytes, to: paths.sensorIndex, directory: directory, displayPath: paths.sensorIndexDisplay, ops)
+        return bytes.count
+    }
+
     /// Writes the segment's index pair, each file atomically; `suffix` names pending files (a
     /// compaction's, renamed into place by its manifest).
     static func writeIndexes(_ index: SegmentIndex, paths: SegmentPaths, directory: String, suffix: String = "",

@@ -141,10 +141,11 @@ final class SensorIndexCache: @unchecked Sendable {
         return SensorIndex.parse(bytes, segmentSize: shape.size, records: shape.records)
     }
 
-    /// Builds a closed segment's index with a walk over all its batches.
-    static func build(_ segment: Segment, shape: Shape) throws(LogError) -> SensorIndex? {
+    /// Builds a segment's index with a walk over its batches, up to `size` bytes.
+    /// - Parameter openTail: the segment may be one being appended to (it may end inside a batch).
+    static func build(_ segment: Segment, size: Int64, openTail: Bool = false) throws(LogError) -> SensorIndex? {
         var index = SensorIndex()
-        guard try extend(&index, segment: segment, base: segment.base, until: nil, size: shape.size, openTail: false, decoder: BatchDecoder(),
+        guard try extend(&index, segment: segment, base: segment.base, until: nil, size: size, openTail: openTail, decoder: BatchDecoder(),
                          buffer: GrowableBuffer(capacity: 64 << 10))
         else { return nil }
         return index
@@ -196,8 +197,8 @@ extension Log {
     public func writeSensorIndexes(only: [Int]? = nil, stop: () -> Bool = { false }) throws(LogError) -> SensorIndexWrites {
         var done = SensorIndexWrites()
         for partition in (only ?? Array(partitions.indices)).map({ partitions[$0] }) {
-            let closed = partition.retentionView().closed
-            partition.sensorIndexes.retain(Set(closed.map(\.baseOffset) + [partition.retentionView().active.baseOffset]))
+            let (closed, active) = partition.retentionView()
+            partition.sensorIndexes.retain(Set(closed.map(\.baseOffset) + [active.baseOffset]))
             for segment in closed where !stop() {
                 try partition.writeSensorIndex(segment, into: &done)
             }
@@ -231,19 +232,18 @@ extension Partition {
             index = cached
         } else {
             let segment = try openSegment(base)
-            guard let built = try SensorIndexCache.build(segment, shape: shape) else {
+            guard let built = try SensorIndexCache.build(segment, size: shape.size) else {
                 done.unindexable += 1
                 return
             }
             index = built
         }
-        let bytes = index.fileBytes(segmentSize: shape.size, records: shape.records)
-        try SegmentFiles.writeAtomically(bytes, to: paths.sensorIndex, directory: directory, displayPath: paths.sensorIndexDisplay, fileOperations)
+        let bytes = try Segment.writeSensorIndex(index, shape: shape, paths: paths, directory: directory, fileOperations)
         // A swap meanwhile (not expected: the caller runs beside nothing that swaps) makes the
         // file stale; its shape check refuses it and the next pass writes it again.
         guard sensorIndexState(base)?.swaps == swapsBefore else { return }
         sensorIndexes.markOnDisk(base, shape)
         done.written += 1
-        done.bytes += Int64(bytes.count)
+        done.bytes += Int64(bytes)
     }
 }

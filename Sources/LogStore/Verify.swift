@@ -158,7 +158,7 @@ extension LogDirectory {
         let shape = SensorIndexCache.Shape(size: size, records: end - segment.base)
         let stored = SensorIndex.parse(bytes, segmentSize: size, records: shape.records)
         // A segment too damaged to index is reported for its batches already.
-        guard let built = try? SensorIndexCache.build(segment, shape: shape) else { return }
+        guard let built = try? SensorIndexCache.build(segment, size: size) else { return }
         if stored.map({ $0.sameEntries(as: built) }) != true {
             result.problems.append(VerifyProblem(severity: .warning, path: paths.sensorIndexDisplay, position: nil,
                 message: stored == nil ? "sensor index is malformed or describes another segment" : "sensor index disagrees with the segment's batches"))
@@ -285,11 +285,10 @@ extension LogDirectory {
         let shape = SensorIndexCache.Shape(size: try segment.file.size(), records: end - base)
         let paths = segment.paths
         try fileOperations.remove(paths.sensorIndex, display: paths.sensorIndexDisplay)
-        guard let index = try SensorIndexCache.build(segment, shape: shape) else {
+        guard let index = try SensorIndexCache.build(segment, size: shape.size) else {
             throw LogError(.corruptBatch, "a batch does not decode: the segment is salvaged first", path: paths.display)
         }
-        try SegmentFiles.writeAtomically(index.fileBytes(segmentSize: shape.size, records: shape.records), to: paths.sensorIndex,
-                                         directory: view.directory, displayPath: paths.sensorIndexDisplay, fileOperations)
+        try Segment.writeSensorIndex(index, shape: shape, paths: paths, directory: view.directory, fileOperations)
     }
 
     /// The bytes of every file in `partition`'s directory (segments and their indexes), as they are now.
