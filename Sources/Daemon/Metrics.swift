@@ -73,6 +73,7 @@ enum DaemonMetrics {
                           help: "fdatasync durations in seconds: the commit journal's under --fsync always, each partition's under interval."),
         MetricDescription("sensorlog_log_end_offset", help: "Next offset to be written, by partition."),
         MetricDescription("sensorlog_log_bytes", help: "Bytes of segment files, by partition."),
+        MetricDescription("sensorlog_log_segments", help: "Segment files (closed and the active one), by partition."),
         MetricDescription("sensorlog_consumer_lag",
                           help: "Readings a consumer group has yet to read (end offset minus committed offset), by group and partition."),
         MetricDescription("sensorlog_retention_blocked",
@@ -90,7 +91,7 @@ enum DaemonMetrics {
     ]
 }
 
-/// `sensorlog_log_end_offset{partition}`, `sensorlog_log_bytes{partition}` and
+/// `sensorlog_log_end_offset{partition}`, `sensorlog_log_bytes{partition}`, `sensorlog_log_segments{partition}` and
 /// `sensorlog_consumer_lag{group,partition}`, set at scrape time. Every series of the log and of
 /// the aggregator exists from start-up.
 final class LogGauges: Sendable {
@@ -98,13 +99,16 @@ final class LogGauges: Sendable {
     let aggregator: AggregatorService
     let endOffsets: [Metrics.Gauge]
     let bytes: [Metrics.Gauge]
+    let segments: [Metrics.Gauge]
     let lags = Mutex<[String: Metrics.Gauge]>([:])
+    let skipCounters = Mutex<Set<String>>([])
 
     init(log: Log, aggregator: AggregatorService) {
         self.log = log
         self.aggregator = aggregator
         endOffsets = log.partitions.map { Metrics.Gauge(label: "sensorlog_log_end_offset", dimensions: [("partition", String($0.id))]) }
         bytes = log.partitions.map { Metrics.Gauge(label: "sensorlog_log_bytes", dimensions: [("partition", String($0.id))]) }
+        segments = log.partitions.map { Metrics.Gauge(label: "sensorlog_log_segments", dimensions: [("partition", String($0.id))]) }
         refresh()
     }
 
@@ -112,8 +116,14 @@ final class LogGauges: Sendable {
         for (i, p) in log.partitions.enumerated() {
             endOffsets[i].record(Double(p.endOffset))
             bytes[i].record(Double(p.bytes))
+            segments[i].record(Double(p.segmentCount))
         }
         for group in GroupLag.all(log: log, aggregator: aggregator) {
+            // The group's skip counter exists from its first scrape at 0, so that an alert's
+            // increase() sees the first skip (a series born at 1 looks like no change).
+            if group.group != AggregateStore.group, skipCounters.withLock({ $0.insert(group.group).inserted }) {
+                Counter(label: "sensorlog_consumer_group_skipped_total", dimensions: [("group", group.group)]).increment(by: 0)
+            }
             for p in group.partitions {
                 let key = group.group + "/" + String(p.partition)
                 let gauge = lags.withLock { g in
