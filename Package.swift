@@ -103,6 +103,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ],
+            // The console's sources: tools/embed-assets compiles them into EmbeddedAssets.swift.
+            exclude: ["Console"],
             swiftSettings: swiftSettings
         ),
         // sensorlogd as a library: configuration in, services out (start, run, stop), so that a

@@ -55,6 +55,12 @@ enum AdminRoutes {
         for operation in admin.operations {
             routes.post("/admin/\(operation)") { request, context in
                 try authorize(context)
+                // A browser sends application/json to another origin only after asking (CORS
+                // preflight): a page open on the server's host cannot start a job by a plain POST.
+                guard request.headers[.contentType]?.lowercased().hasPrefix("application/json") == true else {
+                    throw APIError(.unsupportedMediaType, code: "unsupported_media_type",
+                                   "an admin request's body is JSON: send Content-Type: application/json")
+                }
                 let body = try await request.body.collect(upTo: maxBodyBytes)
                 let job: String
                 do {

@@ -108,6 +108,7 @@ public enum HTTPServer {
                     reader: AggregateReader(path: DataLayout(pipeline.log.dataDirectory).aggregates)).add(to: routes)
         GroupRoutes(log: pipeline.log).add(to: routes, maxBodyBytes: configuration.limits.maxBodyBytes)
         if let admin { AdminRoutes.add(admin, to: routes, maxBodyBytes: configuration.limits.maxBodyBytes) }
+        ConsoleRoutes.add(to: routes, keysRequired: !configuration.apiKeys.isEmpty)
         routes.get("/metrics") { _, _ -> Response in
             Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                      body: ResponseBody(byteBuffer: ByteBuffer(string: metricsText())))

@@ -40,6 +40,8 @@ struct RequestIDMiddleware: RouterMiddleware {
             response = try APIErrorMiddleware.convert(error, logger: context.logger).response(from: request, context: context)
         }
         response.headers[Self.header] = id
+        // A HEAD answer has the headers of the GET answer and no body, errors included.
+        if request.method == .head { response = response.createHeadResponse() }
         // The access log, at debug level: one line a request is too many at thousands a second.
         context.logger.debug("request", metadata: [
             "method": "\(request.method)", "path": "\(request.uri.path)", "status": "\(response.status.code)",
@@ -84,8 +86,11 @@ struct Routes {
 
     func get(_ path: String, use handler: @escaping Handler) {
         table.add(.get, path)
-        table.add(.head, path)  // Hummingbird answers HEAD for every GET route
+        table.add(.head, path)
         router.get(RouterPath(path), use: handler)
+        // HEAD as GET without the body (RequestIDMiddleware drops it): Hummingbird's router does
+        // not answer HEAD by itself (it answered 405 with `Allow: GET, HEAD`).
+        router.head(RouterPath(path), use: handler)
     }
 
     func post(_ path: String, use handler: @escaping Handler) {
@@ -288,7 +293,15 @@ struct APIKeyMiddleware: RouterMiddleware {
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         let path = request.uri.path
-        if Self.open.contains(path) || request.method == .options { return try await next(request, context) }
+        if Self.open.contains(path) || ConsoleRoutes.isOpen(path) || request.method == .options {
+            // An open route still learns the roles of a key it is given (`/session` tells them).
+            var context = context
+            if let given = Self.credential(request), let (key, roles) = match(Array(given.utf8)) {
+                context.apiKey = key
+                context.roles = roles
+            }
+            return try await next(request, context)
+        }
         guard let given = Self.credential(request), let (key, roles) = match(Array(given.utf8)) else {
             var error = APIError(.unauthorized, code: "unauthorized", "missing or unknown API key (X-API-Key, or Authorization: Token/Bearer/Basic)")
             error.headers[.wwwAuthenticate] = "X-API-Key"

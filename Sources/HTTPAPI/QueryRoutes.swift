@@ -114,14 +114,14 @@ struct QueryRoutes: Sendable {
             return JSONBody.response(.ok, Page(name: "sensors", items: rows, nextCursor: rows.count == limit ? rows.last?.sensorID : nil))
         }
         router.get("/sensors/:id") { _, context -> Response in
-            let id = try context.parameters.require("id")
+            let id = try Self.sensorID(context)
             guard let sensor = try storeRead({ try $0.sensor(id) }) else {
                 throw APIError(.notFound, code: "unknown_sensor", "no readings of sensor \(id) are aggregated")
             }
             return JSONBody.response(.ok, sensor)
         }
         router.get("/sensors/:id/aggregates") { request, context -> Response in
-            let id = try context.parameters.require("id")
+            let id = try Self.sensorID(context)
             let (from, to) = try Self.range(request)
             let rows = try storeRead { try $0.aggregates(sensorID: id, from: from, to: to) }
             return JSONBody.response(.ok, Page(name: "aggregates", items: rows, nextCursor: nil))
@@ -145,7 +145,7 @@ struct QueryRoutes: Sendable {
             return JSONBody.response(.ok, Page(name: "aggregates", items: rows, nextCursor: next))
         }
         router.get("/sensors/:id/readings") { request, context -> Response in
-            let id = try context.parameters.require("id")
+            let id = try Self.sensorID(context)
             let (from, to) = try Self.range(request)
             let limit = try Self.limit(request, default: log.configuration.limits.defaultPageSize, max: log.configuration.limits.maxPageSize)
             let p = log.partition(for: id)
@@ -265,6 +265,16 @@ struct QueryRoutes: Sendable {
         let to = try parse("to")
         if let from, let to, to < from { throw APIError(.badRequest, code: "invalid_parameter", "to is before from", field: "to") }
         return (from, to)
+    }
+
+    /// The `{id}` of the path, percent-decoded: the router matches the raw path, so without this
+    /// `/sensors/dock%204` looked up a sensor named `dock%204`, and a sensor whose id holds a
+    /// space, a `/` or any non-ASCII character could not be named at all.
+    static func sensorID(_ context: SensorRequestContext) throws -> String {
+        guard let id = try context.parameters.require("id").removingPercentEncoding else {
+            throw APIError(.badRequest, code: "invalid_parameter", "the sensor id in the path is not valid percent-encoded UTF-8", field: "id")
+        }
+        return id
     }
 
     static func limit(_ request: Request, default value: Int, max: Int) throws -> Int {
