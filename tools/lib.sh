@@ -40,11 +40,12 @@ ensure_python_venv() {
     echo "installing python3 and python3-venv (apt-get)" >&2
     apt_install python3 python3-venv python3-pip
   fi
-  if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import questdb, pytest, requests, cryptography, influxdb_client, influxdb, paho.mqtt' >/dev/null 2>&1; then
-    echo "setting up .venv (questdb, pytest, requests, cryptography, influxdb-client, influxdb, paho-mqtt)" >&2
+  if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import questdb, pytest, requests, cryptography, influxdb_client, influxdb, paho.mqtt, selenium, schemathesis, openapi_spec_validator, yaml' >/dev/null 2>&1; then
+    echo "setting up .venv (questdb, pytest, requests, cryptography, influxdb-client, influxdb, paho-mqtt, selenium, schemathesis, openapi-spec-validator, pyyaml)" >&2
     python3 -m venv .venv
     .venv/bin/pip install -q --disable-pip-version-check "questdb==6.0.0" "pytest>=8" requests cryptography \
-      "influxdb-client==1.50.0" "influxdb==5.3.2" "paho-mqtt==2.2.0"
+      "influxdb-client==1.50.0" "influxdb==5.3.2" "paho-mqtt==2.2.0" \
+      "selenium==4.51.0" "schemathesis==4.32.5" "openapi-spec-validator==0.9.0" "pyyaml==6.0.4"
   fi
 }
 
@@ -79,4 +80,23 @@ ensure_promtool() {
   command -v promtool >/dev/null 2>&1 && return 0
   echo "installing prometheus for promtool (apt-get)" >&2
   apt_install_stopped prometheus
+}
+
+# A real browser for the console's end-to-end test: Debian's chromium and its chromedriver
+# (selenium is pointed at /usr/bin/chromedriver; its own driver download is never used).
+ensure_browser() {
+  command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 && return 0
+  echo "installing chromium and chromium-driver (apt-get)" >&2
+  apt_install --no-install-recommends chromium chromium-driver
+}
+
+# What tests/e2e/test_install.py checks the packaging with: systemd-analyze (Debian: systemd; its
+# services are not started in a container) and groff (groff-base) to render the man pages.
+ensure_packaging_tools() {
+  local missing=()
+  command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+  command -v groff >/dev/null 2>&1 || missing+=(groff-base)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "installing ${missing[*]} (apt-get)" >&2
+  apt_install_stopped "${missing[@]}"
 }
