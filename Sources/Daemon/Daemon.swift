@@ -69,6 +69,8 @@ public final class Daemon: Sendable {
     /// Opens everything and binds the line protocol (HTTP binds in `run`, before "ready").
     /// - Parameter registry: where `/metrics` is read from (the one MetricsSystem was bootstrapped with).
     public static func start(_ c: DaemonConfiguration, logger: Logger, registry: PrometheusCollectorRegistry) async throws(DaemonError) -> Daemon {
+        var c = c
+        c.limits = OpenFiles.fit(c.limits, logger: logger)
         let log = try openLog(c, logger: logger)
         func fail(_ status: ExitStatus, _ message: String, _ error: any Error) -> DaemonError {
             logger.critical("\(message)", metadata: ["error": "\(error)"])

@@ -867,7 +867,7 @@ document.addEventListener("DOMContentLoaded", start);
 </html>
 
 """#####),
-        "openapi.json": Asset(contentType: "application/json; charset=utf-8", etag: "\"f17c7235a5abc67a5a63\"", text: #####"""
+        "openapi.json": Asset(contentType: "application/json; charset=utf-8", etag: "\"4f4be0879f43f256c9c3\"", text: #####"""
 {
  "openapi": "3.1.0",
  "info": {
@@ -927,7 +927,7 @@ document.addEventListener("DOMContentLoaded", start);
      "ingest"
     ],
     "summary": "Store one reading or an array of readings",
-    "description": "One reading, or an array of 1 to 10 000 (`too_many_readings` beyond), in a body of at\nmost 1 MiB (`--max-body-bytes`). 201 once the readings are durable under the fsync\npolicy. An array is validated whole: one invalid reading refuses it all (400, `index`\nnames it). Readings already stored, older than the retained log or of a deleted sensor\nare listed by index in `duplicates`, `too_old` and `deleted` of an array's answer and not\nwritten; a single such reading answers 409 `duplicate`, 400 `too_old` or 409 `deleted`.\nNeeds the `ingest` role.\n",
+    "description": "One reading, or an array of 1 to 10 000 (`too_many_readings` beyond), in a body of at\nmost 1 MiB (`--max-body-bytes`). 201 once the readings are durable under the fsync\npolicy. An array is validated whole: one invalid reading refuses it all (400, `index`\nnames it). Readings already stored, older than the retained log or of a deleted sensor\nare listed by index in `duplicates`, `too_old` and `deleted` of an array's answer and not\nwritten; a single such reading answers 409 `duplicate`, 400 `too_old` or 409 `deleted`.\nReadings of new sensors past `--max-sensors` are listed in `too_many_sensors` (a single\none answers 400 `too_many_sensors`).\nNeeds the `ingest` role.\n",
     "parameters": [
      {
       "$ref": "#/components/parameters/RequestId"
@@ -1022,7 +1022,8 @@ document.addEventListener("DOMContentLoaded", start);
             1
            ],
            "too_old": [],
-           "deleted": []
+           "deleted": [],
+           "too_many_sensors": []
           }
          }
         }
@@ -3677,7 +3678,7 @@ document.addEventListener("DOMContentLoaded", start);
     }
    },
    "ReadingRefused": {
-    "description": "A reading is invalid (`missing_field`, `invalid_sensor_id`, `unknown_type`,\n`invalid_value`, `non_finite_value`, `out_of_range`, `invalid_location`,\n`invalid_timestamp`; `field` names the member, `index` the array element), the body is\nnot JSON (`invalid_json`, the message says where), an empty or too long array\n(`empty_array`, `too_many_readings`), a sensor of another type (`type_mismatch`), or a\nsingle reading older than the retained log (`too_old`). Nothing of the body is written.\n",
+    "description": "A reading is invalid (`missing_field`, `invalid_sensor_id`, `unknown_type`,\n`invalid_value`, `non_finite_value`, `out_of_range`, `invalid_location`,\n`invalid_timestamp`; `field` names the member, `index` the array element), the body is\nnot JSON (`invalid_json`, the message says where), an empty or too long array\n(`empty_array`, `too_many_readings`), a sensor of another type (`type_mismatch`), or a\nsingle reading older than the retained log (`too_old`), or a single reading of a new\nsensor past `--max-sensors` (`too_many_sensors`). Nothing of the body is written.\n",
     "headers": {
      "X-Request-Id": {
       "$ref": "#/components/headers/X-Request-Id"
@@ -4230,7 +4231,7 @@ document.addEventListener("DOMContentLoaded", start);
     }
    },
    "InfluxBadRequest": {
-    "description": "A line refused (the reasons of the TCP door, or `type_mismatch`, `too_old`, `deleted`):\nthe good lines are stored, and the message names the first refused line and counts those\ndropped. Also an unknown `precision` (`invalid_precision`) or broken gzip\n(`invalid_gzip`). InfluxDB 1.x's body with `db`, 2.x's without.\n",
+    "description": "A line refused (the reasons of the TCP door, or `type_mismatch`, `too_old`, `deleted`, `too_many_sensors`):\nthe good lines are stored, and the message names the first refused line and counts those\ndropped. Also an unknown `precision` (`invalid_precision`) or broken gzip\n(`invalid_gzip`). InfluxDB 1.x's body with `db`, 2.x's without.\n",
     "headers": {
      "X-Sensorlog-Stored": {
       "required": false,
@@ -4816,7 +4817,8 @@ document.addEventListener("DOMContentLoaded", start);
      "readings",
      "duplicates",
      "too_old",
-     "deleted"
+     "deleted",
+     "too_many_sensors"
     ],
     "additionalProperties": false,
     "properties": {
@@ -4869,6 +4871,14 @@ document.addEventListener("DOMContentLoaded", start);
      },
      "deleted": {
       "description": "Indexes of readings of a deleted sensor at or before its deletion (not written).",
+      "type": "array",
+      "items": {
+       "type": "integer",
+       "minimum": 0
+      }
+     },
+     "too_many_sensors": {
+      "description": "Indexes of readings of new sensors past `--max-sensors` (not written).",
       "type": "array",
       "items": {
        "type": "integer",

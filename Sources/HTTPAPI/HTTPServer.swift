@@ -51,7 +51,7 @@ public enum HTTPServer {
     public typealias App = Application<RouterResponder<SensorRequestContext>>
 
     /// The metrics the API creates, with their help text.
-    public static var metricDescriptions: [MetricDescription] { RouteMetrics.descriptions }
+    public static var metricDescriptions: [MetricDescription] { RouteMetrics.descriptions + HTTPConnections.descriptions }
 
     /// The statuses whose `sensorlog_http_requests_total` series exist from start-up, per method
     /// of a route: those alerts watch (errors, overload, an unavailable log) and the success.
@@ -123,9 +123,14 @@ public enum HTTPServer {
 
         // Idle keep-alive connections and stalled requests (a slow-loris body) are closed after
         // the idle timeout, as on the line-protocol listener; a shutdown waits at most that long.
-        let idle = TimeAmount.nanoseconds(Int64(configuration.limits.idleTimeout / .nanoseconds(1)))
+        let limits = configuration.limits
+        let connections = HTTPConnections(limit: limits.maxHTTPConnections)
+        let http1 = HTTP1Channel.Configuration(
+            additionalChannelHandlers: [ConnectionGuard(connections: connections, limits: limits)],
+            idleTimeout: ConnectionGuard.amount(limits.idleTimeout),
+            httpDecoderConfiguration: .init(maxHeaderFieldSize: limits.maxHTTPHeaderBytes, maxHeaderListSize: limits.maxHTTPHeaderBytes))
         return Application(
-            router: router, server: .http1(configuration: .init(idleTimeout: idle)),
+            router: router, server: .http1(configuration: http1),
             configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "sensorlog"),
             onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? configuration.port) },
             logger: logger)

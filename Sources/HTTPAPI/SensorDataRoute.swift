@@ -23,7 +23,8 @@ struct SensorDataRoute: Sendable {
         var duplicates: [Int]
         var tooOld: [Int]
         var deleted: [Int]
-        enum CodingKeys: String, CodingKey { case accepted, readings, duplicates, tooOld = "too_old", deleted }
+        var tooManySensors: [Int]
+        enum CodingKeys: String, CodingKey { case accepted, readings, duplicates, tooOld = "too_old", deleted, tooManySensors = "too_many_sensors" }
     }
 
     func handle(_ request: Request, context: SensorRequestContext) async throws -> Response {
@@ -117,9 +118,13 @@ struct SensorDataRoute: Sendable {
             case .deleted:
                 throw APIError(.conflict, code: "deleted",
                                "sensor \(readings[0].sensorID) was deleted: its readings up to the newest one deleted are refused", field: "timestamp")
+            case .tooManySensors:
+                throw APIError(.badRequest, code: "too_many_sensors",
+                               "sensor \(readings[0].sensorID) is new and the server already holds the most sensors it takes (--max-sensors)",
+                               field: "sensor_id")
             }
         }
-        var created = Created(accepted: 0, readings: [], duplicates: [], tooOld: [], deleted: [])
+        var created = Created(accepted: 0, readings: [], duplicates: [], tooOld: [], deleted: [], tooManySensors: [])
         for (i, outcome) in outcomes.enumerated() {
             switch outcome {
             case .appended(let partition, let offset):
@@ -130,6 +135,8 @@ struct SensorDataRoute: Sendable {
                 created.tooOld.append(i)
             case .deleted:
                 created.deleted.append(i)
+            case .tooManySensors:
+                created.tooManySensors.append(i)
             }
         }
         created.accepted = created.readings.count

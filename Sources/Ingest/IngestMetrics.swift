@@ -44,13 +44,13 @@ public final class IngestMetrics: Sendable {
         let reasons: [LineProtocolError.Reason] = [
             .syntax, .invalidUTF8, .duplicateTag, .unknownType, .multipleTypes, .missingSensorID, .missingLocation, .missingValue, .invalidValue,
             .nonFiniteValue, .outOfRange, .invalidSensorID, .invalidLocation, .invalidTimestamp, .binaryProtocol, .lineTooLong,
-            .partialLine, .duplicate, .typeMismatch, .tooOld, .deleted,
+            .partialLine, .duplicate, .typeMismatch, .tooOld, .deleted, .tooManySensors,
         ]
         return reasons.map(\.rawValue) + ["lost_at_shutdown"]
     }()
 
     /// The reasons the ingest path itself refuses for on every transport (the HTTP API adds its own).
-    public static let commonReasons = ["duplicate", "type_mismatch", "too_old", "deleted"]
+    public static let commonReasons = ["duplicate", "type_mismatch", "too_old", "deleted", "too_many_sensors"]
 
     private let ingested: [Transport: Counter]
     private let rejected = Mutex<[String: Counter]>([:])

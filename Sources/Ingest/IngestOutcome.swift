@@ -1,5 +1,6 @@
 import LogStore
 import SensorLogCore
+import Synchronization
 
 /// What became of a submission: counts, and each reading's outcome when asked for.
 public struct SubmissionResult: Sendable {
@@ -8,6 +9,7 @@ public struct SubmissionResult: Sendable {
     public var mismatches = 0
     public var tooOld = 0
     public var deleted = 0
+    public var tooManySensors = 0
     public var outcomes: [IngestOutcome]?
     /// The first reading refused (its index in the submission) and why: what a summary log line
     /// shows when no per-reading report was asked for.
@@ -24,7 +26,8 @@ public struct SubmissionResult: Sendable {
 
     /// The refused counts under the reasons metrics and logs name them by.
     var refusals: [(reason: String, count: Int)] {
-        [("duplicate", duplicates), ("type_mismatch", mismatches), ("too_old", tooOld), ("deleted", deleted)]
+        [("duplicate", duplicates), ("type_mismatch", mismatches), ("too_old", tooOld), ("deleted", deleted),
+         ("too_many_sensors", tooManySensors)]
     }
 }
 
@@ -51,6 +54,8 @@ public enum IngestOutcome: Sendable, Equatable {
     case tooOld
     /// Of a sensor deleted since, at or before the newest reading the deletion removed.
     case deleted
+    /// Of a sensor the server does not know yet, when it knows `Limits.maxSensors` already.
+    case tooManySensors
 
     /// The reason a refused reading is counted and logged under (as `SubmissionResult.refusals`);
     /// nil for an appended one.
@@ -61,6 +66,30 @@ public enum IngestOutcome: Sendable, Equatable {
         case .typeMismatch: "type_mismatch"
         case .tooOld: "too_old"
         case .deleted: "deleted"
+        case .tooManySensors: "too_many_sensors"
         }
     }
+}
+
+/// The sensors every partition's dedupe knows, against `Limits.maxSensors` (0: no bound).
+final class SensorBudget: Sendable {
+    let limit: Int
+    private let count = Atomic<Int>(0)
+
+    init(limit: Int) { self.limit = limit }
+
+    /// Takes room for a new sensor; false when the bound is reached.
+    func take() -> Bool {
+        var current = count.load(ordering: .relaxed)
+        while limit == 0 || current < limit {
+            let (exchanged, seen) = count.compareExchange(expected: current, desired: current + 1, ordering: .relaxed)
+            if exchanged { return true }
+            current = seen
+        }
+        return false
+    }
+
+    /// Sensors already in the log at start-up count whatever the bound.
+    func add(_ n: Int) { count.add(n, ordering: .relaxed) }
+    func release(_ n: Int) { count.subtract(n, ordering: .relaxed) }
 }

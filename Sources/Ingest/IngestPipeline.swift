@@ -36,8 +36,9 @@ public final class IngestPipeline: Sendable {
         let typeNames = validator.typeNames
         let floors = try Retention.floors(dataDirectory: log.dataDirectory, partitions: log.partitions.count)
         var partitions: [PartitionIngest] = []
+        let budget = SensorBudget(limit: log.configuration.limits.maxSensors)
         for p in 0..<log.partitions.count {
-            let ingest = PartitionIngest(partition: p, log: log, typeNames: typeNames, floor: floors[p])
+            let ingest = PartitionIngest(partition: p, log: log, typeNames: typeNames, floor: floors[p], budget: budget)
             try await ingest.rebuild()
             partitions.append(ingest)
         }

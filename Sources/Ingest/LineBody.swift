@@ -173,6 +173,7 @@ extension IngestPipeline {
         case .typeMismatch(let expected): "sensor \(reading.sensorID) is a \(expected) sensor"
         case .tooOld: "older than the retained log: retention removed readings up to this time"
         case .deleted: "sensor \(reading.sensorID) was deleted: its readings up to the newest one deleted are refused"
+        case .tooManySensors: "sensor \(reading.sensorID) is new and the server already holds the most sensors it takes (--max-sensors)"
         case .appended, .duplicate: ""
         }
     }

@@ -73,7 +73,11 @@ actor PartitionIngest {
     /// before it is refused `deleted`, a newer one starts the sensor afresh.
     private var deleted: [String: Int64] = [:]
 
-    init(partition: Int, log: Log, typeNames: [String], floor: Int64?) {
+    /// Shared by every partition: new sensors past `Limits.maxSensors` are refused.
+    private let budget: SensorBudget
+
+    init(partition: Int, log: Log, typeNames: [String], floor: Int64?, budget: SensorBudget) {
+        self.budget = budget
         self.partition = partition
         self.log = log
         self.typeNames = typeNames
@@ -104,6 +108,7 @@ actor PartitionIngest {
                     if ts > sensors[slot: slot].lastTimestamp { sensors[slot: slot].lastTimestamp = ts }
                 } else {
                     sensors.insert(id, SensorState(lastTimestamp: ts, type: typeIndex(batch.types[Int(batch.tupleTypes[t])])))
+                    budget.add(1)
                 }
             }
         }
@@ -116,6 +121,7 @@ actor PartitionIngest {
     /// A deletion record's effect: the sensor's type is released, its readings up to
     /// `lastReading` are refused from now on, and readers stop seeing them.
     private func forget(_ sensorID: String, lastReading: Int64, deletionOffset: Int64) {
+        if sensors[sensorID] != nil { budget.release(1) }
         sensors[sensorID] = nil
         deleted[sensorID] = max(deleted[sensorID] ?? .min, lastReading)
         log.partitions[partition].deletions.add(sensorID, before: deletionOffset)
@@ -346,6 +352,11 @@ actor PartitionIngest {
                         results[s].refuse(i, .typeMismatch(expected: typeNames[Int(claim.type)]))
                         continue
                     }
+                    guard budget.take() else {
+                        results[s].tooManySensors += 1
+                        results[s].refuse(i, .tooManySensors)
+                        continue
+                    }
                     undo.append((r.sensorID, nil))
                     sensors.insert(r.sensorID, SensorState(lastTimestamp: r.timestamp, type: type))
                     freshKeys?.insert(Key(sensorID: r.sensorID, timestamp: r.timestamp))
@@ -401,6 +412,7 @@ actor PartitionIngest {
 
     private func restore(_ undo: [(String, SensorState?)], into sensors: inout StringTable<SensorState>) {
         for (id, state) in undo.reversed() { sensors[id] = state }
+        budget.release(undo.count(where: { $0.1 == nil }))
     }
 
     /// Whether (sensor, timestamp) is in the partition: only spans whose time bounds hold the

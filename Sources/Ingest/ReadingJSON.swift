@@ -68,9 +68,22 @@ public enum ReadingJSON {
         }
 
         /// An object at `position`, keeping the members of a reading.
+        /// A member of a reading given twice is refused: parsers differ on which one wins, so a
+        /// proxy that checked the first could pass a reading stored with the second.
         mutating func reading() throws(SyntaxError) -> PostedReading {
             var reading = PostedReading()
+            var seen: UInt8 = 0  // a bit per member, not a set: this is the hot path of a POST
             try object { p, key throws(SyntaxError) in
+                let bit: UInt8 = switch key {
+                case "sensor_id": 1
+                case "type": 2
+                case "value": 4
+                case "location": 8
+                case "timestamp": 16
+                default: 0
+                }
+                guard seen & bit == 0 else { throw p.error("member \"\(key)\" given twice") }
+                seen |= bit
                 switch key {
                 case "sensor_id": reading.sensorID = try p.scalar()
                 case "type": reading.type = try p.scalar()

@@ -35,6 +35,8 @@ public struct LineProtocolError: Error, Sendable, Equatable, CustomStringConvert
         public static let duplicate = Reason("duplicate")
         /// The sensor's first reading had another type.
         public static let typeMismatch = Reason("type_mismatch")
+        /// Of a new sensor when the server holds `--max-sensors` already.
+        public static let tooManySensors = Reason("too_many_sensors")
         /// Older than the start of the retained log.
         public static let tooOld = Reason("too_old")
         /// Of a deleted sensor, at or before the newest reading its deletion removed.

@@ -48,6 +48,20 @@ public struct Limits: Sendable, Equatable {
     /// Socket reads per wake-up before other connections get a turn (and a paused connection
     /// stops): `maxSocketReadBytes` times this is the overshoot past the pending bound.
     public var socketReadsPerWakeup = 4
+    /// Most HTTP connections at once; one more is closed as it is accepted (and counted), so that
+    /// idle connections can never exhaust the open files every other client needs.
+    public var maxHTTPConnections = 1024
+    /// A new HTTP connection must have sent a whole request head (request line and headers)
+    /// within this: a slow-loris trickling header bytes holds a slot no longer.
+    public var httpHeaderTimeout: Duration = .seconds(10)
+    /// From its head, a request's body must have arrived whole within this (a trickled body).
+    public var httpRequestTimeout: Duration = .seconds(60)
+    /// Largest request line (the URL) plus headers of an HTTP request: 431 past it.
+    public var maxHTTPHeaderBytes = 16 << 10
+    /// Open files kept free beyond the connection caps: segments, indexes, the journal, SQLite,
+    /// the admin socket. Start-up raises the soft open-file limit to the hard one, and lowers the
+    /// caps when even that cannot hold both caps and this.
+    public var fileDescriptorReserve = 256
     /// Largest HTTP request body.
     public var maxBodyBytes = 1 << 20
     /// Largest line-protocol body over HTTP (`/write`, `/api/v2/write`), after gzip inflation:
@@ -70,6 +84,12 @@ public struct Limits: Sendable, Equatable {
 
     /// Fsync period under the `interval` policy.
     public var fsyncInterval: Duration = .milliseconds(100)
+
+    /// Most distinct sensors the server takes (`--max-sensors`; 0: no bound); a reading of a new
+    /// sensor past it is refused `too_many_sensors`. The dedupe keeps each sensor in memory
+    /// (about 100 bytes plus its id), so this bounds what one producer minting ids can cost.
+    /// InfluxDB's `max-series-per-database` default.
+    public var maxSensors = 1_000_000
 
     /// Most reading types (`--sensor-type`): the dedupe keeps a sensor's type in one byte (255 at
     /// most), and this leaves room.
@@ -141,6 +161,9 @@ public struct Limits: Sendable, Equatable {
         }
         guard maxLineBytes >= 256 else { throw LimitsError("max line bytes must be at least 256, got \(maxLineBytes)") }
         guard maxConnections >= 1 else { throw LimitsError("max connections must be at least 1, got \(maxConnections)") }
+        guard httpHeaderTimeout > .zero, httpRequestTimeout > .zero else { throw LimitsError("HTTP header and request timeouts must be positive") }
+        guard maxSensors >= 0 else { throw LimitsError("max sensors must be 0 (no bound) or more, got \(maxSensors)") }
+        guard maxHTTPConnections >= 1 else { throw LimitsError("max HTTP connections must be at least 1, got \(maxHTTPConnections)") }
         guard idleTimeout > .zero else { throw LimitsError("idle timeout must be positive") }
         guard lineProtocolAuthTimeout > .zero else { throw LimitsError("line-protocol authentication timeout must be positive") }
         guard maxPendingReadingsPerConnection >= 1 else { throw LimitsError("max pending readings must be at least 1") }

@@ -74,6 +74,18 @@ struct SensorLogDaemon: AsyncParsableCommand {
     @Option(help: "Most line-protocol connections at once (default 1024).")
     var maxConnections: Int?
 
+    @Option(help: "Most distinct sensors the server takes; a reading of a new sensor past it is refused too_many_sensors (0: no bound; default 1000000).")
+    var maxSensors: Int?
+
+    @Option(help: "Most HTTP connections at once; one more is closed as it is accepted and counted (default 1024).")
+    var maxHttpConnections: Int?
+
+    @Option(help: "Close an HTTP connection that has not sent a whole request head (request line and headers) within this many seconds of connecting (default 10).")
+    var httpHeaderTimeoutSeconds: Int?
+
+    @Option(help: "Close an HTTP connection whose request body has not arrived whole within this many seconds of its head (default 60).")
+    var httpRequestTimeoutSeconds: Int?
+
     @Option(help: "Close a connection silent for this many seconds (a line-protocol one the server paused excepted; on HTTP, idle keep-alive or a stalled request; default 300).")
     var idleTimeoutSeconds: Int?
 
@@ -149,6 +161,10 @@ struct SensorLogDaemon: AsyncParsableCommand {
             maxBodyBytes: try e.value(maxBodyBytes, "MAX_BODY_BYTES") ?? limits.maxBodyBytes,
             maxWriteBodyBytes: try e.value(maxWriteBodyBytes, "MAX_WRITE_BODY_BYTES") ?? limits.maxWriteBodyBytes,
             maxConnections: try e.value(maxConnections, "MAX_CONNECTIONS") ?? limits.maxConnections,
+            maxSensors: try e.value(maxSensors, "MAX_SENSORS") ?? limits.maxSensors,
+            maxHTTPConnections: try e.value(maxHttpConnections, "MAX_HTTP_CONNECTIONS") ?? limits.maxHTTPConnections,
+            httpHeaderTimeoutSeconds: try e.value(httpHeaderTimeoutSeconds, "HTTP_HEADER_TIMEOUT_SECONDS") ?? Int(limits.httpHeaderTimeout / .seconds(1)),
+            httpRequestTimeoutSeconds: try e.value(httpRequestTimeoutSeconds, "HTTP_REQUEST_TIMEOUT_SECONDS") ?? Int(limits.httpRequestTimeout / .seconds(1)),
             idleTimeoutSeconds: try e.value(idleTimeoutSeconds, "IDLE_TIMEOUT_SECONDS") ?? Int(limits.idleTimeout / .seconds(1)),
             maxLineBytes: try e.value(maxLineBytes, "MAX_LINE_BYTES") ?? limits.maxLineBytes,
             sensorTypes: sensorTypes.isEmpty ? (e.text("SENSOR_TYPES")?.split(separator: ",").map(String.init) ?? []) : sensorTypes,
@@ -208,7 +224,7 @@ struct SensorLogDaemon: AsyncParsableCommand {
     /// The names after `SENSORLOG_` that something reads (SENSORLOG_API_KEYS holds keys themselves).
     static let environmentNames: Set<String> = [
         "DATA_DIR", "TCP_PORT", "HTTP_PORT", "BIND", "PARTITIONS", "FSYNC", "FSYNC_INTERVAL_MS", "SEGMENT_BYTES",
-        "API_KEYS_FILE", "RATE_LIMIT", "CORS_ORIGIN", "MAX_BODY_BYTES", "MAX_CONNECTIONS", "IDLE_TIMEOUT_SECONDS",
+        "API_KEYS_FILE", "RATE_LIMIT", "CORS_ORIGIN", "MAX_BODY_BYTES", "MAX_CONNECTIONS", "MAX_SENSORS", "MAX_HTTP_CONNECTIONS", "HTTP_HEADER_TIMEOUT_SECONDS", "HTTP_REQUEST_TIMEOUT_SECONDS", "IDLE_TIMEOUT_SECONDS",
         "MAX_LINE_BYTES", "SENSOR_TYPES", "LOG_LEVEL", "TCP_AUTH_FILE", "TCP_BEYOND_LOOPBACK", "API_KEYS",
         "RETENTION_TIME", "RETENTION_BYTES", "MAINTENANCE_INTERVAL_SECONDS", "COMPACTION", "COMPACTION_BYTES_PER_SECOND",
         "MAX_WRITE_BODY_BYTES", "MQTT_URL", "MQTT_TOPIC", "MQTT_TOPIC_TEMPLATE", "MQTT_CLIENT_ID", "MQTT_USERNAME", "MQTT_PASSWORD", "MQTT_CA_FILE",
@@ -222,6 +238,10 @@ struct SensorLogDaemon: AsyncParsableCommand {
         limits.maxBodyBytes = s.maxBodyBytes
         limits.maxWriteBodyBytes = s.maxWriteBodyBytes
         limits.maxConnections = s.maxConnections
+        limits.maxHTTPConnections = s.maxHTTPConnections
+        limits.maxSensors = s.maxSensors
+        limits.httpHeaderTimeout = .seconds(s.httpHeaderTimeoutSeconds)
+        limits.httpRequestTimeout = .seconds(s.httpRequestTimeoutSeconds)
         limits.idleTimeout = .seconds(s.idleTimeoutSeconds)
         limits.maxLineBytes = s.maxLineBytes
         limits.maintenanceInterval = .seconds(s.maintenanceIntervalSeconds)

@@ -22,6 +22,10 @@ struct Settings {
     var maxBodyBytes: Int
     var maxWriteBodyBytes: Int
     var maxConnections: Int
+    var maxSensors: Int
+    var maxHTTPConnections: Int
+    var httpHeaderTimeoutSeconds: Int
+    var httpRequestTimeoutSeconds: Int
     var idleTimeoutSeconds: Int
     var maxLineBytes: Int
     var sensorTypes: [String]

@@ -48,8 +48,13 @@ import Testing
         #expect(r.sensorID == nil)
     }
 
-    @Test func theLastOfTwoEqualMembersCounts() throws {
-        #expect(try parse(#"{"value":1,"value":2}"#).items[0].value == .number(2))
+    /// Parsers disagree on which of two equal members wins, so a reading naming one twice is
+    /// refused; an unknown member, skipped anyway, may repeat.
+    @Test func aReadingMemberGivenTwiceIsRefused() throws {
+        for key in ["sensor_id", "type", "value", "location", "timestamp"] {
+            #expect(throws: ReadingJSON.SyntaxError.self) { try parse("{\"\(key)\":1,\"\(key)\":2}") }
+        }
+        #expect(try parse(#"{"value":1,"note":1,"note":2}"#).items[0].value == .number(1))
     }
 
     @Test func stringEscapes() throws {

@@ -16,8 +16,9 @@ def free_port():
 
 
 class Server:
-    def __init__(self, data_dir, extra=(), env=None):
+    def __init__(self, data_dir, extra=(), env=None, preexec=None):
         self.data_dir = data_dir
+        self.preexec = preexec  # run in the child before exec (e.g. lower its open-file limit)
         self.tcp, self.http = free_port(), free_port()
         self.extra, self.env = list(extra), env
         self.proc = None
@@ -27,7 +28,8 @@ class Server:
         env = dict(os.environ, **(self.env or {}))
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([os.path.join(BIN, "sensorlogd"), "--data-dir", self.data_dir, "--tcp-port", str(self.tcp),
-                                      "--http-port", str(self.http)] + self.extra, stdout=self.log, stderr=self.log, env=env)
+                                      "--http-port", str(self.http)] + self.extra, stdout=self.log, stderr=self.log, env=env,
+                                     preexec_fn=self.preexec)
         deadline = time.time() + timeout
         while time.time() < deadline:
             assert self.proc.poll() is None, f"sensorlogd exited with {self.proc.returncode}: {open(self.log_path).read()[-500:]}"
