@@ -117,7 +117,12 @@ final class CommitJournal: Committer, @unchecked Sendable {
             files.append(SharedFile(fd, displayPath: journal.display))
         }
         self.files = files
+        // The journals' names, and every partition directory a killed process created, then
+        // `log` itself in the data directory: a new directory's name is durable only once its
+        // parent is synced, and without it a power cut loses the whole log. On every open, so
+        // that one created by a process killed before this sync is covered too.
         try fileOperations.syncDirectory(directory, display: DataLayout.logName)
+        try fileOperations.syncDirectory(layout.root, display: DataLayout.logName)
     }
 
     var acknowledgesOnCommit: Bool { true }
