@@ -89,10 +89,20 @@ public final class AggregatorService: Service, @unchecked Sendable {
         condition.lock()
         started = true
         condition.unlock()
+        // The connection a failed fold keeps for its retry: opening a new one when the last one
+        // closed makes SQLite rebuild `aggregates.sqlite-shm`, and on a nearly full file system
+        // with blocks smaller than a page its memory-mapped pages can fault (SIGBUS) when written.
+        var kept: AggregateStore?
         while !shouldStop {
-            if waitWhilePaused() { continue }
+            if waitWhilePaused() {
+                kept = nil  // a pause may have put another file at the path (an in-place rebuild)
+                continue
+            }
             do {
-                try consume()
+                let store = try kept ?? AggregateStore(path: storePath)
+                kept = store
+                try consume(store)
+                kept = nil
             } catch {
                 condition.lock()
                 lastError = "\(error)"
@@ -145,8 +155,7 @@ public final class AggregatorService: Service, @unchecked Sendable {
         return pauseRequested
     }
 
-    private func consume() throws {
-        let store = try AggregateStore(path: storePath)
+    private func consume(_ store: AggregateStore) throws {
         let folder = try AggregateFolder(store: store)
         var offsets = try store.offsets(partitions: log.partitions.count)
         publish(offsets)

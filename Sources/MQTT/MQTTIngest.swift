@@ -83,6 +83,7 @@ public final class MQTTIngestService: Service, Sendable {
     let group: any EventLoopGroup
     let sslContext: NIOSSLContext?
     private let channel = Mutex<(any Channel)?>(nil)
+    private let failedAppend = FailedAppend()
     private let connected = Atomic<Bool>(false)
     private let connectedGauge = Gauge(label: "sensorlog_mqtt_connected")
 
@@ -119,6 +120,7 @@ public final class MQTTIngestService: Service, Sendable {
             do {
                 // A shutdown (or the group's cancellation, when another service failed) closes
                 // the session at any stage, so the daemon never waits on the broker.
+                failedAppend.flag.store(false, ordering: .relaxed)
                 let closed = try await withTaskCancellationOrGracefulShutdownHandler {
                     try await self.connect()
                 } onCancelOrGracefulShutdown: { [self] in closeSession() }
@@ -132,11 +134,23 @@ public final class MQTTIngestService: Service, Sendable {
                 // Only a connection that lasted resets the backoff: a broker that takes the
                 // session and drops it at once (another sensorlogd with the same client id) is
                 // not retried every second.
+                if failedAppend.flag.load(ordering: .relaxed) {
+                    try await retryAppend()
+                    backoff = .seconds(1)
+                    continue
+                }
                 if ContinuousClock.now - since > limits.mqttKeepAlive { backoff = .seconds(1) }
                 logger.warning("MQTT connection lost; reconnecting", metadata: ["broker": "\(configuration.host):\(configuration.port)"])
             } catch {
                 setConnected(false)
                 if Task.isShuttingDownGracefully || Task.isCancelled { break }
+                // Closed by this side before the subscription was acknowledged (the redelivered
+                // batch came first): the broker is fine, the log was not.
+                if failedAppend.flag.load(ordering: .relaxed) {
+                    try? await retryAppend()
+                    backoff = .seconds(1)
+                    continue
+                }
                 let text = "\(error)"
                 // Once per kind of failure, not once per retry: a broker down for an hour is one line.
                 if text != lastError {
@@ -155,10 +169,17 @@ public final class MQTTIngestService: Service, Sendable {
         logger.info("MQTT subscriber stopped")
     }
 
+    /// After a batch the log refused (a full disk): try again as the other doors do, so that MQTT
+    /// resumes with them once the disk has room.
+    private func retryAppend() async throws {
+        try await cancelWhenGracefulShutdown { try await Task.sleep(for: self.limits.appendRetryDelay) }
+    }
+
     /// Opens a session: TCP, CONNECT, CONNACK, SUBSCRIBE, SUBACK.
     /// - Returns: the future of the connection's close.
     private func connect() async throws -> EventLoopFuture<Void> {
-        let session = MQTTSession(pipeline: pipeline, configuration: configuration, limits: limits, logger: logger)
+        let session = MQTTSession(pipeline: pipeline, configuration: configuration, limits: limits, logger: logger,
+                                  closedForFailedAppend: failedAppend)
         let channel = try await ClientBootstrap(group: group)
             .connectTimeout(.seconds(5))
             .channelOption(.socketOption(.so_keepalive), value: 1)

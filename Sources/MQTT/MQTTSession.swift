@@ -4,6 +4,7 @@ import LogStore
 import Logging
 import NIOCore
 import SensorLogCore
+import Synchronization
 
 /// One connection to the broker: the handshake, then messages in and acknowledgements out.
 ///
@@ -11,7 +12,16 @@ import SensorLogCore
 /// brought, at most); once a batch is durable, each of its QoS 1 messages is acknowledged, in the
 /// order received as MQTT requires. While a batch is being written the next one gathers, and the
 /// socket stops being read when it grows past the pending bound (the broker then holds the rest).
+/// Whether a session was closed by this side for a failed append (shared with the subscriber).
+final class FailedAppend: Sendable {
+    let flag = Atomic<Bool>(false)
+}
+
 final class MQTTSession: ChannelInboundHandler, RemovableChannelHandler {
+    /// Set when this side closed the session because the log refused a batch (a full disk),
+    /// perhaps before the subscription was even acknowledged: the subscriber then reconnects
+    /// after the append retry delay, not with the backoff of an unreachable broker.
+    let closedForFailedAppend: FailedAppend
     typealias InboundIn = MQTTPacket
     typealias OutboundOut = MQTTPacket
 
@@ -38,7 +48,9 @@ final class MQTTSession: ChannelInboundHandler, RemovableChannelHandler {
     private var lastHeard = NIODeadline.now()
     private var keepAlive: RepeatedTask?
 
-    init(pipeline: IngestPipeline, configuration: MQTTConfiguration, limits: Limits, logger: Logger) {
+    init(pipeline: IngestPipeline, configuration: MQTTConfiguration, limits: Limits, logger: Logger,
+         closedForFailedAppend: FailedAppend) {
+        self.closedForFailedAppend = closedForFailedAppend
         self.pipeline = pipeline
         self.configuration = configuration
         self.limits = limits
@@ -184,6 +196,7 @@ final class MQTTSession: ChannelInboundHandler, RemovableChannelHandler {
                     // reconnect, and the dedupe skips what did land.
                     logger.error("MQTT readings could not be appended; reconnecting so the broker redelivers them", metadata: [
                         "error": "\(failure)", "messages": "\(batch.count)"])
+                    session.closedForFailedAppend.flag.store(true, ordering: .relaxed)
                     context.close(promise: nil)
                 } else {
                     for message in batch { if let id = message.packetID { context.write(session.wrapOutboundOut(.pubAck(packetID: id)), promise: nil) } }
