@@ -105,6 +105,11 @@ final class HTTPConnections: Sendable {
 /// the cap, tells the cap when it is between requests, and closes it when a request's head or
 /// body trickles in (slow-loris): the idle timeout alone cannot, since a byte every few seconds
 /// keeps a connection from being idle.
+///
+/// Deadlines: a new connection's first head within `httpHeaderTimeout` (one that sends nothing,
+/// a browser's preconnect, is closed then too); a request's body within `httpRequestTimeout` of
+/// its head plus the time its bytes take at `minBodyBytesPerSecond`, so a large body on a slow
+/// link is not cut while a trickle is; between requests, the idle timeout.
 final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPRequestPart
     typealias InboundOut = HTTPRequestPart
@@ -115,14 +120,24 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     private let headerTimeout: TimeAmount
     private let requestTimeout: TimeAmount
     private let idleTimeout: TimeAmount
+    private let minBodyBytesPerSecond: Int64
     private var admitted = false
     private var deadline: Scheduled<Void>?
+    private var deadlineAt = NIODeadline.distantPast
+    /// Requests whose response has not ended (pipelining may make it more than one), and
+    /// whether a request's body is still being read (an early response, a 401 or a 413, ends
+    /// before it): the connection is idle only when both are clear.
+    private var unanswered = 0
+    private var reading = false
+    private var headAt = NIODeadline.distantPast
+    private var bodyBytes: Int64 = 0
 
     init(connections: HTTPConnections, limits: Limits) {
         self.connections = connections
         headerTimeout = Self.amount(limits.httpHeaderTimeout)
         requestTimeout = Self.amount(limits.httpRequestTimeout)
         idleTimeout = Self.amount(limits.idleTimeout)
+        minBodyBytesPerSecond = Int64(limits.minBodyBytesPerSecond)
     }
 
     static func amount(_ d: Duration) -> TimeAmount { .nanoseconds(Int64(d / .nanoseconds(1))) }
@@ -133,7 +148,7 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
             return
         }
         admitted = true
-        arm(context, after: headerTimeout, counting: .headers)
+        arm(context, at: .now() + headerTimeout, counting: .headers)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -147,29 +162,47 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head:
+            unanswered += 1
+            reading = true
+            headAt = .now()
+            bodyBytes = 0
             connections.idle(context.channel, false)
-            arm(context, after: requestTimeout, counting: .body)
-        case .body: break
-        // The request is whole; the handler's time is its own (a records wait is bounded).
-        case .end: deadline?.cancel()
+            arm(context, at: headAt + requestTimeout, counting: .body)
+        case .body(let part):
+            bodyBytes += Int64(part.readableBytes)
+            // Each second of body at the minimum rate adds a second; re-armed once a second gained.
+            let due = headAt + requestTimeout + .nanoseconds(bodyBytes * 1_000_000_000 / max(1, minBodyBytesPerSecond))
+            if due - deadlineAt >= .seconds(1) { arm(context, at: due, counting: .body) }
+        case .end:
+            reading = false
+            // The request is whole; the handler's time is its own (a records wait is bounded).
+            deadline?.cancel()
+            if unanswered == 0 { becameIdle(context) }
         }
         context.fireChannelRead(data)
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         if case .end = unwrapOutboundIn(data) {
-            connections.idle(context.channel, true)
-            // The next request's head may come after a keep-alive pause, up to the idle timeout.
-            arm(context, after: idleTimeout, counting: nil)
+            unanswered = max(0, unanswered - 1)
+            if unanswered == 0 && !reading { becameIdle(context) }
         }
         context.write(data, promise: promise)
     }
 
-    /// Closes the connection after `delay`, counted under `phase` (a keep-alive pause is not slow).
-    private func arm(_ context: ChannelHandlerContext, after delay: TimeAmount, counting phase: HTTPConnections.Phase?) {
+    /// Between requests: another connection may take its slot, and the next head may come after
+    /// a keep-alive pause up to the idle timeout.
+    private func becameIdle(_ context: ChannelHandlerContext) {
+        connections.idle(context.channel, true)
+        arm(context, at: .now() + idleTimeout, counting: nil)
+    }
+
+    /// Closes the connection at `when`, counted under `phase` (a keep-alive pause is not slow).
+    private func arm(_ context: ChannelHandlerContext, at when: NIODeadline, counting phase: HTTPConnections.Phase?) {
         deadline?.cancel()
+        deadlineAt = when
         let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
-        deadline = context.eventLoop.scheduleTask(in: delay) { [connections] in
+        deadline = context.eventLoop.scheduleTask(deadline: when) { [connections] in
             if let phase { connections.closedSlow(phase) }
             loopBound.value.close(promise: nil)
         }

@@ -54,8 +54,11 @@ public struct Limits: Sendable, Equatable {
     /// A new HTTP connection must have sent a whole request head (request line and headers)
     /// within this: a slow-loris trickling header bytes holds a slot no longer.
     public var httpHeaderTimeout: Duration = .seconds(10)
-    /// From its head, a request's body must have arrived whole within this (a trickled body).
+    /// From its head, a request's body must have arrived whole within this, plus the time its
+    /// bytes take at `minBodyBytesPerSecond` (a trickled body is closed; a large one on a slow
+    /// link is not: 25 MB at the minimum rate adds some 6 minutes).
     public var httpRequestTimeout: Duration = .seconds(60)
+    public var minBodyBytesPerSecond = 64 << 10
     /// Largest request line (the URL) plus headers of an HTTP request: 431 past it.
     public var maxHTTPHeaderBytes = 16 << 10
     /// Open files kept free beyond the connection caps: segments, indexes, the journal, SQLite,
@@ -161,7 +164,13 @@ public struct Limits: Sendable, Equatable {
         }
         guard maxLineBytes >= 256 else { throw LimitsError("max line bytes must be at least 256, got \(maxLineBytes)") }
         guard maxConnections >= 1 else { throw LimitsError("max connections must be at least 1, got \(maxConnections)") }
-        guard httpHeaderTimeout > .zero, httpRequestTimeout > .zero else { throw LimitsError("HTTP header and request timeouts must be positive") }
+        guard httpHeaderTimeout > .zero, httpRequestTimeout > .zero, idleTimeout <= .seconds(86_400 * 365),
+              httpHeaderTimeout <= .seconds(86_400), httpRequestTimeout <= .seconds(86_400) else {
+            throw LimitsError("HTTP header and request timeouts must be between 1 second and a day (the idle timeout at most a year)")
+        }
+        guard maxConnections <= 1 << 20, maxHTTPConnections <= 1 << 20 else {
+            throw LimitsError("connection caps must be at most 1048576 (the kernel's own bound on open files)")
+        }
         guard maxSensors >= 0 else { throw LimitsError("max sensors must be 0 (no bound) or more, got \(maxSensors)") }
         guard maxHTTPConnections >= 1 else { throw LimitsError("max HTTP connections must be at least 1, got \(maxHTTPConnections)") }
         guard idleTimeout > .zero else { throw LimitsError("idle timeout must be positive") }
