@@ -103,6 +103,8 @@ let package = Package(
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
+                // SHA-256 of API keys stored hashed.
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ],
@@ -144,6 +146,8 @@ let package = Package(
             dependencies: [
                 "SensorLogCore", "LogStore", "Aggregator", "LineProtocol",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                // `sensorlog keys add`: a random key and its SHA-256.
+                .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -46,12 +46,15 @@ public final class Daemon: Sendable {
     let http: ListeningService<HTTPServer.App>
     let logger: Logger
     private let boundHTTPPort = PortBox()
+    /// The HTTP API's keys, which a SIGHUP replaces.
+    let keyRing: APIKeyRing
     private let group = Mutex<ServiceGroup?>(nil)
     private let stopped = StopLog()
 
     private init(configuration: DaemonConfiguration, log: Log, pipeline: IngestPipeline, aggregator: AggregatorService,
                  tcp: LineProtocolServer, tcpPort: Int, mqtt: any Service, http: ListeningService<HTTPServer.App>, logger: Logger) {
         self.configuration = configuration
+        keyRing = APIKeyRing(configuration.apiKeys)
         self.log = log
         self.pipeline = pipeline
         self.aggregator = aggregator
@@ -131,6 +134,10 @@ public final class Daemon: Sendable {
         }
         let group = ServiceGroup(configuration: .init(services: named, gracefulShutdownSignals: signals, logger: logger))
         self.group.withLock { $0 = group }
+        let reloader = Task { [self] in
+            for await _ in await UnixSignalsSequence(trapping: .sighup) { reloadKeys() }
+        }
+        defer { reloader.cancel() }
         do {
             try await group.run()
         } catch let error as ListenError {
@@ -143,6 +150,24 @@ public final class Daemon: Sendable {
             throw DaemonError(status: .ioError, description: "\(error)")
         }
         try exitIfLost()
+    }
+
+    /// SIGHUP: the API keys are read again and replace the old ones for every request from now
+    /// on; a file that cannot be read or holds no key keeps the old keys (and says why). A server
+    /// started without keys stays without: turning them on takes a restart.
+    func reloadKeys() {
+        guard let read = configuration.reloadKeys, !keyRing.isEmpty else {
+            logger.info("SIGHUP: no API keys file to reload")
+            return
+        }
+        do {
+            let keys = try read()
+            guard !keys.isEmpty else { throw DaemonError(status: .usage, description: "no key in it") }
+            keyRing.replace(keys)
+            logger.info("SIGHUP: API keys reloaded", metadata: ["keys": "\(keys.count)", "hashed": "\(keys.count { $0.sha256 != nil })"])
+        } catch {
+            logger.error("SIGHUP: API keys not reloaded; the old ones stay", metadata: ["error": "\(error)"])
+        }
     }
 
     /// Starts the graceful shutdown `run` performs on a signal.
@@ -175,8 +200,12 @@ public final class Daemon: Sendable {
         let gauges = LogGauges(log: log, aggregator: aggregator)
         let (pipeline, logger, http, bound) = (pipeline, logger, http, boundHTTPPort)
         return HTTPServer.make(
-            configuration: HTTPServerConfiguration(host: c.bind, port: c.httpPort, apiKeys: c.apiKeys, rateLimit: c.rateLimit,
-                                                   corsOrigin: c.corsOrigin, limits: c.limits),
+            configuration: {
+                var http = HTTPServerConfiguration(host: c.bind, port: c.httpPort, apiKeys: c.apiKeys, rateLimit: c.rateLimit,
+                                                   corsOrigin: c.corsOrigin, limits: c.limits)
+                http.keyRing = keyRing
+                return http
+            }(),
             pipeline: pipeline, aggregator: aggregator, admin: admin, logger: logger,
             metricsText: {
                 gauges.refresh()

@@ -21,6 +21,8 @@ public struct DaemonConfiguration: Sendable {
     /// HTTP API keys with their roles; empty turns authentication off (and `/admin/` answers on
     /// loopback only).
     public var apiKeys: [APIKey] = []
+    /// Reads the keys again (SIGHUP); nil when they come from nowhere that can change.
+    public var reloadKeys: (@Sendable () throws -> [APIKey])?
     /// Readings a second per key (per client address without keys); nil is off.
     public var rateLimit: Double?
     public var corsOrigin: String?

@@ -16,6 +16,8 @@ public struct HTTPServerConfiguration: Sendable {
     /// Accepted `X-API-Key` values with their roles; empty turns authentication off (and
     /// `/admin/` answers on loopback only).
     public var apiKeys: [APIKey]
+    /// Where the keys live while serving, for a reload to replace them; nil: a ring of `apiKeys`.
+    public var keyRing: APIKeyRing?
     /// Readings a second per key (or client address); nil turns rate limiting off.
     public var rateLimit: Double?
     /// The origin allowed by CORS; nil answers no CORS headers.
@@ -83,8 +85,9 @@ public enum HTTPServer {
                 allowHeaders: [.accept, .contentType, .contentEncoding, .authorization, .origin, APIKeyMiddleware.header, RequestIDMiddleware.header],
                 allowMethods: [.get, .post, .options], exposedHeaders: ["X-Request-Id", "Retry-After"], maxAge: .seconds(600)))
         }
-        if !configuration.apiKeys.isEmpty {
-            router.add(middleware: APIKeyMiddleware(keys: configuration.apiKeys))
+        let keyRing = configuration.keyRing ?? APIKeyRing(configuration.apiKeys)
+        if !keyRing.isEmpty {
+            router.add(middleware: APIKeyMiddleware(keys: keyRing))
         }
         router.add(middleware: APIErrorMiddleware(routes: routes.table))
 
@@ -108,7 +111,7 @@ public enum HTTPServer {
                     reader: AggregateReader(path: DataLayout(pipeline.log.dataDirectory).aggregates)).add(to: routes)
         GroupRoutes(log: pipeline.log).add(to: routes, maxBodyBytes: configuration.limits.maxBodyBytes)
         if let admin { AdminRoutes.add(admin, to: routes, maxBodyBytes: configuration.limits.maxBodyBytes) }
-        ConsoleRoutes.add(to: routes, keysRequired: !configuration.apiKeys.isEmpty)
+        ConsoleRoutes.add(to: routes, keysRequired: !keyRing.isEmpty)
         routes.get("/metrics") { _, _ -> Response in
             Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                      body: ResponseBody(byteBuffer: ByteBuffer(string: metricsText())))

@@ -1,4 +1,4 @@
-import SensorLogCore
+public import SensorLogCore
 import Dispatch
 import Foundation
 import HTTPTypes
@@ -8,6 +8,7 @@ import Logging
 import Metrics
 import NIOCore
 import Synchronization
+import Crypto
 
 /// Takes `X-Request-Id` from the request (when it is a sane token) or makes one, puts it on the
 /// context's logger and echoes it in the response, errors included.
@@ -287,9 +288,9 @@ struct APIKeyMiddleware: RouterMiddleware {
     typealias Context = SensorRequestContext
     static let header = HTTPField.Name("X-API-Key")!
     static let open: Set<String> = ["/health", "/metrics", "/ping", "/settings"]
-    let keys: [(key: [UInt8], roles: Set<APIRole>)]
+    let keys: APIKeyRing
 
-    init(keys: [APIKey]) { self.keys = keys.map { (Array($0.key.utf8), $0.roles) } }
+    init(keys: APIKeyRing) { self.keys = keys }
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         let path = request.uri.path
@@ -350,16 +351,51 @@ struct APIKeyMiddleware: RouterMiddleware {
         return method == .post ? .ingest : .read
     }
 
-    private func match(_ given: [UInt8]) -> (String, Set<APIRole>)? {
+    private func match(_ given: [UInt8]) -> (String, Set<APIRole>)? { keys.match(given) }
+}
+
+/// The API keys a server takes, replaced whole by a reload (SIGHUP) while requests go on.
+public final class APIKeyRing: Sendable {
+    private struct Entry {
+        var name: String
+        var key: [UInt8]
+        var sha256: [UInt8]?
+        var roles: Set<APIRole>
+    }
+
+    private let entries: Mutex<(all: [Entry], anyHashed: Bool)>
+
+    public init(_ keys: [APIKey]) { entries = Mutex(Self.entries(keys)) }
+
+    public var isEmpty: Bool { entries.withLock { $0.all.isEmpty } }
+
+    public func replace(_ keys: [APIKey]) { entries.withLock { $0 = Self.entries(keys) } }
+
+    private static func entries(_ keys: [APIKey]) -> (all: [Entry], anyHashed: Bool) {
+        let all = keys.map { Entry(name: $0.key, key: Array($0.key.utf8), sha256: $0.sha256, roles: $0.roles) }
+        return (all, all.contains { $0.sha256 != nil })
+    }
+
+    /// The key `given` is (its name: the key, or its `sha256:` entry) and its roles. Every
+    /// entry is compared whole whatever matched, so timing says nothing about which one or how
+    /// much of it.
+    func match(_ given: [UInt8]) -> (String, Set<APIRole>)? {
+        let (all, anyHashed) = entries.withLock { $0 }
+        let digest = anyHashed ? Array(SHA256.hash(data: given)) : []
         var found: (String, Set<APIRole>)?
-        for (key, roles) in keys {
-            // The whole length difference counts (a key plus 256 bytes must not match), and the
-            // loop's length is the configured key's, so timing says nothing about the given one.
-            var difference = key.count ^ given.count
-            for i in 0..<key.count { difference |= Int(key[i] ^ (i < given.count ? given[i] : 0)) }
-            if difference == 0 && found == nil { found = (String(decoding: key, as: UTF8.self), roles) }
+        for entry in all {
+            let equal = entry.sha256.map { Self.same($0, digest) } ?? Self.same(entry.key, given)
+            if equal && found == nil { found = (entry.name, entry.roles) }
         }
         return found
+    }
+
+    /// The whole length difference counts (a key plus 256 bytes must not match), and the loop's
+    /// length is the configured key's, so timing says nothing about the given one.
+    private static func same(_ key: [UInt8], _ given: [UInt8]) -> Bool {
+        var difference = key.count ^ given.count
+        for i in 0..<key.count { difference |= Int(key[i] ^ (i < given.count ? given[i] : 0)) }
+        return difference == 0
     }
 }
 

@@ -24,11 +24,42 @@ public struct APIKey: Sendable, Hashable, ExpressibleByStringLiteral {
 
     public init(stringLiteral key: String) { self.init(key) }
 
+    /// The prefix of a key stored by its hash: `sha256:` and the SHA-256 of the key in 64 hex
+    /// digits (what `sensorlog keys add` writes), so the keys file does not hold the key itself.
+    public static let hashPrefix = "sha256:"
+
+    /// The SHA-256 a hashed entry holds; nil for a key kept as itself.
+    public var sha256: [UInt8]? {
+        guard key.hasPrefix(Self.hashPrefix) else { return nil }
+        return Self.bytes(hex: key.dropFirst(Self.hashPrefix.count))
+    }
+
+    static func bytes(hex: Substring) -> [UInt8]? {
+        let digits = Array(hex.utf8)
+        guard digits.count == 64 else { return nil }
+        func value(_ c: UInt8) -> UInt8? {
+            switch c {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): c - UInt8(ascii: "0")
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): c - UInt8(ascii: "a") + 10
+            default: nil
+            }
+        }
+        var out: [UInt8] = []
+        for i in stride(from: 0, to: 64, by: 2) {
+            guard let hi = value(digits[i]), let lo = value(digits[i + 1]) else { return nil }
+            out.append(hi << 4 | lo)
+        }
+        return out
+    }
+
     /// One line of a keys file: `KEY` or `KEY role[,role]` (roles `ingest`, `read`, `admin`).
     /// - Throws: a message naming what is wrong with the line.
     public static func parse(line: String) throws(APIKeyError) -> APIKey {
         let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
         guard let key = fields.first else { throw APIKeyError("empty line") }
+        if key.hasPrefix(hashPrefix), bytes(hex: key.dropFirst(hashPrefix.count)) == nil {
+            throw APIKeyError("a hashed key is sha256: and 64 lowercase hex digits")
+        }
         guard fields.count <= 2 else { throw APIKeyError("a line is KEY or KEY role[,role]; found \(fields.count) fields") }
         guard fields.count == 2 else { return APIKey(key) }
         var roles: Set<APIRole> = []

@@ -339,6 +339,7 @@ struct SensorLogDaemon: AsyncParsableCommand {
         c.limits = try Self.limits(s)
         c.types = try Self.types(s.sensorTypes)
         c.apiKeys = try Self.apiKeys(file: s.keysFile)
+        if let file = s.keysFile { c.reloadKeys = { try Self.apiKeys(file: file) } }
         c.rateLimit = s.rateLimit
         c.corsOrigin = s.corsOrigin
         c.lineProtocolKeys = try Self.lineProtocolKeys(file: s.tcpAuthFile)

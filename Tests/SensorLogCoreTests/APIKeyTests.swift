@@ -11,4 +11,17 @@ import Testing
             #expect(throws: APIKeyError.self, "\(bad)") { try APIKey.parse(line: bad) }
         }
     }
+
+    /// `sha256:` and 64 lowercase hex digits is a key stored by its hash; anything else after
+    /// the prefix is refused rather than taken as a key literally spelled "sha256:…".
+    @Test func aHashedKeyIsSixtyFourHexDigits() throws {
+        let hex = String(repeating: "0f", count: 32)
+        let key = try APIKey.parse(line: "sha256:\(hex) read")
+        #expect(key.sha256 == Array(repeating: 0x0F, count: 32))
+        #expect(key.roles == [.read])
+        #expect(try APIKey.parse(line: "plain").sha256 == nil)
+        for bad in ["sha256:\(hex.dropLast())", "sha256:\(hex)0", "sha256:\(hex.uppercased())", "sha256:" + String(repeating: "zz", count: 32)] {
+            #expect(throws: APIKeyError.self, "\(bad)") { try APIKey.parse(line: bad) }
+        }
+    }
 }

@@ -16,10 +16,18 @@ def install(*args):
     return r.stdout
 
 
-def subcommands(exe):
-    """The subcommands of an executable, from the same dump generate-manual reads."""
+def subcommands(exe, nested=False):
+    """The subcommands of an executable, from the same dump generate-manual reads; with nested,
+    theirs too, dotted as the pages are named (`keys.add`)."""
     r = subprocess.run([os.path.join(BIN, exe), "--experimental-dump-help"], capture_output=True, text=True, check=True)
-    return [c["commandName"] for c in json.loads(r.stdout)["command"].get("subcommands") or []]
+
+    def walk(command, prefix):
+        for c in command.get("subcommands") or []:
+            name = prefix + c["commandName"]
+            yield name
+            if nested:
+                yield from walk(c, name + ".")
+    return list(walk(json.loads(r.stdout)["command"], ""))
 
 
 def flags(exe):
@@ -30,7 +38,7 @@ def flags(exe):
 def expected_pages():
     pages = {"sensorlogd.1", "sensorlog.1"}
     # `sensorlog help` works, so it has a page; sensorlogd has no subcommands (and refuses `help`).
-    pages |= {f"sensorlog.{sub}.1" for sub in subcommands("sensorlog")}
+    pages |= {f"sensorlog.{sub}.1" for sub in subcommands("sensorlog", nested=True)}
     return pages
 
 
@@ -86,11 +94,11 @@ def test_man_pages_are_mdoc_naming_every_subcommand_and_flag(prefix):
         assert f"Fl -{flag[2:]}" in daemon, f"sensorlogd.1 lacks {flag}"
     synopsis = daemon.split(".Sh SYNOPSIS")[1].split(".Sh ")[0]
     assert ".Ar subcommand" not in synopsis and "sensorlogd.help" not in daemon
-    for sub in subcommands("sensorlog"):
+    for sub in subcommands("sensorlog", nested=True):
         if sub == "help":
             continue
         page = open(os.path.join(man1, f"sensorlog.{sub}.1")).read()
-        r = subprocess.run([os.path.join(BIN, "sensorlog"), sub, "--help"], capture_output=True, text=True, check=True)
+        r = subprocess.run([os.path.join(BIN, "sensorlog")] + sub.split(".") + ["--help"], capture_output=True, text=True, check=True)
         for flag in set(re.findall(r"^\s+(?:-\w, )?(--[a-z][a-z0-9-]*)", r.stdout, re.M)):
             assert f"Fl -{flag[2:]}" in page, f"sensorlog.{sub}.1 lacks {flag}"
 
