@@ -33,6 +33,8 @@ public final class AggregateStore {
     static let schemaVersion = 1
 
     let database: SQLiteDatabase
+    /// A transaction is open on the connection (a failed one that could not be rolled back).
+    var inTransaction: Bool { database.inTransaction }
     public let path: String
     private var upsert: SQLiteStatement?
     private var selectRow: SQLiteStatement?

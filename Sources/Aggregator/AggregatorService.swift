@@ -94,16 +94,18 @@ public final class AggregatorService: Service, @unchecked Sendable {
         // with blocks smaller than a page its memory-mapped pages can fault (SIGBUS) when written.
         var kept: AggregateStore?
         while !shouldStop {
-            if waitWhilePaused() {
-                kept = nil  // a pause may have put another file at the path (an in-place rebuild)
-                continue
-            }
+            // A pause may put another file at the path (an in-place rebuild): the kept
+            // connection is closed before the pauser hears the aggregator is paused.
+            if waitWhilePaused(beforeParking: { kept = nil }) { continue }
             do {
                 let store = try kept ?? AggregateStore(path: storePath)
                 kept = store
                 try consume(store)
                 kept = nil
             } catch {
+                // Kept only when it is clean; a connection stuck in a transaction (a failed
+                // ROLLBACK) or in an I/O error state is reopened, as before.
+                if kept?.inTransaction ?? false { kept = nil }
                 condition.lock()
                 lastError = "\(error)"
                 condition.unlock()
@@ -138,10 +140,13 @@ public final class AggregatorService: Service, @unchecked Sendable {
     }
 
     /// Parks the fold thread while a pause is asked for. Returns whether it parked.
-    private func waitWhilePaused() -> Bool {
+    /// - Parameter beforeParking: closes what must be closed before the pauser may act (a kept
+    ///   connection: an in-place rebuild swaps the file while paused).
+    private func waitWhilePaused(beforeParking: () -> Void = {}) -> Bool {
         condition.lock()
         defer { condition.unlock() }
         guard pauseRequested else { return false }
+        beforeParking()
         paused = true
         condition.broadcast()
         while pauseRequested && !stopRequested { condition.wait() }

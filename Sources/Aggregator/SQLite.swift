@@ -58,6 +58,9 @@ final class SQLiteDatabase {
         }
     }
 
+    /// A transaction is open (SQLite is not in autocommit mode).
+    var inTransaction: Bool { sqlite3_get_autocommit(handle) == 0 }
+
     var lastError: SQLiteError { SQLiteError(code: sqlite3_errcode(handle), message: String(cString: sqlite3_errmsg(handle))) }
 }
 

@@ -83,7 +83,6 @@ public final class MQTTIngestService: Service, Sendable {
     let group: any EventLoopGroup
     let sslContext: NIOSSLContext?
     private let channel = Mutex<(any Channel)?>(nil)
-    private let failedAppend = FailedAppend()
     private let connected = Atomic<Bool>(false)
     private let connectedGauge = Gauge(label: "sensorlog_mqtt_connected")
 
@@ -116,13 +115,15 @@ public final class MQTTIngestService: Service, Sendable {
     public func run() async throws {
         var backoff = Duration.seconds(1)
         var lastError = ""
+        var failedAppend = FailedAppend()
         while !Task.isShuttingDownGracefully && !Task.isCancelled {
             do {
                 // A shutdown (or the group's cancellation, when another service failed) closes
                 // the session at any stage, so the daemon never waits on the broker.
-                failedAppend.flag.store(false, ordering: .relaxed)
-                let closed = try await withTaskCancellationOrGracefulShutdownHandler {
-                    try await self.connect()
+                // Each session its own flag: a late append of the last one cannot mark this one.
+                failedAppend = FailedAppend()
+                let closed = try await withTaskCancellationOrGracefulShutdownHandler { [failedAppend] in
+                    try await self.connect(failedAppend)
                 } onCancelOrGracefulShutdown: { [self] in closeSession() }
                 let since = ContinuousClock.now
                 lastError = ""
@@ -177,7 +178,7 @@ public final class MQTTIngestService: Service, Sendable {
 
     /// Opens a session: TCP, CONNECT, CONNACK, SUBSCRIBE, SUBACK.
     /// - Returns: the future of the connection's close.
-    private func connect() async throws -> EventLoopFuture<Void> {
+    private func connect(_ failedAppend: FailedAppend) async throws -> EventLoopFuture<Void> {
         let session = MQTTSession(pipeline: pipeline, configuration: configuration, limits: limits, logger: logger,
                                   closedForFailedAppend: failedAppend)
         let channel = try await ClientBootstrap(group: group)

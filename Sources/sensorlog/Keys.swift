@@ -17,7 +17,7 @@ struct Keys: ParsableCommand {
                 The key is printed on standard output and nowhere else: the file holds only \
                 `sha256:<hex> <roles>`, so a copy of the file does not give the key away. Send \
                 sensorlogd SIGHUP to take the new key without a restart. The file is created \
-                with mode 0600 when missing.
+                with mode 0640 when missing: give it the server's group (chgrp sensorlog FILE).
 
                 Examples:
                   sensorlog keys add --keys-file /etc/sensorlog/keys --role ingest
@@ -56,13 +56,20 @@ struct Keys: ParsableCommand {
 
         /// Appends, creating the file 0600; a file not ending in a newline gets one first.
         static func append(_ text: String, to path: String) throws {
-            let fd = open(path, O_WRONLY | O_APPEND | O_CREAT, 0o600)
+            // 0640: the server's group may read it (the unit runs as its own user; chgrp it).
+            let fd = open(path, O_WRONLY | O_APPEND | O_CREAT, 0o640)
             guard fd >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
             defer { close(fd) }
             var bytes = Array(text.utf8)
             if let existing = FileManager.default.contents(atPath: path), let last = existing.last, last != 0x0A { bytes.insert(0x0A, at: 0) }
-            let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-            guard written == bytes.count, fsync(fd) == 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+            var done = 0
+            while done < bytes.count {
+                let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + done, $0.count - done) }
+                if n < 0 && errno == EINTR { continue }
+                guard n > 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+                done += n
+            }
+            guard fsync(fd) == 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
         }
     }
 }

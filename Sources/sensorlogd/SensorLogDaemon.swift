@@ -306,6 +306,9 @@ struct SensorLogDaemon: AsyncParsableCommand {
     }
 
     func run() async throws {
+        // SIGHUP's default action ends the process: until the daemon listens for it (keys reload),
+        // a `systemctl reload` during start-up must not kill the server.
+        signal(SIGHUP, SIG_IGN)
         let settings = try settings()
         LoggingSystem.bootstrap { label in
             var handler = JSONLogHandler(label: label)

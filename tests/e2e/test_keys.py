@@ -30,7 +30,7 @@ def test_hashed_keys_and_sighup_reload(data_dir, tmp_path):
     text = keys.read_text()
     assert reader.startswith("sl_") and len(reader) == 46 and reader not in text
     assert text.startswith("# the dashboard\nsha256:") and text.rstrip().endswith(" read")
-    assert stat.S_IMODE(os.stat(keys).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(keys).st_mode) == 0o640
     with open(keys, "a") as f:
         f.write("plain-old-key ingest,read\n")  # keys kept as themselves still work beside hashed ones
 
