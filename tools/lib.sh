@@ -69,6 +69,8 @@ ensure_test_peers() {
   local missing=()
   command -v influxd >/dev/null 2>&1 || missing+=(influxdb)
   command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+  # The TLS tests make their CA with it and check the listeners with s_client.
+  command -v openssl >/dev/null 2>&1 || missing+=(openssl)
   [ ${#missing[@]} -eq 0 ] && return 0
   echo "installing ${missing[*]} (apt-get)" >&2
   apt_install_stopped "${missing[@]}"

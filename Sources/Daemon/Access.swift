@@ -3,16 +3,29 @@ import Ingest
 import Logging
 import NIOCore
 
-/// Who may reach which listener: the line protocol without its own keys has no
-/// authentication, so with API keys on it stays on loopback unless the operator lets it out.
+/// Who may reach which listener: the line protocol without its own keys (or client
+/// certificates) has no authentication, so with API keys on it stays on loopback unless the
+/// operator lets it out.
 public enum Access {
     /// Where the line protocol listens.
     public static func lineProtocolHost(_ c: DaemonConfiguration) -> String {
-        !c.apiKeys.isEmpty && c.lineProtocolKeys == nil && !isLoopback(c.bind) && !c.tcpBeyondLoopback ? "127.0.0.1" : c.bind
+        let authenticated = c.lineProtocolKeys != nil || clientCertificates(c)
+        return !c.apiKeys.isEmpty && !authenticated && !isLoopback(c.bind) && !c.tcpBeyondLoopback ? "127.0.0.1" : c.bind
     }
+
+    /// With `--tls-client-ca`, only a client holding a certificate from that CA gets past the handshake.
+    static func clientCertificates(_ c: DaemonConfiguration) -> Bool { c.tls?.clientCA != nil }
 
     /// Says at start-up who can write, naming the ports, and warns where anyone can.
     static func log(_ c: DaemonConfiguration, tcpHost: String, logger: Logger) {
+        if !isLoopback(c.bind) && c.tls == nil {
+            logger.warning("listening beyond loopback without TLS (--tls-cert, --tls-key): API keys and readings cross the network in clear text",
+                           metadata: ["bind": "\(c.bind)"])
+        }
+        if clientCertificates(c) {
+            logger.info("both listeners require a client certificate from --tls-client-ca", metadata: ["line_protocol": "\(tcpHost):\(c.tcpPort)"])
+            return
+        }
         let tcp = "\(tcpHost):\(c.tcpPort)"
         let keys = c.apiKeys
         if let tcpKeys = c.lineProtocolKeys {

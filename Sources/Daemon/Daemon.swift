@@ -48,12 +48,16 @@ public final class Daemon: Sendable {
     private let boundHTTPPort = PortBox()
     /// The HTTP API's keys, which a SIGHUP replaces.
     let keyRing: APIKeyRing
+    /// The listeners' certificate, which a SIGHUP reloads; nil without TLS.
+    let tls: ServerTLS?
     private let group = Mutex<ServiceGroup?>(nil)
     private let stopped = StopLog()
 
     private init(configuration: DaemonConfiguration, log: Log, pipeline: IngestPipeline, aggregator: AggregatorService,
-                 tcp: LineProtocolServer, tcpPort: Int, mqtt: any Service, http: ListeningService<HTTPServer.App>, logger: Logger) {
+                 tcp: LineProtocolServer, tcpPort: Int, mqtt: any Service, http: ListeningService<HTTPServer.App>, tls: ServerTLS?,
+                 logger: Logger) {
         self.configuration = configuration
+        self.tls = tls
         keyRing = APIKeyRing(configuration.apiKeys)
         self.log = log
         self.pipeline = pipeline
@@ -74,6 +78,7 @@ public final class Daemon: Sendable {
     public static func start(_ c: DaemonConfiguration, logger: Logger, registry: PrometheusCollectorRegistry) async throws(DaemonError) -> Daemon {
         var c = c
         c.limits = OpenFiles.fit(c.limits, logger: logger)
+        let tls = try loadTLS(c, logger: logger)
         let log = try openLog(c, logger: logger)
         func fail(_ status: ExitStatus, _ message: String, _ error: any Error) -> DaemonError {
             logger.critical("\(message)", metadata: ["error": "\(error)"])
@@ -107,7 +112,7 @@ public final class Daemon: Sendable {
         }
         let tcpHost = Access.lineProtocolHost(c)
         Access.log(c, tcpHost: tcpHost, logger: logger)
-        let tcp = LineProtocolServer(configuration: .init(host: tcpHost, port: c.tcpPort, limits: c.limits, keys: c.lineProtocolKeys),
+        let tcp = LineProtocolServer(configuration: .init(host: tcpHost, port: c.tcpPort, limits: c.limits, keys: c.lineProtocolKeys, tls: tls),
                                      pipeline: pipeline, logger: logger)
         // Both listeners bind before `ready`: a port in use stops start-up with its name.
         let tcpPort: Int
@@ -119,7 +124,7 @@ public final class Daemon: Sendable {
         }
         let http = ListeningService<HTTPServer.App>()
         let daemon = Daemon(configuration: c, log: log, pipeline: pipeline, aggregator: aggregator, tcp: tcp, tcpPort: tcpPort,
-                            mqtt: mqtt, http: http, logger: logger)
+                            mqtt: mqtt, http: http, tls: tls, logger: logger)
         http.wrap(daemon.makeHTTP(registry: registry))
         return daemon
     }
@@ -135,7 +140,10 @@ public final class Daemon: Sendable {
         let group = ServiceGroup(configuration: .init(services: named, gracefulShutdownSignals: signals, logger: logger))
         self.group.withLock { $0 = group }
         let reloader = Task { [self] in
-            for await _ in await UnixSignalsSequence(trapping: .sighup) { reloadKeys() }
+            for await _ in await UnixSignalsSequence(trapping: .sighup) {
+                reloadKeys()
+                reloadTLS()
+            }
         }
         defer { reloader.cancel() }
         do {
@@ -170,6 +178,20 @@ public final class Daemon: Sendable {
         }
     }
 
+    /// SIGHUP: the certificate, key and client CA are read again; connections accepted from now
+    /// on use them, open ones keep theirs. Files that do not load keep the old ones (and say why).
+    func reloadTLS() {
+        guard let tls else { return }
+        do {
+            let notAfter = try tls.reload()
+            logger.info("SIGHUP: TLS certificate reloaded", metadata: [
+                "certificate": "\(tls.files.certificateChain)", "not_after": "\(Date(timeIntervalSince1970: TimeInterval(notAfter)))",
+            ])
+        } catch {
+            logger.error("SIGHUP: TLS certificate not reloaded; the old one stays", metadata: ["error": "\(error)"])
+        }
+    }
+
     /// Starts the graceful shutdown `run` performs on a signal.
     public func stop() async {
         await group.withLock { $0 }?.triggerGracefulShutdown()
@@ -198,12 +220,13 @@ public final class Daemon: Sendable {
     private func makeHTTP(registry: PrometheusCollectorRegistry) -> HTTPServer.App {
         let c = configuration
         let gauges = LogGauges(log: log, aggregator: aggregator)
-        let (pipeline, logger, http, bound) = (pipeline, logger, http, boundHTTPPort)
+        let (pipeline, logger, http, bound, tls) = (pipeline, logger, http, boundHTTPPort, tls)
         return HTTPServer.make(
             configuration: {
                 var http = HTTPServerConfiguration(host: c.bind, port: c.httpPort, apiKeys: c.apiKeys, rateLimit: c.rateLimit,
                                                    corsOrigin: c.corsOrigin, limits: c.limits)
                 http.keyRing = keyRing
+                http.tls = tls
                 return http
             }(),
             pipeline: pipeline, aggregator: aggregator, admin: admin, logger: logger,
@@ -215,7 +238,7 @@ public final class Daemon: Sendable {
                 http.markListening()
                 bound.port.withLock { $0 = port }
                 let sensors = await pipeline.sensorCount()
-                logger.info("http listening", metadata: ["address": "\(c.bind):\(port)"])
+                logger.info("http listening", metadata: ["address": "\(c.bind):\(port)", "tls": "\(tls != nil)"])
                 logger.info("sensorlogd ready", metadata: [
                     "data_dir": "\(pipeline.log.dataDirectory)", "partitions": "\(pipeline.log.partitions.count)", "fsync": "\(c.fsync)",
                     "sensors": "\(sensors)", "pid": "\(getpid())", "version": "\(SensorLogVersion.current)",

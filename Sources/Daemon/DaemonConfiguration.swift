@@ -28,6 +28,8 @@ public struct DaemonConfiguration: Sendable {
     public var corsOrigin: String?
     /// The line protocol's public keys (`--tcp-auth-file`); nil means no authentication.
     public var lineProtocolKeys: LineProtocolKeys?
+    /// TLS on both listeners (`--tls-cert`, `--tls-key`, `--tls-client-ca`); nil: plain text.
+    public var tls: ServerTLS.Files?
     /// With API keys and no line-protocol keys, listen beyond loopback anyway.
     public var tcpBeyondLoopback = false
     /// What the server deletes by itself (off by default).

@@ -21,7 +21,7 @@ public struct DescribedMetricsFactory: MetricsFactory {
     private let help: [String: String]
 
     /// Every metric sensorlogd creates.
-    public static let descriptions = IngestMetrics.descriptions + HTTPServer.metricDescriptions + DaemonMetrics.descriptions
+    public static let descriptions = IngestMetrics.descriptions + HTTPServer.metricDescriptions + ServerTLS.descriptions + DaemonMetrics.descriptions
         + MQTTIngestService.metricDescriptions
 
     public init(registry: PrometheusCollectorRegistry, descriptions: [MetricDescription] = Self.descriptions) {

@@ -1,5 +1,6 @@
 import Aggregator
 import Foundation
+import Ingest
 import LogStore
 import Logging
 import Metrics
@@ -7,6 +8,22 @@ import SensorLogCore
 import ServiceLifecycle
 
 extension Daemon {
+    /// Loads the listeners' certificate before anything opens: a file that does not load stops
+    /// start-up with its name (exit 64).
+    static func loadTLS(_ c: DaemonConfiguration, logger: Logger) throws(DaemonError) -> ServerTLS? {
+        guard let files = c.tls else { return nil }
+        do {
+            let tls = try ServerTLS(files: files, limits: c.limits)
+            logger.info("TLS on both listeners", metadata: [
+                "certificate": "\(files.certificateChain)", "client_certificates": "\(files.clientCA == nil ? "not asked" : "required")",
+            ])
+            return tls
+        } catch {
+            logger.critical("cannot load the TLS certificate", metadata: ["error": "\(error)"])
+            throw DaemonError(status: .usage, description: "cannot load the TLS certificate: \(error)")
+        }
+    }
+
     /// Opens (and recovers) the log, logging each partition's recovery.
     static func openLog(_ c: DaemonConfiguration, logger: Logger) throws(DaemonError) -> Log {
         let fsyncTimer = Metrics.Timer(label: "sensorlog_fsync_duration_seconds", preferredDisplayUnit: .seconds)

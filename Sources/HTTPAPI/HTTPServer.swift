@@ -23,6 +23,8 @@ public struct HTTPServerConfiguration: Sendable {
     /// The origin allowed by CORS; nil answers no CORS headers.
     public var corsOrigin: String?
     public var limits: Limits
+    /// When set, the API speaks only HTTPS.
+    public var tls: ServerTLS?
 
     public init(host: String = "127.0.0.1", port: Int = 8080, apiKeys: [APIKey] = [], rateLimit: Double? = nil,
                 corsOrigin: String? = nil, limits: Limits = Limits()) {
@@ -32,6 +34,27 @@ public struct HTTPServerConfiguration: Sendable {
         self.rateLimit = rateLimit
         self.corsOrigin = corsOrigin
         self.limits = limits
+    }
+}
+
+/// An HTTP child channel with TLS in front of it, from `tls`'s context at the time each
+/// connection is accepted: a reload applies to new connections and leaves open ones alone
+/// (Hummingbird's own `.tls` holds one context for the server's life).
+struct TLSServerChildChannel<Base: ServerChildChannel>: ServerChildChannel {
+    typealias Value = Base.Value
+    let base: Base
+    let tls: ServerTLS
+
+    func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
+        channel.eventLoop.makeCompletedFuture {
+            try tls.addHandlers(to: channel, listener: "http")
+        }.flatMap {
+            base.setup(channel: channel, logger: logger)
+        }
+    }
+
+    func handle(value: Value, logger: Logger) async {
+        await base.handle(value: value, logger: logger)
     }
 }
 
@@ -132,8 +155,11 @@ public enum HTTPServer {
             additionalChannelHandlers: [ConnectionGuard(connections: connections, limits: limits)],
             idleTimeout: ConnectionGuard.amount(limits.idleTimeout),
             httpDecoderConfiguration: .init(maxHeaderFieldSize: limits.maxHTTPHeaderBytes, maxHeaderListSize: limits.maxHTTPHeaderBytes))
+        let server = configuration.tls.map { tls in
+            HTTPServerBuilder { responder in TLSServerChildChannel(base: HTTP1Channel(responder: responder, configuration: http1), tls: tls) }
+        } ?? .http1(configuration: http1)
         return Application(
-            router: router, server: .http1(configuration: http1),
+            router: router, server: server,
             configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "sensorlog"),
             onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? configuration.port) },
             logger: logger)

@@ -31,11 +31,15 @@ public final class LineProtocolServer: Service, Sendable {
         public var keys: LineProtocolKeys?
         /// How long a connection may take to authenticate.
         public var authTimeout: TimeAmount
+        /// When set, every connection speaks TLS (QuestDB's `tcps::`).
+        public var tls: ServerTLS?
 
-        public init(host: String = "127.0.0.1", port: Int = 9009, limits: Limits = Limits(), keys: LineProtocolKeys? = nil) {
+        public init(host: String = "127.0.0.1", port: Int = 9009, limits: Limits = Limits(), keys: LineProtocolKeys? = nil,
+                    tls: ServerTLS? = nil) {
             self.host = host
             self.port = port
             self.keys = keys
+            self.tls = tls
             self.authTimeout = .nanoseconds(Int64(limits.lineProtocolAuthTimeout / .nanoseconds(1)))
             self.maxConnections = limits.maxConnections
             self.idleTimeout = .nanoseconds(Int64(limits.idleTimeout / .nanoseconds(1)))
@@ -79,7 +83,9 @@ public final class LineProtocolServer: Service, Sendable {
             .bind(host: configuration.host, port: configuration.port).get()
         state.withLock { $0.server = channel }
         let port = channel.localAddress?.port ?? configuration.port
-        logger.info("line protocol listening", metadata: ["address": "\(configuration.host):\(port)", "max_connections": "\(configuration.maxConnections)"])
+        logger.info("line protocol listening", metadata: [
+            "address": "\(configuration.host):\(port)", "max_connections": "\(configuration.maxConnections)", "tls": "\(configuration.tls != nil)",
+        ])
         return port
     }
 
@@ -108,6 +114,7 @@ public final class LineProtocolServer: Service, Sendable {
         var connectionLogger = logger
         connectionLogger[metadataKey: "connection_id"] = "\(id)"
         connectionLogger[metadataKey: "remote"] = "\(channel.remoteAddress?.logDescription ?? "?")"
+        try configuration.tls?.addHandlers(to: channel, listener: "line_protocol")
         let sync = channel.pipeline.syncOperations
         try sync.addHandler(ReadIdleHandler(timeout: configuration.idleTimeout))
         if let keys = configuration.keys {

@@ -38,6 +38,8 @@ public struct Limits: Sendable, Equatable {
     /// A line-protocol connection must finish its authentication (with `--tcp-auth-file`) within
     /// this: until then it holds a connection slot without being a producer.
     public var lineProtocolAuthTimeout: Duration = .seconds(10)
+    /// A TLS connection (either listener) must complete its handshake within this.
+    public var tlsHandshakeTimeout: Duration = .seconds(10)
     /// Parsed readings one connection may hold while the log catches up; past it the connection
     /// stops reading its socket. A connection holds at most this, plus what one wake-up reads
     /// (below), plus one submission in flight: about 64 bytes a reading, so some 5 MiB.
@@ -175,6 +177,7 @@ public struct Limits: Sendable, Equatable {
         guard maxHTTPConnections >= 1 else { throw LimitsError("max HTTP connections must be at least 1, got \(maxHTTPConnections)") }
         guard idleTimeout > .zero else { throw LimitsError("idle timeout must be positive") }
         guard lineProtocolAuthTimeout > .zero else { throw LimitsError("line-protocol authentication timeout must be positive") }
+        guard tlsHandshakeTimeout > .zero else { throw LimitsError("TLS handshake timeout must be positive") }
         guard maxPendingReadingsPerConnection >= 1 else { throw LimitsError("max pending readings must be at least 1") }
         guard maxSocketReadBytes >= 4096 else { throw LimitsError("max socket read bytes must be at least 4096, got \(maxSocketReadBytes)") }
         guard socketReadsPerWakeup >= 1 else { throw LimitsError("socket reads per wake-up must be at least 1") }

@@ -18,7 +18,8 @@ struct SensorLogDaemon: AsyncParsableCommand {
         discussion: """
             Starts on embedded defaults: data in ./data, line protocol on TCP 9009, HTTP on 8080, \
             both bound to 127.0.0.1, fsync every 100 ms, no API keys. SIGTERM or SIGINT stops \
-            accepting, appends and fsyncs everything already read, and exits 0.
+            accepting, appends and fsyncs everything already read, and exits 0. SIGHUP reloads \
+            the API keys file and the TLS certificate without dropping connections.
 
             Every flag has an environment equivalent: SENSORLOG_ plus the flag in capitals with \
             underscores (SENSORLOG_DATA_DIR, SENSORLOG_FSYNC, ...); a flag wins over the environment. \
@@ -28,6 +29,7 @@ struct SensorLogDaemon: AsyncParsableCommand {
               sensorlogd
               sensorlogd --data-dir /var/lib/sensorlog --fsync always
               sensorlogd --bind 0.0.0.0 --api-keys-file /etc/sensorlog/keys --rate-limit 5000
+              sensorlogd --bind 0.0.0.0 --tls-cert /etc/sensorlog/cert.pem --tls-key /etc/sensorlog/key.pem --api-keys-file /etc/sensorlog/keys
               sensorlogd --sensor-type temperature --sensor-type humidity=0:100 --sensor-type co2=0:10000
             """,
         version: SensorLogVersion.current)
@@ -138,6 +140,15 @@ struct SensorLogDaemon: AsyncParsableCommand {
     @Option(help: "PEM file of the CA certificates an mqtts:// broker's certificate is checked against (default: the system's).")
     var mqttCaFile: String?
 
+    @Option(help: "PEM file of the server's certificate (then any intermediates): both listeners speak only TLS, HTTPS and the line protocol as QuestDB's tcps::. Needs --tls-key. Reloaded on SIGHUP.")
+    var tlsCert: String?
+
+    @Option(help: "PEM file of the private key of --tls-cert. Reloaded on SIGHUP.")
+    var tlsKey: String?
+
+    @Option(help: "PEM file of the CA certificates a client's certificate must chain to: with it, both listeners refuse a client without one (and the line protocol may listen on --bind). Reloaded on SIGHUP.")
+    var tlsClientCa: String?
+
     @Flag(help: "With API keys configured and no --tcp-auth-file, let the unauthenticated line protocol listen on --bind beyond loopback anyway; without it, it listens on 127.0.0.1 only.")
     var tcpBeyondLoopback = false
 
@@ -178,7 +189,22 @@ struct SensorLogDaemon: AsyncParsableCommand {
             compactionBytesPerSecond: try Self.size(e.value(compactionBytesPerSecond, "COMPACTION_BYTES_PER_SECOND"),
                                                     "--compaction-bytes-per-second (SENSORLOG_COMPACTION_BYTES_PER_SECOND)")
                 ?? Int64(limits.compactionBytesPerSecond),
-            mqtt: try mqtt(e))
+            mqtt: try mqtt(e),
+            tls: try tls(e))
+    }
+
+    /// The listeners' TLS files; nil without `--tls-cert`.
+    func tls(_ e: Environment) throws -> ServerTLS.Files? {
+        let ca = try e.value(tlsClientCa, "TLS_CLIENT_CA")
+        switch (try e.value(tlsCert, "TLS_CERT"), try e.value(tlsKey, "TLS_KEY")) {
+        case let (cert?, key?):
+            return ServerTLS.Files(certificateChain: cert, privateKey: key, clientCA: ca)
+        case (nil, nil):
+            if ca != nil { throw ValidationError("--tls-client-ca (SENSORLOG_TLS_CLIENT_CA) needs --tls-cert and --tls-key") }
+            return nil
+        default:
+            throw ValidationError("--tls-cert and --tls-key (SENSORLOG_TLS_CERT, SENSORLOG_TLS_KEY) go together")
+        }
     }
 
     /// The MQTT subscription of the `--mqtt-` flags; nil without `--mqtt-url`.
@@ -228,6 +254,7 @@ struct SensorLogDaemon: AsyncParsableCommand {
         "MAX_LINE_BYTES", "SENSOR_TYPES", "LOG_LEVEL", "TCP_AUTH_FILE", "TCP_BEYOND_LOOPBACK", "API_KEYS",
         "RETENTION_TIME", "RETENTION_BYTES", "MAINTENANCE_INTERVAL_SECONDS", "COMPACTION", "COMPACTION_BYTES_PER_SECOND",
         "MAX_WRITE_BODY_BYTES", "MQTT_URL", "MQTT_TOPIC", "MQTT_TOPIC_TEMPLATE", "MQTT_CLIENT_ID", "MQTT_USERNAME", "MQTT_PASSWORD", "MQTT_CA_FILE",
+        "TLS_CERT", "TLS_KEY", "TLS_CLIENT_CA",
     ]
 
     static func limits(_ s: Settings) throws -> Limits {
@@ -292,6 +319,9 @@ struct SensorLogDaemon: AsyncParsableCommand {
         _ = try Self.limits(s)
         _ = try Self.types(s.sensorTypes)
         _ = try Self.apiKeys(file: s.keysFile)
+        if let files = s.tls {
+            do { try ServerTLS.check(files) } catch { throw ValidationError(error.description) }
+        }
         if let tls = s.mqtt?.tls {
             do { _ = try MQTTConfiguration.sslContext(tls) } catch { throw ValidationError("--mqtt-ca-file: \(error)") }
         }
@@ -350,6 +380,7 @@ struct SensorLogDaemon: AsyncParsableCommand {
         c.retention = s.retention
         c.backgroundCompaction = s.compaction == .on
         c.mqtt = s.mqtt
+        c.tls = s.tls
         return c
     }
 }

@@ -1,5 +1,6 @@
 public import ArgumentParser
 import Foundation
+import Ingest
 import LogStore
 import Logging
 import MQTT
@@ -37,6 +38,7 @@ struct Settings {
     var compaction: Switch
     var compactionBytesPerSecond: Int64
     var mqtt: MQTTConfiguration?
+    var tls: ServerTLS.Files?
 }
 
 /// An `on`/`off` setting.

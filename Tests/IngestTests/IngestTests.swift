@@ -6,6 +6,7 @@ import LogStore
 import NIOCore
 import NIOEmbedded
 import NIOPosix
+import NIOTLS
 import SensorLogCore
 import Synchronization
 import Testing
@@ -375,3 +376,30 @@ extension LineProtocolServerTests {
     }
 }
 
+
+/// The TLS handshake deadline on the event loop's clock, moved by the test.
+@Suite struct TLSHandshakeGuardTests {
+    func connected(_ timeout: TimeAmount) throws -> EmbeddedChannel {
+        let channel = EmbeddedChannel()
+        try channel.pipeline.syncOperations.addHandler(TLSHandshakeGuard(timeout: timeout, failures: nil))
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 9)).wait()
+        return channel
+    }
+
+    @Test func aHandshakeNotDoneByTheDeadlineIsClosed() throws {
+        let channel = try connected(.seconds(10))
+        channel.embeddedEventLoop.advanceTime(by: .seconds(9))
+        #expect(channel.isActive)
+        channel.embeddedEventLoop.advanceTime(by: .seconds(1))
+        #expect(!channel.isActive)
+    }
+
+    @Test func aCompletedHandshakeLeavesTheDeadlineAndThePipeline() throws {
+        let channel = try connected(.seconds(10))
+        channel.pipeline.fireUserInboundEventTriggered(TLSUserEvent.handshakeCompleted(negotiatedProtocol: nil))
+        channel.embeddedEventLoop.advanceTime(by: .seconds(3600))
+        #expect(channel.isActive)
+        #expect(throws: (any Error).self) { try channel.pipeline.syncOperations.handler(type: TLSHandshakeGuard.self) }
+        _ = try channel.finish()
+    }
+}

@@ -22,6 +22,8 @@ class Server:
         self.tcp, self.http = free_port(), free_port()
         self.extra, self.env = list(extra), env
         self.proc = None
+        # With --tls-cert: "https" and a client context that trusts the test's CA.
+        self.scheme, self.ssl = "http", None
         self.log_path = os.path.join(data_dir + "-sensorlogd.log")
 
     def start(self, timeout=60):
@@ -52,9 +54,9 @@ class Server:
         return self.proc.returncode
 
     def request(self, method, path, body=None, headers=None, timeout=10):
-        req = urllib.request.Request(f"http://127.0.0.1:{self.http}{path}", data=body, method=method, headers=headers or {})
+        req = urllib.request.Request(f"{self.scheme}://127.0.0.1:{self.http}{path}", data=body, method=method, headers=headers or {})
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
+            with urllib.request.urlopen(req, timeout=timeout, context=self.ssl) as r:
                 return r.status, r.read(), dict(r.headers)
         except urllib.error.HTTPError as e:
             return e.code, e.read(), dict(e.headers)

@@ -1,11 +1,13 @@
 """deploy/prometheus/sensorlog-rules.yml against a real Prometheus scraping a real sensorlogd: the
 rules load and evaluate without error on the live exposition, every metric they name is one
 sensorlogd exports under that name, and what Prometheus stores agrees with what was sent.
-promtool's unit tests (tools/test) check when each alert fires; this checks they watch real series."""
-import json, os, re, shutil, signal, socket, subprocess, time, urllib.parse, urllib.request
+promtool's unit tests (tools/test) check when each alert fires; this checks they watch real series.
+sensorlogd serves TLS here (the certificate alerts need its series), so Prometheus scrapes https."""
+import json, os, re, shutil, signal, socket, ssl, subprocess, time, urllib.parse, urllib.request
 import pytest
 
-from conftest import ROOT, free_port
+from conftest import ROOT, Server, free_port
+from test_tls import client_context, make_ca, make_leaf
 
 RULES = os.path.join(ROOT, "deploy", "prometheus", "sensorlog-rules.yml")
 BASE = 1_764_000_000_000_000_000
@@ -13,7 +15,7 @@ TCP_READINGS, HTTP_READINGS = 500, 20
 
 
 class Prometheus:
-    def __init__(self, tmp_path, target):
+    def __init__(self, tmp_path, target, ca_file):
         self.port = free_port()
         self.dir = tmp_path
         config = tmp_path / "prometheus.yml"
@@ -23,7 +25,8 @@ class Prometheus:
             f"rule_files:\n  - {json.dumps(RULES)}\n"
             "scrape_configs:\n"
             # The job name the rules select `up` by (SensorlogDown).
-            f"  - job_name: sensorlog\n    static_configs:\n      - targets: [\"{target}\"]\n")
+            f"  - job_name: sensorlog\n    scheme: https\n    tls_config:\n      ca_file: {json.dumps(str(ca_file))}\n"
+            f"    static_configs:\n      - targets: [\"{target}\"]\n")
         self.log_path = tmp_path / "prometheus.log"
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
@@ -76,11 +79,22 @@ def scalar(result):
     return float(result[0]["value"][1]) if result else None
 
 
-def test_rules_load_and_evaluate_on_a_live_server_scraped_by_prometheus(server, tmp_path):
+@pytest.fixture
+def tls_server(data_dir, tmp_path):
+    make_ca(tmp_path, "ca")
+    cert, key = make_leaf(tmp_path, "ca", "server", "server")
+    s = Server(data_dir, extra=["--tls-cert", str(cert), "--tls-key", str(key)])
+    s.scheme, s.ssl = "https", client_context(tmp_path)
+    yield s.start()
+    s.stop()
+
+
+def test_rules_load_and_evaluate_on_a_live_server_scraped_by_prometheus(tls_server, tmp_path):
     assert shutil.which("prometheus"), "prometheus is missing: run tools/test, or `source tools/lib.sh; ensure_promtool`"
-    prom = Prometheus(tmp_path, f"127.0.0.1:{server.http}")
+    server = tls_server
+    prom = Prometheus(tmp_path, f"127.0.0.1:{server.http}", tmp_path / "ca.pem")
     try:
-        with socket.create_connection(("127.0.0.1", server.tcp)) as s:
+        with server.ssl.wrap_socket(socket.create_connection(("127.0.0.1", server.tcp)), server_hostname="localhost") as s:
             s.sendall(b"".join(f"temperature,sensor_id=p{i % 50},location=lab value=21.5 {BASE + i}\n".encode()
                                for i in range(TCP_READINGS)))
         assert server.post([{"sensor_id": f"h{i}", "type": "humidity", "value": 40.5, "location": "lab",
@@ -105,7 +119,7 @@ def test_rules_load_and_evaluate_on_a_live_server_scraped_by_prometheus(server, 
             return groups if rules and all(r["health"] == "ok" for r in rules) else None
         groups = prom.wait("every rule evaluated with health ok", evaluated)
         assert {g["name"] for g in groups} == {
-            "sensorlog-availability", "sensorlog-ingest", "sensorlog-log", "sensorlog-consumers", "sensorlog-http"}
+            "sensorlog-availability", "sensorlog-ingest", "sensorlog-log", "sensorlog-consumers", "sensorlog-http", "sensorlog-tls"}
         assert sorted(r["name"] for g in groups for r in g["rules"]) == sorted(re.findall(r"- alert: (\w+)", open(RULES).read()))
         assert not [r for g in groups for r in g["rules"] if r.get("lastError")]
 
