@@ -22,13 +22,12 @@ public enum Access {
             logger.warning("listening beyond loopback without TLS (--tls-cert, --tls-key): API keys and readings cross the network in clear text",
                            metadata: ["bind": "\(c.bind)"])
         }
-        if clientCertificates(c) {
-            logger.info("both listeners require a client certificate from --tls-client-ca", metadata: ["line_protocol": "\(tcpHost):\(c.tcpPort)"])
-            return
-        }
         let tcp = "\(tcpHost):\(c.tcpPort)"
         let keys = c.apiKeys
-        if let tcpKeys = c.lineProtocolKeys {
+        if clientCertificates(c) {
+            logger.info("both listeners require a client certificate from --tls-client-ca; API keys apply on HTTP as well",
+                        metadata: ["line_protocol": "\(tcp)", "http_keys": "\(keys.count)", "tcp_keys": "\(c.lineProtocolKeys?.count ?? 0)"])
+        } else if let tcpKeys = c.lineProtocolKeys {
             logger.info("line protocol authenticates every connection (QuestDB's ECDSA challenge)",
                         metadata: ["line_protocol": "\(tcp)", "tcp_keys": "\(tcpKeys.count)", "http_keys": "\(keys.count)"])
             if keys.isEmpty && !isLoopback(c.bind) {

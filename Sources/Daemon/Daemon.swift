@@ -187,6 +187,7 @@ public final class Daemon: Sendable {
             logger.info("SIGHUP: TLS certificate reloaded", metadata: [
                 "certificate": "\(tls.files.certificateChain)", "not_after": "\(Date(timeIntervalSince1970: TimeInterval(notAfter)))",
             ])
+            Self.warnIfExpired(notAfter, logger: logger)
         } catch {
             logger.error("SIGHUP: TLS certificate not reloaded; the old one stays", metadata: ["error": "\(error)"])
         }

@@ -16,7 +16,9 @@ extension Daemon {
             let tls = try ServerTLS(files: files, limits: c.limits)
             logger.info("TLS on both listeners", metadata: [
                 "certificate": "\(files.certificateChain)", "client_certificates": "\(files.clientCA == nil ? "not asked" : "required")",
+                "not_after": "\(Date(timeIntervalSince1970: TimeInterval(tls.notAfter)))",
             ])
+            warnIfExpired(tls.notAfter, logger: logger)
             return tls
         } catch {
             logger.critical("cannot load the TLS certificate", metadata: ["error": "\(error)"])
@@ -25,6 +27,14 @@ extension Daemon {
     }
 
     /// Opens (and recovers) the log, logging each partition's recovery.
+    /// An expired certificate still loads (the operator may be mid-renewal), but every client
+    /// that checks it will refuse the server: say so loudly.
+    static func warnIfExpired(_ notAfter: Int, logger: Logger) {
+        guard TimeInterval(notAfter) < Date().timeIntervalSince1970 else { return }
+        logger.warning("the TLS certificate has expired: clients will refuse it; renew it and send SIGHUP",
+                       metadata: ["not_after": "\(Date(timeIntervalSince1970: TimeInterval(notAfter)))"])
+    }
+
     static func openLog(_ c: DaemonConfiguration, logger: Logger) throws(DaemonError) -> Log {
         let fsyncTimer = Metrics.Timer(label: "sensorlog_fsync_duration_seconds", preferredDisplayUnit: .seconds)
         var limits = c.limits

@@ -5,6 +5,7 @@ public import NIOCore
 public import NIOPosix
 public import SensorLogCore
 public import ServiceLifecycle
+import NIOSSL
 import Synchronization
 
 /// The line-protocol listener (InfluxDB line protocol over TCP, no handshake, no acks).
@@ -132,7 +133,10 @@ public final class LineProtocolServer: Service, Sendable {
     public func shutdown() async {
         let (server, connections) = state.withLock { s in (s.server, Array(s.connections.values)) }
         try? await server?.close()
-        for c in connections { try? await c.close() }
+        // Every close starts at once: a TLS connection's close waits for the peer's close_notify
+        // (up to `ServerTLS`'s shutdown timeout), and one after another that would add up.
+        for c in connections { c.close(promise: nil) }
+        for c in connections { try? await c.closeFuture.get() }
         // channelInactive (which submits what a connection still holds) runs on the channel's
         // loop after the close; one more hop to each loop lets it run before draining.
         for c in connections { try? await c.eventLoop.submit {}.get() }
@@ -245,7 +249,11 @@ final class LineProtocolHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        logger.info("connection error", metadata: ["error": "\(error)"])
+        // A TLS producer that closes its socket without close_notify (most do) is a normal end of
+        // a connection here: a line it cut short is counted by the framer.
+        if case .uncleanShutdown = error as? NIOSSLError {} else {
+            logger.info("connection error", metadata: ["error": "\(error)"])
+        }
         context.close(promise: nil)
     }
 

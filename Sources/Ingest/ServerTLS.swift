@@ -28,7 +28,8 @@ public final class ServerTLS: Sendable {
     }
 
     public let files: Files
-    private let context: Mutex<NIOSSLContext>
+    /// The context new connections get, and its certificate's expiry (Unix seconds).
+    private let current: Mutex<(context: NIOSSLContext, notAfter: Int)>
     private let handshakeTimeout: TimeAmount
     private let expiry = Gauge(label: "sensorlog_tls_certificate_expiry_timestamp_seconds")
     private let reloaded = Counter(label: "sensorlog_tls_reloads_total", dimensions: [("result", "ok")])
@@ -51,13 +52,16 @@ public final class ServerTLS: Sendable {
     public init(files: Files, limits: Limits) throws(ServerTLSError) {
         self.files = files
         let (context, notAfter) = try Self.load(files)
-        self.context = Mutex(context)
+        self.current = Mutex((context, notAfter))
         handshakeTimeout = .nanoseconds(Int64(limits.tlsHandshakeTimeout / .nanoseconds(1)))
         failures = Dictionary(uniqueKeysWithValues: Self.listeners.map {
             ($0, Counter(label: "sensorlog_tls_handshake_failures_total", dimensions: [("listener", $0)]))
         })
         expiry.record(notAfter)
     }
+
+    /// When the certificate in use stops being valid (Unix seconds).
+    public var notAfter: Int { current.withLock { $0.notAfter } }
 
     /// Reads the files again; connections accepted from now on use them.
     /// - Returns: the new certificate's expiry (Unix seconds).
@@ -66,9 +70,10 @@ public final class ServerTLS: Sendable {
     public func reload() throws(ServerTLSError) -> Int {
         do {
             let (new, notAfter) = try Self.load(files)
-            context.withLock { $0 = new }
+            // The metrics first: whoever sees the new certificate sees them too.
             expiry.record(notAfter)
             reloaded.increment()
+            current.withLock { $0 = (new, notAfter) }
             return notAfter
         } catch {
             reloadFailed.increment()
@@ -80,8 +85,9 @@ public final class ServerTLS: Sendable {
     /// - Parameter listener: one of `listeners`, for the failure count.
     public func addHandlers(to channel: any Channel, listener: String) throws {
         let sync = channel.pipeline.syncOperations
-        try sync.addHandler(NIOSSLServerHandler(context: context.withLock { $0 }))
-        try sync.addHandler(TLSHandshakeGuard(timeout: handshakeTimeout, failures: failures[listener]))
+        try sync.addHandler(NIOSSLServerHandler(context: current.withLock { $0.context }))
+        let failures = failures[listener]
+        try sync.addHandler(TLSHandshakeGuard(timeout: handshakeTimeout, countFailure: { failures?.increment() }))
     }
 
     /// Loads the files without keeping them: `sensorlogd` checks its flags before it starts.
@@ -100,11 +106,16 @@ public final class ServerTLS: Sendable {
         var configuration = TLSConfiguration.makeServerConfiguration(certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
         // TLS 1.0 and 1.1 are deprecated (RFC 8996); every client this serves speaks 1.2.
         configuration.minimumTLSVersion = .tlsv12
+        // Closing waits this long for the peer's close_notify; a line-protocol producer never
+        // reads its socket, so it never answers, and a shutdown must not wait for it long.
+        configuration.shutdownTimeout = .seconds(1)
         if let ca = files.clientCA {
             configuration.trustRoots = .certificates(try certificates(ca, "--tls-client-ca"))
             // A client must present a certificate that chains to the CA; its name is not checked
             // (a client has no host name to match).
             configuration.certificateVerification = .noHostnameVerification
+            // Names the acceptable CAs, so a client holding several certificates picks the right one.
+            configuration.sendCANameList = true
         }
         do {
             return (try NIOSSLContext(configuration: configuration), chain[0].notValidAfter)
@@ -132,19 +143,23 @@ public struct ServerTLSError: Error, CustomStringConvertible {
 
 /// Right after the TLS handler: closes a connection whose handshake has not completed within
 /// the timeout (a silent or trickling client holds a slot no longer), and counts handshakes that
-/// fail. Reads only the event loop's clock, so a test moves it.
-final class TLSHandshakeGuard: ChannelInboundHandler, RemovableChannelHandler {
+/// fail: an error, the peer closing, or the deadline. A close the server starts for its own
+/// reasons (a shutdown, the HTTP connection cap) is not the client's failure and is not counted.
+/// Reads only the event loop's clock, so a test moves it.
+final class TLSHandshakeGuard: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = NIOAny
     typealias InboundOut = NIOAny
+    typealias OutboundIn = NIOAny
+    typealias OutboundOut = NIOAny
 
     private let timeout: TimeAmount
-    private let failures: Counter?
+    private let countFailure: () -> Void
     private var deadline: Scheduled<Void>?
     private var done = false
 
-    init(timeout: TimeAmount, failures: Counter?) {
+    init(timeout: TimeAmount, countFailure: @escaping () -> Void) {
         self.timeout = timeout
-        self.failures = failures
+        self.countFailure = countFailure
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -160,29 +175,40 @@ final class TLSHandshakeGuard: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if case .handshakeCompleted = event as? TLSUserEvent {
-            done = true
-            deadline?.cancel()
-            context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+        guard case .handshakeCompleted = event as? TLSUserEvent else {
+            context.fireUserInboundEventTriggered(event)
+            return
         }
+        finish()
+        // Passed on before the guard leaves: once removed, its context forwards nothing.
         context.fireUserInboundEventTriggered(event)
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if !done { failed() }
+        failed()
         context.fireErrorCaught(error)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
         // Closed by the peer mid-handshake (a port scan, a plain-text client giving up).
-        if !done { failed() }
+        failed()
         context.fireChannelInactive()
+    }
+
+    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        finish()
+        context.close(mode: mode, promise: promise)
     }
 
     private func failed() {
         guard !done else { return }
+        finish()
+        countFailure()
+    }
+
+    private func finish() {
         done = true
         deadline?.cancel()
-        failures?.increment()
     }
 }

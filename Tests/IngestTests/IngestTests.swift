@@ -6,6 +6,7 @@ import LogStore
 import NIOCore
 import NIOEmbedded
 import NIOPosix
+import NIOSSL
 import NIOTLS
 import SensorLogCore
 import Synchronization
@@ -379,27 +380,60 @@ extension LineProtocolServerTests {
 
 /// The TLS handshake deadline on the event loop's clock, moved by the test.
 @Suite struct TLSHandshakeGuardTests {
-    func connected(_ timeout: TimeAmount) throws -> EmbeddedChannel {
-        let channel = EmbeddedChannel()
-        try channel.pipeline.syncOperations.addHandler(TLSHandshakeGuard(timeout: timeout, failures: nil))
-        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 9)).wait()
-        return channel
+    /// Records the events the guard passes on.
+    final class Events: ChannelInboundHandler {
+        typealias InboundIn = NIOAny
+        var seen: [String] = []
+        func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) { seen.append("\(event)") }
     }
 
-    @Test func aHandshakeNotDoneByTheDeadlineIsClosed() throws {
-        let channel = try connected(.seconds(10))
+    func connected(_ timeout: TimeAmount, failures: Box) throws -> (EmbeddedChannel, Events) {
+        let channel = EmbeddedChannel()
+        let events = Events()
+        try channel.pipeline.syncOperations.addHandler(TLSHandshakeGuard(timeout: timeout, countFailure: { failures.count += 1 }))
+        try channel.pipeline.syncOperations.addHandler(events)
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 9)).wait()
+        return (channel, events)
+    }
+
+    final class Box { var count = 0 }
+
+    @Test func aHandshakeNotDoneByTheDeadlineIsClosedAndCounted() throws {
+        let failures = Box()
+        let (channel, _) = try connected(.seconds(10), failures: failures)
         channel.embeddedEventLoop.advanceTime(by: .seconds(9))
         #expect(channel.isActive)
         channel.embeddedEventLoop.advanceTime(by: .seconds(1))
         #expect(!channel.isActive)
+        #expect(failures.count == 1)
     }
 
-    @Test func aCompletedHandshakeLeavesTheDeadlineAndThePipeline() throws {
-        let channel = try connected(.seconds(10))
+    @Test func aCompletedHandshakeIsPassedOnAndLeavesTheDeadlineAndThePipeline() throws {
+        let failures = Box()
+        let (channel, events) = try connected(.seconds(10), failures: failures)
         channel.pipeline.fireUserInboundEventTriggered(TLSUserEvent.handshakeCompleted(negotiatedProtocol: nil))
+        #expect(events.seen.count == 1 && events.seen[0].contains("handshakeCompleted"))
         channel.embeddedEventLoop.advanceTime(by: .seconds(3600))
         #expect(channel.isActive)
         #expect(throws: (any Error).self) { try channel.pipeline.syncOperations.handler(type: TLSHandshakeGuard.self) }
         _ = try channel.finish()
+        #expect(failures.count == 0)
+    }
+
+    @Test func aCloseTheServerStartsIsNotTheClientsFailure() throws {
+        let failures = Box()
+        let (channel, _) = try connected(.seconds(10), failures: failures)
+        try channel.close().wait()  // a shutdown, or the HTTP cap evicting a connection mid-handshake
+        channel.embeddedEventLoop.advanceTime(by: .seconds(10))
+        #expect(failures.count == 0)
+    }
+
+    @Test func aPeerLeavingMidHandshakeIsCountedOnce() throws {
+        let failures = Box()
+        let (channel, _) = try connected(.seconds(10), failures: failures)
+        channel.pipeline.fireErrorCaught(NIOSSLError.handshakeFailed(.sslError([])))
+        channel.pipeline.fireChannelInactive()
+        channel.embeddedEventLoop.advanceTime(by: .seconds(10))
+        #expect(failures.count == 1)
     }
 }
