@@ -106,6 +106,8 @@ let package = Package(
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
+                // HTTPParserError: a refused head answered 431 or 400 with a JSON body.
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 // SHA-256 of API keys stored hashed.
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),

@@ -1,7 +1,9 @@
 import HTTPTypes
 import Ingest
 import Metrics
+import Foundation
 import NIOCore
+import NIOHTTP1
 import NIOHTTPTypes
 import SensorLogCore
 import Synchronization
@@ -121,6 +123,7 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     private let requestTimeout: TimeAmount
     private let idleTimeout: TimeAmount
     private let minBodyBytesPerSecond: Int64
+    private let maxHeaderBytes: Int
     private var admitted = false
     private var deadline: Scheduled<Void>?
     private var deadlineAt = NIODeadline.distantPast
@@ -138,6 +141,7 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
         requestTimeout = Self.amount(limits.httpRequestTimeout)
         idleTimeout = Self.amount(limits.idleTimeout)
         minBodyBytesPerSecond = Int64(limits.minBodyBytesPerSecond)
+        maxHeaderBytes = limits.maxHTTPHeaderBytes
     }
 
     static func amount(_ d: Duration) -> TimeAmount { .nanoseconds(Int64(d / .nanoseconds(1))) }
@@ -188,6 +192,30 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
             if unanswered == 0 && !reading { becameIdle(context) }
         }
         context.write(data, promise: promise)
+    }
+
+    /// A request NIO's parser refused (a head past `maxHTTPHeaderBytes`, bytes that are not
+    /// HTTP) is answered here with a status and a JSON body that say why, then the connection
+    /// closes: Hummingbird's own answer is a bare 400. Only between requests: with a request
+    /// still being answered, a second response would interleave, so Hummingbird keeps the case.
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        guard let parse = error as? HTTPParserError, unanswered == 0, !reading else {
+            context.fireErrorCaught(error)
+            return
+        }
+        let tooLarge = parse == .headerOverflow
+        let detail = APIError.Body(error: .init(
+            code: tooLarge ? "headers_too_large" : "bad_request",
+            message: tooLarge ? "the request line and headers exceed \(maxHeaderBytes) bytes" : "not an HTTP/1.1 request (\(parse))"))
+        let body = ByteBuffer(bytes: JSONBody.data(detail))
+        let head = HTTPResponse(status: tooLarge ? .requestHeaderFieldsTooLarge : .badRequest, headerFields: [
+            .contentType: "application/json", .contentLength: "\(body.readableBytes)", .connection: "close",
+        ])
+        unanswered += 1
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        context.write(wrapOutboundOut(.body(body)), promise: nil)
+        let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in loopBound.value.close(promise: nil) }
     }
 
     /// Between requests: another connection may take its slot, and the next head may come after

@@ -151,7 +151,19 @@ def test_oversized_heads_are_refused_with_a_status(data_dir):
                 pass
             s.close()
             status = int(reply.split(b" ", 2)[1]) if reply.startswith(b"HTTP/1.1 ") else None
-            assert status in (400, 414, 431), reply[:200]
+            assert status == 431, reply[:200]
+            body = json.loads(reply.split(b"\r\n\r\n", 1)[1])
+            assert body == {"error": {"code": "headers_too_large", "message": "the request line and headers exceed 16384 bytes"}}
+        # Bytes that are not HTTP: 400 with a body that says so.
+        s = connect(server)
+        s.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http\r\n\r\n")
+        s.settimeout(5)
+        reply = b""
+        while chunk := s.recv(4096):
+            reply += chunk
+        s.close()
+        assert reply.startswith(b"HTTP/1.1 400 "), reply[:200]
+        assert json.loads(reply.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "bad_request"
         assert health(server) == 200
     finally:
         server.stop()
