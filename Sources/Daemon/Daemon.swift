@@ -235,8 +235,10 @@ public final class Daemon: Sendable {
                 gauges.refresh()
                 return registry.emitToString()
             },
-            onRunning: { port in
-                http.markListening()
+            // `http` weakly: it holds this app, and the cycle would keep a stopped server (and
+            // through it the log) in memory (the address sanitizer's leak report).
+            onRunning: { [weak http] port in
+                http?.markListening()
                 bound.port.withLock { $0 = port }
                 let sensors = await pipeline.sensorCount()
                 logger.info("http listening", metadata: ["address": "\(c.bind):\(port)", "tls": "\(tls != nil)"])

@@ -8,15 +8,16 @@ import TestSupport
 import Testing
 
 @Suite struct AggregatorTests {
-    /// Runs the live aggregator until its committed offsets reach the log's end.
-    func aggregate(_ log: Log) async throws -> AggregatorService {
+    /// Runs the live aggregator until its committed offsets reach the log's end. Cancel the task
+    /// once it is stopped: `run` waits for a graceful shutdown until then, and a task left waiting
+    /// keeps the service and the log in memory for good.
+    func aggregate(_ log: Log) async throws -> (AggregatorService, Task<Void, Never>) {
         let service = try AggregatorService(log: log, logger: Logger(label: "test"), commitInterval: .milliseconds(5), commitRecords: 777)
-        Thread { Task { try? await service.run() } }.start()
-        return service
+        return (service, Task.detached { try? await service.run() })
     }
 
     func waitCaughtUp(_ service: AggregatorService, _ log: Log) async throws {
-        let deadline = Date().addingTimeInterval(30)
+        let deadline = Date().addingTimeInterval(30 * testTimeScale)
         while service.committedOffsets != log.partitions.map(\.endOffset) {
             #expect(Date() < deadline)
             if Date() > deadline { return }
@@ -35,13 +36,15 @@ import Testing
             readings.append(Reading(sensorID: "s\(i % 50)", type: ["temperature", "pressure"][i % 50 % 2],
                                     value: Double(rng.next() % 1_000_000) / 997, location: "l\(i % 3)", timestamp: ts))
         }
-        let service = try await aggregate(f.log)
+        let (service, running) = try await aggregate(f.log)
         for chunk in stride(from: 0, to: readings.count, by: 1111) {
             _ = try await f.pipeline.submit(Array(readings[chunk..<min(chunk + 1111, readings.count)]), via: .tcp)
         }
         try await waitCaughtUp(service, f.log)
         service.requestStop()
         await service.waitUntilFinished()
+        running.cancel()
+        await running.value
 
         let live = try AggregateStore(path: f.path + "/aggregates.sqlite", readOnly: true).allAggregates()
         let out = f.path + "/rebuilt.sqlite"
@@ -77,7 +80,7 @@ import Testing
             Reading(sensorID: "s\(i % 40)", type: "temperature", value: Double(i % 1013) / 7, location: "l",
                     timestamp: 1_763_978_400_000_000_000 + Int64(i) * 10_000_000)
         }
-        let service = try await aggregate(f.log)
+        let (service, running) = try await aggregate(f.log)
         _ = try await f.pipeline.submit(Array(readings[..<20_000]), via: .tcp)
         try await waitCaughtUp(service, f.log)
         let before = FileOperations.inode(f.path + "/aggregates.sqlite")
@@ -93,6 +96,8 @@ import Testing
         try await waitCaughtUp(service, f.log)
         service.requestStop()
         await service.waitUntilFinished()
+        running.cancel()
+        await running.value
         let live = try AggregateStore(path: f.path + "/aggregates.sqlite", readOnly: true).allAggregates()
         let out = f.path + "/reference.sqlite"
         _ = try AggregateRebuild.build(dataDirectory: f.path, output: out)

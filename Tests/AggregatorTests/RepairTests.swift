@@ -41,7 +41,7 @@ import Testing
     func aggregate(_ log: Log) async throws {
         let service = try AggregatorService(log: log, logger: Logger(label: "test"), commitInterval: .milliseconds(5))
         let task = Task { try await service.run() }
-        let deadline = ContinuousClock.now + .seconds(60)
+        let deadline = ContinuousClock.now + .seconds(60 * testTimeScale)
         while service.committedOffsets != log.partitions.map(\.endOffset) {
             try #require(ContinuousClock.now < deadline)
             try await Task.sleep(for: .milliseconds(5))

@@ -28,9 +28,9 @@ import Testing
         return (daemon, running)
     }
 
-    /// Waits (60 s at most) for `condition`.
+    /// Waits (60 s times `testTimeScale` at most) for `condition`.
     func until(_ condition: () throws -> Bool) async throws {
-        let deadline = ContinuousClock.now + .seconds(60)
+        let deadline = ContinuousClock.now + .seconds(60 * testTimeScale)
         while try !condition() {
             try #require(ContinuousClock.now < deadline, "timed out")
             try await Task.sleep(for: .milliseconds(10))

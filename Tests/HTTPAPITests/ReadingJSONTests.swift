@@ -137,7 +137,18 @@ import Testing
             }
             let ours = (try? parse(bytes)) != nil
             // Foundation takes a trailing comma before } or ]; RFC 8259 does not, nor do we.
-            let compact = bytes.filter { ![0x20, 0x0A].contains($0) }
+            // Outside strings only: `",}"` inside a string is text (string contents are dropped).
+            var compact: [UInt8] = []
+            var inString = false, escaped = false
+            for b in bytes {
+                if inString {
+                    if escaped { escaped = false } else if b == UInt8(ascii: "\\") { escaped = true } else if b == UInt8(ascii: "\"") { inString = false }
+                } else if b == UInt8(ascii: "\"") {
+                    inString = true
+                } else if b != 0x20 && b != 0x0A {
+                    compact.append(b)
+                }
+            }
             if zip(compact, compact.dropFirst()).contains(where: { $0 == UInt8(ascii: ",") && ($1 == UInt8(ascii: "}") || $1 == UInt8(ascii: "]")) }) {
                 #expect(!ours)
                 return

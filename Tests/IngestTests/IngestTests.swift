@@ -122,7 +122,8 @@ import TestSupport
             duplicates += outcomes.filter { $0 == .duplicate }.count
         }
         #expect(duplicates == history.count)
-        #expect(clock.now - started < .seconds(30), "resend took \(clock.now - started)")
+        // A bound on speed: stretched under a sanitizer, it still catches the minutes it took.
+        #expect(clock.now - started < .seconds(30 * testTimeScale), "resend took \(clock.now - started)")
         // And a reading of the backfill's time range that is not stored still goes in.
         let gap = try await f.pipeline.submit([r("h1", 7)], via: .tcp)
         #expect(gap == [.appended(partition: 0, offset: Int64(history.count + 200))])
@@ -214,7 +215,7 @@ import TestSupport
         }
         text += "temperature,sensor_id=cut,location=l value=1"  // partial last line: dropped
         try sendTCP(port: port, Array(text.utf8))
-        let deadline = Date().addingTimeInterval(20)
+        let deadline = Date().addingTimeInterval(20 * testTimeScale)
         while try f.stored().count < 5000 && Date() < deadline { try await Task.sleep(for: .milliseconds(20)) }
         await server.shutdown()
         let stored = try f.stored()
@@ -229,10 +230,10 @@ extension LineProtocolServerTests {
         return (server, try await server.start())
     }
 
-    /// Waits (20 s at most) until `count` readings are stored, shuts the server down, and
-    /// expects exactly `count`, each once.
+    /// Waits (20 s times `testTimeScale` at most) until `count` readings are stored, shuts the
+    /// server down, and expects exactly `count`, each once.
     func expectStoredOnce(_ f: Fixture, _ count: Int, then server: LineProtocolServer) async throws {
-        let deadline = Date().addingTimeInterval(20)
+        let deadline = Date().addingTimeInterval(20 * testTimeScale)
         while try f.stored().count < count && Date() < deadline { try await Task.sleep(for: .milliseconds(20)) }
         await server.shutdown()
         let stored = try f.stored()
@@ -290,7 +291,7 @@ extension LineProtocolServerTests {
         // Retries (one per `appendRetryDelay`, 1 s) refused while the clock moves past idle periods.
         // The deadline only guards against a hang: with the whole suite running on two cores,
         // the retries' tasks may wait long for a thread.
-        let deadline = ContinuousClock.now + .seconds(120)
+        let deadline = ContinuousClock.now + .seconds(120 * testTimeScale)
         var moved = 0
         while refused.seen.count < 3 || moved < 3 {
             try #require(ContinuousClock.now < deadline)

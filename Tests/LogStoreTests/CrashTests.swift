@@ -47,7 +47,7 @@ import Testing
             kill(child.processIdentifier, SIGKILL)
             child.waitUntilExit()
             #expect(child.terminationReason == .uncaughtSignal, "child exited by itself in round \(round): status \(child.terminationStatus)")
-            let text = String(decoding: FileManager.default.contents(atPath: out) ?? Data(), as: UTF8.self)
+            let text = String(decoding: SegmentFiles.readWholeFile(out) ?? [], as: UTF8.self)
             for line in text.split(separator: "\n") {
                 let f = line.split(separator: " ")
                 // A line cut by the kill is not an acknowledgement anyone saw whole.

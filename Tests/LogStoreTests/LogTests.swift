@@ -208,7 +208,7 @@ import Testing
         let files = try LogDirectory(dataDirectory: dir.path)
         let reader = files.reader(partition: 0, from: 0)
         var seen: [Reading] = []
-        let deadline = Date().addingTimeInterval(60)
+        let deadline = Date().addingTimeInterval(60 * testTimeScale)
         while seen.count < readings.count && Date() < deadline {
             if let (batch, first) = try reader.next() {
                 for i in first..<batch.count { seen.append(batch.reading(at: i)) }

@@ -76,9 +76,9 @@ public final class FaultLog: Sendable {
         attempts.withLock { Seen(count: $0.count, span: ($0.last ?? .now) - ($0.first ?? .now)) }
     }
 
-    /// Waits (60 s at most, then fails) until `condition` holds for what was seen.
+    /// Waits (60 s times `testTimeScale` at most, then fails) until `condition` holds for what was seen.
     public func wait(until condition: (Seen) -> Bool) async throws {
-        let deadline = ContinuousClock.now + .seconds(60)
+        let deadline = ContinuousClock.now + .seconds(60 * testTimeScale)
         while !condition(seen) {
             guard ContinuousClock.now < deadline else { throw FaultLogTimeout(seen: seen) }
             try await Task.sleep(for: .milliseconds(10))

@@ -111,6 +111,11 @@ public func appendWhenAccepted(_ log: Log, _ readings: [Reading], toPartition pa
     }
 }
 
+/// How much longer than usual a test waits for something that is sure to come: its deadlines
+/// only end a hung wait, so stretching them changes no verdict. `SENSORLOG_TEST_TIME_SCALE`
+/// (tools/test --sanitize sets it: the sanitizers slow the code several times over), else 1.
+public let testTimeScale: Double = ProcessInfo.processInfo.environment["SENSORLOG_TEST_TIME_SCALE"].flatMap(Double.init) ?? 1
+
 /// The seed of a randomised test: `SENSORLOG_TEST_SEED` when set (to repeat a failure), else a
 /// fresh one. Printed either way, so that a failing run says how to repeat it.
 public func testSeed(_ test: String = #function) -> UInt64 {
