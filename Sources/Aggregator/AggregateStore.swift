@@ -197,7 +197,7 @@ public final class AggregateStore {
             """)
         s.bind(1, sensorID)
         s.bind(2, from.map { Timestamp.hourBucket($0) } ?? "")
-        s.bind(3, to.map { Self.bucketBound($0) } ?? "~")
+        s.bind(3, to.map { Timestamp.hourBucketBound($0) } ?? "~")
         return try collect(s)
     }
 
@@ -215,7 +215,7 @@ public final class AggregateStore {
         var i: Int32 = 1
         s.bind(i, from.map { Timestamp.hourBucket($0) } ?? "")
         i += 1
-        s.bind(i, to.map { Self.bucketBound($0) } ?? "~")
+        s.bind(i, to.map { Timestamp.hourBucketBound($0) } ?? "~")
         i += 1
         if let type { s.bind(i, type); i += 1 }
         if let location { s.bind(i, location); i += 1 }
@@ -226,12 +226,6 @@ public final class AggregateStore {
         }
         s.bind(i, Int64(limit))
         return try collect(s)
-    }
-
-    /// The exclusive upper bound, as a bucket string: hours starting before `to`.
-    static func bucketBound(_ to: Int64) -> String {
-        let start = Timestamp.hourStart(to)
-        return start == to ? Timestamp.hourBucket(start) : Timestamp.hourBucket(start + 3_600_000_000_000)
     }
 
     private func collect(_ s: SQLiteStatement) throws(SQLiteError) -> [Aggregate] {

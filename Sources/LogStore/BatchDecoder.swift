@@ -135,7 +135,10 @@ final class BatchDecoder {
 
     private func readString(_ reader: inout ByteReader) throws(DecodeError) -> String {
         let n = try reader.readCount(max: reader.remaining)
-        return String(decoding: try reader.readBytes(n), as: UTF8.self)
+        // Refused, not repaired: a repaired string is not the bytes the sensor index hashes and
+        // the sensor scan compares (the encoder writes Swift strings, always valid UTF-8).
+        guard let s = String(validating: try reader.readBytes(n), as: UTF8.self) else { throw DecodeError("a string is not valid UTF-8") }
+        return s
     }
 
     /// A dictionary section: a count, then that many strings.
@@ -222,11 +225,17 @@ final class BatchDecoder {
         batch.types = try readStrings(&reader)
         batch.locations = try readStrings(&reader)
         let typeCount = batch.types.count
+        var invalidID = false
         let tupleCount = try readTuples(&reader, header: header, typeCount: typeCount, locationCount: batch.locations.count) { id, type, location in
-            batch.sensorIDs.append(String(decoding: id, as: UTF8.self))
+            guard let s = String(validating: id, as: UTF8.self) else {
+                invalidID = true
+                return
+            }
+            batch.sensorIDs.append(s)
             batch.tupleTypes.append(Int32(type))
             batch.tupleLocations.append(Int32(location))
         }
+        if invalidID { throw DecodeError("a sensor id is not valid UTF-8") }
 
         batch.recordTuples.reserveCapacity(count)
         var introduced = 0

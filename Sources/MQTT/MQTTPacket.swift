@@ -141,8 +141,13 @@ extension ByteBuffer {
     }
 
     mutating func readMQTTString() throws(MQTTProtocolError) -> String {
-        guard let length = readInteger(as: UInt16.self), let s = readString(length: Int(length)) else {
+        guard let length = readInteger(as: UInt16.self), let bytes = readSlice(length: Int(length)) else {
             throw MQTTProtocolError("string runs past its packet")
+        }
+        // Refused, not repaired (MQTT 3.1.1, 1.5.3: ill-formed UTF-8 closes the connection): a
+        // repaired topic would hand the topic template other text than the broker's.
+        guard let s = String(validating: bytes.readableBytesView, as: UTF8.self) else {
+            throw MQTTProtocolError("a string is not valid UTF-8")
         }
         return s
     }

@@ -76,9 +76,12 @@ public enum Timestamp {
         else { return nil }
         let days = daysFromCivil(year: year, month: month, day: day)
         let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offsetSeconds
-        let (scaled, overflow1) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
+        // Before 1970 with a fraction, as (seconds + 1) minus the rest: the lowest second of the
+        // range (1677-09-21T00:12:43.145224192Z) overflows as seconds * 10^9 though it is in range.
+        let (whole, fraction) = seconds < 0 && nanos > 0 ? (seconds + 1, nanos - 1_000_000_000) : (seconds, nanos)
+        let (scaled, overflow1) = whole.multipliedReportingOverflow(by: 1_000_000_000)
         guard !overflow1 else { return nil }
-        let (total, overflow2) = scaled.addingReportingOverflow(nanos)
+        let (total, overflow2) = scaled.addingReportingOverflow(fraction)
         return overflow2 ? nil : total
     }
 
@@ -142,12 +145,25 @@ public enum Timestamp {
         formatISO8601(hourStart(nanoseconds))
     }
 
-    /// The start of the UTC hour holding `nanoseconds`, in nanoseconds.
+    /// The start of the UTC hour holding `nanoseconds`, in nanoseconds. The first hour of the
+    /// Int64 range starts before it (at 1677-09-21T00:00:00Z): `Int64.min` stands for its start.
     public static func hourStart(_ nanoseconds: Int64) -> Int64 {
         let hour: Int64 = 3_600_000_000_000
         var start = nanoseconds / hour * hour
-        if nanoseconds < 0 && start != nanoseconds { start -= hour }
+        if nanoseconds < 0 && start != nanoseconds {
+            let (earlier, overflow) = start.subtractingReportingOverflow(hour)
+            start = overflow ? .min : earlier
+        }
         return start
+    }
+
+    /// The exclusive upper bound, as a bucket string, of the hours that start before `to`: `~`
+    /// (after every bucket) when the next hour starts past the Int64 range.
+    public static func hourBucketBound(_ to: Int64) -> String {
+        let start = hourStart(to)
+        guard start != to else { return hourBucket(start) }
+        let (next, overflow) = start.addingReportingOverflow(3_600_000_000_000)
+        return overflow ? "~" : hourBucket(next)
     }
 
     private static func pad(_ v: Int64, _ width: Int) -> String {

@@ -67,5 +67,21 @@ import Testing
             }
         }
     }
-}
 
+    /// Readings stamped in the first and the last hour of the Int64 range (the line protocol
+    /// takes any integer but Int64.min): the fold trapped in `hourStart` on the first, and a
+    /// query's `to` in the last hour trapped in the bound (docs/testing.md, "Fuzzing").
+    @Test func theEndsOfTheTimestampRangeFoldAndQuery() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.cleanup() }
+        let log = try Log.open(dataDirectory: dir.path + "/data", configuration: LogConfiguration())
+        defer { try? log.close() }
+        let stamps: [Int64] = [.min + 1, .min + 2, -1, 0, .max - 1, .max]
+        _ = try log.appendAll(stamps.map { Reading(sensorID: "edge", type: "temperature", value: 1, location: "l", timestamp: $0) })
+        let rows = try fold(log, into: dir.path + "/a.sqlite", tuning: .init(workers: 1, handOffRows: 1 << 30, maxCachedRows: 1 << 30), runs: 1)
+        #expect(rows.map(\.count).reduce(0, +) == Int64(stamps.count))
+        let store = try AggregateStore(path: dir.path + "/a.sqlite")
+        #expect(try store.aggregates(sensorID: "edge", from: .min + 1, to: .max).map(\.count).reduce(0, +) == Int64(stamps.count))
+        #expect(try store.aggregates(from: .min, to: .max, type: nil, location: nil, after: nil, limit: 100).count == rows.count)
+    }
+}
