@@ -26,12 +26,14 @@ class Server:
         self.scheme, self.ssl = "http", None
         self.log_path = os.path.join(data_dir + "-sensorlogd.log")
 
-    def start(self, timeout=60):
+    def start(self, timeout=60, poll_seconds=0.1):
+        """Starts sensorlogd and waits for /health, asking every `poll_seconds` (the soak asks
+        every 10 ms: it measures restart times with this)."""
         env = dict(os.environ, **(self.env or {}))
-        self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([os.path.join(BIN, "sensorlogd"), "--data-dir", self.data_dir, "--tcp-port", str(self.tcp),
-                                      "--http-port", str(self.http)] + self.extra, stdout=self.log, stderr=self.log, env=env,
-                                     preexec_fn=self.preexec)
+        with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen([os.path.join(BIN, "sensorlogd"), "--data-dir", self.data_dir, "--tcp-port", str(self.tcp),
+                                          "--http-port", str(self.http)] + self.extra, stdout=log, stderr=log, env=env,
+                                         preexec_fn=self.preexec)
         deadline = time.time() + timeout
         while time.time() < deadline:
             assert self.proc.poll() is None, f"sensorlogd exited with {self.proc.returncode}: {open(self.log_path).read()[-500:]}"
@@ -40,7 +42,7 @@ class Server:
                     return self
             except OSError:
                 pass
-            time.sleep(0.1)
+            time.sleep(poll_seconds)
         raise AssertionError("sensorlogd did not become healthy")
 
     def stop(self, sig=signal.SIGTERM, timeout=30):

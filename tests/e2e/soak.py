@@ -542,7 +542,7 @@ class Soak:
         mqtt = ["--mqtt-url", f"mqtt://127.0.0.1:{self.broker.port}", "--mqtt-topic-template", "sensors/{location}/{sensor_id}",
                 "--mqtt-client-id", "sensorlogd-soak"]
         self.flags = FLAGS + mqtt
-        self.server = SoakServer(self.data_dir, extra=self.flags).start()
+        self.server = Server(self.data_dir, extra=self.flags).start(poll_seconds=0.01)
         with self.cond:
             self.up, self.gen = True, 1
         self.t_start = time.time()
@@ -736,26 +736,6 @@ class Broker:
     def stop(self):
         self.proc.terminate()
         self.proc.wait(10)
-
-
-class SoakServer(Server):
-    def start(self, timeout=60):
-        """Server.start, polling /health every 10 ms: the restart times are measured with it."""
-        env = dict(os.environ, **(self.env or {}))
-        self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([os.path.join(BIN, "sensorlogd"), "--data-dir", self.data_dir, "--tcp-port", str(self.tcp),
-                                      "--http-port", str(self.http)] + self.extra, stdout=self.log, stderr=self.log, env=env)
-        self.log.close()
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            assert self.proc.poll() is None, f"sensorlogd exited with {self.proc.returncode}: {open(self.log_path).read()[-500:]}"
-            try:
-                if self.get("/health")[0] == 200:
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.01)
-        raise AssertionError("sensorlogd did not become healthy")
 
 
 def rss_kib(pid):
