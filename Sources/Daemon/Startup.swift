@@ -26,7 +26,6 @@ extension Daemon {
         }
     }
 
-    /// Opens (and recovers) the log, logging each partition's recovery.
     /// An expired certificate still loads (the operator may be mid-renewal), but every client
     /// that checks it will refuse the server: say so loudly.
     static func warnIfExpired(_ notAfter: Int, logger: Logger) {
@@ -35,6 +34,7 @@ extension Daemon {
                        metadata: ["not_after": "\(Date(timeIntervalSince1970: TimeInterval(notAfter)))"])
     }
 
+    /// Opens (and recovers) the log, logging each partition's recovery.
     static func openLog(_ c: DaemonConfiguration, logger: Logger) throws(DaemonError) -> Log {
         let fsyncTimer = Metrics.Timer(label: "sensorlog_fsync_duration_seconds", preferredDisplayUnit: .seconds)
         var limits = c.limits
