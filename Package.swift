@@ -14,6 +14,8 @@ let package = Package(
         .executable(name: "sensorlogd", targets: ["sensorlogd"]),
         .executable(name: "sensorlog", targets: ["sensorlog"]),
         .executable(name: "sensorlog-loadgen", targets: ["sensorlog-loadgen"]),
+        .executable(name: "sensorlog-fuzz", targets: ["sensorlog-fuzz"]),
+        .executable(name: "sensorlog-fuzz-net", targets: ["sensorlog-fuzz-net"]),
         .library(name: "LogStore", targets: ["LogStore"]),
         .library(name: "SensorLogCore", targets: ["SensorLogCore"]),
     ],
@@ -162,6 +164,39 @@ let package = Package(
             dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: swiftSettings
         ),
+        // The fuzz targets (docs/testing.md, "Fuzzing"): every parser of outside bytes and reader of
+        // on-disk bytes that lives outside the networking modules, each checking properties. No
+        // NIO, Hummingbird or swift-crypto in the closure: the instrumented build (tools/fuzz)
+        // rebuilds every dependency. The internals they reach are `package`, not `@testable`: the
+        // fuzz products build in release like every other product.
+        .target(
+            name: "FuzzTargets",
+            dependencies: ["SensorLogCore", "LineProtocol", "LogStore"],
+            swiftSettings: swiftSettings
+        ),
+        // libFuzzer's entry point under `-D SENSORLOG_FUZZ -sanitize=fuzzer,address`, otherwise a
+        // replay driver (`sensorlog-fuzz TARGET FILE...`) and the seed writer.
+        .executableTarget(
+            name: "sensorlog-fuzz",
+            dependencies: ["FuzzTargets"],
+            swiftSettings: swiftSettings
+        ),
+        // The fuzz targets of the networking modules (MQTT packets and payloads, HTTP write bodies
+        // with gzip): a product of its own, since its instrumented build rebuilds NIO, NIOSSL,
+        // Hummingbird and swift-crypto.
+        .target(
+            name: "FuzzTargetsNet",
+            dependencies: [
+                "FuzzTargets", "SensorLogCore", "LineProtocol", "LogStore", "Ingest", "MQTT", "HTTPAPI", "CDeflate",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "sensorlog-fuzz-net",
+            dependencies: ["FuzzTargets", "FuzzTargetsNet"],
+            swiftSettings: swiftSettings
+        ),
         // A child process for the kill -9 tests: appends with fsync=always and prints each ack.
         .executableTarget(
             name: "LogCrashChild",
@@ -243,6 +278,12 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        // Every file of Fuzz/corpus and Fuzz/regressions through its target, uninstrumented.
+        .testTarget(
+            name: "FuzzTests",
+            dependencies: ["FuzzTargets", "FuzzTargetsNet"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -1,5 +1,5 @@
 import CDeflate
-import NIOCore
+package import NIOCore
 
 /// `Content-Encoding: gzip` bodies, inflated with a bound: the decompressed size counts against
 /// the body limit, and no output buffer ever exceeds it, so a gzip bomb costs at most the limit in
@@ -7,8 +7,8 @@ import NIOCore
 ///
 /// libdeflate rather than zlib: it inflates a whole buffer at once three times as fast, and
 /// inflation was the one cost the HTTP door had that the TCP door did not (docs/benchmarks.md).
-enum Gzip {
-    enum Failure: Error, Equatable {
+package enum Gzip {
+    package enum Failure: Error, Equatable {
         /// Inflates to more than the limit.
         case tooLarge
         /// Not gzip, or cut short.
@@ -17,7 +17,7 @@ enum Gzip {
 
     /// The bytes `compressed` inflates to (one gzip member or several back to back, as `cat`
     /// of two .gz files gives).
-    static func inflate(_ compressed: ByteBuffer, limit: Int) throws(Failure) -> ByteBuffer {
+    package static func inflate(_ compressed: ByteBuffer, limit: Int) throws(Failure) -> ByteBuffer {
         guard compressed.readableBytes >= 18 else { throw .corrupt("shorter than a gzip header and trailer") }
         // The last member's trailer says its size (mod 2^32): right for the usual single member,
         // a hint otherwise. A wrong hint costs one more pass, never more memory than the limit.

@@ -88,11 +88,11 @@ public struct DecodedBatch: Sendable {
 /// Decodes the payload `BatchEncoder` writes. Every field of the payload is checked against the
 /// header and its own bounds, so a batch that passed its CRC but was written by a buggy or hostile
 /// writer still cannot make the decoder trap or over-allocate.
-final class BatchDecoder {
+package final class BatchDecoder {
     private let scratch = GrowableBuffer(capacity: 64 << 10)
     private var idBytes: [UInt8] = []
 
-    init() {}
+    package init() {}
 
     /// The payload of a CRC-checked batch, decompressed into scratch storage when LZ4.
     func decompressedPayload(_ raw: UnsafeRawBufferPointer, header: BatchHeader) throws(DecodeError) -> UnsafeRawBufferPointer {
@@ -113,7 +113,7 @@ final class BatchDecoder {
     }
 
     /// Decodes a whole, CRC-checked batch into `batch`, reusing its storage.
-    func decode(_ raw: UnsafeRawBufferPointer, header: BatchHeader, into batch: inout DecodedBatch) throws(DecodeError) {
+    package func decode(_ raw: UnsafeRawBufferPointer, header: BatchHeader, into batch: inout DecodedBatch) throws(DecodeError) {
         batch.removeAll()
         batch.header = header
         let payload = try decompressedPayload(raw, header: header)

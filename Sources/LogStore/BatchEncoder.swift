@@ -1,12 +1,12 @@
 import CLZ4
-import SensorLogCore
+package import SensorLogCore
 
 /// Encodes readings into one batch: header, then a column-wise payload, LZ4-compressed when that
 /// is smaller. The layout is specified in docs/storage-format.md; `BatchDecoder` is its inverse.
 ///
 /// An encoder keeps its dictionaries and buffers between batches, so steady-state encoding does
 /// not allocate. It is not thread-safe: the log keeps a pool of them.
-final class BatchEncoder {
+package final class BatchEncoder {
     private struct TupleKey: Hashable {
         var sensorID: String
         var type: String
@@ -34,7 +34,7 @@ final class BatchEncoder {
     private var recordTuple: [Int32] = []
     private var scaled: [Int64] = []
 
-    init() {}
+    package init() {}
 
     /// Encodes `readings` as one batch with base offset 0; the log patches the offset in (it is
     /// outside the CRC) once it knows it.
@@ -44,7 +44,7 @@ final class BatchEncoder {
     /// deleted sensor's readings without splitting the batch.
     /// - Returns: the batch bytes, valid until the next call.
     /// - Complexity: O(n) in the number of readings, plus LZ4.
-    func encode(_ readings: UnsafeBufferPointer<Reading>, removed: [RemovedRun] = [], appendTime: Int64, maxBatchBytes: Int)
+    package func encode(_ readings: UnsafeBufferPointer<Reading>, removed: [RemovedRun] = [], appendTime: Int64, maxBatchBytes: Int)
         throws(LogError) -> UnsafeRawBufferPointer
     {
         precondition(!readings.isEmpty)
@@ -153,7 +153,7 @@ final class BatchEncoder {
 
     /// Encodes sensor deletions: one record per sensor_id, all stamped with `timestamp` (the
     /// newest reading deleted; records written before that was kept carry the append time).
-    func encodeDeletions(_ sensorIDs: [String], timestamp: Int64, appendTime: Int64, maxBatchBytes: Int) throws(LogError) -> UnsafeRawBufferPointer {
+    package func encodeDeletions(_ sensorIDs: [String], timestamp: Int64, appendTime: Int64, maxBatchBytes: Int) throws(LogError) -> UnsafeRawBufferPointer {
         precondition(!sensorIDs.isEmpty)
         payload.removeAll()
         for id in sensorIDs { writeString(id) }
@@ -163,7 +163,7 @@ final class BatchEncoder {
     }
 
     /// Encodes `count` removed records: offsets kept, data gone.
-    func encodeRemoved(count: Int, appendTime: Int64, maxBatchBytes: Int) throws(LogError) -> UnsafeRawBufferPointer {
+    package func encodeRemoved(count: Int, appendTime: Int64, maxBatchBytes: Int) throws(LogError) -> UnsafeRawBufferPointer {
         precondition(count > 0)
         payload.removeAll()
         payload.append(0)
@@ -347,9 +347,14 @@ final class BatchEncoder {
 
 /// A run of removed records inside a sparse readings batch: `liveBefore` readings since the
 /// previous run (or the batch's start), then `count` removed offsets.
-struct RemovedRun: Equatable {
-    var liveBefore: Int
-    var count: Int
+package struct RemovedRun: Equatable {
+    package var liveBefore: Int
+    package var count: Int
+
+    package init(liveBefore: Int, count: Int) {
+        self.liveBefore = liveBefore
+        self.count = count
+    }
 }
 
 /// Distinct strings in first-seen order, each with its index.

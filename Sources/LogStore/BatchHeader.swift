@@ -72,7 +72,7 @@ public struct BatchHeader: Sendable, Equatable {
 
     /// Parses and sanity-checks a header; does not check the CRC (that needs the whole batch).
     /// - Throws: `DecodeError` when a field is out of range.
-    static func parse(_ raw: UnsafeRawBufferPointer, maxBatchBytes: Int) throws(DecodeError) -> BatchHeader {
+    package static func parse(_ raw: UnsafeRawBufferPointer, maxBatchBytes: Int) throws(DecodeError) -> BatchHeader {
         guard raw.count >= size else { throw DecodeError("batch header truncated") }
         func load<T: FixedWidthInteger>(_ at: Int, _: T.Type) -> T { T(littleEndian: raw.loadUnaligned(fromByteOffset: at, as: T.self)) }
         let version = raw[16]
@@ -103,7 +103,7 @@ public struct BatchHeader: Sendable, Equatable {
     }
 
     /// CRC32C of a whole batch's bytes from `crcStart` on.
-    static func checksum(_ batch: UnsafeRawBufferPointer) -> UInt32 {
+    package static func checksum(_ batch: UnsafeRawBufferPointer) -> UInt32 {
         precondition(batch.count >= size)
         return sensorlog_crc32c(0, batch.baseAddress! + crcStart, batch.count - crcStart)
     }

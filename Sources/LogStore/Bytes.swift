@@ -88,9 +88,9 @@ final class GrowableBuffer {
 }
 
 /// A malformed payload. Only the batch decoder throws it; callers turn it into a `LogError`.
-struct DecodeError: Error {
-    var message: String
-    init(_ message: String) { self.message = message }
+package struct DecodeError: Error {
+    package var message: String
+    package init(_ message: String) { self.message = message }
 }
 
 /// A bounds-checked reader over untrusted bytes: every read either succeeds or throws, never traps.

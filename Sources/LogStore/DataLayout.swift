@@ -55,7 +55,7 @@ public struct DataLayout: Sendable {
     public var log: String { root + "/" + Self.logName }
 
     /// The commit journal's two files, each with its name as messages show it.
-    var journals: [(path: String, display: String)] {
+    package var journals: [(path: String, display: String)] {
         Self.journalNames.map { (log + "/" + $0, Self.logName + "/" + $0) }
     }
 
@@ -88,7 +88,7 @@ public struct PartitionPaths: Sendable {
     public let directory: String
     public let display: String
 
-    func segment(_ base: Int64) -> SegmentPaths {
+    package func segment(_ base: Int64) -> SegmentPaths {
         SegmentPaths(directory: directory, displayDirectory: display, base: base)
     }
 }

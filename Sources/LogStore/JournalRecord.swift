@@ -3,17 +3,17 @@ import SensorLogCore
 
 /// A batch read back from the commit journal.
 struct JournalBatch {
-    let bytes: [UInt8]
-    let baseOffset: Int64
-    let nextOffset: Int64
-    let maxTimestamp: Int64
-    let appendTime: Int64
+    package let bytes: [UInt8]
+    package let baseOffset: Int64
+    package let nextOffset: Int64
+    package let maxTimestamp: Int64
+    package let appendTime: Int64
 }
 
 extension CommitJournal {
     /// Reads both files' records up to the first invalid one in each (an unsynced tail), and
     /// returns each partition's batches in offset order.
-    func records(partitions: Int, maxBatchBytes: Int) throws(LogError) -> [Int: [JournalBatch]] {
+    package func records(partitions: Int, maxBatchBytes: Int) throws(LogError) -> [Int: [JournalBatch]] {
         var result: [Int: [JournalBatch]] = [:]
         for file in files {
             let size = try file.size()
@@ -48,17 +48,17 @@ extension CommitJournal {
 
 /// One commit-journal record (little-endian): u32 magic, u32 CRC32C of the bytes after it, u64
 /// lap, u32 partition, u32 batch length, then the batch exactly as written to the segment.
-struct JournalRecord {
-    static let magic: UInt32 = 0x4C4A_4C53  // "SLJL"
-    static let headerSize = 24
+package struct JournalRecord {
+    package static let magic: UInt32 = 0x4C4A_4C53  // "SLJL"
+    package static let headerSize = 24
 
-    let lap: UInt64
-    let partition: Int
+    package let lap: UInt64
+    package let partition: Int
     /// The batch, within the buffer `parse` was given.
-    let batch: UnsafeRawBufferPointer
+    package let batch: UnsafeRawBufferPointer
 
     /// Writes the record of `batch` at the start of `raw` (which holds `headerSize + batch.count` bytes).
-    static func encode(_ batch: UnsafeRawBufferPointer, lap: UInt64, partition: Int, into raw: UnsafeMutableRawBufferPointer) {
+    package static func encode(_ batch: UnsafeRawBufferPointer, lap: UInt64, partition: Int, into raw: UnsafeMutableRawBufferPointer) {
         let total = headerSize + batch.count
         raw.storeBytes(of: magic.littleEndian, toByteOffset: 0, as: UInt32.self)
         raw.storeBytes(of: lap.littleEndian, toByteOffset: 8, as: UInt64.self)
@@ -71,7 +71,7 @@ struct JournalRecord {
 
     /// The record at the start of `raw`, or nil where a file's records end: no magic, a length
     /// out of bounds or past the bytes there, or a CRC that does not match.
-    static func parse(_ raw: UnsafeRawBufferPointer, maxBatchBytes: Int) -> JournalRecord? {
+    package static func parse(_ raw: UnsafeRawBufferPointer, maxBatchBytes: Int) -> JournalRecord? {
         guard raw.count >= headerSize else { return nil }
         func load(_ offset: Int) -> UInt32 { UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: offset, as: UInt32.self)) }
         let length = Int(load(20))

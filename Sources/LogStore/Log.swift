@@ -42,7 +42,7 @@ public struct LogMetadata: Codable, Sendable, Equatable {
     }
 
     /// Reads and checks `meta.json` in `dataDirectory`; nil when there is none.
-    static func read(_ dataDirectory: String, maxPartitions: Int) throws(LogError) -> LogMetadata? {
+    package static func read(_ dataDirectory: String, maxPartitions: Int) throws(LogError) -> LogMetadata? {
         let path = DataLayout(dataDirectory).metadata
         guard let bytes = SegmentFiles.readWholeFile(path) else { return nil }
         let meta: LogMetadata
@@ -62,7 +62,7 @@ public struct LogMetadata: Codable, Sendable, Equatable {
         return meta
     }
 
-    func write(_ dataDirectory: String) throws(LogError) {
+    package func write(_ dataDirectory: String) throws(LogError) {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         let data: Data

@@ -40,7 +40,7 @@ public enum Retention {
     }
 
     /// Replaces `retention.json` atomically and durably.
-    static func writeFloors(_ floors: [Int64?], dataDirectory: String, _ ops: FileOperations) throws(LogError) {
+    package static func writeFloors(_ floors: [Int64?], dataDirectory: String, _ ops: FileOperations) throws(LogError) {
         let text = "{\"floors\":[" + floors.map { $0.map(String.init) ?? "null" }.joined(separator: ",") + "]}\n"
         try SegmentFiles.writeAtomically(Array(text.utf8), to: DataLayout(dataDirectory).retentionFloors, directory: dataDirectory,
                                          displayPath: floorFile, ops)

@@ -5,35 +5,35 @@ import SensorLogCore
 
 /// Where one segment's files are: `<20-digit base offset>.log`, `.index` and `.timeindex` in its
 /// partition's directory. The only place a segment's file names are put together.
-struct SegmentPaths: Sendable {
-    let base: Int64
+package struct SegmentPaths: Sendable {
+    package let base: Int64
     /// The files' common path, without suffix.
-    let stem: String
+    package let stem: String
     /// The common path as messages show it (relative to the data directory).
-    let displayStem: String
+    package let displayStem: String
 
-    init(directory: String, displayDirectory: String, base: Int64) {
+    package init(directory: String, displayDirectory: String, base: Int64) {
         self.base = base
         let name = SegmentFiles.name(base)
         stem = directory + "/" + name
         displayStem = displayDirectory + "/" + name
     }
 
-    var log: String { stem + SegmentFiles.logSuffix }
-    var offsetIndex: String { stem + SegmentFiles.offsetIndexSuffix }
-    var timeIndex: String { stem + SegmentFiles.timeIndexSuffix }
-    var sensorIndex: String { stem + SegmentFiles.sensorIndexSuffix }
+    package var log: String { stem + SegmentFiles.logSuffix }
+    package var offsetIndex: String { stem + SegmentFiles.offsetIndexSuffix }
+    package var timeIndex: String { stem + SegmentFiles.timeIndexSuffix }
+    package var sensorIndex: String { stem + SegmentFiles.sensorIndexSuffix }
     /// Every file of the segment, the log first.
-    var files: [String] { [log, offsetIndex, timeIndex, sensorIndex] }
+    package var files: [String] { [log, offsetIndex, timeIndex, sensorIndex] }
     /// Bytes of the segment's files on disk, its indexes included (what retention counts).
-    var bytesOnDisk: Int64 { files.reduce(Int64(0)) { $0 + Compactor.fileSize($1) } }
+    package var bytesOnDisk: Int64 { files.reduce(Int64(0)) { $0 + Compactor.fileSize($1) } }
     /// The `.log` path as messages show it (relative to the data directory).
-    var display: String { displayStem + SegmentFiles.logSuffix }
-    var offsetIndexDisplay: String { displayStem + SegmentFiles.offsetIndexSuffix }
-    var timeIndexDisplay: String { displayStem + SegmentFiles.timeIndexSuffix }
-    var sensorIndexDisplay: String { displayStem + SegmentFiles.sensorIndexSuffix }
+    package var display: String { displayStem + SegmentFiles.logSuffix }
+    package var offsetIndexDisplay: String { displayStem + SegmentFiles.offsetIndexSuffix }
+    package var timeIndexDisplay: String { displayStem + SegmentFiles.timeIndexSuffix }
+    package var sensorIndexDisplay: String { displayStem + SegmentFiles.sensorIndexSuffix }
     /// The `.log` file's name within the partition directory.
-    var logName: String { SegmentFiles.name(base) + SegmentFiles.logSuffix }
+    package var logName: String { SegmentFiles.name(base) + SegmentFiles.logSuffix }
 
     /// Removes the index pair (a missing file is fine: that is the goal).
     func removeIndexes(_ ops: FileOperations) throws(LogError) {

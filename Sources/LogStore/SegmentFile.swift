@@ -4,7 +4,7 @@ import Glibc
 import Foundation
 
 /// Names and listing of segment files: `<20-digit base offset>.log|.index|.timeindex|.sensors`.
-enum SegmentFiles {
+package enum SegmentFiles {
     static let logSuffix = ".log"
     static let offsetIndexSuffix = ".index"
     static let timeIndexSuffix = ".timeindex"
@@ -16,7 +16,7 @@ enum SegmentFiles {
     }
 
     /// Base offsets of the `.log` files in `directory`, ascending.
-    static func list(_ directory: String, displayPath: String) throws(LogError) -> [Int64] {
+    package static func list(_ directory: String, displayPath: String) throws(LogError) -> [Int64] {
         let names: [String]
         do {
             names = try FileManager.default.contentsOfDirectory(atPath: directory)
@@ -37,7 +37,7 @@ enum SegmentFiles {
     /// (swift-foundation's `readBytesFromFile` allocates a chunk when `st_size` is 0 and
     /// `readDataFromFile` returns `Data()` without freeing it; the address sanitizer found it,
     /// docs/testing.md "Sanitizers").
-    static func readWholeFile(_ path: String) -> [UInt8]? {
+    package static func readWholeFile(_ path: String) -> [UInt8]? {
         let fd = Glibc.open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         defer { _ = Glibc.close(fd) }

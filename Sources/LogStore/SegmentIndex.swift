@@ -8,30 +8,30 @@ import Glibc
 /// `indexIntervalBytes` of log. Offset entry: (relative offset u32, file position u32), 8 bytes.
 /// Time entry: (max timestamp of the segment up to and including that batch i64, relative offset
 /// u32), 12 bytes; closed segments end with an entry for their overall maximum.
-struct SegmentIndex: Equatable {
-    struct OffsetEntry: Equatable {
-        var relativeOffset: UInt32
-        var position: UInt32
+package struct SegmentIndex: Equatable {
+    package struct OffsetEntry: Equatable {
+        package var relativeOffset: UInt32
+        package var position: UInt32
     }
 
-    struct TimeEntry: Equatable {
-        var timestamp: Int64
-        var relativeOffset: UInt32
+    package struct TimeEntry: Equatable {
+        package var timestamp: Int64
+        package var relativeOffset: UInt32
     }
 
-    static let offsetEntrySize = 8
-    static let timeEntrySize = 12
+    package static let offsetEntrySize = 8
+    package static let timeEntrySize = 12
 
-    var offsets: [OffsetEntry] = []
-    var times: [TimeEntry] = []
+    package var offsets: [OffsetEntry] = []
+    package var times: [TimeEntry] = []
     /// Bytes of log appended since the last entry.
     private var bytesSinceEntry = 0
     /// Max timestamp of all batches seen so far.
-    private(set) var maxTimestamp = Int64.min
-    private(set) var lastBatchRelativeOffset: UInt32 = 0
+    package private(set) var maxTimestamp = Int64.min
+    package private(set) var lastBatchRelativeOffset: UInt32 = 0
 
     /// Records a batch appended at `position` (relative offset `relative`).
-    mutating func add(relative: UInt32, position: Int64, length: Int, maxTimestamp batchMax: Int64, interval: Int) {
+    package mutating func add(relative: UInt32, position: Int64, length: Int, maxTimestamp batchMax: Int64, interval: Int) {
         maxTimestamp = max(maxTimestamp, batchMax)
         lastBatchRelativeOffset = relative
         if offsets.isEmpty || bytesSinceEntry >= interval {
@@ -45,14 +45,14 @@ struct SegmentIndex: Equatable {
     }
 
     /// Adds the closing time entry so the last entry carries the segment's maximum timestamp.
-    mutating func seal() {
+    package mutating func seal() {
         if let last = times.last, maxTimestamp > last.timestamp {
             times.append(TimeEntry(timestamp: maxTimestamp, relativeOffset: lastBatchRelativeOffset))
         }
     }
 
     /// The greatest indexed (relative offset, position) at or before `relative`.
-    func floor(relative: UInt32) -> OffsetEntry? {
+    package func floor(relative: UInt32) -> OffsetEntry? {
         var lo = 0
         var hi = offsets.count
         while lo < hi {
@@ -64,7 +64,7 @@ struct SegmentIndex: Equatable {
 
     /// Where to start scanning for the first batch whose max timestamp is >= `timestamp`: the
     /// last entry whose running maximum is still below it (no batch up to it can qualify).
-    func scanStart(forTimestamp timestamp: Int64) -> OffsetEntry? {
+    package func scanStart(forTimestamp timestamp: Int64) -> OffsetEntry? {
         var lo = 0
         var hi = times.count
         while lo < hi {
@@ -77,7 +77,7 @@ struct SegmentIndex: Equatable {
 
     // MARK: Files
 
-    func offsetFileBytes() -> [UInt8] {
+    package func offsetFileBytes() -> [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(offsets.count * Self.offsetEntrySize)
         for e in offsets {
@@ -87,7 +87,7 @@ struct SegmentIndex: Equatable {
         return out
     }
 
-    func timeFileBytes() -> [UInt8] {
+    package func timeFileBytes() -> [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(times.count * Self.timeEntrySize)
         for e in times {
@@ -100,7 +100,7 @@ struct SegmentIndex: Equatable {
     /// Parses index files and checks them against the segment they index.
     /// - Returns: nil when either file is malformed or disagrees with the segment; the caller
     ///   then rebuilds from the log.
-    static func parse(offsetFile: [UInt8], timeFile: [UInt8], segmentSize: Int64, recordCount: Int64) -> SegmentIndex? {
+    package static func parse(offsetFile: [UInt8], timeFile: [UInt8], segmentSize: Int64, recordCount: Int64) -> SegmentIndex? {
         guard offsetFile.count % offsetEntrySize == 0, timeFile.count % timeEntrySize == 0,
               !offsetFile.isEmpty || segmentSize == 0
         else { return nil }

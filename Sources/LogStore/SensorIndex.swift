@@ -11,31 +11,31 @@ import CRC32C
 /// append never pays for it); a closed segment's is written beside it as `.sensors` by the
 /// server's maintenance (`Log.writeSensorIndexes`), and a missing or stale file only costs a
 /// reader the walk that builds it again.
-struct SensorIndex: Equatable {
+package struct SensorIndex: Equatable {
     /// Where a batch of the segment is.
-    struct BatchRef: Equatable {
-        var position: Int64
-        var relativeOffset: UInt32
+    package struct BatchRef: Equatable {
+        package var position: Int64
+        package var relativeOffset: UInt32
         /// The batch's CRC: a reader takes the batch it finds there only if it is this one.
-        var crc: UInt32
+        package var crc: UInt32
     }
 
     /// A sensor's batch ordinals, delta-coded.
-    struct Postings: Equatable {
-        var bytes: [UInt8] = []
-        var last: UInt32 = 0
+    package struct Postings: Equatable {
+        package var bytes: [UInt8] = []
+        package var last: UInt32 = 0
     }
 
-    private(set) var batches: [BatchRef] = []
-    private(set) var sensors: [UInt64: Postings] = [:]
+    package private(set) var batches: [BatchRef] = []
+    package private(set) var sensors: [UInt64: Postings] = [:]
     /// Where the next batch to add starts, and the offset it must carry.
-    private(set) var coveredPosition: Int64 = 0
-    private(set) var coveredRelative: UInt32 = 0
+    package private(set) var coveredPosition: Int64 = 0
+    package private(set) var coveredRelative: UInt32 = 0
     /// Bytes of postings held (the cache's budget counts them).
-    private(set) var postingBytes = 0
+    package private(set) var postingBytes = 0
 
     /// Adds the batch at `position` (relative offset `relative`, `length` bytes) holding `hashes`.
-    mutating func add(position: Int64, relative: UInt32, nextRelative: UInt32, length: Int, crc: UInt32, hashes: some Sequence<UInt64>) {
+    package mutating func add(position: Int64, relative: UInt32, nextRelative: UInt32, length: Int, crc: UInt32, hashes: some Sequence<UInt64>) {
         let ordinal = UInt32(batches.count)
         batches.append(BatchRef(position: position, relativeOffset: relative, crc: crc))
         for hash in hashes {
@@ -47,7 +47,7 @@ struct SensorIndex: Equatable {
 
     /// The batches that may hold `sensorID`, in file order; nil when the index is damaged (the
     /// caller then reads without it).
-    func batches(holding sensorID: String) -> [BatchRef]? {
+    package func batches(holding sensorID: String) -> [BatchRef]? {
         guard let postings = sensors[Self.hash(sensorID)] else { return [] }
         var out: [BatchRef] = []
         var ordinal: UInt64 = 0
@@ -67,21 +67,21 @@ struct SensorIndex: Equatable {
     }
 
     /// Whether both name the same batches for the same sensors (however each was made).
-    func sameEntries(as other: SensorIndex) -> Bool {
+    package func sameEntries(as other: SensorIndex) -> Bool {
         batches == other.batches && sensors.count == other.sensors.count
             && sensors.allSatisfy { other.sensors[$0.key]?.bytes == $0.value.bytes }
     }
 
     /// FNV-1a, 64 bits: stable across processes and versions, as the files need.
-    static func hash(_ id: String) -> UInt64 {
+    package static func hash(_ id: String) -> UInt64 {
         var id = id
         return id.withUTF8 { hash(UnsafeRawBufferPointer($0)) }
     }
 
-    static let fnvOffset: UInt64 = 0xcbf2_9ce4_8422_2325
-    static let fnvPrime: UInt64 = 0x0000_0100_0000_01b3
+    package static let fnvOffset: UInt64 = 0xcbf2_9ce4_8422_2325
+    package static let fnvPrime: UInt64 = 0x0000_0100_0000_01b3
 
-    static func hash(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
+    package static func hash(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
         var h = fnvOffset
         for b in bytes {
             h = (h ^ UInt64(b)) &* fnvPrime
@@ -91,14 +91,14 @@ struct SensorIndex: Equatable {
 
     // MARK: The `.sensors` file
 
-    static let magic: [UInt8] = Array("SLSI".utf8)
-    static let version: UInt8 = 1
-    static let headerSize = 4 + 4 + 8 + 8 + 4 + 4 + 4
+    package static let magic: [UInt8] = Array("SLSI".utf8)
+    package static let version: UInt8 = 1
+    package static let headerSize = 4 + 4 + 8 + 8 + 4 + 4 + 4
 
     /// The file: magic, version, then the segment it indexes (size, records), the counts, the
     /// batches (position u32, relative offset u32, CRC u32), the sorted hashes (u64) with where their
     /// postings start (u32), the postings, and a CRC32C of all that.
-    func fileBytes(segmentSize: Int64, records: Int64) -> [UInt8] {
+    package func fileBytes(segmentSize: Int64, records: Int64) -> [UInt8] {
         let keys = sensors.keys.sorted()
         var blob: [UInt8] = []
         var starts: [UInt32] = []
@@ -129,7 +129,7 @@ struct SensorIndex: Equatable {
 
     /// Parses a `.sensors` file and checks it against the segment it claims to index.
     /// - Returns: nil when it is malformed, damaged or indexes another segment.
-    static func parse(_ file: [UInt8], segmentSize: Int64, records: Int64?) -> SensorIndex? {
+    package static func parse(_ file: [UInt8], segmentSize: Int64, records: Int64?) -> SensorIndex? {
         file.withUnsafeBytes { raw -> SensorIndex? in
             guard raw.count >= headerSize + 4, Array(raw[0..<4]) == magic, raw[4] == version else { return nil }
             let body = raw.count - 4
@@ -183,7 +183,7 @@ struct SensorIndex: Equatable {
 
 extension SensorIndex.Postings {
     /// - Returns: the bytes it took.
-    mutating func append(_ ordinal: UInt32) -> Int {
+    package mutating func append(_ ordinal: UInt32) -> Int {
         // The first ordinal as it is, each later one as its distance from the one before.
         var v = bytes.isEmpty ? ordinal : ordinal - last
         if !bytes.isEmpty && v == 0 { return 0 }  // a sensor with several tuples in one batch
@@ -201,7 +201,7 @@ extension SensorIndex.Postings {
 extension BatchDecoder {
     /// The hashes of the sensors a CRC-checked batch holds, from its dictionary alone (none for
     /// a batch of removed records or deletions).
-    func sensorHashes(_ raw: UnsafeRawBufferPointer, header: BatchHeader) throws(DecodeError) -> [UInt64] {
+    package func sensorHashes(_ raw: UnsafeRawBufferPointer, header: BatchHeader) throws(DecodeError) -> [UInt64] {
         guard header.kind == .readings || header.kind == .sparseReadings, header.readingCount > 0 else { return [] }
         let payload = try decompressedPayload(raw, header: header)
         var reader = ByteReader(payload)

@@ -12,7 +12,7 @@ extension BatchDecoder {
     /// Finds the records of one sensor with timestamps in [from, to] in a CRC-checked batch,
     /// decoding only what it must: the dictionaries first (a batch without the sensor stops
     /// there), then one pass over the record columns keeping only the sensor's records.
-    func scan(_ raw: UnsafeRawBufferPointer, header: BatchHeader, sensorID: [UInt8], from: Int64, to: Int64,
+    package func scan(_ raw: UnsafeRawBufferPointer, header: BatchHeader, sensorID: [UInt8], from: Int64, to: Int64,
               partition: Int, into out: inout [LocatedReading]) throws(DecodeError)
     {
         guard header.readingCount > 0 else { return }

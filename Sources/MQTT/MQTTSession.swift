@@ -1,9 +1,9 @@
-import Ingest
-import LineProtocol
+package import Ingest
+package import LineProtocol
 import LogStore
 import Logging
-import NIOCore
-import SensorLogCore
+package import NIOCore
+package import SensorLogCore
 import Synchronization
 
 /// One connection to the broker: the handshake, then messages in and acknowledgements out.
@@ -252,12 +252,12 @@ final class MQTTSession: ChannelInboundHandler, RemovableChannelHandler {
 
 /// A message's payload as readings: line-protocol text, or a JSON reading or array of them, as
 /// on the other doors. The topic may supply what a payload leaves out.
-enum MQTTPayload {
+package enum MQTTPayload {
     /// What this door refuses for, created at 0 at start-up.
     static let rejectionReasons: [String] = IngestMetrics.tcpReasons.filter { $0 != LineProtocolError.Reason.partialLine.rawValue }
         + ["invalid_json", "missing_field", "payload_too_large", "empty_payload"]
 
-    static func decode(_ payload: ByteBuffer, fields: [TopicTemplate.Field: String], parser: LineParser, limits: Limits,
+    package static func decode(_ payload: ByteBuffer, fields: [TopicTemplate.Field: String], parser: LineParser, limits: Limits,
                        pipeline: IngestPipeline) -> LineBody {
         payload.withUnsafeReadableBytes { bytes in
             let first = bytes.first(where: { $0 != 0x20 && $0 != 0x09 && $0 != 0x0A && $0 != 0x0D })

@@ -5,6 +5,7 @@ import Testing
 
 @testable import HTTPAPI
 @testable import Ingest
+@testable import SensorLogCore
 
 /// The hand-written parser of `POST /sensor/data` bodies against the JSON spec and against
 /// Foundation's JSONSerialization, which it replaced.

@@ -1,0 +1,126 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+
+/// Writes to standard error (diagnostics; stdout is for `--list`).
+func printError(_ message: String, terminator: String = "\n") {
+    FileHandle.standardError.write(Data((message + terminator).utf8))
+}
+
+/// What `sensorlog-fuzz` does outside libFuzzer: lists the targets, and replays files (a corpus,
+/// a crash libFuzzer saved) through one, so a crash is repeated and debugged in a plain build.
+public enum FuzzDriver {
+    /// The environment variable that names the target the instrumented binary runs.
+    public static let targetVariable = "SENSORLOG_FUZZ_TARGET"
+
+    /// The target `SENSORLOG_FUZZ_TARGET` names, looked up once (libFuzzer calls in for every input).
+    public static func targetFromEnvironment(_ targets: [FuzzTarget]) -> FuzzTarget {
+        guard let name = ProcessInfo.processInfo.environment[targetVariable] else {
+            printError("sensorlog-fuzz: set \(targetVariable) to one of: \(targets.map(\.name).joined(separator: " "))")
+            exit(64)
+        }
+        guard let target = targets.first(where: { $0.name == name }) else {
+            printError("sensorlog-fuzz: no target '\(name)'; known: \(targets.map(\.name).joined(separator: " "))")
+            exit(64)
+        }
+        return target
+    }
+
+    /// Every regular file under `path` (or `path` itself), sorted.
+    public static func files(under path: String) -> [String] {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else { return [] }
+        guard isDirectory.boolValue else { return [path] }
+        let names = (FileManager.default.enumerator(atPath: path)?.allObjects as? [String]) ?? []
+        return names.map { path + "/" + $0 }.filter {
+            var dir: ObjCBool = false
+            return FileManager.default.fileExists(atPath: $0, isDirectory: &dir) && !dir.boolValue && !$0.hasSuffix("/.gitkeep")
+        }.sorted()
+    }
+
+    /// Runs each file through `target`.
+    /// - Returns: how many files ran.
+    @discardableResult
+    public static func replay(_ paths: [String], through target: FuzzTarget) -> Int {
+        var n = 0
+        for path in paths.flatMap(files(under:)) {
+            guard let data = FileManager.default.contents(atPath: path) else { continue }
+            data.withUnsafeBytes { target.run($0) }
+            n += 1
+        }
+        return n
+    }
+
+    /// `sensorlog-fuzz --list`, `sensorlog-fuzz TARGET FILE|DIR...`, `sensorlog-fuzz --seed DIR`.
+    public static func main(arguments: [String], targets: [FuzzTarget], seeds: (String) throws -> Void) -> Int32 {
+        let usage = """
+            usage: sensorlog-fuzz --list
+                   sensorlog-fuzz TARGET FILE|DIR...   run each file through TARGET (a corpus, a crash)
+                   sensorlog-fuzz --seed DIR           write the seed corpora, DIR/<target>/…
+            The fuzzing itself is the instrumented build of this binary: tools/fuzz TARGET.
+
+            """
+        guard let first = arguments.first else {
+            printError(usage, terminator: "")
+            return 64
+        }
+        switch first {
+        case "--list":
+            for t in targets { print("\(t.name)\t\(t.summary)") }
+            return 0
+        case "--seed":
+            guard arguments.count == 2 else { printError(usage, terminator: ""); return 64 }
+            do { try seeds(arguments[1]) } catch {
+                printError("sensorlog-fuzz: \(error)")
+                return 1
+            }
+            return 0
+        case "-h", "--help":
+            print(usage, terminator: "")
+            return 0
+        default:
+            guard let target = targets.first(where: { $0.name == first }), arguments.count >= 2 else {
+                printError(usage, terminator: "")
+                return 64
+            }
+            let n = replay(Array(arguments.dropFirst()), through: target)
+            print("\(target.name): \(n) inputs, no property failed")
+            return 0
+        }
+    }
+}
+
+#if SENSORLOG_FUZZ
+/// The target this libFuzzer process runs, set once by `libFuzzerMain` before the first input.
+nonisolated(unsafe) private var libFuzzerTarget: FuzzTarget?
+
+/// What libFuzzer calls with each input. Its own `main` (linked in with `-sanitize=fuzzer`)
+/// refers to it; `libFuzzerMain` passes it to the driver.
+@_cdecl("LLVMFuzzerTestOneInput")
+public func LLVMFuzzerTestOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
+    if libFuzzerTarget == nil { libFuzzerTarget = FuzzDriver.targetFromEnvironment(FuzzTarget.core) }
+    libFuzzerTarget!.run(UnsafeRawBufferPointer(start: data, count: size))
+    return 0
+}
+
+/// libFuzzer's driver, for a program with its own `main` (compiler-rt: FuzzerInterface.h).
+@_silgen_name("LLVMFuzzerRunDriver")
+private func LLVMFuzzerRunDriver(
+    _ argc: UnsafeMutablePointer<Int32>, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
+    _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> Int32
+) -> Int32
+
+extension FuzzDriver {
+    /// The instrumented executable's entry point. SwiftPM links an executable with `main`
+    /// aliased to `<module>_main` (so that tests may import it), which keeps libFuzzer's own
+    /// `main` out: the executable defines that symbol and calls this, which runs libFuzzer.
+    public static func libFuzzerMain(_ argc: Int32, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?,
+                                     targets: [FuzzTarget]) -> Int32 {
+        libFuzzerTarget = targetFromEnvironment(targets)
+        var argc = argc
+        var argv = argv
+        return LLVMFuzzerRunDriver(&argc, &argv) { data, size in LLVMFuzzerTestOneInput(data, size) }
+    }
+}
+#endif
