@@ -52,12 +52,35 @@ public enum FuzzDriver {
         return n
     }
 
-    /// `sensorlog-fuzz --list`, `sensorlog-fuzz TARGET FILE|DIR...`, `sensorlog-fuzz --seed DIR`.
+    /// Runs `runs` inputs made from the files under `paths` by random mutations (libFuzzer's
+    /// simplest ones: flip a bit, set a byte, insert, erase, copy within, splice two inputs, cut),
+    /// for a build without libFuzzer: a brief fuzz of the targets whose instrumented build is too
+    /// long for `tools/test`. Deterministic on `seed`. Each input is written to `Scratch.root` before
+    /// it runs, so the one that trapped is left there.
+    /// - Returns: where the inputs are written.
+    @discardableResult
+    public static func mutate(_ paths: [String], through target: FuzzTarget, runs: Int, seed: UInt64) -> String {
+        let pool = paths.flatMap(files(under:)).compactMap { FileManager.default.contents(atPath: $0).map { [UInt8]($0) } }
+        let current = Scratch.root + "/input"
+        var random = Mutator(seed: seed)
+        for _ in 0..<runs {
+            let input = random.mutate(pool.isEmpty ? [] : pool[random.below(pool.count)], pool: pool)
+            _ = FileManager.default.createFile(atPath: current, contents: Data(input))
+            input.withUnsafeBytes { target.run($0) }
+        }
+        return current
+    }
+
+    /// `sensorlog-fuzz --list`, `sensorlog-fuzz TARGET FILE|DIR...`, `sensorlog-fuzz --seed DIR`,
+    /// `sensorlog-fuzz --mutate TARGET RUNS FILE|DIR...`.
     public static func main(arguments: [String], targets: [FuzzTarget], seeds: (String) throws -> Void) -> Int32 {
         let usage = """
             usage: sensorlog-fuzz --list
                    sensorlog-fuzz TARGET FILE|DIR...   run each file through TARGET (a corpus, a crash)
                    sensorlog-fuzz --seed DIR           write the seed corpora, DIR/<target>/…
+                   sensorlog-fuzz --mutate TARGET RUNS FILE|DIR...
+                                                       RUNS random mutations of the files through TARGET
+                                                       (seed: SENSORLOG_TEST_SEED, else random; printed)
             The fuzzing itself is the instrumented build of this binary: tools/fuzz TARGET.
 
             """
@@ -76,6 +99,17 @@ public enum FuzzDriver {
                 return 1
             }
             return 0
+        case "--mutate":
+            guard arguments.count >= 4, let target = targets.first(where: { $0.name == arguments[1] }),
+                  let runs = Int(arguments[2]), runs >= 0 else {
+                printError(usage, terminator: "")
+                return 64
+            }
+            let seed = ProcessInfo.processInfo.environment["SENSORLOG_TEST_SEED"].flatMap { UInt64($0) } ?? UInt64.random(in: 0...UInt64(UInt32.max))
+            printError("\(target.name): \(runs) mutations, SENSORLOG_TEST_SEED=\(seed) (an input that traps is left in \(Scratch.root)/input)")
+            mutate(Array(arguments.dropFirst(3)), through: target, runs: runs, seed: seed)
+            print("\(target.name): \(runs) mutated inputs, no property failed")
+            return 0
         case "-h", "--help":
             print(usage, terminator: "")
             return 0
@@ -88,6 +122,45 @@ public enum FuzzDriver {
             print("\(target.name): \(n) inputs, no property failed")
             return 0
         }
+    }
+}
+
+/// The mutations of `FuzzDriver.mutate`, on SplitMix64.
+struct Mutator {
+    private var state: UInt64
+
+    init(seed: UInt64) { state = seed }
+
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+
+    mutating func below(_ n: Int) -> Int { Int(next() % UInt64(max(n, 1))) }
+
+    /// One to four mutations of `input`.
+    mutating func mutate(_ input: [UInt8], pool: [[UInt8]]) -> [UInt8] {
+        var bytes = input
+        for _ in 0...below(4) {
+            let at = below(bytes.count + 1)
+            switch below(7) {
+            case 0 where !bytes.isEmpty: bytes[min(at, bytes.count - 1)] ^= UInt8(1) << below(8)
+            case 1 where !bytes.isEmpty: bytes[min(at, bytes.count - 1)] = UInt8(truncatingIfNeeded: next())
+            case 2: bytes.insert(contentsOf: (0..<1 + below(8)).map { _ in UInt8(truncatingIfNeeded: next()) }, at: at)
+            case 3: bytes.removeSubrange(at..<min(bytes.count, at + 1 + below(16)))
+            case 4 where !bytes.isEmpty:
+                let from = below(bytes.count)
+                bytes.insert(contentsOf: bytes[from..<min(bytes.count, from + 1 + below(32))], at: at)
+            case 5 where !pool.isEmpty:
+                let other = pool[below(pool.count)]
+                bytes = Array(bytes[..<at]) + other[min(other.count, below(other.count + 1))...]
+            default: bytes.removeLast(below(bytes.count + 1) / 2)
+            }
+        }
+        return bytes
     }
 }
 

@@ -6,6 +6,7 @@ import LineProtocol
 import LogStore
 import NIOCore
 import SensorLogCore
+import Synchronization
 
 import HTTPAPI
 import MQTT
@@ -74,26 +75,34 @@ public enum NetTargets {
         }
     }
 
-    /// A four-partition log in /dev/shm and its ingest pipeline, made once.
-    static let pipeline: IngestPipeline = {
-        var limits = Limits()
-        limits.partitions = 4
-        let directory = Scratch.fresh("pipeline")
-        let box = Box()
+    /// A four-partition log in /dev/shm and its ingest pipeline, made once: by `preparePipeline()`
+    /// when the first user is async (a test runs on the cooperative pool, which a thread blocked
+    /// waiting for a task can deadlock), else on first use by the libFuzzer thread.
+    static let pipeline: IngestPipeline = prepared.withLock { $0 } ?? {
         let done = DispatchSemaphore(value: 0)
         Task {
-            do {
-                let log = try Log.open(dataDirectory: directory, configuration: LogConfiguration(limits: limits, fsync: .never, time: FixedTime()))
-                box.pipeline = try await IngestPipeline(log: log, validator: ReadingValidator(), metrics: IngestMetrics())
-            } catch {
-                fatalError("cannot open the fuzz pipeline: \(error)")
-            }
+            await preparePipeline()
             done.signal()
         }
         done.wait()
-        return box.pipeline!
+        return prepared.withLock { $0 }!
     }()
-    final class Box: @unchecked Sendable { var pipeline: IngestPipeline? }
+    private static let prepared = Mutex<IngestPipeline?>(nil)
+
+    /// Opens the pipeline's log, once.
+    public static func preparePipeline() async {
+        guard prepared.withLock({ $0 }) == nil else { return }
+        var limits = Limits()
+        limits.partitions = 4
+        let directory = Scratch.fresh("pipeline")
+        do {
+            let log = try Log.open(dataDirectory: directory, configuration: LogConfiguration(limits: limits, fsync: .never, time: FixedTime()))
+            let made = try await IngestPipeline(log: log, validator: ReadingValidator(), metrics: IngestMetrics())
+            prepared.withLock { $0 = made }
+        } catch {
+            fatalError("cannot open the fuzz pipeline: \(error)")
+        }
+    }
     struct FixedTime: TimeSource {
         var wallNanoseconds: Int64 { 1_700_000_000_000_000_000 }
         var monotonicNanoseconds: Int64 { 0 }

@@ -12,7 +12,8 @@ import Testing
         .appendingPathComponent("Fuzz").path
 
     @Test(arguments: NetTargets.all.map(\.name))
-    func corpusAndRegressions(_ name: String) throws {
+    func corpusAndRegressions(_ name: String) async throws {
+        await NetTargets.preparePipeline()
         let target = try #require(NetTargets.all.first { $0.name == name })
         let corpus = FuzzDriver.replay([Self.root + "/corpus/" + name], through: target)
         _ = FuzzDriver.replay([Self.root + "/regressions/" + name], through: target)
@@ -21,7 +22,8 @@ import Testing
 
     /// The seeds come from this build's own encoders and logs: they go through the targets too,
     /// so a format change that the corpora no longer exercise still gets checked.
-    @Test func freshSeeds() throws {
+    @Test func freshSeeds() async throws {
+        await NetTargets.preparePipeline()
         let dir = NSTemporaryDirectory() + "sensorlog-fuzz-seeds-\(getpid())"
         defer { try? FileManager.default.removeItem(atPath: dir) }
         try NetTargets.writeSeeds(to: dir)
