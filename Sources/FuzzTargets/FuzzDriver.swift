@@ -66,7 +66,11 @@ public enum FuzzDriver {
         for _ in 0..<runs {
             let input = random.mutate(pool.isEmpty ? [] : pool[random.below(pool.count)], pool: pool)
             _ = FileManager.default.createFile(atPath: current, contents: Data(input))
+            // libFuzzer's -timeout=10: an input that hangs a target is a finding, and SIGALRM's
+            // default action ends the process with the input left in place.
+            alarm(10)
             input.withUnsafeBytes { target.run($0) }
+            alarm(0)
         }
         return current
     }
@@ -118,7 +122,12 @@ public enum FuzzDriver {
                 printError(usage, terminator: "")
                 return 64
             }
-            let n = replay(Array(arguments.dropFirst()), through: target)
+            let paths = Array(arguments.dropFirst())
+            if let missing = paths.first(where: { !FileManager.default.fileExists(atPath: $0) }) {
+                printError("sensorlog-fuzz: no such file or directory: \(missing)")
+                return 66
+            }
+            let n = replay(paths, through: target)
             print("\(target.name): \(n) inputs, no property failed")
             return 0
         }

@@ -3,7 +3,9 @@
 /// (`precondition`): libFuzzer then keeps the input, and the replay in `FuzzTests` fails on it.
 ///
 /// Every target is deterministic on its input (no clock, no randomness), so an input that
-/// crashed once crashes again. docs/testing.md, "Fuzzing", lists the targets and their properties.
+/// crashed once crashes again; one exception, harmless to the properties: `lp-body` and
+/// `mqtt-payload` share one pipeline, whose server timestamps for lines without one go on from
+/// the last given. docs/testing.md, "Fuzzing", lists the targets and their properties.
 public struct FuzzTarget: Sendable {
     public let name: String
     /// What it runs and what it checks, for `tools/fuzz --list`.

@@ -75,10 +75,12 @@ public enum NetTargets {
         }
     }
 
-    /// A four-partition log in /dev/shm and its ingest pipeline, made once: by `preparePipeline()`
-    /// when the first user is async (a test runs on the cooperative pool, which a thread blocked
-    /// waiting for a task can deadlock), else on first use by the libFuzzer thread.
-    static let pipeline: IngestPipeline = prepared.withLock { $0 } ?? {
+    /// A four-partition log in /dev/shm and its ingest pipeline, made once, by one task that every
+    /// caller awaits: `preparePipeline()` where the first user is async (a test on the cooperative
+    /// pool must not block a thread waiting for a task), else here, from the libFuzzer thread.
+    static let pipeline: IngestPipeline = {
+        if let ready = prepared.withLock({ $0 }) { return ready }
+        precondition(withUnsafeCurrentTask { $0 == nil }, "await NetTargets.preparePipeline() before an async caller runs a target")
         let done = DispatchSemaphore(value: 0)
         Task {
             await preparePipeline()
@@ -88,21 +90,32 @@ public enum NetTargets {
         return prepared.withLock { $0 }!
     }()
     private static let prepared = Mutex<IngestPipeline?>(nil)
+    private static let opening = Mutex<Task<IngestPipeline, Never>?>(nil)
 
-    /// Opens the pipeline's log, once.
+    /// Opens the pipeline's log, once however many callers ask at once.
     public static func preparePipeline() async {
-        guard prepared.withLock({ $0 }) == nil else { return }
+        let task = opening.withLock { (task: inout Task<IngestPipeline, Never>?) -> Task<IngestPipeline, Never> in
+            if let task { return task }
+            let made = Task { await openPipeline() }
+            task = made
+            return made
+        }
+        let pipeline = await task.value
+        prepared.withLock { $0 = pipeline }
+    }
+
+    private static func openPipeline() async -> IngestPipeline {
         var limits = Limits()
         limits.partitions = 4
         let directory = Scratch.fresh("pipeline")
         do {
             let log = try Log.open(dataDirectory: directory, configuration: LogConfiguration(limits: limits, fsync: .never, time: FixedTime()))
-            let made = try await IngestPipeline(log: log, validator: ReadingValidator(), metrics: IngestMetrics())
-            prepared.withLock { $0 = made }
+            return try await IngestPipeline(log: log, validator: ReadingValidator(), metrics: IngestMetrics())
         } catch {
             fatalError("cannot open the fuzz pipeline: \(error)")
         }
     }
+
     struct FixedTime: TimeSource {
         var wallNanoseconds: Int64 { 1_700_000_000_000_000_000 }
         var monotonicNanoseconds: Int64 { 0 }
