@@ -41,6 +41,9 @@ let package = Package(
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
         // libdeflate from the system (Debian: libdeflate-dev): gzip request bodies.
         .systemLibrary(name: "CDeflate", pkgConfig: "libdeflate", providers: [.apt(["libdeflate-dev"])]),
+        // nats.c from the system (Debian: libnats-dev): JetStream streams and key-value buckets,
+        // for cluster mode (issue 21; docs/architecture.md, "JetStream").
+        .systemLibrary(name: "CNATS", pkgConfig: "libnats", providers: [.apt(["libnats-dev"])]),
         // CRC32C in C: the SSE4.2 instruction is not reachable from Swift without intrinsics.
         .target(name: "CRC32C"),
         // The reading, its validation, the partition hash and every bound. No dependencies.
@@ -51,6 +54,10 @@ let package = Package(
             dependencies: ["SensorLogCore", "CLZ4", "CRC32C"],
             swiftSettings: swiftSettings
         ),
+        // A Swift face on nats.c: a connection to the NATS cluster, a partition's stream (publish
+        // with an expected last sequence, read by sequence, purge), key-value leases by
+        // compare-and-set. Knows nothing of sensorlog's log.
+        .target(name: "JetStream", dependencies: ["CNATS"], swiftSettings: swiftSettings),
         // The line protocol: a pure parser over bytes. No I/O.
         .target(name: "LineProtocol", dependencies: ["SensorLogCore"], swiftSettings: swiftSettings),
         // The one path from producers into the log: validation, type check, exact dedupe, append;
@@ -280,6 +287,8 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The JetStream calls cluster mode rests on, against three real nats-servers.
+        .testTarget(name: "JetStreamTests", dependencies: ["JetStream"], swiftSettings: swiftSettings),
         // Every file of Fuzz/corpus and Fuzz/regressions through its target, uninstrumented.
         .testTarget(
             name: "FuzzTests",

