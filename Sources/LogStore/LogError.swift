@@ -26,6 +26,9 @@ public struct LogError: Error, Sendable, CustomStringConvertible {
         public static let invalidArgument = Code("invalid_argument")
         /// The log was closed.
         public static let closed = Code("closed")
+        /// A copied batch does not start at the partition's end (a gap, or a batch already
+        /// there): a follower reads its source again from the partition's end.
+        public static let notContiguous = Code("not_contiguous")
     }
 
     public var code: Code

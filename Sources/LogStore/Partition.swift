@@ -143,13 +143,17 @@ public final class Partition: PartitionView, CommittedPartition, @unchecked Send
     // MARK: Appending
 
     /// Writes an encoded batch (its base offset is patched in here) and returns where it landed,
-    /// plus the waiter to await when the committer acknowledges on commit.
-    func write(encoded batch: UnsafeRawBufferPointer, count: Int, maxTimestamp: Int64, appendTime: Int64)
+    /// plus the waiter to await when the committer acknowledges on commit. With `expectedBase`
+    /// (a copied batch), only if the partition ends there.
+    func write(encoded batch: UnsafeRawBufferPointer, count: Int, maxTimestamp: Int64, appendTime: Int64, at expectedBase: Int64? = nil)
         throws(LogError) -> (AppendResult, DurabilityWaiter?)
     {
         condition.lock()
         defer { condition.unlock() }
         guard !isClosed else { throw LogError(.closed, "the log is closed") }
+        if let expectedBase, expectedBase != writtenEnd {
+            throw LogError(.notContiguous, "a batch at offset \(expectedBase) does not continue partition \(id), which ends at \(writtenEnd)")
+        }
 
         if active.size > 0 {
             let tooBig = active.size + Int64(batch.count) > Int64(limits.segmentBytes)
