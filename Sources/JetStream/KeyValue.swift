@@ -6,8 +6,9 @@ public final class KeyValueBucket: @unchecked Sendable {
     let store: OpaquePointer
     public let name: String
 
-    /// Opens the bucket, creating it (file storage, `replicas` copies, one revision per key kept).
-    public init(_ connection: NATSConnection, name: String, replicas: Int) throws(NATSError) {
+    /// Opens the bucket, creating it (file storage, `replicas` copies, one revision per key kept;
+    /// with `ttl`, an entry not written again within it expires, on the servers' clocks).
+    public init(_ connection: NATSConnection, name: String, replicas: Int, ttl: Duration? = nil) throws(NATSError) {
         self.name = name
         var config = kvConfig()
         kvConfig_Init(&config)
@@ -17,6 +18,7 @@ public final class KeyValueBucket: @unchecked Sendable {
             config.Replicas = Int32(replicas)
             config.History = 1
             config.StorageType = js_FileStorage
+            if let ttl { config.TTL = Int64(ttl / .nanoseconds(1)) }  // nanoseconds, whatever nats.h does not say
             return js_CreateKeyValue(&kv, connection.jetStream, &config)
         }
         if status != NATS_OK {

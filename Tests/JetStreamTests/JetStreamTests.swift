@@ -105,3 +105,39 @@ import Testing
         }
     }
 }
+
+/// Leases on a bucket whose entries expire, against the real cluster: one holder at a time, an
+/// epoch that grows with every take, a lease that lapses when not renewed, and a release.
+@Suite(.serialized) struct LeaseTests {
+    @Test func oneHolderAtATimeAndALapsedLeaseIsTakenWithAHigherEpoch() throws {
+        let cluster = try NATSTestCluster()
+        defer { cluster.stop() }
+        let c = try cluster.connect()
+        defer { c.close() }
+        let bucket = try KeyValueBucket(c, name: "slog-leases", replicas: 3, ttl: .seconds(2))
+        let a = Lease(bucket: bucket, key: "p0", holder: "node-a"), b = Lease(bucket: bucket, key: "p0", holder: "node-b")
+        let first = try #require(try a.take())
+        #expect(try b.take() == nil && b.epoch == nil)
+        #expect(try b.currentHolder() == "node-a")
+        #expect(try a.renew())
+        // node-a stops renewing: once the servers expire the entry, node-b takes it.
+        let start = ContinuousClock.now
+        var second: UInt64?
+        while second == nil, ContinuousClock.now - start < .seconds(20) {
+            second = try b.take()
+            if second == nil { usleep(100_000) }
+        }
+        let taken = try #require(second)
+        #expect(taken > first)
+        #expect(try a.renew() == false && a.epoch == nil)  // the former holder learns it lost
+        // A release frees it at once; the next take has a higher epoch still.
+        try b.release()
+        #expect(try b.currentHolder() == nil)
+        let third = try #require(try a.take())
+        #expect(third > taken)
+        // A restarted holder takes its own lease back, with a new epoch.
+        let again = Lease(bucket: bucket, key: "p0", holder: "node-a")
+        #expect(try #require(try again.take()) > third)
+        #expect(try a.renew() == false)
+    }
+}
