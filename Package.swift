@@ -58,6 +58,9 @@ let package = Package(
         // with an expected last sequence, read by sequence, purge), key-value leases by
         // compare-and-set. Knows nothing of sensorlog's log.
         .target(name: "JetStream", dependencies: ["CNATS"], swiftSettings: swiftSettings),
+        // Cluster mode (docs/cluster-design.md): a partition's stream as its owner writes it and
+        // every node follows it into its local log. Knows JetStream and the log, not file names.
+        .target(name: "Cluster", dependencies: ["JetStream", "LogStore", "SensorLogCore"], swiftSettings: swiftSettings),
         // The line protocol: a pure parser over bytes. No I/O.
         .target(name: "LineProtocol", dependencies: ["SensorLogCore"], swiftSettings: swiftSettings),
         // The one path from producers into the log: validation, type check, exact dedupe, append;
@@ -231,7 +234,7 @@ let package = Package(
         // ingest fixture and socket helpers.
         .target(
             name: "TestSupport",
-            dependencies: ["SensorLogCore", "LogStore", "Ingest"],
+            dependencies: ["SensorLogCore", "LogStore", "Ingest", "JetStream"],
             path: "Tests/TestSupport",
             swiftSettings: swiftSettings
         ),
@@ -287,8 +290,13 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // The JetStream calls cluster mode rests on, against three real nats-servers.
-        .testTarget(name: "JetStreamTests", dependencies: ["JetStream"], swiftSettings: swiftSettings),
+        // Cluster mode on three real nats-servers: the JetStream calls it rests on, leases, a
+        // partition's stream written by its owners and followed into local logs.
+        .testTarget(
+            name: "ClusterTests",
+            dependencies: ["Cluster", "JetStream", "LogStore", "SensorLogCore", "TestSupport"],
+            swiftSettings: swiftSettings
+        ),
         // Every file of Fuzz/corpus and Fuzz/regressions through its target, uninstrumented.
         .testTarget(
             name: "FuzzTests",

@@ -49,7 +49,8 @@ public final class KeyValueBucket: @unchecked Sendable {
     /// - Throws: `.wrongLastSequence` when it has one.
     public func create(_ key: String, _ value: [UInt8]) throws(NATSError) -> UInt64 {
         var revision: UInt64 = 0
-        try check(kvStore_Create(&revision, store, key, value, Int32(value.count)), "cannot create \(name)/\(key)")
+        let status = kvStore_Create(&revision, store, key, value, Int32(value.count))
+        guard status == NATS_OK else { throw NATSError.compareAndSet(status, what: "cannot create \(name)/\(key)") }
         return revision
     }
 
@@ -57,7 +58,8 @@ public final class KeyValueBucket: @unchecked Sendable {
     /// - Throws: `.wrongLastSequence` when another write came first.
     public func update(_ key: String, _ value: [UInt8], revision: UInt64) throws(NATSError) -> UInt64 {
         var next: UInt64 = 0
-        try check(kvStore_Update(&next, store, key, value, Int32(value.count), revision), "cannot update \(name)/\(key) at revision \(revision)")
+        let status = kvStore_Update(&next, store, key, value, Int32(value.count), revision)
+        guard status == NATS_OK else { throw NATSError.compareAndSet(status, what: "cannot update \(name)/\(key) at revision \(revision)") }
         return next
     }
 }

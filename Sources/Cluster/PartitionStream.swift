@@ -1,0 +1,110 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+public import JetStream
+
+/// One entry of a partition's stream: a batch of the partition's log, or the fence a new owner
+/// writes when it takes the partition.
+public struct StreamEntry: Sendable, Equatable {
+    public enum Kind: String, Sendable { case batch, fence }
+    public var sequence: UInt64
+    public var kind: Kind
+    /// The owner's epoch (its lease's revision) when it wrote the entry.
+    public var epoch: UInt64
+    /// The batch's bytes, as the owner's log encoded and numbered them (empty for a fence).
+    public var batch: [UInt8]
+}
+
+/// A partition's JetStream stream, as its owner writes it and every node reads it
+/// (docs/cluster-design.md). Every write expects the stream's last sequence, so a former owner's
+/// write after a new owner's fence is refused; every message id carries the epoch, so a former
+/// owner's retry is never taken for a duplicate of the new owner's message.
+public final class PartitionStream: @unchecked Sendable {
+    public static let epochHeader = "Slog-Epoch"
+    public static let kindHeader = "Slog-Kind"
+
+    public let connection: NATSConnection
+    public let partition: Int
+    public let spec: StreamSpec
+
+    public init(_ connection: NATSConnection, partition: Int, replicas: Int = 3, duplicateWindow: Duration = .seconds(120),
+                maxMessageBytes: Int32 = 1 << 20) {
+        self.connection = connection
+        self.partition = partition
+        spec = StreamSpec(name: "SLOG_P\(partition)", subject: "slog.p\(partition)", replicas: replicas,
+                          duplicateWindowNanoseconds: Int64(duplicateWindow / .nanoseconds(1)), maxMessageBytes: maxMessageBytes)
+    }
+
+    /// Creates the stream, or finds it. - Returns: its last sequence.
+    public func open() throws(NATSError) -> UInt64 { try connection.ensureStream(spec).lastSequence }
+
+    /// What a write's outcome was, once resolved.
+    public enum WriteOutcome: Sendable, Equatable {
+        /// Stored at this sequence (by this call or an earlier attempt of it).
+        case stored(UInt64)
+        /// Someone else wrote first: the writer has lost the partition and steps down.
+        case fenced
+    }
+
+    /// Writes the fence of `epoch` after `last` (the stream's last sequence, as the new owner read it).
+    public func writeFence(epoch: UInt64, after last: UInt64, deadline: ContinuousClock.Instant) throws(NATSError) -> WriteOutcome {
+        try write([], kind: .fence, id: "P\(partition):\(epoch):fence", epoch: epoch, after: last, deadline: deadline)
+    }
+
+    /// Writes a batch of the partition's log after `last`.
+    public func writeBatch(_ batch: [UInt8], baseOffset: Int64, epoch: UInt64, after last: UInt64,
+                           deadline: ContinuousClock.Instant) throws(NATSError) -> WriteOutcome {
+        try write(batch, kind: .batch, id: "P\(partition):\(epoch):\(baseOffset)", epoch: epoch, after: last, deadline: deadline)
+    }
+
+    /// Publishes, and resolves an outcome the publish could not tell (no answer in time, the
+    /// connection lost, no leader) by publishing again with the same id and expectation until
+    /// `deadline`: never reports a write stored or fenced before it knows. Past the deadline it
+    /// throws, the outcome still unknown: the caller acknowledges nothing, and its follower will
+    /// find the batch in the stream, or not.
+    private func write(_ data: [UInt8], kind: StreamEntry.Kind, id: String, epoch: UInt64, after last: UInt64,
+                       deadline: ContinuousClock.Instant) throws(NATSError) -> WriteOutcome {
+        let headers = [Self.epochHeader: String(epoch), Self.kindHeader: kind.rawValue]
+        while true {
+            let attempt = data.withUnsafeBytes { raw in
+                Result { () throws(NATSError) in
+                    try connection.publish(raw, subject: spec.subject, messageID: id, expectedLastSequence: last, headers: headers)
+                }
+            }
+            switch attempt {
+            case .success(let ack) where !ack.duplicate:
+                return .stored(ack.sequence)
+            case .success:
+                // JetStream checks the id before the expectation: a duplicate is ours only if
+                // the message after `last` carries our id (the epoch is in it).
+                return try isOurs(at: last + 1, id: id) ? .stored(last + 1) : .fenced
+            case .failure(let error) where error.kind == .wrongLastSequence:
+                return try isOurs(at: last + 1, id: id) ? .stored(last + 1) : .fenced
+            case .failure(let error) where error.kind == .notFound || ContinuousClock.now >= deadline:
+                throw error
+            case .failure:
+                usleep(50_000)  // no answer: the same id and expectation again
+            }
+        }
+    }
+
+    private func isOurs(at sequence: UInt64, id: String) throws(NATSError) -> Bool {
+        guard let stored = try connection.message(spec.name, sequence: sequence) else { return false }
+        return stored.headers[NATSConnection.messageIDHeader] == id
+    }
+
+    /// The entries from `sequence` on, at most `limit`: what a follower applies in order.
+    public func entries(from sequence: UInt64, limit: Int) throws(NATSError) -> [StreamEntry] {
+        let last = try connection.streamState(spec.name).lastSequence
+        var out: [StreamEntry] = []
+        var next = sequence
+        while next <= last, out.count < limit {
+            defer { next += 1 }
+            guard let message = try connection.message(spec.name, sequence: next) else { continue }  // purged
+            guard let kind = message.headers[Self.kindHeader].flatMap(StreamEntry.Kind.init(rawValue:)),
+                  let epoch = message.headers[Self.epochHeader].flatMap(UInt64.init) else { continue }  // not ours
+            out.append(StreamEntry(sequence: message.sequence, kind: kind, epoch: epoch, batch: message.data))
+        }
+        return out
+    }
+}

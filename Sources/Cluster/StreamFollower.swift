@@ -1,0 +1,52 @@
+public import LogStore
+
+/// Applies a partition's stream to the local log, in the stream's order: a fence raises the
+/// epoch; a batch is applied only under the latest fence's epoch (a former owner's write that
+/// slipped in after a new owner's fence is skipped, so replay equals live) and only where it
+/// continues the local log (one the log already holds, as the owner's own, is passed over).
+public struct StreamFollower: Sendable {
+    public let partition: Int
+    /// The next stream sequence to apply.
+    public private(set) var nextSequence: UInt64 = 1
+    /// The latest fence's epoch: batches of any other epoch are not the current owner's.
+    public private(set) var epoch: UInt64 = 0
+    /// Batches skipped for a stale epoch, for the cluster's status.
+    public private(set) var skipped = 0
+
+    public init(partition: Int) { self.partition = partition }
+
+    /// Applies `entries` (in sequence order, from `nextSequence` on). - Returns: batches appended.
+    /// - Throws: the log's error; `.notContiguous` when a batch of the current epoch starts past
+    ///   the log's end (a gap the stream should not have).
+    public mutating func apply(_ entries: [StreamEntry], to log: Log) async throws(LogError) -> Int {
+        var appended = 0
+        for entry in entries where entry.sequence >= nextSequence {
+            switch entry.kind {
+            case .fence:
+                epoch = max(epoch, entry.epoch)
+            case .batch where entry.epoch != epoch:
+                skipped += 1
+            case .batch:
+                if try await appendUnlessHeld(entry.batch, to: log) { appended += 1 }
+            }
+            nextSequence = entry.sequence + 1
+        }
+        return appended
+    }
+
+    private func appendUnlessHeld(_ batch: [UInt8], to log: Log) async throws(LogError) -> Bool {
+        do {
+            _ = try await log.appendCopy(batch, toPartition: partition)
+            return true
+        } catch where error.code == .notContiguous {
+            let end = log.partitions[partition].endOffset
+            guard let base = StreamFollower.baseOffset(of: batch), base < end else { throw error }
+            return false  // already in the log
+        }
+    }
+
+    static func baseOffset(of batch: [UInt8]) -> Int64? {
+        guard batch.count >= 8 else { return nil }
+        return batch.withUnsafeBytes { Int64(littleEndian: $0.loadUnaligned(as: Int64.self)) }
+    }
+}
