@@ -34,6 +34,13 @@ public struct StreamFollower: Sendable {
         return appended
     }
 
+    /// Records that the stream holds, up to `sequence`, only what the log already holds under
+    /// `epoch`: the owner's own writes, which it appended itself.
+    public mutating func advance(through sequence: UInt64, epoch: UInt64) {
+        nextSequence = max(nextSequence, sequence + 1)
+        self.epoch = max(self.epoch, epoch)
+    }
+
     private func appendUnlessHeld(_ batch: [UInt8], to log: Log) async throws(LogError) -> Bool {
         do {
             _ = try await log.appendCopy(batch, toPartition: partition)

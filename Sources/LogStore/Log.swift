@@ -169,7 +169,7 @@ public final class Log: Sendable {
     /// The data directory's lock, held while the log is open: what the daemon's own
     /// maintenance (finishing an interrupted repair's rebuild) passes as proof.
     public let lock: DirectoryLock
-    private let encoders = EncoderPool()
+    let encoders = EncoderPool()
     /// Holds what was acknowledged under `always` and not yet in a segment (replayed on opening
     /// under any policy).
     private let journal: CommitJournal

@@ -1,4 +1,4 @@
-import SensorLogCore
+public import SensorLogCore
 
 extension Log {
     /// Appends a batch that another log encoded and numbered: a follower's copy of a partition's
@@ -30,6 +30,30 @@ extension Log {
             for sensorID in decoded.sensorIDs { partitions[partition].deletions.add(sensorID, before: result.baseOffset) }
         }
         return result
+    }
+
+    /// Encodes `readings` (all of `partition`) as the batch that would continue the partition now:
+    /// numbered from its end, stamped with this log's clock. Nothing is written: cluster mode's
+    /// owner publishes the batch to the partition's stream first, then `appendCopy`s it (as its
+    /// only writer, it knows the end does not move in between).
+    public func encodeNext(_ readings: [Reading], partition: Int) throws(LogError) -> [UInt8] {
+        guard partitions.indices.contains(partition), !readings.isEmpty, readings.count <= configuration.limits.maxBatchRecords else {
+            throw LogError(.invalidArgument, "cannot encode \(readings.count) readings for partition \(partition)")
+        }
+        let encoder = encoders.take()
+        defer { encoders.give(encoder) }
+        var outcome: Result<[UInt8], LogError>!
+        readings.withUnsafeBufferPointer { buffer in
+            do throws(LogError) {
+                let bytes = try encoder.encode(buffer, appendTime: configuration.time.wallNanoseconds,
+                                               maxBatchBytes: configuration.limits.maxBatchBytes)
+                var batch = Array(bytes)
+                let end = partitions[partition].endOffset
+                batch.withUnsafeMutableBytes { $0.storeBytes(of: end.littleEndian, toByteOffset: 0, as: Int64.self) }
+                outcome = .success(batch)
+            } catch { outcome = .failure(error) }
+        }
+        return try outcome.get()
     }
 
     /// The batch decoded, if it may be copied into `partition`.
