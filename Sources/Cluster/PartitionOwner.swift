@@ -1,6 +1,7 @@
 public import JetStream
 public import LogStore
 public import SensorLogCore
+import Synchronization
 
 /// A node's ownership of one partition (docs/cluster-design.md): its lease, its fence in the
 /// partition's stream, and its appends, each published to the stream before it enters the local
@@ -22,6 +23,7 @@ public actor PartitionOwner {
     public private(set) var epoch: UInt64?
     /// The stream's last sequence, as this owner wrote it.
     public private(set) var lastSequence: UInt64 = 0
+    private let serial = AsyncSerial()
 
     public init(partition: Int, stream: PartitionStream, lease: Lease, log: Log, writeWait: Duration = .seconds(5)) {
         self.partition = partition
@@ -34,14 +36,20 @@ public actor PartitionOwner {
 
     /// Follows the stream into the local log up to its current end.
     public func catchUp() async throws {
+        await serial.acquire()
+        defer { serial.release() }
+        try await followToEnd()
+    }
+
+    private func followToEnd() async throws {
         let tail = try stream.open()
         while follower.nextSequence <= tail {
             let entries = try stream.entries(from: follower.nextSequence, limit: 1_000)
-            var next = follower  // applied on a copy: an actor's stored property cannot be borrowed across an await
-            _ = try await next.apply(entries, to: log)
+            var next = follower  // applied on a copy (an actor's property cannot be borrowed across an
+            _ = try await next.apply(entries, to: log)  // await); `serial` keeps anyone else out meanwhile
             follower = next
             if entries.isEmpty {
-                // Nothing of ours up to the end (purged, or not a sensorlog message): past it.
+                // Nothing of ours up to the end (not a sensorlog message): past it.
                 follower.advance(through: tail, epoch: follower.epoch)
             }
         }
@@ -51,38 +59,56 @@ public actor PartitionOwner {
     /// then a fence after that end, so that a former owner's next write is refused.
     /// - Returns: false when another node holds the lease, or wrote after the end first.
     public func takeOver() async throws -> Bool {
+        await serial.acquire()
+        defer { serial.release() }
         guard let newEpoch = try lease.take() else { return false }
-        try await catchUp()
-        let tail = follower.nextSequence - 1
-        switch try stream.writeFence(epoch: newEpoch, after: tail, deadline: .now + writeWait) {
-        case .stored(let sequence):
+        do {
+            try await followToEnd()
+            let tail = follower.nextSequence - 1
+            guard case .stored(let sequence) = try stream.writeFence(epoch: newEpoch, after: tail, deadline: .now + writeWait) else {
+                try? lease.release()
+                return false
+            }
             follower.advance(through: sequence, epoch: newEpoch)
             lastSequence = sequence
             epoch = newEpoch
             return true
-        case .fenced:
-            try lease.release()
-            return false
+        } catch {
+            try? lease.release()  // let another node have it without waiting out the TTL
+            throw error
         }
     }
 
     /// Appends `readings` (all of this partition) as its owner: the batch is written to the
     /// stream, and then to the local log. - Returns: where the local log put them.
-    /// - Throws: `Failure.notOwner` when fenced (this node steps down); the stream's or the log's
-    ///   error otherwise, the outcome then unknown: the follower will find the batch, or not.
+    /// - Throws: `Failure.notOwner` when fenced; the stream's or the log's error otherwise. Either
+    ///   way this node steps down: after a write whose outcome it could not learn, or a batch the
+    ///   stream holds and its log does not, only a new `takeOver` (which catches up from the
+    ///   stream) makes its log and the stream agree again.
     public func append(_ readings: [Reading]) async throws -> AppendResult {
+        await serial.acquire()
+        defer { serial.release() }
         guard let epoch else { throw Failure.notOwner }
-        let batch = try log.encodeNext(readings, partition: partition)
-        let base = log.partitions[partition].endOffset
-        switch try stream.writeBatch(batch, baseOffset: base, epoch: epoch, after: lastSequence, deadline: .now + writeWait) {
-        case .stored(let sequence):
+        do {
+            let batch = try log.encodeNext(readings, partition: partition)
+            guard batch.count <= Int(stream.spec.maxMessageBytes) else {
+                throw LogError(.invalidArgument, "a batch of \(batch.count) bytes is over the stream's message limit of \(stream.spec.maxMessageBytes)")
+            }
+            let base = batch.withUnsafeBytes { Int64(littleEndian: $0.loadUnaligned(as: Int64.self)) }
+            guard case .stored(let sequence) = try stream.writeBatch(batch, baseOffset: base, epoch: epoch, after: lastSequence,
+                                                                     deadline: .now + writeWait) else {
+                throw Failure.notOwner
+            }
+            let result = try await log.appendCopy(batch, toPartition: partition)
             lastSequence = sequence
             follower.advance(through: sequence, epoch: epoch)
-        case .fenced:
+            return result
+        } catch let error as LogError where error.code == .invalidArgument {
+            throw error  // refused before anything was written: still the owner
+        } catch {
             stepDown()
-            throw Failure.notOwner
+            throw error
         }
-        return try await log.appendCopy(batch, toPartition: partition)
     }
 
     /// Renews the lease; steps down when it was lost. - Returns: whether this node still owns.
@@ -95,5 +121,36 @@ public actor PartitionOwner {
 
     private func stepDown() {
         epoch = nil
+    }
+}
+
+/// One holder at a time across suspension points: an actor runs other calls while one awaits,
+/// and a partition's writes must not interleave.
+final class AsyncSerial: @unchecked Sendable {
+    private let state = Mutex<(busy: Bool, waiting: [CheckedContinuation<Void, Never>])>((false, []))
+
+    func acquire() async {
+        let free = state.withLock { s -> Bool in
+            if s.busy { return false }
+            s.busy = true
+            return true
+        }
+        if free { return }
+        await withCheckedContinuation { continuation in
+            let now = state.withLock { s -> Bool in
+                if s.busy { s.waiting.append(continuation); return false }
+                s.busy = true
+                return true
+            }
+            if now { continuation.resume() }
+        }
+    }
+
+    func release() {
+        let next = state.withLock { s -> CheckedContinuation<Void, Never>? in
+            if s.waiting.isEmpty { s.busy = false; return nil }
+            return s.waiting.removeFirst()
+        }
+        next?.resume()
     }
 }

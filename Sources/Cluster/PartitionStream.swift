@@ -60,8 +60,8 @@ public final class PartitionStream: @unchecked Sendable {
     /// Publishes, and resolves an outcome the publish could not tell (no answer in time, the
     /// connection lost, no leader) by publishing again with the same id and expectation until
     /// `deadline`: never reports a write stored or fenced before it knows. Past the deadline it
-    /// throws, the outcome still unknown: the caller acknowledges nothing, and its follower will
-    /// find the batch in the stream, or not.
+    /// throws, the outcome still unknown: the caller acknowledges nothing and steps down, and
+    /// whoever catches up next applies the batch if the stream has it.
     private func write(_ data: [UInt8], kind: StreamEntry.Kind, id: String, epoch: UInt64, after last: UInt64,
                        deadline: ContinuousClock.Instant) throws(NATSError) -> WriteOutcome {
         let headers = [Self.epochHeader: String(epoch), Self.kindHeader: kind.rawValue]
@@ -71,33 +71,38 @@ public final class PartitionStream: @unchecked Sendable {
                     try connection.publish(raw, subject: spec.subject, messageID: id, expectedLastSequence: last, headers: headers)
                 }
             }
-            switch attempt {
-            case .success(let ack) where !ack.duplicate:
-                return .stored(ack.sequence)
-            case .success:
-                // JetStream checks the id before the expectation: a duplicate is ours only if
-                // the message after `last` carries our id (the epoch is in it).
-                return try isOurs(at: last + 1, id: id) ? .stored(last + 1) : .fenced
-            case .failure(let error) where error.kind == .wrongLastSequence:
-                return try isOurs(at: last + 1, id: id) ? .stored(last + 1) : .fenced
-            case .failure(let error) where error.kind == .notFound || ContinuousClock.now >= deadline:
-                throw error
-            case .failure:
+            do throws(NATSError) {
+                switch attempt {
+                case .success(let ack) where !ack.duplicate && ack.sequence == last + 1:
+                    return .stored(ack.sequence)
+                case .success:
+                    // A duplicate: JetStream checks the id before the expectation, so it is ours
+                    // only if the message after `last` is this very write.
+                    return try isOurs(at: last + 1, id: id, data: data, epoch: epoch) ? .stored(last + 1) : .fenced
+                case .failure(let error) where error.kind == .wrongLastSequence:
+                    return try isOurs(at: last + 1, id: id, data: data, epoch: epoch) ? .stored(last + 1) : .fenced
+                case .failure(let error):
+                    throw error
+                }
+            } catch where error.isIndeterminate && ContinuousClock.now < deadline {
                 usleep(50_000)  // no answer: the same id and expectation again
             }
         }
     }
 
-    private func isOurs(at sequence: UInt64, id: String) throws(NATSError) -> Bool {
+    /// Whether the message at `sequence` is this write: its id, its epoch and its bytes.
+    private func isOurs(at sequence: UInt64, id: String, data: [UInt8], epoch: UInt64) throws(NATSError) -> Bool {
         guard let stored = try connection.message(spec.name, sequence: sequence) else { return false }
-        return stored.headers[NATSConnection.messageIDHeader] == id
+        return stored.headers[NATSConnection.messageIDHeader] == id && stored.headers[Self.epochHeader] == String(epoch)
+            && stored.data == data
     }
 
     /// The entries from `sequence` on, at most `limit`: what a follower applies in order.
     public func entries(from sequence: UInt64, limit: Int) throws(NATSError) -> [StreamEntry] {
-        let last = try connection.streamState(spec.name).lastSequence
+        let state = try connection.streamState(spec.name)
+        let last = state.lastSequence
         var out: [StreamEntry] = []
-        var next = sequence
+        var next = max(sequence, state.firstSequence)  // nothing below the first: purged
         while next <= last, out.count < limit {
             defer { next += 1 }
             guard let message = try connection.message(spec.name, sequence: next) else { continue }  // purged

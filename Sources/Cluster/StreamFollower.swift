@@ -24,8 +24,12 @@ public struct StreamFollower: Sendable {
             switch entry.kind {
             case .fence:
                 epoch = max(epoch, entry.epoch)
-            case .batch where entry.epoch != epoch:
-                skipped += 1
+            case .batch where entry.epoch < epoch:
+                skipped += 1  // a former owner's write that got in after a newer fence
+            case .batch where entry.epoch > epoch:
+                // Its fence is not in what this follower read (purged, or it started past it):
+                // applying would trust an owner it never saw take over.
+                throw LogError(.invalidLog, "stream of partition \(partition) at \(entry.sequence): a batch of epoch \(entry.epoch) after no fence of it (the follower is at epoch \(epoch))")
             case .batch:
                 if try await appendUnlessHeld(entry.batch, to: log) { appended += 1 }
             }
@@ -46,14 +50,17 @@ public struct StreamFollower: Sendable {
             _ = try await log.appendCopy(batch, toPartition: partition)
             return true
         } catch where error.code == .notContiguous {
+            // Already in the log (the owner's own batch, or applied before a restart) only if it
+            // ends within it; a batch that overlaps the end is a fork.
             let end = log.partitions[partition].endOffset
-            guard let base = StreamFollower.baseOffset(of: batch), base < end else { throw error }
-            return false  // already in the log
+            guard let (base, next) = StreamFollower.offsets(of: batch), base < end, next <= end else { throw error }
+            return false
         }
     }
 
-    static func baseOffset(of batch: [UInt8]) -> Int64? {
-        guard batch.count >= 8 else { return nil }
-        return batch.withUnsafeBytes { Int64(littleEndian: $0.loadUnaligned(as: Int64.self)) }
+    static func offsets(of batch: [UInt8]) -> (base: Int64, next: Int64)? {
+        batch.withUnsafeBytes { raw in
+            (try? BatchHeader.parse(raw, maxBatchBytes: raw.count)).map { ($0.baseOffset, $0.nextOffset) }
+        }
     }
 }

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CNATS
+import Synchronization
 
 /// How a node reaches the NATS cluster: every server's URL (nats.c picks one, and reconnects to
 /// another when it goes away), and the credentials and TLS the servers require.
@@ -85,7 +86,14 @@ public final class NATSConnection: @unchecked Sendable {
         return String(cString: buffer)
     }
 
+    private let closed = Mutex(false)
+
+    /// Closes the connection; a second call does nothing. No call may follow.
     public func close() {
+        guard closed.withLock({ (done: inout Bool) -> Bool in
+            defer { done = true }
+            return !done
+        }) else { return }
         jsCtx_Destroy(jetStream)
         natsConnection_Close(connection)
         natsConnection_Destroy(connection)

@@ -23,6 +23,9 @@ public struct NATSError: Error, CustomStringConvertible, Sendable {
     public let apiCode: Int
     public let message: String
 
+    /// No answer, so the call's effect is unknown (a publish may be stored): ask again.
+    public var isIndeterminate: Bool { kind == .timeout || kind == .connection || kind == .noResponders }
+
     public var description: String {
         "\(message) (nats.c \(String(cString: natsStatus_GetText(natsStatus(rawValue: UInt32(bitPattern: status)))))"
             + (apiCode != 0 ? ", JetStream error \(apiCode))" : ")")
@@ -49,16 +52,18 @@ public struct NATSError: Error, CustomStringConvertible, Sendable {
     }
 
     private static func kind(_ status: natsStatus, apiCode: Int, text: String) -> Kind {
-        // The key-value calls report a lost compare-and-set only in the text (no API code).
-        if apiCode == 10071 || text.contains("wrong last sequence") { return .wrongLastSequence }
-        // NATS_NO_RESPONDERS arrives with API code 10076 ("JetStream not enabled"): the status decides.
+        // The status first: nats.c's last-error text can be an older call's. NATS_NO_RESPONDERS
+        // arrives with API code 10076 ("JetStream not enabled"), which the status overrides.
         switch status {
         case NATS_NO_RESPONDERS: return .noResponders
         case NATS_TIMEOUT: return .timeout
         case NATS_NOT_FOUND: return .notFound
         case NATS_CONNECTION_CLOSED, NATS_CONNECTION_DISCONNECTED, NATS_NO_SERVER, NATS_STALE_CONNECTION: return .connection
-        default: return apiCode == 10037 || apiCode == 10059 ? .notFound : .other
+        default: break
         }
+        // The key-value calls report a lost compare-and-set only in the text (no API code).
+        if apiCode == 10071 || (apiCode == 0 && text.contains("wrong last sequence")) { return .wrongLastSequence }
+        return apiCode == 10037 || apiCode == 10059 ? .notFound : .other
     }
 }
 

@@ -50,6 +50,8 @@ extension Log {
                 var batch = Array(bytes)
                 let end = partitions[partition].endOffset
                 batch.withUnsafeMutableBytes { $0.storeBytes(of: end.littleEndian, toByteOffset: 0, as: Int64.self) }
+                // What every copy will check, checked before the batch leaves this node.
+                _ = try checkedCopy(batch, partition: partition)
                 outcome = .success(batch)
             } catch { outcome = .failure(error) }
         }

@@ -99,7 +99,7 @@ extension NATSSuites {
         }
 
         /// A write retried after its acknowledgement was lost is stored once, and reported stored;
-        /// the same batch under another epoch, after it, is fenced.
+        /// the same batch under another epoch, or other bytes under the same id, are fenced.
         @Test func aRetriedWriteIsStoredOnce() throws {
             let cluster = try NATSTestCluster()
             defer { cluster.stop() }
@@ -112,6 +112,9 @@ extension NATSSuites {
             #expect(try stream.writeBatch(batch, baseOffset: 0, epoch: 3, after: 1, deadline: soon) == .stored(2))
             #expect(try stream.writeBatch(batch, baseOffset: 0, epoch: 3, after: 1, deadline: soon) == .stored(2))
             #expect(try stream.writeBatch(batch, baseOffset: 0, epoch: 4, after: 1, deadline: soon) == .fenced)
+            // The same id with other bytes (an unresolved write's retry that re-encoded): not ours.
+            #expect(try stream.writeBatch(Array("another batch at the same offset".utf8), baseOffset: 0, epoch: 3, after: 1,
+                                          deadline: soon) == .fenced)
             #expect(try c.streamState(stream.spec.name).lastSequence == 2)
         }
     }
