@@ -2,13 +2,14 @@ public import LogStore
 
 /// Applies a partition's stream to the local log, in the stream's order: a fence raises the
 /// epoch; a batch is applied only under the latest fence's epoch (a former owner's write that
-/// slipped in after a new owner's fence is skipped, so replay equals live) and only where it
-/// continues the local log (one the log already holds, as the owner's own, is passed over).
+/// slipped in after a new owner's fence is skipped, so replay equals live; one of an epoch whose
+/// fence this follower never read is refused) and only where it continues the local log (one the
+/// log already holds, as the owner's own, is passed over).
 public struct StreamFollower: Sendable {
     public let partition: Int
     /// The next stream sequence to apply.
     public private(set) var nextSequence: UInt64 = 1
-    /// The latest fence's epoch: batches of any other epoch are not the current owner's.
+    /// The latest fence's epoch: a batch of a lower one is a former owner's.
     public private(set) var epoch: UInt64 = 0
     /// Batches skipped for a stale epoch, for the cluster's status.
     public private(set) var skipped = 0
@@ -17,7 +18,8 @@ public struct StreamFollower: Sendable {
 
     /// Applies `entries` (in sequence order, from `nextSequence` on). - Returns: batches appended.
     /// - Throws: the log's error; `.notContiguous` when a batch of the current epoch starts past
-    ///   the log's end (a gap the stream should not have).
+    ///   the log's end, or overlaps it (a gap or a fork the stream should not have); `.invalidLog`
+    ///   for a batch of an epoch above the latest fence read.
     public mutating func apply(_ entries: [StreamEntry], to log: Log) async throws(LogError) -> Int {
         var appended = 0
         for entry in entries where entry.sequence >= nextSequence {
