@@ -52,18 +52,21 @@ public enum FuzzDriver {
         return n
     }
 
-    /// Runs `runs` inputs made from the files under `paths` by random mutations (libFuzzer's
-    /// simplest ones: flip a bit, set a byte, insert, erase, copy within, splice two inputs, cut),
-    /// for a build without libFuzzer: a brief fuzz of the targets whose instrumented build is too
-    /// long for `tools/test`. Deterministic on `seed`. Each input is written to `Scratch.root` before
-    /// it runs, so the one that trapped is left there.
-    /// - Returns: where the inputs are written.
+    /// Runs inputs made from the files under `paths` by random mutations (libFuzzer's simplest
+    /// ones: flip a bit, set a byte, insert, erase, copy within, splice two inputs, cut) until
+    /// `runs` inputs or `seconds` have gone, for a build without libFuzzer: the brief fuzz of
+    /// every target that `tools/test` runs (`tools/fuzz --quick`). The inputs are deterministic on
+    /// `seed`. Each is written to `Scratch.root` before it runs, so the one that trapped is left.
+    /// - Returns: how many inputs ran.
     @discardableResult
-    public static func mutate(_ paths: [String], through target: FuzzTarget, runs: Int, seed: UInt64) -> String {
+    public static func mutate(_ paths: [String], through target: FuzzTarget, runs: Int = .max, seconds: Double? = nil, seed: UInt64) -> Int {
         let pool = paths.flatMap(files(under:)).compactMap { FileManager.default.contents(atPath: $0).map { [UInt8]($0) } }
         let current = Scratch.root + "/input"
         var random = Mutator(seed: seed)
-        for _ in 0..<runs {
+        let end = seconds.map { ContinuousClock.now + .milliseconds(Int64($0 * 1000)) }
+        var ran = 0
+        while ran < runs, end.map({ ContinuousClock.now < $0 }) ?? true {
+            ran += 1
             let input = random.mutate(pool.isEmpty ? [] : pool[random.below(pool.count)], pool: pool)
             _ = FileManager.default.createFile(atPath: current, contents: Data(input))
             // libFuzzer's -timeout=10: an input that hangs a target is a finding, and SIGALRM's
@@ -72,18 +75,18 @@ public enum FuzzDriver {
             input.withUnsafeBytes { target.run($0) }
             alarm(0)
         }
-        return current
+        return ran
     }
 
     /// `sensorlog-fuzz --list`, `sensorlog-fuzz TARGET FILE|DIR...`, `sensorlog-fuzz --seed DIR`,
-    /// `sensorlog-fuzz --mutate TARGET RUNS FILE|DIR...`.
+    /// `sensorlog-fuzz --mutate TARGET RUNS|SECONDSs FILE|DIR...`.
     public static func main(arguments: [String], targets: [FuzzTarget], seeds: (String) throws -> Void) -> Int32 {
         let usage = """
             usage: sensorlog-fuzz --list
                    sensorlog-fuzz TARGET FILE|DIR...   run each file through TARGET (a corpus, a crash)
                    sensorlog-fuzz --seed DIR           write the seed corpora, DIR/<target>/…
-                   sensorlog-fuzz --mutate TARGET RUNS FILE|DIR...
-                                                       RUNS random mutations of the files through TARGET
+                   sensorlog-fuzz --mutate TARGET RUNS|SECONDSs FILE|DIR...
+                                                       random mutations of the files through TARGET
                                                        (seed: SENSORLOG_TEST_SEED, else random; printed)
             The fuzzing itself is the instrumented build of this binary: tools/fuzz TARGET.
 
@@ -104,15 +107,19 @@ public enum FuzzDriver {
             }
             return 0
         case "--mutate":
+            // LIMIT: a number of inputs, or seconds ("3s").
+            let limit = arguments.count >= 4 ? arguments[2] : ""
+            let seconds = limit.hasSuffix("s") ? Double(limit.dropLast()) : nil
+            let runs = seconds == nil ? Int(limit) : .max
             guard arguments.count >= 4, let target = targets.first(where: { $0.name == arguments[1] }),
-                  let runs = Int(arguments[2]), runs >= 0 else {
+                  let runs, runs >= 0, (seconds ?? 0) >= 0 else {
                 printError(usage, terminator: "")
                 return 64
             }
             let seed = ProcessInfo.processInfo.environment["SENSORLOG_TEST_SEED"].flatMap { UInt64($0) } ?? UInt64.random(in: 0...UInt64(UInt32.max))
-            printError("\(target.name): \(runs) mutations, SENSORLOG_TEST_SEED=\(seed) (an input that traps is left in \(Scratch.root)/input)")
-            mutate(Array(arguments.dropFirst(3)), through: target, runs: runs, seed: seed)
-            print("\(target.name): \(runs) mutated inputs, no property failed")
+            printError("\(target.name): mutations for \(limit), SENSORLOG_TEST_SEED=\(seed) (an input that traps is left in \(Scratch.root)/input)")
+            let ran = mutate(Array(arguments.dropFirst(3)), through: target, runs: runs, seconds: seconds, seed: seed)
+            print("\(target.name): \(ran) mutated inputs, no property failed")
             return 0
         case "-h", "--help":
             print(usage, terminator: "")
