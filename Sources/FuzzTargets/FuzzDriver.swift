@@ -54,9 +54,9 @@ public enum FuzzDriver {
 
     /// Runs inputs made from the files under `paths` by random mutations (libFuzzer's simplest
     /// ones: flip a bit, set a byte, insert, erase, copy within, splice two inputs, cut) until
-    /// `runs` inputs or `seconds` have gone, for a build without libFuzzer: the brief fuzz of
-    /// every target that `tools/test` runs (`tools/fuzz --quick`). The inputs are deterministic on
-    /// `seed`. Each is written to `Scratch.root` before it runs, so the one that trapped is left.
+    /// `runs` inputs or `seconds` have gone, for a build without libFuzzer: the brief fuzz that
+    /// `tools/test` gives the networking targets (`tools/fuzz --smoke`), whose instrumented build
+    /// it cannot afford. The inputs are deterministic on `seed`. Each is written to `Scratch.root` before it runs, so the one that trapped is left.
     /// - Returns: how many inputs ran.
     @discardableResult
     public static func mutate(_ paths: [String], through target: FuzzTarget, runs: Int = .max, seconds: Double? = nil, seed: UInt64) -> Int {
@@ -112,7 +112,7 @@ public enum FuzzDriver {
             let seconds = limit.hasSuffix("s") ? Double(limit.dropLast()) : nil
             let runs = seconds == nil ? Int(limit) : .max
             guard arguments.count >= 4, let target = targets.first(where: { $0.name == arguments[1] }),
-                  let runs, runs >= 0, (seconds ?? 0) >= 0 else {
+                  let runs, runs >= 0, (0...86_400).contains(seconds ?? 0) else {
                 printError(usage, terminator: "")
                 return 64
             }
