@@ -60,7 +60,8 @@ let package = Package(
         .target(name: "JetStream", dependencies: ["CNATS"], swiftSettings: swiftSettings),
         // Cluster mode (docs/cluster-design.md): a partition's stream as its owner writes it and
         // every node follows it into its local log. Knows JetStream and the log, not file names.
-        .target(name: "Cluster", dependencies: ["JetStream", "LogStore", "SensorLogCore"], swiftSettings: swiftSettings),
+        .target(name: "Cluster", dependencies: ["JetStream", "LogStore", "SensorLogCore", "Ingest",
+                                               .product(name: "Logging", package: "swift-log")], swiftSettings: swiftSettings),
         // The line protocol: a pure parser over bytes. No I/O.
         .target(name: "LineProtocol", dependencies: ["SensorLogCore"], swiftSettings: swiftSettings),
         // The one path from producers into the log: validation, type check, exact dedupe, append;
@@ -134,7 +135,7 @@ let package = Package(
         .target(
             name: "Daemon",
             dependencies: [
-                "SensorLogCore", "LogStore", "Ingest", "HTTPAPI", "Aggregator", "MQTT",
+                "SensorLogCore", "LogStore", "Ingest", "HTTPAPI", "Aggregator", "MQTT", "Cluster", "JetStream",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -150,7 +151,7 @@ let package = Package(
         .executableTarget(
             name: "sensorlogd",
             dependencies: [
-                "SensorLogCore", "LogStore", "Ingest", "Daemon", "MQTT",
+                "SensorLogCore", "LogStore", "Ingest", "Daemon", "MQTT", "Cluster", "JetStream",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),

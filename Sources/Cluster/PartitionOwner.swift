@@ -1,6 +1,7 @@
 public import JetStream
 public import LogStore
 public import SensorLogCore
+import Dispatch
 import Synchronization
 
 /// A node's ownership of one partition (docs/cluster-design.md): its lease, its fence in the
@@ -34,19 +35,26 @@ public actor PartitionOwner {
         follower = StreamFollower(partition: partition)
     }
 
-    /// Follows the stream into the local log up to its current end.
-    public func catchUp() async throws {
+    /// Follows the stream into the local log up to its current end. - Returns: batches appended.
+    @discardableResult
+    public func catchUp() async throws -> Int {
         await serial.acquire()
         defer { serial.release() }
-        try await followToEnd()
+        return try await followToEnd()
     }
 
-    private func followToEnd() async throws {
-        let tail = try stream.open()
-        while follower.nextSequence <= tail {
-            let entries = try stream.entries(from: follower.nextSequence, limit: 1_000)
+    private func followToEnd() async throws -> Int {
+        var appended = 0
+        let stream = stream
+        while true {
+            let from = follower.nextSequence
+            let (tail, entries) = try await NATSConnection.offPool(Self.reads) { () throws(NATSError) in
+                let tail = try stream.lastSequence()
+                return (tail, from <= tail ? try stream.entries(from: from, limit: 1_000) : [])
+            }
+            guard from <= tail else { return appended }
             var next = follower  // applied on a copy (an actor's property cannot be borrowed across an
-            _ = try await next.apply(entries, to: log)  // await); `serial` keeps anyone else out meanwhile
+            appended += try await next.apply(entries, to: log)  // await); `serial` keeps anyone else out meanwhile
             follower = next
             if entries.isEmpty {
                 // Nothing of ours up to the end (not a sensorlog message): past it.
@@ -55,12 +63,18 @@ public actor PartitionOwner {
         }
     }
 
+    /// The stream's reads and writes block on the network: they run on these threads, not on
+    /// the cooperative pool (see `NATSConnection.offPool`).
+    static let reads = DispatchQueue(label: "sensorlog.cluster.reads", attributes: .concurrent)
+    static let writes = DispatchQueue(label: "sensorlog.cluster.writes", attributes: .concurrent)
+
     /// Takes the partition over: the lease, then the local log caught up to the stream's end,
     /// then a fence after that end, so that a former owner's next write is refused.
     /// - Returns: false when another node holds the lease, or wrote after the end first.
     public func takeOver() async throws -> Bool {
         await serial.acquire()
         defer { serial.release() }
+        _ = try stream.open()  // the stream exists from here on
         guard let newEpoch = try lease.take() else { return false }
         do {
             try await followToEnd()
@@ -95,8 +109,11 @@ public actor PartitionOwner {
                 throw LogError(.invalidArgument, "a batch of \(batch.count) bytes is over the stream's message limit of \(stream.spec.maxMessageBytes)")
             }
             let base = batch.withUnsafeBytes { Int64(littleEndian: $0.loadUnaligned(as: Int64.self)) }
-            guard case .stored(let sequence) = try stream.writeBatch(batch, baseOffset: base, epoch: epoch, after: lastSequence,
-                                                                     deadline: .now + writeWait) else {
+            let (stream, last, deadline) = (stream, lastSequence, ContinuousClock.now + writeWait)
+            let outcome = try await NATSConnection.offPool(Self.writes) { () throws(NATSError) in
+                try stream.writeBatch(batch, baseOffset: base, epoch: epoch, after: last, deadline: deadline)
+            }
+            guard case .stored(let sequence) = outcome else {
                 throw Failure.notOwner
             }
             let result = try await log.appendCopy(batch, toPartition: partition)
@@ -118,6 +135,18 @@ public actor PartitionOwner {
         stepDown()
         return false
     }
+
+    /// Gives the partition up on purpose (another node is preferred, or shutdown): after the
+    /// append under way, the lease is released so the next owner need not wait out its TTL.
+    public func resign() async {
+        await serial.acquire()
+        defer { serial.release() }
+        stepDown()
+        try? lease.release()
+    }
+
+    /// Steps down without a word to the cluster (its renewals failed for too long).
+    public func abandon() { stepDown() }
 
     private func stepDown() {
         epoch = nil

@@ -38,6 +38,9 @@ public final class PartitionStream: @unchecked Sendable {
     /// Creates the stream, or finds it. - Returns: its last sequence.
     public func open() throws(NATSError) -> UInt64 { try connection.ensureStream(spec).lastSequence }
 
+    /// The stream's last sequence now (0 when empty).
+    public func lastSequence() throws(NATSError) -> UInt64 { try connection.streamState(spec.name).lastSequence }
+
     /// What a write's outcome was, once resolved.
     public enum WriteOutcome: Sendable, Equatable {
         /// Stored at this sequence (by this call or an earlier attempt of it).

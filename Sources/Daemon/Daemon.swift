@@ -10,6 +10,8 @@ import NIOCore
 public import Prometheus
 public import SensorLogCore
 public import ServiceLifecycle
+public import Cluster
+import JetStream
 import Synchronization
 public import UnixSignals
 
@@ -27,7 +29,9 @@ public final class Daemon: Sendable {
     /// wrote, leaves the rest with the broker), the line protocol (drains what it read into the
     /// log), maintenance (stops its job), the aggregator (commits what it folded), the log
     /// (fsync, close).
-    public static let serviceOrder = ["log", "aggregator", "maintenance", "admin", "line protocol", "mqtt", "http"]
+    /// In cluster mode the node stops after the listeners (its leases released once nothing
+    /// more is read) and before the log.
+    public static let serviceOrder = ["log", "aggregator", "maintenance", "cluster", "admin", "line protocol", "mqtt", "http"]
 
     public let configuration: DaemonConfiguration
     public let log: Log
@@ -44,6 +48,8 @@ public final class Daemon: Sendable {
     /// The MQTT subscriber, or a service that waits for the shutdown when there is none.
     let mqtt: any Service
     let http: ListeningService<HTTPServer.App>
+    /// This node of a cluster (`--cluster`), or nil.
+    public let cluster: ClusterNode?
     let logger: Logger
     private let boundHTTPPort = PortBox()
     /// The HTTP API's keys, which a SIGHUP replaces.
@@ -55,8 +61,9 @@ public final class Daemon: Sendable {
 
     private init(configuration: DaemonConfiguration, log: Log, pipeline: IngestPipeline, aggregator: AggregatorService,
                  tcp: LineProtocolServer, tcpPort: Int, mqtt: any Service, http: ListeningService<HTTPServer.App>, tls: ServerTLS?,
-                 logger: Logger) {
+                 cluster: ClusterNode?, logger: Logger) {
         self.configuration = configuration
+        self.cluster = cluster
         self.tls = tls
         keyRing = APIKeyRing(configuration.apiKeys)
         self.log = log
@@ -104,6 +111,14 @@ public final class Daemon: Sendable {
             throw fail(.ioError, "cannot open the aggregates store", error)
         }
         // Before any listener binds: a refusal here leaves nothing open.
+        var cluster: ClusterNode?
+        if let clusterConfiguration = c.cluster {
+            do {
+                cluster = try await ClusterNode(clusterConfiguration, log: log, pipeline: pipeline, logger: logger)
+            } catch {
+                throw fail(.unavailable, "cannot join the cluster at \(clusterConfiguration.nats.urls.joined(separator: ","))", error)
+            }
+        }
         let mqtt: any Service
         do {
             mqtt = try c.mqtt.map { try MQTTIngestService(configuration: $0, pipeline: pipeline, limits: c.limits, logger: logger) } ?? IdleService()
@@ -124,7 +139,7 @@ public final class Daemon: Sendable {
         }
         let http = ListeningService<HTTPServer.App>()
         let daemon = Daemon(configuration: c, log: log, pipeline: pipeline, aggregator: aggregator, tcp: tcp, tcpPort: tcpPort,
-                            mqtt: mqtt, http: http, tls: tls, logger: logger)
+                            mqtt: mqtt, http: http, tls: tls, cluster: cluster, logger: logger)
         http.wrap(daemon.makeHTTP(registry: registry))
         return daemon
     }
@@ -133,7 +148,8 @@ public final class Daemon: Sendable {
     /// - Throws: `DaemonError` for a port that cannot be bound (69), readings lost at shutdown or
     ///   a log that would not close (74).
     public func run(signals: [UnixSignal] = [.sigterm, .sigint]) async throws(DaemonError) {
-        let services: [any Service] = [LogService(log: log, logger: logger), aggregator, maintenance, adminSocket, tcp, mqtt, http]
+        let node: any Service = cluster.map { ClusterService(node: $0) } ?? IdleService()
+        let services: [any Service] = [LogService(log: log, logger: logger), aggregator, maintenance, node, adminSocket, tcp, mqtt, http]
         let named = zip(Self.serviceOrder, services).map { name, service in
             ServiceGroupConfiguration.ServiceConfiguration(service: StopRecorder(name: name, service: service, stopped: stopped))
         }
@@ -222,6 +238,8 @@ public final class Daemon: Sendable {
         let c = configuration
         let gauges = LogGauges(log: log, aggregator: aggregator)
         let (pipeline, logger, http, bound, tls) = (pipeline, logger, http, boundHTTPPort, tls)
+        var clusterStatus: (@Sendable () async -> any Encodable & Sendable)?
+        if let node = cluster { clusterStatus = { await node.status() } }
         return HTTPServer.make(
             configuration: {
                 var http = HTTPServerConfiguration(host: c.bind, port: c.httpPort, apiKeys: c.apiKeys, rateLimit: c.rateLimit,
@@ -231,6 +249,7 @@ public final class Daemon: Sendable {
                 return http
             }(),
             pipeline: pipeline, aggregator: aggregator, admin: admin, logger: logger,
+            clusterStatus: clusterStatus,
             metricsText: {
                 gauges.refresh()
                 return registry.emitToString()
@@ -254,6 +273,18 @@ public final class Daemon: Sendable {
 struct IdleService: Service {
     func run() async throws {
         try? await gracefulShutdown()
+    }
+}
+
+/// Runs a cluster node until the shutdown reaches it (after the listeners stopped).
+struct ClusterService: Service {
+    let node: ClusterNode
+
+    func run() async throws {
+        let loop = Task { await node.run() }
+        try? await gracefulShutdown()
+        loop.cancel()
+        await loop.value
     }
 }
 

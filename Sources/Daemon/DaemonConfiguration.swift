@@ -2,6 +2,7 @@ public import Ingest
 public import LogStore
 public import MQTT
 public import SensorLogCore
+public import Cluster
 
 /// What a `Daemon` runs with: every flag, environment variable and file already read and
 /// parsed (sensorlogd does that). The defaults are the embedded ones, defined here once.
@@ -39,6 +40,9 @@ public struct DaemonConfiguration: Sendable {
     public var time: any TimeSource = SystemTime()
     /// The MQTT broker to subscribe to; nil (the default) subscribes to none.
     public var mqtt: MQTTConfiguration?
+    /// Cluster mode (`--cluster`, `--node-id`): the partitions' streams on NATS JetStream; nil
+    /// (the default) is one node on its own.
+    public var cluster: ClusterConfiguration?
 
     public init() {}
 

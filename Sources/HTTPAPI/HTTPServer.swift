@@ -94,6 +94,7 @@ public enum HTTPServer {
     public static func make(
         configuration: HTTPServerConfiguration, pipeline: IngestPipeline, aggregator: AggregatorService? = nil,
         admin: (any AdminOperations)? = nil, logger: Logger,
+        clusterStatus: (@Sendable () async -> any Encodable & Sendable)? = nil,
         metricsText: @escaping @Sendable () -> String,
         onRunning: @escaping @Sendable (Int) async -> Void = { _ in }
     ) -> App {
@@ -134,6 +135,12 @@ public enum HTTPServer {
                     reader: AggregateReader(path: DataLayout(pipeline.log.dataDirectory).aggregates)).add(to: routes)
         GroupRoutes(log: pipeline.log).add(to: routes, maxBodyBytes: configuration.limits.maxBodyBytes)
         if let admin { AdminRoutes.add(admin, to: routes, maxBodyBytes: configuration.limits.maxBodyBytes) }
+        routes.get("/cluster") { _, _ -> Response in
+            guard let clusterStatus else {
+                throw APIError(.notFound, code: "not_clustered", "this server runs on its own (started without --cluster)")
+            }
+            return JSONBody.response(.ok, await clusterStatus())
+        }
         ConsoleRoutes.add(to: routes, keysRequired: !keyRing.isEmpty)
         routes.get("/metrics") { _, _ -> Response in
             Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],

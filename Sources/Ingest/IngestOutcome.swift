@@ -31,6 +31,14 @@ public struct SubmissionResult: Sendable {
     }
 }
 
+extension SubmissionResult {
+    /// An empty result, with room for each reading's outcome when `detailed`.
+    public init(detailed: Bool) {
+        self.init()
+        outcomes = detailed ? [] : nil
+    }
+}
+
 /// A sensor deleted: its deletion record's partition and offset, and the newest reading deleted.
 public struct SensorDeletion: Sendable, Equatable {
     public var sensorID: String

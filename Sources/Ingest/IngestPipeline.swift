@@ -19,6 +19,8 @@ public final class IngestPipeline: Sendable {
     private let appendFailure = Mutex<LogError?>(nil)
     private let draining = Atomic<Bool>(false)
     private let lost = Atomic<Int>(0)
+    /// Cluster mode: who appends each partition (see `route(through:)`); nil on one node.
+    private let routing = Mutex<(any PartitionRouting)?>(nil)
     /// The next timestamp for a line that carries none (see `serverTimestamp()`).
     private let lastServerTimestamp = Atomic<Int64>(0)
 
@@ -43,6 +45,31 @@ public final class IngestPipeline: Sendable {
             partitions.append(ingest)
         }
         self.partitions = partitions
+    }
+
+    /// Cluster mode: from now on a partition's readings are appended by its owner, through
+    /// `routing` (this node's, or forwarded). Call before any listener starts.
+    public func route(through routing: any PartitionRouting) async {
+        self.routing.withLock { $0 = routing }
+        for p in partitions { await p.route(through: routing) }
+    }
+
+    /// Takes into the dedupe what a cluster's follower copied into `partition` (see
+    /// `PartitionIngest.absorb`).
+    public func absorb(partition: Int) async throws(LogError) { try await partitions[partition].absorb() }
+
+    /// A submission another node forwarded, as this partition's owner: the same checks, dedupe
+    /// and append as a local one. Not counted in this node's metrics (the forwarding node counts it).
+    public func submitAsOwner(_ readings: [Reading], partition: Int, detailed: Bool) async -> Result<SubmissionResult, LogError> {
+        guard partition >= 0, partition < partitions.count, readings.allSatisfy({ log.partition(for: $0.sensorID) == partition }) else {
+            return .failure(LogError(.invalidArgument, "a forwarded submission holds readings of another partition"))
+        }
+        guard routing.withLock({ $0?.owns(partition) }) == true else {
+            return .failure(LogError(.unavailable, "this node does not own partition \(partition)"))
+        }
+        begin()
+        defer { end() }
+        return await partitions[partition].submit(readings, detailed: detailed)
     }
 
     /// Readings that were read but could not be appended before shutdown (the log refused them).
@@ -190,8 +217,14 @@ public final class IngestPipeline: Sendable {
         var failure: LogError?
         var appended = 0
         var refused: [String: Int] = [:]
+        let routing = routing.withLock { $0 }
         for (p, group) in groups.enumerated() where !group.isEmpty {
-            switch await partitions[p].submit(group, detailed: detailed) {
+            let result = if let routing, !routing.owns(p) {
+                await routing.forward(group, partition: p, detailed: detailed)
+            } else {
+                await partitions[p].submit(group, detailed: detailed)
+            }
+            switch result {
             case .success(let result):
                 appended += result.appended
                 for (reason, n) in result.refusals { refused[reason, default: 0] += n }

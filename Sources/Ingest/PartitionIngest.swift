@@ -86,12 +86,26 @@ actor PartitionIngest {
         keyCache = KeyCache(maxKeys: log.configuration.limits.dedupeCachedKeys)
     }
 
+    /// Where the state has read the log to: batches from here on were appended by someone else
+    /// (a cluster's follower copying the owner's) and are not in the state yet.
+    private var absorbedEnd: Int64 = 0
+    /// Set in cluster mode: appends go through the partition's owner.
+    private var routing: (any PartitionRouting)?
+
+    func route(through routing: any PartitionRouting) { self.routing = routing }
+
     /// Rebuilds the state from the whole partition (start-up).
-    func rebuild() throws(LogError) {
-        let reader = log.reader(partition: partition, from: 0)
+    func rebuild() throws(LogError) { try absorb() }
+
+    /// Takes into the state what the log holds past what it read: everything at start-up, and in
+    /// a cluster the batches a follower copied from the owner's stream (before this node owns
+    /// the partition, its dedupe must know them).
+    func absorb() throws(LogError) {
+        let reader = log.reader(partition: partition, from: absorbedEnd)
         var batch = DecodedBatch()
         var hashes: [UInt64] = []
         while let first = try reader.next(into: &batch) {
+            absorbedEnd = max(absorbedEnd, batch.nextOffset)
             if batch.kind == .sensorDeletions {
                 for i in first..<batch.count { forget(batch.sensorID(at: i), lastReading: batch.timestamps[i], deletionOffset: batch.offset(at: i)) }
             }
@@ -134,8 +148,10 @@ actor PartitionIngest {
         await takeLead()
         defer { passLead() }
         guard let state = sensors[sensorID] else { return .success(nil) }
+        guard routing == nil else { return .failure(LogError(.invalidArgument, "deleting a sensor is not supported in cluster mode yet")) }
         do {
             let appended = try await log.appendDeletion(sensorID, lastReading: state.lastTimestamp, toPartition: partition)
+            advanceAbsorbed(appended)
             forget(sensorID, lastReading: state.lastTimestamp, deletionOffset: appended.baseOffset)
             return .success(SensorDeletion(sensorID: sensorID, partition: partition, offset: appended.baseOffset, lastReading: state.lastTimestamp))
         } catch {
@@ -382,7 +398,12 @@ actor PartitionIngest {
             let end = min(start + limit, fresh.count)
             let chunk = start == 0 && end == fresh.count ? fresh : Array(fresh[start..<end])
             do {
-                let result = try await log.append(chunk, toPartition: partition)
+                let result = if let routing {
+                    try await routing.appendAsOwner(chunk, partition: partition)
+                } else {
+                    try await log.append(chunk, toPartition: partition)
+                }
+                advanceAbsorbed(result)
                 var lo = Int64.max
                 var hi = Int64.min
                 var hashes: [UInt64] = []
@@ -408,6 +429,11 @@ actor PartitionIngest {
             results[s].outcomes?[i] = .appended(partition: partition, offset: chunkBases[k / limit] + Int64(k % limit))
         }
         return results.map { .success($0) }
+    }
+
+    /// This actor's own append is in the state already.
+    private func advanceAbsorbed(_ appended: AppendResult) {
+        if absorbedEnd == appended.baseOffset { absorbedEnd = appended.baseOffset + Int64(appended.count) }
     }
 
     private func restore(_ undo: [(String, SensorState?)], into sensors: inout StringTable<SensorState>) {

@@ -10,6 +10,8 @@ public struct LogError: Error, Sendable, CustomStringConvertible {
     public struct Code: Sendable, Hashable, CustomStringConvertible {
         public let rawValue: String
         init(_ rawValue: String) { self.rawValue = rawValue }
+        /// A code as another node sent it (a forwarded write's failure).
+        public init(rawValue: String) { self.rawValue = rawValue }
         public var description: String { rawValue }
 
         /// A read or write failed for a reason other than a full disk.
@@ -29,6 +31,10 @@ public struct LogError: Error, Sendable, CustomStringConvertible {
         /// A copied batch does not start at the partition's end (a gap, or a batch already
         /// there): a follower reads its source again from the partition's end.
         public static let notContiguous = Code("not_contiguous")
+        /// The write cannot be made durable right now, nothing of it is acknowledged: in a
+        /// cluster, no node owns the partition at the moment, or its stream cannot be reached.
+        /// A retry is deduplicated.
+        public static let unavailable = Code("unavailable")
     }
 
     public var code: Code

@@ -1,5 +1,7 @@
 public import ArgumentParser
+import Cluster
 import Daemon
+import JetStream
 import Foundation
 import Ingest
 import MQTT
@@ -152,6 +154,64 @@ struct SensorLogDaemon: AsyncParsableCommand {
     @Flag(help: "With API keys configured and no --tcp-auth-file, let the unauthenticated line protocol listen on --bind beyond loopback anyway; without it, it listens on 127.0.0.1 only.")
     var tcpBeyondLoopback = false
 
+    @Option(help: "Cluster mode: the NATS servers (nats://h1:4222,nats://h2:4222,nats://h3:4222) whose JetStream holds each partition's stream; every node follows every stream, and the node owning a partition writes it (docs/operations.md, \"Cluster\"). Needs --node-id. Off when absent.")
+    var cluster: String?
+
+    @Option(help: "This node's name in the cluster (unique; the holder of its leases).")
+    var nodeId: String?
+
+    @Option(help: "Copies of each partition's stream on the NATS servers (default 3).")
+    var clusterReplicas: Int?
+
+    @Option(help: "NATS credentials file (.creds) for --cluster.")
+    var natsCreds: String?
+
+    @Option(help: "NATS user for --cluster (with SENSORLOG_NATS_PASSWORD).")
+    var natsUser: String?
+
+    @Option(help: "NATS token for --cluster (prefer SENSORLOG_NATS_TOKEN: a flag shows in ps).")
+    var natsToken: String?
+
+    @Option(help: "PEM file of the CA the NATS servers' certificates are checked against (TLS to NATS).")
+    var natsCaFile: String?
+
+    @Option(help: "PEM client certificate for NATS (with --nats-key-file).")
+    var natsCertFile: String?
+
+    @Option(help: "PEM private key of --nats-cert-file.")
+    var natsKeyFile: String?
+
+    /// Cluster mode from the `--cluster` flags; nil without `--cluster`.
+    func cluster(_ e: Environment) throws -> ClusterConfiguration? {
+        guard let urls = try e.value(cluster, "CLUSTER") else {
+            if try e.value(nodeId, "NODE_ID") != nil { throw ValidationError("--node-id needs --cluster") }
+            return nil
+        }
+        let list = urls.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+        guard !list.isEmpty, list.allSatisfy({ $0.hasPrefix("nats://") || $0.hasPrefix("tls://") }) else {
+            throw ValidationError("--cluster takes nats:// URLs separated by commas, e.g. nats://h1:4222,nats://h2:4222,nats://h3:4222")
+        }
+        guard let node = try e.value(nodeId, "NODE_ID"), !node.isEmpty,
+              node.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }) else {
+            throw ValidationError("--cluster needs --node-id NAME (letters, digits, - and _), unique in the cluster")
+        }
+        var nats = NATSConfiguration(urls: list, name: "sensorlogd-\(node)")
+        nats.credentialsFile = try e.value(natsCreds, "NATS_CREDS")
+        nats.user = try e.value(natsUser, "NATS_USER")
+        nats.password = e.text("NATS_PASSWORD")
+        nats.token = try e.value(natsToken, "NATS_TOKEN")
+        nats.tlsCAFile = try e.value(natsCaFile, "NATS_CA_FILE")
+        nats.tlsCertFile = try e.value(natsCertFile, "NATS_CERT_FILE")
+        nats.tlsKeyFile = try e.value(natsKeyFile, "NATS_KEY_FILE")
+        guard (nats.tlsCertFile == nil) == (nats.tlsKeyFile == nil) else { throw ValidationError("--nats-cert-file and --nats-key-file go together") }
+        var c = ClusterConfiguration(nats: nats, nodeID: node)
+        if let replicas = try e.value(clusterReplicas, "CLUSTER_REPLICAS") {
+            guard (1...5).contains(replicas) else { throw ValidationError("--cluster-replicas must be 1 to 5") }
+            c.replicas = replicas
+        }
+        return c
+    }
+
     /// Every flag's value, else its environment variable's, else the embedded default.
     func settings(_ environment: Environment = Environment()) throws -> Settings {
         let e = environment
@@ -190,7 +250,8 @@ struct SensorLogDaemon: AsyncParsableCommand {
                                                     "--compaction-bytes-per-second (SENSORLOG_COMPACTION_BYTES_PER_SECOND)")
                 ?? Int64(limits.compactionBytesPerSecond),
             mqtt: try mqtt(e),
-            tls: try tls(e))
+            tls: try tls(e),
+            cluster: try cluster(e))
     }
 
     /// The listeners' TLS files; nil without `--tls-cert`.
@@ -381,6 +442,7 @@ struct SensorLogDaemon: AsyncParsableCommand {
         c.backgroundCompaction = s.compaction == .on
         c.mqtt = s.mqtt
         c.tls = s.tls
+        c.cluster = s.cluster
         return c
     }
 }

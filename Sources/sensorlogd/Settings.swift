@@ -1,3 +1,4 @@
+import Cluster
 public import ArgumentParser
 import Foundation
 import Ingest
@@ -39,6 +40,7 @@ struct Settings {
     var compactionBytesPerSecond: Int64
     var mqtt: MQTTConfiguration?
     var tls: ServerTLS.Files?
+    var cluster: ClusterConfiguration?
 }
 
 /// An `on`/`off` setting.

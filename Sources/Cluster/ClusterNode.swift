@@ -1,0 +1,402 @@
+import Dispatch
+public import Ingest
+public import JetStream
+public import LogStore
+public import Logging
+public import SensorLogCore
+import Synchronization
+
+/// What a node of a cluster runs with (sensorlogd's `--cluster` flags).
+public struct ClusterConfiguration: Sendable {
+    public var nats: NATSConfiguration
+    /// This node's name: the holder of its leases, unique in the cluster.
+    public var nodeID: String
+    /// Copies of each stream and of the lease bucket (3 in production; 1 for a one-server trial).
+    public var replicas = 3
+    /// A lease not renewed within this expires on the servers (and is given up here sooner).
+    public var leaseTTL: Duration = .seconds(6)
+    /// How often leases are renewed, and free partitions looked for.
+    public var renewInterval: Duration = .seconds(1)
+    /// How often the streams of partitions owned elsewhere are read into the local log.
+    public var followInterval: Duration = .milliseconds(100)
+    /// JetStream's own duplicate window: a retry guard only; the dedupe of record is the owner's.
+    public var duplicateWindow: Duration = .seconds(120)
+    /// How long an owner tries to learn a write's outcome before it steps down.
+    public var writeWait: Duration = .seconds(5)
+    /// How long a node waits for the owner to answer a forwarded submission.
+    public var forwardTimeout: Duration = .seconds(10)
+    /// Readings per forwarded message (NATS's default payload limit is 1 MiB).
+    public var forwardChunkReadings = 4_096
+
+    public init(nats: NATSConfiguration, nodeID: String) {
+        self.nats = nats
+        self.nodeID = nodeID
+    }
+}
+
+/// One node of a cluster (docs/cluster-design.md): it takes leases on the partitions the
+/// cluster's members prefer it for, writes those through their streams, follows every other
+/// partition's stream into its local log, and forwards readings of partitions it does not own to
+/// their owner over NATS request-reply (`slog.fwd.p<n>`).
+public final class ClusterNode: PartitionRouting, @unchecked Sendable {
+    public let configuration: ClusterConfiguration
+    public let connection: NATSConnection
+    let leases: KeyValueBucket
+    let membership: Lease
+    let owners: [PartitionOwner]
+    let log: Log
+    let pipeline: IngestPipeline
+    let logger: Logger
+    private let state: Mutex<State>
+    private static let forwards = DispatchQueue(label: "sensorlog.cluster.forwards", attributes: .concurrent)
+
+    struct State {
+        var owned: [Bool]
+        var lastRenewed: [ContinuousClock.Instant]
+        var freeRounds: [Int]
+        var subscriptions: [Subscription?]
+        var live: [String] = []
+    }
+
+    /// Connects, checks that the cluster's partition count is this log's, opens every stream and
+    /// routes the pipeline's appends through this node. Blocks on the network. A cluster that is
+    /// starting (no JetStream leader yet) is asked again until `joinTimeout`.
+    public init(_ configuration: ClusterConfiguration, log: Log, pipeline: IngestPipeline, logger: Logger,
+                joinTimeout: Duration = .seconds(60)) async throws {
+        self.configuration = configuration
+        self.log = log
+        self.pipeline = pipeline
+        self.logger = logger
+        let connection = try NATSConnection(configuration.nats)
+        self.connection = connection
+        let deadline = ContinuousClock.now + joinTimeout
+        while true {
+            do {
+                (leases, owners) = try Self.open(configuration, connection: connection, log: log)
+                break
+            } catch let error as ClusterConfigurationError {
+                connection.close()
+                throw error
+            } catch {
+                guard ContinuousClock.now < deadline else {
+                    connection.close()
+                    throw error
+                }
+                logger.warning("cannot open the cluster's streams yet; retrying", metadata: ["error": "\(error)"])
+                try? await Task.sleep(for: .milliseconds(500))
+            }
+        }
+        membership = Lease(bucket: leases, key: "node.\(configuration.nodeID)", holder: configuration.nodeID)
+        let n = log.partitions.count
+        state = Mutex(State(owned: Array(repeating: false, count: n), lastRenewed: Array(repeating: .now, count: n),
+                            freeRounds: Array(repeating: 0, count: n), subscriptions: Array(repeating: nil, count: n)))
+        await pipeline.route(through: self)
+    }
+
+    private static func open(_ c: ClusterConfiguration, connection: NATSConnection, log: Log) throws -> (KeyValueBucket, [PartitionOwner]) {
+        let leases = try KeyValueBucket(connection, name: "SLOG_LEASES", replicas: c.replicas, ttl: c.leaseTTL)
+        try checkPartitions(log.partitions.count, connection: connection, replicas: c.replicas)
+        var owners: [PartitionOwner] = []
+        for p in 0..<log.partitions.count {
+            let stream = PartitionStream(connection, partition: p, replicas: c.replicas, duplicateWindow: c.duplicateWindow)
+            _ = try stream.open()
+            owners.append(PartitionOwner(partition: p, stream: stream, lease: Lease(bucket: leases, key: "p\(p)", holder: c.nodeID),
+                                         log: log, writeWait: c.writeWait))
+        }
+        return (leases, owners)
+    }
+
+    /// The partition count is the cluster's, fixed by the first node (a key of its own bucket,
+    /// without TTL): a node whose log has another count would number streams differently.
+    private static func checkPartitions(_ count: Int, connection: NATSConnection, replicas: Int) throws {
+        let config = try KeyValueBucket(connection, name: "SLOG_CONFIG", replicas: replicas)
+        let mine = Array(String(count).utf8)
+        for _ in 0..<2 {
+            if let (value, _) = try config.get("partitions") {
+                guard value == mine else {
+                    throw ClusterConfigurationError("the cluster has \(String(decoding: value, as: UTF8.self)) partitions and this node's log \(count); a node's log must have the cluster's")
+                }
+                return
+            }
+            let created = Result { () throws(NATSError) in try config.create("partitions", mine) }
+            if case .failure(let error) = created, error.kind != .wrongLastSequence { throw error }
+            if case .success = created { return }
+            // Another node set it first: read it again.
+        }
+    }
+
+    // MARK: routing
+
+    public func owns(_ partition: Int) -> Bool { state.withLock { $0.owned[partition] } }
+
+    public func appendAsOwner(_ readings: [Reading], partition: Int) async throws(LogError) -> AppendResult {
+        do {
+            return try await owners[partition].append(readings)
+        } catch let error as LogError where error.code == .invalidArgument {
+            throw error
+        } catch {
+            markLost(partition)
+            logger.warning("stepped down as owner after a failed write", metadata: ["partition": "\(partition)", "error": "\(error)"])
+            throw LogError(.unavailable, "partition \(partition): this node stepped down as its owner (\(error)); retry")
+        }
+    }
+
+    public func forward(_ readings: [Reading], partition: Int, detailed: Bool) async -> Result<SubmissionResult, LogError> {
+        var merged = SubmissionResult(detailed: detailed)
+        var start = 0
+        let timeout = Int64(configuration.forwardTimeout / .milliseconds(1))
+        let (connection, subject) = (connection, Self.forwardSubject(partition))
+        while start < readings.count {
+            let end = min(start + configuration.forwardChunkReadings, readings.count)
+            let request = ForwardCodec.encode(Array(readings[start..<end]), detailed: detailed)
+            let reply: [UInt8]
+            do {
+                reply = try await Self.request(connection, subject, request, timeoutMilliseconds: timeout)
+            } catch {
+                return .failure(LogError(.unavailable, "no owner of partition \(partition) answered (\(error)); retry"))
+            }
+            guard let result = ForwardCodec.decodeResult(reply) else {
+                return .failure(LogError(.unavailable, "the owner of partition \(partition) answered something unreadable"))
+            }
+            switch result {
+            case .success(let piece): merged.append(piece, after: start)
+            case .failure(let error): return .failure(error)
+            }
+            start = end
+        }
+        return .success(merged)
+    }
+
+    static func forwardSubject(_ partition: Int) -> String { "slog.fwd.p\(partition)" }
+
+    /// A request to the owner, asked again while nobody owns the partition (a hand-over, or a
+    /// takeover waiting for a dead owner's lease to expire), as a Kafka producer waits out a
+    /// leader election: the producer hears of it only past the timeout.
+    private static func request(_ connection: NATSConnection, _ subject: String, _ data: [UInt8],
+                                timeoutMilliseconds: Int64) async throws(NATSError) -> [UInt8] {
+        let deadline = ContinuousClock.now + .milliseconds(timeoutMilliseconds)
+        while true {
+            let left = max(1, (deadline - ContinuousClock.now) / .milliseconds(1))
+            do {
+                return try await NATSConnection.offPool(forwards) { () throws(NATSError) in
+                    try connection.request(subject, data, timeoutMilliseconds: Int64(left))
+                }
+            } catch where error.kind == .noResponders && ContinuousClock.now + .milliseconds(50) < deadline {
+                try? await Task.sleep(for: .milliseconds(50))
+            }
+        }
+    }
+
+    /// Answers forwarded submissions while this node owns `partition`.
+    private func subscribe(_ partition: Int) throws(NATSError) -> Subscription {
+        let pipeline = pipeline
+        return try connection.subscribe(Self.forwardSubject(partition)) { request in
+            Task {
+                guard let (readings, detailed) = ForwardCodec.decodeSubmission(request.data) else {
+                    request.respond(ForwardCodec.encode(.failure(LogError(.invalidArgument, "an unreadable forwarded submission"))))
+                    return
+                }
+                request.respond(ForwardCodec.encode(await pipeline.submitAsOwner(readings, partition: partition, detailed: detailed)))
+            }
+        }
+    }
+
+    private func markLost(_ partition: Int) {
+        let subscription = state.withLock { s -> Subscription? in
+            s.owned[partition] = false
+            defer { s.subscriptions[partition] = nil }
+            return s.subscriptions[partition]
+        }
+        subscription?.unsubscribe()
+    }
+
+    // MARK: the control loop
+
+    /// Follows the streams and keeps the leases until the task is cancelled, then gives up what
+    /// it owns (so others take it over without waiting out the TTL) and disconnects.
+    public func run() async {
+        var nextRenewal = ContinuousClock.now
+        while !Task.isCancelled {
+            if ContinuousClock.now >= nextRenewal {
+                await manageLeases()
+                nextRenewal = .now + configuration.renewInterval
+            }
+            await followOthers()
+            try? await Task.sleep(for: configuration.followInterval)
+        }
+        for p in owners.indices where owns(p) {
+            markLost(p)
+            await owners[p].resign()
+        }
+        try? membership.release()
+        connection.close()
+    }
+
+    /// Reads the streams of partitions owned elsewhere into the local log, and into the dedupe.
+    private func followOthers() async {
+        for p in owners.indices where !owns(p) {
+            do {
+                if try await owners[p].catchUp() > 0 { try await pipeline.absorb(partition: p) }
+            } catch {
+                logger.error("cannot follow the stream", metadata: ["partition": "\(p)", "error": "\(error)"])
+            }
+        }
+    }
+
+    private func manageLeases() async {
+        let live = liveNodes()
+        for p in owners.indices {
+            if await owners[p].epoch != nil {
+                await keep(p, live: live)
+            } else {
+                if owns(p) { markLost(p) }  // stepped down during an append
+                await tryToTake(p, live: live)
+            }
+        }
+    }
+
+    /// This node's membership lease, renewed, and the members whose lease is alive.
+    private func liveNodes() -> [String] {
+        do {
+            if try membership.epoch == nil || !membership.renew() { _ = try membership.take() }
+            let live = try leases.keys().filter { $0.hasPrefix("node.") }.map { String($0.dropFirst(5)) }
+            state.withLock { $0.live = live }
+            return live.contains(configuration.nodeID) ? live : live + [configuration.nodeID]
+        } catch {
+            logger.warning("cannot read the cluster's members", metadata: ["error": "\(error)"])
+            return state.withLock { $0.live }
+        }
+    }
+
+    private func keep(_ p: Int, live: [String]) async {
+        do {
+            guard try await owners[p].renew() else {
+                markLost(p)
+                logger.warning("lost the lease", metadata: ["partition": "\(p)"])
+                return
+            }
+            state.withLock { $0.lastRenewed[p] = .now }
+            if Self.preferred(p, among: live) != configuration.nodeID {
+                markLost(p)
+                await owners[p].resign()
+                logger.info("handed the partition over to the node preferred for it", metadata: ["partition": "\(p)"])
+            }
+        } catch {
+            // The cluster is out of reach: give up before the lease can expire on the servers.
+            let since = state.withLock { $0.lastRenewed[p] }
+            if ContinuousClock.now - since > configuration.leaseTTL / 2 {
+                markLost(p)
+                await owners[p].abandon()
+                logger.error("stepped down: the lease could not be renewed", metadata: ["partition": "\(p)", "error": "\(error)"])
+            }
+        }
+    }
+
+    /// Takes a free partition: at once when this node is the one preferred for it, after a few
+    /// rounds otherwise (the preferred one is gone, or slow).
+    private func tryToTake(_ p: Int, live: [String]) async {
+        do {
+            let holder = try owners[p].lease.currentHolder()
+            let rounds = state.withLock { s -> Int in
+                s.freeRounds[p] = holder == nil ? s.freeRounds[p] + 1 : 0
+                return s.freeRounds[p]
+            }
+            guard holder == nil || holder == configuration.nodeID else { return }
+            guard holder == configuration.nodeID || Self.preferred(p, among: live) == configuration.nodeID || rounds >= 3 else { return }
+            let started = ContinuousClock.now
+            guard try await owners[p].takeOver() else { return }
+            try await pipeline.absorb(partition: p)
+            let subscription = try subscribe(p)
+            state.withLock { s in
+                s.owned[p] = true
+                s.lastRenewed[p] = .now
+                s.subscriptions[p] = subscription
+            }
+            let epoch = await owners[p].epoch ?? 0
+            logger.info("took the partition over", metadata: [
+                "partition": "\(p)", "epoch": "\(epoch)", "took": "\(ContinuousClock.now - started)",
+            ])
+        } catch {
+            logger.warning("cannot take the partition over", metadata: ["partition": "\(p)", "error": "\(error)"])
+        }
+    }
+
+    /// The member a partition belongs to (rendezvous hashing: a member joining or leaving moves
+    /// only the partitions it gains or had). FNV-1a, the same in every process.
+    static func preferred(_ partition: Int, among nodes: [String]) -> String? {
+        nodes.max { score($0, partition) < score($1, partition) }
+    }
+
+    static func score(_ node: String, _ partition: Int) -> UInt64 {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in "\(node)/\(partition)".utf8 {
+            h ^= UInt64(byte)
+            h &*= 0x100_0000_01b3
+        }
+        h ^= h >> 33
+        h &*= 0xff51_afd7_ed55_8ccd
+        return h ^ (h >> 33)
+    }
+}
+
+/// A cluster's configuration does not fit this node.
+public struct ClusterConfigurationError: Error, CustomStringConvertible {
+    public let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// What `GET /cluster` and `sensorlog cluster status` show: this node's view of the members,
+/// each partition's owner and epoch, the stream's end and how far this node has applied it.
+public struct ClusterStatus: Encodable, Sendable {
+    public struct Partition: Encodable, Sendable {
+        public var partition: Int
+        /// The lease's holder now (nil: no owner; writes to the partition are refused until one takes it).
+        public var owner: String?
+        public var ownedHere: Bool
+        /// The latest fence's epoch this node has read (its own, when it owns the partition).
+        public var epoch: UInt64
+        public var streamLastSequence: UInt64?
+        /// The stream sequence this node's log holds up to.
+        public var appliedSequence: UInt64
+        /// Stream messages not in this node's log yet (nil when the stream cannot be read).
+        public var lag: UInt64?
+        /// The partition's end offset in this node's log.
+        public var localEnd: Int64
+        /// A former owner's batches that got in after a newer fence, skipped.
+        public var skippedStale: Int
+
+        enum CodingKeys: String, CodingKey {
+            case partition, owner, epoch, lag
+            case ownedHere = "owned_here", streamLastSequence = "stream_last_sequence", appliedSequence = "applied_sequence"
+            case localEnd = "local_end", skippedStale = "skipped_stale"
+        }
+    }
+
+    public var node: String
+    /// The NATS server this node is connected to now.
+    public var nats: String?
+    /// Nodes whose membership lease is alive.
+    public var members: [String]
+    public var partitions: [Partition]
+}
+
+extension ClusterNode {
+    /// This node's view of the cluster now (reads each lease and stream: a few milliseconds).
+    public func status() async -> ClusterStatus {
+        let live = state.withLock { $0.live }
+        var partitions: [ClusterStatus.Partition] = []
+        for (p, owner) in owners.enumerated() {
+            let stream = owner.stream
+            let (holder, last) = await (try? NATSConnection.offPool(PartitionOwner.reads) { () throws(NATSError) in
+                (try owner.lease.currentHolder(), try stream.lastSequence())
+            }).map { ($0.0, Optional($0.1)) } ?? (nil, nil)
+            let follower = await owner.follower
+            let applied = follower.nextSequence - 1
+            partitions.append(ClusterStatus.Partition(
+                partition: p, owner: holder, ownedHere: owns(p), epoch: follower.epoch, streamLastSequence: last,
+                appliedSequence: applied, lag: last.map { $0 > applied ? $0 - applied : 0 }, localEnd: log.partitions[p].endOffset,
+                skippedStale: follower.skipped))
+        }
+        return ClusterStatus(node: configuration.nodeID, nats: connection.connectedURL, members: live.sorted(), partitions: partitions)
+    }
+}
