@@ -1,4 +1,3 @@
-import Dispatch
 public import Ingest
 public import JetStream
 public import LogStore
@@ -25,8 +24,9 @@ public struct ClusterConfiguration: Sendable {
     public var writeWait: Duration = .seconds(5)
     /// How long a node waits for the owner to answer a forwarded submission.
     public var forwardTimeout: Duration = .seconds(10)
-    /// Readings per forwarded message (NATS's default payload limit is 1 MiB).
-    public var forwardChunkReadings = 4_096
+    /// Readings per forwarded message and per batch in a stream: NATS's default payload limit is
+    /// 1 MiB, and 2 048 of the largest readings (about 350 bytes each) stay under it.
+    public var forwardChunkReadings = 2_048
 
     public init(nats: NATSConfiguration, nodeID: String) {
         self.nats = nats
@@ -48,7 +48,7 @@ public final class ClusterNode: PartitionRouting, @unchecked Sendable {
     let pipeline: IngestPipeline
     let logger: Logger
     private let state: Mutex<State>
-    private static let forwards = DispatchQueue(label: "sensorlog.cluster.forwards", attributes: .concurrent)
+    private static let forwards = BlockingPool(name: "cluster-forwards", threads: 32)
 
     struct State {
         var owned: [Bool]
@@ -56,6 +56,10 @@ public final class ClusterNode: PartitionRouting, @unchecked Sendable {
         var freeRounds: [Int]
         var subscriptions: [Subscription?]
         var live: [String] = []
+        /// Every stream has been read to its end once: this node may become a member.
+        var caughtUp = false
+        /// Forwarded submissions being answered.
+        var handlers = 0
     }
 
     /// Connects, checks that the cluster's partition count is this log's, opens every stream and
@@ -129,11 +133,13 @@ public final class ClusterNode: PartitionRouting, @unchecked Sendable {
 
     public func owns(_ partition: Int) -> Bool { state.withLock { $0.owned[partition] } }
 
-    public func appendAsOwner(_ readings: [Reading], partition: Int) async throws(LogError) -> AppendResult {
+    public var maxReadingsPerAppend: Int { configuration.forwardChunkReadings }
+
+    public func appendAsOwner(_ readings: [Reading], partition: Int, expectedEnd: Int64) async throws(LogError) -> AppendResult {
         do {
-            return try await owners[partition].append(readings)
-        } catch let error as LogError where error.code == .invalidArgument {
-            throw error
+            return try await owners[partition].append(readings, expectedEnd: expectedEnd)
+        } catch let error as LogError where error.code == .invalidArgument || error.code == .unavailable {
+            throw error  // nothing written: still the owner
         } catch {
             markLost(partition)
             logger.warning("stepped down as owner after a failed write", metadata: ["partition": "\(partition)", "error": "\(error)"])
@@ -159,12 +165,22 @@ public final class ClusterNode: PartitionRouting, @unchecked Sendable {
                 return .failure(LogError(.unavailable, "the owner of partition \(partition) answered something unreadable"))
             }
             switch result {
-            case .success(let piece): merged.append(piece, after: start)
+            case .success(let piece):
+                guard Self.fits(piece, count: end - start, detailed: detailed) else {
+                    return .failure(LogError(.unavailable, "the owner of partition \(partition) answered for another number of readings"))
+                }
+                merged.append(piece, after: start)
             case .failure(let error): return .failure(error)
             }
             start = end
         }
         return .success(merged)
+    }
+
+    /// Whether an owner's answer is about `count` readings (its indices are used to index them).
+    static func fits(_ r: SubmissionResult, count: Int, detailed: Bool) -> Bool {
+        (!detailed || r.outcomes?.count == count) && (r.firstRefused?.index ?? 0) < max(count, 1)
+            && (r.firstProblem?.index ?? 0) < max(count, 1)
     }
 
     static func forwardSubject(_ partition: Int) -> String { "slog.fwd.p\(partition)" }
@@ -190,8 +206,10 @@ public final class ClusterNode: PartitionRouting, @unchecked Sendable {
     /// Answers forwarded submissions while this node owns `partition`.
     private func subscribe(_ partition: Int) throws(NATSError) -> Subscription {
         let pipeline = pipeline
-        return try connection.subscribe(Self.forwardSubject(partition)) { request in
+        return try connection.subscribe(Self.forwardSubject(partition)) { [self] request in
+            state.withLock { $0.handlers += 1 }
             Task {
+                defer { state.withLock { $0.handlers -= 1 } }
                 guard let (readings, detailed) = ForwardCodec.decodeSubmission(request.data) else {
                     request.respond(ForwardCodec.encode(.failure(LogError(.invalidArgument, "an unreadable forwarded submission"))))
                     return
@@ -213,41 +231,68 @@ public final class ClusterNode: PartitionRouting, @unchecked Sendable {
     // MARK: the control loop
 
     /// Follows the streams and keeps the leases until the task is cancelled, then gives up what
-    /// it owns (so others take it over without waiting out the TTL) and disconnects.
+    /// it owns (so others take it over without waiting out the TTL) and disconnects. Leases and
+    /// streams have a task each: a long catch-up must not hold up the renewals.
     public func run() async {
-        var nextRenewal = ContinuousClock.now
-        while !Task.isCancelled {
-            if ContinuousClock.now >= nextRenewal {
-                await manageLeases()
-                nextRenewal = .now + configuration.renewInterval
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                while !Task.isCancelled {
+                    await self.manageLeases()
+                    try? await Task.sleep(for: self.configuration.renewInterval)
+                }
             }
-            await followOthers()
-            try? await Task.sleep(for: configuration.followInterval)
+            group.addTask {
+                while !Task.isCancelled {
+                    if await self.followOthers() { self.state.withLock { $0.caughtUp = true } }
+                    try? await Task.sleep(for: self.configuration.followInterval)
+                }
+            }
         }
-        for p in owners.indices where owns(p) {
+        for p in owners.indices {
             markLost(p)
-            await owners[p].resign()
+            if await owners[p].epoch != nil { await owners[p].resign() }
         }
-        try? membership.release()
+        let (membership, leases, key) = (membership, leases, "node.\(configuration.nodeID)")
+        _ = try? await NATSConnection.offPool(PartitionOwner.control) { () throws(NATSError) in
+            if membership.epoch != nil { try leases.delete(key) }
+        }
+        await drainHandlers()
         connection.close()
     }
 
+    /// Waits (a few seconds at most) for forwarded submissions under way to be answered.
+    private func drainHandlers() async {
+        let deadline = ContinuousClock.now + .seconds(5)
+        while state.withLock({ $0.handlers }) > 0, ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+    }
+
     /// Reads the streams of partitions owned elsewhere into the local log, and into the dedupe.
-    private func followOthers() async {
+    /// - Returns: whether every one was read to its end.
+    private func followOthers() async -> Bool {
+        var all = true
         for p in owners.indices where !owns(p) {
             do {
                 if try await owners[p].catchUp() > 0 { try await pipeline.absorb(partition: p) }
             } catch {
+                all = false
                 logger.error("cannot follow the stream", metadata: ["partition": "\(p)", "error": "\(error)"])
             }
         }
+        return all
     }
 
     private func manageLeases() async {
-        let live = liveNodes()
+        let live = await liveNodes()
         for p in owners.indices {
-            if await owners[p].epoch != nil {
+            let held = await owners[p].epoch != nil
+            if held && owns(p) {
                 await keep(p, live: live)
+            } else if held {
+                // Held but not serving: a takeover that did not finish, or a failed append's
+                // step-down that came after a new takeover. Give it up; the next round takes it.
+                await owners[p].resign()
             } else {
                 if owns(p) { markLost(p) }  // stepped down during an append
                 await tryToTake(p, live: live)
@@ -255,13 +300,21 @@ public final class ClusterNode: PartitionRouting, @unchecked Sendable {
         }
     }
 
-    /// This node's membership lease, renewed, and the members whose lease is alive.
-    private func liveNodes() -> [String] {
+    /// The members whose lease is alive, this node's renewed. A node joins the members only once
+    /// it has read every stream to its end: a member is preferred for partitions at once, and
+    /// their owners hand them over, which a node far behind would make wait for its catch-up.
+    private func liveNodes() async -> [String] {
+        let (membership, leases, joined) = (membership, leases, state.withLock { $0.caughtUp })
         do {
-            if try membership.epoch == nil || !membership.renew() { _ = try membership.take() }
-            let live = try leases.keys().filter { $0.hasPrefix("node.") }.map { String($0.dropFirst(5)) }
+            let live = try await NATSConnection.offPool(PartitionOwner.control) { () throws(NATSError) in
+                if joined {
+                    let renewed = membership.epoch != nil ? try membership.renew() : false
+                    if !renewed { _ = try membership.take() }
+                }
+                return try leases.keys().filter { $0.hasPrefix("node.") }.map { String($0.dropFirst(5)) }
+            }
             state.withLock { $0.live = live }
-            return live.contains(configuration.nodeID) ? live : live + [configuration.nodeID]
+            return live
         } catch {
             logger.warning("cannot read the cluster's members", metadata: ["error": "\(error)"])
             return state.withLock { $0.live }
@@ -296,7 +349,8 @@ public final class ClusterNode: PartitionRouting, @unchecked Sendable {
     /// rounds otherwise (the preferred one is gone, or slow).
     private func tryToTake(_ p: Int, live: [String]) async {
         do {
-            let holder = try owners[p].lease.currentHolder()
+            let lease = owners[p].lease
+            let holder = try await NATSConnection.offPool(PartitionOwner.control) { () throws(NATSError) in try lease.currentHolder() }
             let rounds = state.withLock { s -> Int in
                 s.freeRounds[p] = holder == nil ? s.freeRounds[p] + 1 : 0
                 return s.freeRounds[p]
@@ -318,6 +372,7 @@ public final class ClusterNode: PartitionRouting, @unchecked Sendable {
             ])
         } catch {
             logger.warning("cannot take the partition over", metadata: ["partition": "\(p)", "error": "\(error)"])
+            if await owners[p].epoch != nil { await owners[p].resign() }  // taken but not served: give it back
         }
     }
 

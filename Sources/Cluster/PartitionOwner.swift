@@ -1,7 +1,6 @@
 public import JetStream
 public import LogStore
 public import SensorLogCore
-import Dispatch
 import Synchronization
 
 /// A node's ownership of one partition (docs/cluster-design.md): its lease, its fence in the
@@ -48,25 +47,26 @@ public actor PartitionOwner {
         let stream = stream
         while true {
             let from = follower.nextSequence
-            let (tail, entries) = try await NATSConnection.offPool(Self.reads) { () throws(NATSError) in
+            let (tail, read) = try await NATSConnection.offPool(Self.reads) { () throws(NATSError) in
                 let tail = try stream.lastSequence()
-                return (tail, from <= tail ? try stream.entries(from: from, limit: 1_000) : [])
+                let read: (entries: [StreamEntry], through: UInt64) = from <= tail ? try stream.entries(from: from, limit: 1_000) : ([], from - 1)
+                return (tail, read)
             }
-            guard from <= tail else { return appended }
+            guard from <= tail, read.through >= from else { return appended }  // at the end, or a replica behind
             var next = follower  // applied on a copy (an actor's property cannot be borrowed across an
-            appended += try await next.apply(entries, to: log)  // await); `serial` keeps anyone else out meanwhile
+            appended += try await next.apply(read.entries, to: log)  // await); `serial` keeps anyone else out meanwhile
             follower = next
-            if entries.isEmpty {
-                // Nothing of ours up to the end (not a sensorlog message): past it.
-                follower.advance(through: tail, epoch: follower.epoch)
-            }
+            // Past what was read that is not an entry (another program's message, a purged start).
+            follower.advance(through: read.through, epoch: follower.epoch)
         }
     }
 
     /// The stream's reads and writes block on the network: they run on these threads, not on
     /// the cooperative pool (see `NATSConnection.offPool`).
-    static let reads = DispatchQueue(label: "sensorlog.cluster.reads", attributes: .concurrent)
-    static let writes = DispatchQueue(label: "sensorlog.cluster.writes", attributes: .concurrent)
+    static let reads = BlockingPool(name: "cluster-reads", threads: 4)
+    static let writes = BlockingPool(name: "cluster-writes", threads: 8)
+    /// Leases, fences and the control loop's other calls.
+    static let control = BlockingPool(name: "cluster-control", threads: 2)
 
     /// Takes the partition over: the lease, then the local log caught up to the stream's end,
     /// then a fence after that end, so that a former owner's next write is refused.
@@ -74,13 +74,20 @@ public actor PartitionOwner {
     public func takeOver() async throws -> Bool {
         await serial.acquire()
         defer { serial.release() }
-        _ = try stream.open()  // the stream exists from here on
-        guard let newEpoch = try lease.take() else { return false }
+        let (stream, lease, wait) = (stream, lease, writeWait)
+        let taken = try await NATSConnection.offPool(Self.control) { () throws(NATSError) in
+            _ = try stream.open()  // the stream exists from here on
+            return try lease.take()
+        }
+        guard let newEpoch = taken else { return false }
         do {
             try await followToEnd()
             let tail = follower.nextSequence - 1
-            guard case .stored(let sequence) = try stream.writeFence(epoch: newEpoch, after: tail, deadline: .now + writeWait) else {
-                try? lease.release()
+            let fenced = try await NATSConnection.offPool(Self.control) { () throws(NATSError) in
+                try stream.writeFence(epoch: newEpoch, after: tail, deadline: .now + wait)
+            }
+            guard case .stored(let sequence) = fenced else {
+                await releaseLease()
                 return false
             }
             follower.advance(through: sequence, epoch: newEpoch)
@@ -88,21 +95,32 @@ public actor PartitionOwner {
             epoch = newEpoch
             return true
         } catch {
-            try? lease.release()  // let another node have it without waiting out the TTL
+            await releaseLease()  // let another node have it without waiting out the TTL
             throw error
         }
     }
 
+    private func releaseLease() async {
+        let lease = lease
+        _ = try? await NATSConnection.offPool(Self.control) { () throws(NATSError) in try lease.release() }
+    }
+
     /// Appends `readings` (all of this partition) as its owner: the batch is written to the
     /// stream, and then to the local log. - Returns: where the local log put them.
+    /// - Parameter expectedEnd: the local log's end the caller judged `readings` against (its
+    ///   dedupe): refused `.unavailable` if the log has moved since (the caller's view is stale:
+    ///   another epoch's batches came in meanwhile), nothing written, still the owner.
     /// - Throws: `Failure.notOwner` when fenced; the stream's or the log's error otherwise. Either
     ///   way this node steps down: after a write whose outcome it could not learn, or a batch the
     ///   stream holds and its log does not, only a new `takeOver` (which catches up from the
     ///   stream) makes its log and the stream agree again.
-    public func append(_ readings: [Reading]) async throws -> AppendResult {
+    public func append(_ readings: [Reading], expectedEnd: Int64? = nil) async throws -> AppendResult {
         await serial.acquire()
         defer { serial.release() }
         guard let epoch else { throw Failure.notOwner }
+        if let expectedEnd, expectedEnd != log.partitions[partition].endOffset {
+            throw LogError(.unavailable, "partition \(partition) moved on while the readings were checked; retry")
+        }
         do {
             let batch = try log.encodeNext(readings, partition: partition)
             guard batch.count <= Int(stream.spec.maxMessageBytes) else {
@@ -129,9 +147,10 @@ public actor PartitionOwner {
     }
 
     /// Renews the lease; steps down when it was lost. - Returns: whether this node still owns.
-    public func renew() throws -> Bool {
+    public func renew() async throws -> Bool {
         guard epoch != nil else { return false }
-        if try lease.renew() { return true }
+        let lease = lease
+        if try await NATSConnection.offPool(Self.control, { () throws(NATSError) in try lease.renew() }) { return true }
         stepDown()
         return false
     }
@@ -142,7 +161,7 @@ public actor PartitionOwner {
         await serial.acquire()
         defer { serial.release() }
         stepDown()
-        try? lease.release()
+        await releaseLease()
     }
 
     /// Steps down without a word to the cluster (its renewals failed for too long).

@@ -100,19 +100,22 @@ public final class PartitionStream: @unchecked Sendable {
             && stored.data == data
     }
 
-    /// The entries from `sequence` on, at most `limit`: what a follower applies in order.
-    public func entries(from sequence: UInt64, limit: Int) throws(NATSError) -> [StreamEntry] {
+    /// The entries from `sequence` on, at most `limit`, in order: what a follower applies, and
+    /// the sequence it has read through (past messages that are not sensorlog's, and purged ones).
+    /// Stops early at a message that cannot be read: reads may be served by a replica that is
+    /// behind the leader, whose "not found" is no purge. Nothing is ever deleted from a stream but
+    /// by a purge of its start, so only a sequence below the first is gone for good.
+    public func entries(from sequence: UInt64, limit: Int) throws(NATSError) -> (entries: [StreamEntry], through: UInt64) {
         let state = try connection.streamState(spec.name)
-        let last = state.lastSequence
         var out: [StreamEntry] = []
-        var next = max(sequence, state.firstSequence)  // nothing below the first: purged
-        while next <= last, out.count < limit {
-            defer { next += 1 }
-            guard let message = try connection.message(spec.name, sequence: next) else { continue }  // purged
+        var next = max(sequence, state.firstSequence)
+        while next <= state.lastSequence, out.count < limit {
+            guard let message = try connection.message(spec.name, sequence: next) else { break }  // not on this replica yet
+            next += 1
             guard let kind = message.headers[Self.kindHeader].flatMap(StreamEntry.Kind.init(rawValue:)),
                   let epoch = message.headers[Self.epochHeader].flatMap(UInt64.init) else { continue }  // not ours
             out.append(StreamEntry(sequence: message.sequence, kind: kind, epoch: epoch, batch: message.data))
         }
-        return out
+        return (out, next - 1)
     }
 }

@@ -64,6 +64,10 @@ public final class IngestPipeline: Sendable {
         guard partition >= 0, partition < partitions.count, readings.allSatisfy({ log.partition(for: $0.sensorID) == partition }) else {
             return .failure(LogError(.invalidArgument, "a forwarded submission holds readings of another partition"))
         }
+        let types = Set(validator.typeNames)
+        guard readings.allSatisfy({ types.contains($0.type) }) else {
+            return .failure(LogError(.invalidArgument, "a forwarded submission holds a type this node does not accept; every node needs the same --sensor-type flags"))
+        }
         guard routing.withLock({ $0?.owns(partition) }) == true else {
             return .failure(LogError(.unavailable, "this node does not own partition \(partition)"))
         }

@@ -95,12 +95,20 @@ actor PartitionIngest {
     func route(through routing: any PartitionRouting) { self.routing = routing }
 
     /// Rebuilds the state from the whole partition (start-up).
-    func rebuild() throws(LogError) { try absorb() }
+    func rebuild() throws(LogError) { try absorbLog() }
 
-    /// Takes into the state what the log holds past what it read: everything at start-up, and in
-    /// a cluster the batches a follower copied from the owner's stream (before this node owns
-    /// the partition, its dedupe must know them).
-    func absorb() throws(LogError) {
+    /// Takes into the state what the log holds past what it read: in a cluster, the batches a
+    /// follower copied from the owner's stream (before this node owns the partition, its dedupe
+    /// must know them). Between two batches of appends, as a deletion: a failed append's undo
+    /// must not write over what this adds.
+    func absorb() async throws(LogError) {
+        await takeLead()
+        defer { passLead() }
+        try absorbLog()
+    }
+
+    private func absorbLog() throws(LogError) {
+        defer { absorbedEnd = max(absorbedEnd, log.partitions[partition].startOffset) }  // all of it removed by retention
         let reader = log.reader(partition: partition, from: absorbedEnd)
         var batch = DecodedBatch()
         var hashes: [UInt64] = []
@@ -393,13 +401,13 @@ actor PartitionIngest {
 
         var start = 0
         var chunkBases: [Int64] = []
-        let limit = log.configuration.limits.maxBatchRecords
+        let limit = min(log.configuration.limits.maxBatchRecords, routing?.maxReadingsPerAppend ?? .max)
         while start < fresh.count {
             let end = min(start + limit, fresh.count)
             let chunk = start == 0 && end == fresh.count ? fresh : Array(fresh[start..<end])
             do {
                 let result = if let routing {
-                    try await routing.appendAsOwner(chunk, partition: partition)
+                    try await routing.appendAsOwner(chunk, partition: partition, expectedEnd: absorbedEnd)
                 } else {
                     try await log.append(chunk, toPartition: partition)
                 }

@@ -9,8 +9,11 @@ public protocol PartitionRouting: Sendable {
     /// Whether this node owns `partition` now (a hint: the append itself is the check).
     func owns(_ partition: Int) -> Bool
     /// Appends as the owner: replicated, then in the local log. - Throws: `.unavailable` when this
-    /// node no longer owns the partition or the replicated write's outcome is unknown.
-    func appendAsOwner(_ readings: [Reading], partition: Int) async throws(LogError) -> AppendResult
+    /// node no longer owns the partition, the replicated write's outcome is unknown, or the log's
+    /// end is no longer `expectedEnd` (the end the readings' dedupe was judged against).
+    func appendAsOwner(_ readings: [Reading], partition: Int, expectedEnd: Int64) async throws(LogError) -> AppendResult
+    /// The most readings one append may carry (a replicated message has a size limit).
+    var maxReadingsPerAppend: Int { get }
     /// Sends readings of a partition this node does not own to its owner, whose pipeline checks
     /// and appends them. - Returns: the owner's result, or `.unavailable` when no owner answered.
     func forward(_ readings: [Reading], partition: Int, detailed: Bool) async -> Result<SubmissionResult, LogError>

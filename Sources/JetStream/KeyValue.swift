@@ -62,4 +62,9 @@ public final class KeyValueBucket: @unchecked Sendable {
         guard status == NATS_OK else { throw NATSError.compareAndSet(status, what: "cannot update \(name)/\(key) at revision \(revision)") }
         return next
     }
+
+    /// Deletes the key (a delete marker: it is no longer among `keys()`).
+    public func delete(_ key: String) throws(NATSError) {
+        try check(kvStore_Delete(store, key), "cannot delete \(name)/\(key)")
+    }
 }

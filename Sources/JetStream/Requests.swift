@@ -2,7 +2,7 @@
 import Glibc
 #endif
 import CNATS
-public import Dispatch
+import Foundation
 import Synchronization
 
 /// A request a subscription received: its bytes, and how to answer it.
@@ -23,16 +23,14 @@ public struct IncomingRequest: @unchecked Sendable {
 /// for it, so it must not block; it hands the work to a task.
 public final class Subscription: @unchecked Sendable {
     let pointer: OpaquePointer
-    let handler: Unmanaged<HandlerBox>
     private let done = Mutex(false)
 
-    init(pointer: OpaquePointer, handler: Unmanaged<HandlerBox>) {
+    init(pointer: OpaquePointer) {
         self.pointer = pointer
-        self.handler = handler
     }
 
-    /// Stops delivery. Messages already queued for the handler may still arrive, so the handler
-    /// itself stays alive until this object goes.
+    /// Stops delivery. The handler may still run once more, or be running: nats.c lets the
+    /// handler go (its on-complete callback) only once it will not run again.
     public func unsubscribe() {
         guard done.withLock({ (d: inout Bool) -> Bool in defer { d = true }; return !d }) else { return }
         natsSubscription_Unsubscribe(pointer)
@@ -41,7 +39,6 @@ public final class Subscription: @unchecked Sendable {
     deinit {
         unsubscribe()
         natsSubscription_Destroy(pointer)
-        handler.release()
     }
 }
 
@@ -75,7 +72,9 @@ extension NATSConnection {
             box.release()
             throw NATSError(status, what: "cannot subscribe to \(subject)")
         }
-        return Subscription(pointer: sub, handler: box)
+        // The box goes when nats.c says no message will be delivered any more.
+        natsSubscription_SetOnCompleteCB(sub, { Unmanaged<HandlerBox>.fromOpaque($0!).release() }, box.toOpaque())
+        return Subscription(pointer: sub)
     }
 
     /// Sends `data` to whoever subscribes to `subject` and waits for the first answer. Blocks:
@@ -92,15 +91,48 @@ extension NATSConnection {
         return count == 0 ? [] : Array(UnsafeRawBufferPointer(start: natsMsg_GetData(reply), count: count))
     }
 
-    /// Runs a blocking NATS call on a thread of `queue` instead of the cooperative pool, whose
-    /// few threads (one a core) would otherwise wait on the network. Each kind of call has its
-    /// own queue, so calls that wait on another node (forwarding) never hold the threads the
-    /// calls that node waits on (the stream's writes) need.
-    public static func offPool<T: Sendable>(_ queue: DispatchQueue, _ body: @escaping @Sendable () throws(NATSError) -> T) async throws(NATSError) -> T {
+    /// Runs a blocking NATS call on a thread of `pool` instead of the cooperative pool, whose
+    /// few threads (one a core) would otherwise wait on the network.
+    public static func offPool<T: Sendable>(_ pool: BlockingPool, _ body: @escaping @Sendable () throws(NATSError) -> T) async throws(NATSError) -> T {
         let result: Result<T, NATSError> = await withCheckedContinuation { continuation in
-            queue.async { continuation.resume(returning: Result { () throws(NATSError) in try body() }) }
+            pool.run { continuation.resume(returning: Result { () throws(NATSError) in try body() }) }
         }
         return try result.get()
+    }
+}
+
+/// Threads of its own for calls that block on the network. Each kind of call has its own pool,
+/// so calls that wait on another node (forwarding) never hold the threads that the calls that
+/// node waits on (the stream's writes) need: a cycle across nodes would otherwise stall until
+/// timeouts. (Dispatch's concurrent queues share one pool about as wide as the cores.)
+public final class BlockingPool: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var jobs: [@Sendable () -> Void] = []
+
+    /// Starts `threads` threads, which live as long as the process.
+    public init(name: String, threads: Int) {
+        for i in 0..<threads {
+            let thread = Thread { [self] in work() }
+            thread.name = "\(name)-\(i)"
+            thread.start()
+        }
+    }
+
+    public func run(_ job: @escaping @Sendable () -> Void) {
+        condition.lock()
+        jobs.append(job)
+        condition.signal()
+        condition.unlock()
+    }
+
+    private func work() {
+        while true {
+            condition.lock()
+            while jobs.isEmpty { condition.wait() }
+            let job = jobs.removeFirst()
+            condition.unlock()
+            job()
+        }
     }
 }
 

@@ -56,7 +56,7 @@ extension NATSSuites {
             for chunk in chunks.suffix(from: 2) { _ = try await b.append(chunk) }
 
             var follower = StreamFollower(partition: 0)
-            _ = try await follower.apply(try PartitionStream(c, partition: 0).entries(from: 1, limit: 100_000), to: logF)
+            _ = try await follower.apply(try PartitionStream(c, partition: 0).entries(from: 1, limit: 100_000).entries, to: logF)
             for log in [logA, logB, logF] { try log.close() }
             let (batchesA, batchesB, batchesF) = (try storedBatches(dirs[0].path, partition: 0),
                                                   try storedBatches(dirs[1].path, partition: 0),

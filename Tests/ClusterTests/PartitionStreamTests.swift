@@ -33,7 +33,7 @@ extension NATSSuites {
         func follow(_ stream: PartitionStream, into dir: TemporaryDirectory) async throws -> (Log, StreamFollower) {
             let log = try Log.open(dataDirectory: dir.path, configuration: LogConfiguration(limits: Self.limits))
             var follower = StreamFollower(partition: 0)
-            _ = try await follower.apply(try stream.entries(from: 1, limit: 100_000), to: log)
+            _ = try await follower.apply(try stream.entries(from: 1, limit: 100_000).entries, to: log)
             return (log, follower)
         }
 

@@ -9,6 +9,7 @@ NATS_SERVER = os.environ.get("SENSORLOG_NATS_SERVER") or os.path.join(ROOT, ".ve
 class NATSCluster:
     def __init__(self, root=None, size=3):
         self.root = root or tempfile.mkdtemp(prefix="sensorlog-nats-")
+        os.makedirs(self.root, exist_ok=True)
         self.ports = [free_port() for _ in range(size)]
         self.cluster_ports = [free_port() for _ in range(size)]
         self.procs = [None] * size
@@ -76,11 +77,12 @@ def wait_owned(servers, timeout=60):
     while time.time() < deadline:
         try:
             views = [status(s) for s in servers]
-            owners = [{p["partition"]: p["owner"] for p in v["partitions"]} for v in views]
+            owners = [{p["partition"]: p.get("owner") for p in v["partitions"]} for v in views]
             here = set()
             for v in views:
                 here |= {p["partition"] for p in v["partitions"] if p["owned_here"]}
-            if all(o and all(o.values()) for o in owners) and len(here) == len(views[0]["partitions"]):
+            members = all(len(v["members"]) == len(servers) for v in views)
+            if members and all(o and all(o.values()) for o in owners) and len(here) == len(views[0]["partitions"]):
                 return views
         except (OSError, AssertionError):
             pass
