@@ -58,6 +58,8 @@ public final class ClusterNode: PartitionRouting, @unchecked Sendable {
         var live: [String] = []
         /// Every stream has been read to its end once: this node may become a member.
         var caughtUp = false
+        var followedOnce: [Bool] = []
+        var ownedSince: [ContinuousClock.Instant] = []
         /// Forwarded submissions being answered.
         var handlers = 0
     }
@@ -93,7 +95,8 @@ public final class ClusterNode: PartitionRouting, @unchecked Sendable {
         membership = Lease(bucket: leases, key: "node.\(configuration.nodeID)", holder: configuration.nodeID)
         let n = log.partitions.count
         state = Mutex(State(owned: Array(repeating: false, count: n), lastRenewed: Array(repeating: .now, count: n),
-                            freeRounds: Array(repeating: 0, count: n), subscriptions: Array(repeating: nil, count: n)))
+                            freeRounds: Array(repeating: 0, count: n), subscriptions: Array(repeating: nil, count: n),
+                            followedOnce: Array(repeating: false, count: n), ownedSince: Array(repeating: .now, count: n)))
         await pipeline.route(through: self)
     }
 
@@ -253,8 +256,10 @@ public final class ClusterNode: PartitionRouting, @unchecked Sendable {
             if await owners[p].epoch != nil { await owners[p].resign() }
         }
         let (membership, leases, key) = (membership, leases, "node.\(configuration.nodeID)")
+        let progress = "progress.\(configuration.nodeID)"
         _ = try? await NATSConnection.offPool(PartitionOwner.control) { () throws(NATSError) in
             if membership.epoch != nil { try leases.delete(key) }
+            try leases.delete(progress)
         }
         await drainHandlers()
         connection.close()
@@ -269,22 +274,22 @@ public final class ClusterNode: PartitionRouting, @unchecked Sendable {
     }
 
     /// Reads the streams of partitions owned elsewhere into the local log, and into the dedupe.
-    /// - Returns: whether every one was read to its end.
+    /// - Returns: whether every stream has been read to its end at least once (an owned one counts).
     private func followOthers() async -> Bool {
-        var all = true
         for p in owners.indices where !owns(p) {
             do {
                 if try await owners[p].catchUp() > 0 { try await pipeline.absorb(partition: p) }
+                state.withLock { $0.followedOnce[p] = true }
             } catch {
-                all = false
                 logger.error("cannot follow the stream", metadata: ["partition": "\(p)", "error": "\(error)"])
             }
         }
-        return all
+        return state.withLock { s in s.followedOnce.indices.allSatisfy { s.followedOnce[$0] || s.owned[$0] } }
     }
 
     private func manageLeases() async {
         let live = await liveNodes()
+        await publishProgress()
         for p in owners.indices {
             let held = await owners[p].epoch != nil
             if held && owns(p) {
@@ -298,6 +303,15 @@ public final class ClusterNode: PartitionRouting, @unchecked Sendable {
                 await tryToTake(p, live: live)
             }
         }
+    }
+
+    /// How far this node has applied each stream, for every node's `status()`: a key of the lease
+    /// bucket, so it expires with a node that is gone.
+    private func publishProgress() async {
+        var applied: [String] = []
+        for owner in owners { applied.append(String(await owner.follower.nextSequence - 1)) }
+        let (leases, key, value) = (leases, "progress.\(configuration.nodeID)", Array(applied.joined(separator: ",").utf8))
+        _ = try? await NATSConnection.offPool(PartitionOwner.control) { () throws(NATSError) in try leases.put(key, value) }
     }
 
     /// The members whose lease is alive, this node's renewed. A node joins the members only once
@@ -329,7 +343,12 @@ public final class ClusterNode: PartitionRouting, @unchecked Sendable {
                 return
             }
             state.withLock { $0.lastRenewed[p] = .now }
-            if Self.preferred(p, among: live) != configuration.nodeID {
+            // Hand over only between members that both see themselves as such, and not at once
+            // after taking it: two nodes whose member lists differ for a moment would otherwise
+            // pass the partition back and forth.
+            let since = state.withLock { $0.ownedSince[p] }
+            if live.contains(configuration.nodeID), let preferred = Self.preferred(p, among: live), preferred != configuration.nodeID,
+               ContinuousClock.now - since > configuration.renewInterval * 5 {
                 markLost(p)
                 await owners[p].resign()
                 logger.info("handed the partition over to the node preferred for it", metadata: ["partition": "\(p)"])
@@ -364,6 +383,7 @@ public final class ClusterNode: PartitionRouting, @unchecked Sendable {
             state.withLock { s in
                 s.owned[p] = true
                 s.lastRenewed[p] = .now
+                s.ownedSince[p] = .now
                 s.subscriptions[p] = subscription
             }
             let epoch = await owners[p].epoch ?? 0
@@ -433,6 +453,18 @@ public struct ClusterStatus: Encodable, Sendable {
     /// Nodes whose membership lease is alive.
     public var members: [String]
     public var partitions: [Partition]
+    /// Every node that reported its progress lately (members, and nodes still catching up).
+    public var nodes: [Node]
+
+    public struct Node: Encodable, Sendable {
+        public var node: String
+        /// Per partition, the stream sequence the node's log holds up to.
+        public var applied: [UInt64]
+        /// Per partition, stream messages not in the node's log yet (as of its last report, a
+        /// second old at most).
+        public var lag: [UInt64?]
+        public var member: Bool
+    }
 }
 
 extension ClusterNode {
@@ -452,6 +484,22 @@ extension ClusterNode {
                 appliedSequence: applied, lag: last.map { $0 > applied ? $0 - applied : 0 }, localEnd: log.partitions[p].endOffset,
                 skippedStale: follower.skipped))
         }
-        return ClusterStatus(node: configuration.nodeID, nats: connection.connectedURL, members: live.sorted(), partitions: partitions)
+        let leases = leases
+        let reports = (try? await NATSConnection.offPool(PartitionOwner.reads) { () throws(NATSError) -> [(String, [UInt8])] in
+            var out: [(String, [UInt8])] = []
+            for key in try leases.keys() where key.hasPrefix("progress.") {
+                if let (value, _) = try leases.get(key) { out.append((String(key.dropFirst("progress.".count)), value)) }
+            }
+            return out
+        }) ?? []
+        let nodes = reports.sorted { $0.0 < $1.0 }.map { name, value in
+            let applied = String(decoding: value, as: UTF8.self).split(separator: ",").map { UInt64($0) ?? 0 }
+            let lag = applied.indices.map { p in
+                p < partitions.count ? partitions[p].streamLastSequence.map { $0 > applied[p] ? $0 - applied[p] : 0 } : nil
+            }
+            return ClusterStatus.Node(node: name, applied: applied, lag: lag, member: live.contains(name))
+        }
+        return ClusterStatus(node: configuration.nodeID, nats: connection.connectedURL, members: live.sorted(), partitions: partitions,
+                             nodes: nodes)
     }
 }

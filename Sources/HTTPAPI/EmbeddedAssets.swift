@@ -867,7 +867,7 @@ document.addEventListener("DOMContentLoaded", start);
 </html>
 
 """#####),
-        "openapi.json": Asset(contentType: "application/json; charset=utf-8", etag: "\"bd3606a29aa2c6904166\"", text: #####"""
+        "openapi.json": Asset(contentType: "application/json; charset=utf-8", etag: "\"2671f1faa141ca9ec453\"", text: #####"""
 {
  "openapi": "3.1.0",
  "info": {
@@ -1739,6 +1739,99 @@ document.addEventListener("DOMContentLoaded", start);
          "type": "string"
         },
         "example": "# HELP sensorlog_http_requests_total HTTP requests answered, by route template and status.\n# TYPE sensorlog_http_requests_total counter\nsensorlog_http_requests_total{route=\"/sensor/data\",status=\"201\"} 42\n"
+       }
+      }
+     }
+    }
+   }
+  },
+  "/cluster": {
+   "get": {
+    "operationId": "clusterStatus",
+    "tags": [
+     "query"
+    ],
+    "summary": "This node's view of the cluster (cluster mode)",
+    "description": "The members, each partition's owner (the holder of its lease), the latest epoch this node\nhas read, the stream's last sequence and how far this node's log holds it, and every node's\nlag per partition as it last reported it (docs/operations.md, \"Cluster\";\n`sensorlog cluster status` prints it). A server started without `--cluster` answers 404\n`not_clustered`. Needs the `read` role.\n",
+    "parameters": [
+     {
+      "$ref": "#/components/parameters/RequestId"
+     }
+    ],
+    "responses": {
+     "200": {
+      "description": "The cluster as this node sees it.",
+      "headers": {
+       "X-Request-Id": {
+        "$ref": "#/components/headers/X-Request-Id"
+       }
+      },
+      "content": {
+       "application/json": {
+        "schema": {
+         "$ref": "#/components/schemas/ClusterStatus"
+        },
+        "example": {
+         "node": "s1",
+         "nats": "nats://127.0.0.1:4222",
+         "members": [
+          "s0",
+          "s1",
+          "s2"
+         ],
+         "partitions": [
+          {
+           "partition": 0,
+           "owner": "s2",
+           "owned_here": false,
+           "epoch": 41,
+           "stream_last_sequence": 120,
+           "applied_sequence": 120,
+           "lag": 0,
+           "local_end": 5100,
+           "skipped_stale": 0
+          }
+         ],
+         "nodes": [
+          {
+           "node": "s1",
+           "applied": [
+            120
+           ],
+           "lag": [
+            0
+           ],
+           "member": true
+          }
+         ]
+        }
+       }
+      }
+     },
+     "401": {
+      "$ref": "#/components/responses/Unauthorized"
+     },
+     "403": {
+      "$ref": "#/components/responses/Forbidden"
+     },
+     "404": {
+      "description": "The server runs on its own (`not_clustered`).",
+      "headers": {
+       "X-Request-Id": {
+        "$ref": "#/components/headers/X-Request-Id"
+       }
+      },
+      "content": {
+       "application/json": {
+        "schema": {
+         "$ref": "#/components/schemas/Error"
+        },
+        "example": {
+         "error": {
+          "code": "not_clustered",
+          "message": "this server runs on its own (started without --cluster)"
+         }
+        }
        }
       }
      }
@@ -5243,6 +5336,123 @@ document.addEventListener("DOMContentLoaded", start);
          "minimum": 0,
          "maximum": 9223372036854775807,
          "description": "The next offset to read, at most the partition's end offset (400 beyond)."
+        }
+       }
+      }
+     }
+    }
+   },
+   "ClusterStatus": {
+    "type": "object",
+    "required": [
+     "node",
+     "members",
+     "partitions",
+     "nodes"
+    ],
+    "additionalProperties": false,
+    "properties": {
+     "node": {
+      "type": "string"
+     },
+     "nats": {
+      "type": "string",
+      "description": "The NATS server this node is connected to now."
+     },
+     "members": {
+      "type": "array",
+      "items": {
+       "type": "string"
+      }
+     },
+     "partitions": {
+      "type": "array",
+      "items": {
+       "type": "object",
+       "required": [
+        "partition",
+        "owned_here",
+        "epoch",
+        "applied_sequence",
+        "local_end",
+        "skipped_stale"
+       ],
+       "additionalProperties": false,
+       "properties": {
+        "partition": {
+         "type": "integer",
+         "minimum": 0
+        },
+        "owner": {
+         "type": "string",
+         "description": "The lease holder; absent while no node owns the partition (its writes wait or get 503)."
+        },
+        "owned_here": {
+         "type": "boolean"
+        },
+        "epoch": {
+         "type": "integer",
+         "minimum": 0
+        },
+        "stream_last_sequence": {
+         "type": "integer",
+         "minimum": 0
+        },
+        "applied_sequence": {
+         "type": "integer",
+         "minimum": 0
+        },
+        "lag": {
+         "type": "integer",
+         "minimum": 0
+        },
+        "local_end": {
+         "type": "integer",
+         "minimum": 0
+        },
+        "skipped_stale": {
+         "type": "integer",
+         "minimum": 0,
+         "description": "A former owner's batches that got in after a newer fence",
+         "skipped.": null
+        }
+       }
+      }
+     },
+     "nodes": {
+      "type": "array",
+      "items": {
+       "type": "object",
+       "required": [
+        "node",
+        "applied",
+        "lag",
+        "member"
+       ],
+       "additionalProperties": false,
+       "properties": {
+        "node": {
+         "type": "string"
+        },
+        "applied": {
+         "type": "array",
+         "items": {
+          "type": "integer",
+          "minimum": 0
+         }
+        },
+        "lag": {
+         "type": "array",
+         "items": {
+          "type": [
+           "integer",
+           "null"
+          ],
+          "minimum": 0
+         }
+        },
+        "member": {
+         "type": "boolean"
         }
        }
       }

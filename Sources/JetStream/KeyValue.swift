@@ -67,4 +67,12 @@ public final class KeyValueBucket: @unchecked Sendable {
     public func delete(_ key: String) throws(NATSError) {
         try check(kvStore_Delete(store, key), "cannot delete \(name)/\(key)")
     }
+
+    /// Sets the key whatever it holds (for values only their writer changes). - Returns: its revision.
+    @discardableResult
+    public func put(_ key: String, _ value: [UInt8]) throws(NATSError) -> UInt64 {
+        var revision: UInt64 = 0
+        try check(kvStore_Put(&revision, store, key, value, Int32(value.count)), "cannot write \(name)/\(key)")
+        return revision
+    }
 }

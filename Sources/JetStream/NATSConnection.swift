@@ -23,6 +23,11 @@ public struct NATSConfiguration: Sendable {
     public var requestTimeoutMilliseconds: Int64 = 2_000
     /// How long a connection attempt to one server may take.
     public var connectTimeoutMilliseconds: Int64 = 2_000
+    /// A server that answers no ping for `maxPingsOut` intervals is left for another: a stopped
+    /// (not dead) server keeps its socket open, and nats.c's default (2 minutes, 2 pings) would
+    /// stall a node for minutes.
+    public var pingIntervalMilliseconds: Int64 = 1_000
+    public var maxPingsOut: Int32 = 3
 
     public init(urls: [String], name: String) {
         self.urls = urls
@@ -67,6 +72,8 @@ public final class NATSConnection: @unchecked Sendable {
         try check(natsOptions_SetMaxReconnect(options, -1), "NATS options")
         try check(natsOptions_SetReconnectWait(options, 100), "NATS options")
         try check(natsOptions_SetTimeout(options, c.connectTimeoutMilliseconds), "NATS options")
+        try check(natsOptions_SetPingInterval(options, c.pingIntervalMilliseconds), "NATS options")
+        try check(natsOptions_SetMaxPingsOut(options, c.maxPingsOut), "NATS options")
         if let file = c.credentialsFile { try check(natsOptions_SetUserCredentialsFromFiles(options, file, nil), "cannot read NATS credentials \(file)") }
         if let user = c.user { try check(natsOptions_SetUserInfo(options, user, c.password), "NATS user") }
         if let token = c.token { try check(natsOptions_SetToken(options, token), "NATS token") }

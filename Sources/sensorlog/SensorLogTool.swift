@@ -19,5 +19,5 @@ struct SensorLogTool: ParsableCommand {
         commandName: "sensorlog",
         abstract: "Inspect and maintain a sensorlog data directory.",
         version: SensorLogVersion.current,
-        subcommands: [Stats.self, Dump.self, Verify.self, Groups.self, Sensors.self, ResetOffsets.self, Compact.self, DeleteSensor.self, Retention.self, Backup.self, Restore.self, RebuildAggregates.self, Keys.self])
+        subcommands: [Stats.self, Dump.self, Verify.self, Groups.self, Sensors.self, ResetOffsets.self, Compact.self, DeleteSensor.self, Retention.self, Backup.self, Restore.self, RebuildAggregates.self, Keys.self, ClusterCommand.self])
 }

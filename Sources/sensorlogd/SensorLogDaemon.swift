@@ -163,6 +163,9 @@ struct SensorLogDaemon: AsyncParsableCommand {
     @Option(help: "Copies of each partition's stream on the NATS servers (default 3).")
     var clusterReplicas: Int?
 
+    @Option(help: "Seconds a partition's lease lasts without renewal (default 6): how long a dead owner's partitions wait before another node takes them over. At least 2.")
+    var clusterLeaseSeconds: Int?
+
     @Option(help: "NATS credentials file (.creds) for --cluster.")
     var natsCreds: String?
 
@@ -208,6 +211,11 @@ struct SensorLogDaemon: AsyncParsableCommand {
         if let replicas = try e.value(clusterReplicas, "CLUSTER_REPLICAS") {
             guard (1...5).contains(replicas) else { throw ValidationError("--cluster-replicas must be 1 to 5") }
             c.replicas = replicas
+        }
+        if let lease = try e.value(clusterLeaseSeconds, "CLUSTER_LEASE_SECONDS") {
+            guard (2...300).contains(lease) else { throw ValidationError("--cluster-lease-seconds must be 2 to 300") }
+            c.leaseTTL = .seconds(lease)
+            c.renewInterval = min(.seconds(1), c.leaseTTL / 4)
         }
         return c
     }

@@ -15,7 +15,7 @@ from cluster import NATSCluster, node, status, wait_owned
 from test_exactly_once import workload, line, reference, stored, check, wait_settled
 
 SEEDS = [int(os.environ["SENSORLOG_CLUSTER_SEED"])] if os.environ.get("SENSORLOG_CLUSTER_SEED") else [21, 22]
-LEASE_SECONDS = 6  # ClusterConfiguration.leaseTTL
+LEASE_SECONDS = 3  # --cluster-lease-seconds: shorter than the default 6, to keep the test short
 
 
 class Producer:
@@ -48,10 +48,14 @@ class Producer:
                 self.write(target, chunk)
 
     def write(self, target, chunk):
+        started = time.time()
         try:
             code, body, _ = target.request("POST", "/write?precision=ns", b"".join(line(r) for r in chunk), timeout=30)
         except OSError:
             return False
+        finally:
+            if time.time() - started > 2:
+                print(f"    slow write: {time.time() - started:.1f} s to {name(target)}", flush=True)
         if code == 204:
             self.acked |= {(r[0], r[4]) for r in chunk}
             return True
@@ -70,12 +74,16 @@ class Producer:
                 time.sleep(0.2)
 
 
+def name(server):
+    return server.extra[server.extra.index("--node-id") + 1]
+
+
 def owner_of(nodes, partition):
     for n in nodes:
         if n.proc and n.proc.poll() is None and not getattr(n, "stopped", False):
             for p in status(n)["partitions"]:
                 if p["partition"] == partition and p.get("owner"):
-                    return next(m for m in nodes if m.extra[m.extra.index("--node-id") + 1] == p["owner"])
+                    return next(m for m in nodes if name(m) == p["owner"])
     raise AssertionError(f"no owner of partition {partition}")
 
 
@@ -105,13 +113,23 @@ def readings(data_dir):
 @pytest.mark.parametrize("seed", SEEDS)
 def test_faults_then_every_node_holds_every_reading_once(seed, tmp_path):
     print(f"seed {seed} (SENSORLOG_CLUSTER_SEED)")
+    t0 = time.time()
+    def phase(name):
+        print(f"  {time.time() - t0:6.1f} s  {name}", flush=True)
     rnd = random.Random(seed)
     nats = NATSCluster(root=str(tmp_path / "nats"))
-    nodes = [node(nats, f"s{i}", data_dir=str(tmp_path / f"s{i}")) for i in range(3)]
+    lease = ["--cluster-lease-seconds", str(LEASE_SECONDS)]
+    nodes = [node(nats, f"s{i}", data_dir=str(tmp_path / f"s{i}"), extra=lease) for i in range(3)]
     try:
         for n in nodes:
             n.start()
         wait_owned(nodes)
+        phase("owned")
+        # The operator's view, from any node: every member, an owner for every partition.
+        r = subprocess.run([os.path.join(BIN, "sensorlog"), "cluster", "status", "--url", f"http://127.0.0.1:{nodes[1].http}"],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert "members: s0, s1, s2" in r.stdout and "(none)" not in r.stdout, r.stdout
         # One value per (sensor, timestamp): which of two values lands first is up to the race
         # between nodes, so the workload has no such pair (resends repeat a reading whole).
         rows = list({(r[0], r[4]): r for r in reversed(workload(9_000, sensors=300, seed=seed))}.values())[::-1]
@@ -123,8 +141,10 @@ def test_faults_then_every_node_holds_every_reading_once(seed, tmp_path):
         # kill -9 an owning node: its partitions are taken over once its leases expire.
         victim = owner_of(nodes, rnd.randrange(8))
         victim.stop(signal.SIGKILL)
+        phase("victim killed")
         producer.send(thirds[0][k // 2:])
         victim.start()
+        phase("victim restarted")
 
         # The zombie: an owner stopped past its lease while its appends are in flight, then woken.
         zombie = owner_of(nodes, rnd.randrange(8))
@@ -136,6 +156,7 @@ def test_faults_then_every_node_holds_every_reading_once(seed, tmp_path):
         producer.send(thirds[1][k // 3:2 * k // 3])
         time.sleep(max(0, LEASE_SECONDS + 2 - 0))  # past its lease on the servers' clocks
         zombie.proc.send_signal(signal.SIGCONT)
+        phase("zombie woken")
         zombie.stopped = False
         c.close()
 
@@ -144,16 +165,24 @@ def test_faults_then_every_node_holds_every_reading_once(seed, tmp_path):
         nats.signal(dead, signal.SIGKILL)
         producer.send(thirds[1][2 * k // 3:])
         nats.start(dead)
+        phase("nats restarted")
         paused = (dead + 1) % 3
         nats.signal(paused, signal.SIGSTOP)
         producer.send(thirds[2][:k // 2])
+        phase("sent while a nats-server is stopped")
         nats.signal(paused, signal.SIGCONT)
         producer.send(thirds[2][k // 2:])
+        phase("sent the rest")
 
         producer.settle()
+        phase("settled")
         distinct = len({(r[0], r[4]) for r in rows})
         assert producer.acked == {(r[0], r[4]) for r in rows}
         settled(nodes, distinct)
+        phase("caught up")
+        view = status(nodes[0])
+        assert {n["node"] for n in view["nodes"]} == {"s0", "s1", "s2"}
+        assert all(p.get("skipped_stale", 0) >= 0 for p in view["partitions"])
         for n in nodes:
             assert n.stop() == 0
         ref = reference(rows)
@@ -162,12 +191,13 @@ def test_faults_then_every_node_holds_every_reading_once(seed, tmp_path):
         for got in logs:
             assert len(got) == len(set((g[0], g[1]) for g in got)), "a reading stored twice"
             assert got == expected
+        phase("checked")
         aggregates = [stored(os.path.join(n.data_dir, "aggregates.sqlite")) for n in nodes]
         for a in aggregates:
             check(a, ref)
 
         # A fresh node catches up from the streams alone; its rebuild equals the live rows.
-        fresh = node(nats, "s3", data_dir=str(tmp_path / "s3")).start()
+        fresh = node(nats, "s3", data_dir=str(tmp_path / "s3"), extra=lease).start()
         settled([fresh], distinct)
         assert fresh.stop() == 0
         assert readings(fresh.data_dir) == expected
