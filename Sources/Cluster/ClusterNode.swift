@@ -106,7 +106,9 @@ public final class ClusterNode: PartitionRouting, @unchecked Sendable {
         var owners: [PartitionOwner] = []
         for p in 0..<log.partitions.count {
             let stream = PartitionStream(connection, partition: p, replicas: c.replicas, duplicateWindow: c.duplicateWindow)
-            _ = try stream.open()
+            if try stream.open() == 0, log.partitions[p].endOffset > 0 {
+                throw ClusterConfigurationError("partition \(p) has \(log.partitions[p].endOffset) records in this node's log and none in the cluster's stream: a node's data directory must be empty when it first joins (not a single node's, nor another cluster's)")
+            }
             owners.append(PartitionOwner(partition: p, stream: stream, lease: Lease(bucket: leases, key: "p\(p)", holder: c.nodeID),
                                          log: log, writeWait: c.writeWait))
         }

@@ -73,7 +73,7 @@ import Testing
 
         await daemon.stop()
         try await running.value
-        #expect(daemon.stoppedServices == ["http", "mqtt", "line protocol", "admin", "maintenance", "aggregator", "log"])
+        #expect(daemon.stoppedServices == ["http", "mqtt", "line protocol", "admin", "cluster", "maintenance", "aggregator", "log"])
         #expect(daemon.stoppedServices == Daemon.serviceOrder.reversed())
         // Closed cleanly: everything is there, and the aggregator committed all of it.
         let log = try Log.open(dataDirectory: dir.path)
