@@ -221,13 +221,16 @@ public final class IngestPipeline: Sendable {
         var failure: LogError?
         var appended = 0
         var refused: [String: Int] = [:]
-        let routing = routing.withLock { $0 }
-        for (p, group) in groups.enumerated() where !group.isEmpty {
-            let result = if let routing, !routing.owns(p) {
-                await routing.forward(group, partition: p, detailed: detailed)
-            } else {
-                await partitions[p].submit(group, detailed: detailed)
-            }
+        let results: [(Int, Result<SubmissionResult, LogError>)]
+        if let routing = routing.withLock({ $0 }) {
+            results = await routed(groups, detailed: detailed, routing)
+        } else {
+            var local: [(Int, Result<SubmissionResult, LogError>)] = []
+            for (p, group) in groups.enumerated() where !group.isEmpty { local.append((p, await partitions[p].submit(group, detailed: detailed))) }
+            results = local
+        }
+        for (p, result) in results {
+            let group = groups[p]
             switch result {
             case .success(let result):
                 appended += result.appended
@@ -247,6 +250,22 @@ public final class IngestPipeline: Sendable {
         // says nothing about whether the log can take writes again.
         if failure != nil || appended > 0 { appendFailure.withLock { $0 = failure } }
         if let failure { throw failure }
+    }
+
+    /// Cluster mode: every partition's group at once, each to this node's pipeline or forwarded
+    /// to its owner: one after another, a submission would wait for a round trip per partition.
+    private func routed(_ groups: [[Reading]], detailed: Bool, _ routing: any PartitionRouting) async -> [(Int, Result<SubmissionResult, LogError>)] {
+        await withTaskGroup(of: (Int, Result<SubmissionResult, LogError>).self) { tasks in
+            for (p, group) in groups.enumerated() where !group.isEmpty {
+                tasks.addTask { [partitions] in
+                    (p, routing.owns(p) ? await partitions[p].submit(group, detailed: detailed)
+                                        : await routing.forward(group, partition: p, detailed: detailed))
+                }
+            }
+            var out: [(Int, Result<SubmissionResult, LogError>)] = []
+            for await result in tasks { out.append(result) }
+            return out.sorted { $0.0 < $1.0 }
+        }
     }
 
     /// Why the log cannot accept writes, if it cannot: the last append failed (until one

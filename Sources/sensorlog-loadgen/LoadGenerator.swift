@@ -28,6 +28,7 @@ struct LoadGenerator: ParsableCommand {
     @Option(help: "HTTP port, to read sensorlog_readings_ingested_total from /metrics (0: do not wait).") var httpPort = 8080
     @Option(help: "Readings to send.") var readings = 1_000_000
     @Option(help: "Distinct sensors.") var sensors = 10_000
+    @Option(help: "Sensor ids start with this (several loadgens at once, each its own sensors: in order per sensor).") var sensorPrefix = "sensor-"
     @Option(help: "TCP connections.") var connections = 4
     @Option(help: "Target readings a second over all connections (0: flat out).") var rate = 0.0
     @Option(help: "Epoch seconds of the first simulated second (default: now).") var baseSeconds: Int64?
@@ -52,7 +53,7 @@ struct LoadGenerator: ParsableCommand {
             seed = seed &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
             let milli = bases[s % 3] + Int((seed >> 33) % 10_001) - 5000
             let value = "\(milli / 1000).\(String(format: "%03d", milli % 1000))"
-            let line = "\(types[s % 3]),sensor_id=sensor-\(String(format: sensors <= 100_000 ? "%05d" : "%07d", s)),location=site-\(String(format: "%02d", s % 50)) value=\(value) \(base + Int64(k) * 1_000_000_000 + Int64(s) * 1000)\n"
+            let line = "\(types[s % 3]),sensor_id=\(sensorPrefix)\(String(format: sensors <= 100_000 ? "%05d" : "%07d", s)),location=site-\(String(format: "%02d", s % 50)) value=\(value) \(base + Int64(k) * 1_000_000_000 + Int64(s) * 1000)\n"
             payloads[s % connections].append(contentsOf: line.utf8)
         }
         let bytes = payloads.reduce(0) { $0 + $1.count }
