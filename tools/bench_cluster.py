@@ -51,7 +51,7 @@ def sensor_in(server, partition, salt):
     for i in range(1000):
         code, body = post_one(conn, f"probe-{salt}-{i}", i)
         if code == 201 and json.loads(body)["partition"] == partition:
-            return f"probe-{i}"
+            return f"probe-{salt}-{i}"
     raise AssertionError(f"no probe sensor in partition {partition}")
 
 

@@ -202,7 +202,7 @@ public final class ClusterNode: PartitionRouting, @unchecked Sendable {
                 return try await NATSConnection.offPool(forwards) { () throws(NATSError) in
                     try connection.request(subject, data, timeoutMilliseconds: Int64(left))
                 }
-            } catch where error.kind == .noResponders && ContinuousClock.now + .milliseconds(50) < deadline {
+            } catch where error.kind == .noResponders && ContinuousClock.now + .milliseconds(50) < deadline && !Task.isCancelled {
                 try? await Task.sleep(for: .milliseconds(50))
             }
         }
@@ -253,17 +253,16 @@ public final class ClusterNode: PartitionRouting, @unchecked Sendable {
                 }
             }
         }
-        for p in owners.indices {
-            markLost(p)
-            if await owners[p].epoch != nil { await owners[p].resign() }
-        }
+        // No more forwarded submissions, then the ones under way answered, then the leases given up.
+        for p in owners.indices { markLost(p) }
+        await drainHandlers()
+        for p in owners.indices where await owners[p].epoch != nil { await owners[p].resign() }
         let (membership, leases, key) = (membership, leases, "node.\(configuration.nodeID)")
         let progress = "progress.\(configuration.nodeID)"
         _ = try? await NATSConnection.offPool(PartitionOwner.control) { () throws(NATSError) in
             if membership.epoch != nil { try leases.delete(key) }
             try leases.delete(progress)
         }
-        await drainHandlers()
         connection.close()
     }
 
@@ -280,10 +279,14 @@ public final class ClusterNode: PartitionRouting, @unchecked Sendable {
     private func followOthers() async -> Bool {
         for p in owners.indices where !owns(p) {
             do {
-                if try await owners[p].catchUp() > 0 { try await pipeline.absorb(partition: p) }
-                state.withLock { $0.followedOnce[p] = true }
+                let atEnd = try await owners[p].catchUp()
+                if atEnd { state.withLock { $0.followedOnce[p] = true } }
             } catch {
                 logger.error("cannot follow the stream", metadata: ["partition": "\(p)", "error": "\(error)"])
+            }
+            // Whatever reached the log, even before a failure: the dedupe must know it.
+            do { try await pipeline.absorb(partition: p) } catch {
+                logger.error("cannot read what the follower copied", metadata: ["partition": "\(p)", "error": "\(error)"])
             }
         }
         return state.withLock { s in s.followedOnce.indices.allSatisfy { s.followedOnce[$0] || s.owned[$0] } }

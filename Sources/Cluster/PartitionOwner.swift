@@ -34,31 +34,40 @@ public actor PartitionOwner {
         follower = StreamFollower(partition: partition)
     }
 
-    /// Follows the stream into the local log up to its current end. - Returns: batches appended.
-    @discardableResult
-    public func catchUp() async throws -> Int {
+    /// Follows the stream into the local log, one read of at most 1 000 messages: the lock it
+    /// holds also serialises takeovers and resignations, which must not wait for a long catch-up.
+    /// - Returns: whether the log reached the stream's end.
+    public func catchUp() async throws -> Bool {
         await serial.acquire()
         defer { serial.release() }
-        return try await followToEnd()
+        return try await followToEnd(rounds: 1) == nil
     }
 
-    private func followToEnd() async throws -> Int {
+    /// Reads and applies the stream, `rounds` reads at most (nil: to its end).
+    /// - Returns: nil when at the stream's end (or a replica is behind), else the batches appended
+    ///   so far.
+    @discardableResult
+    private func followToEnd(rounds: Int? = nil) async throws -> Int? {
         var appended = 0
         let stream = stream
-        while true {
+        var round = 0
+        while rounds.map({ round < $0 }) ?? true {
+            round += 1
             let from = follower.nextSequence
             let (tail, read) = try await NATSConnection.offPool(Self.reads) { () throws(NATSError) in
                 let tail = try stream.lastSequence()
                 let read: (entries: [StreamEntry], through: UInt64) = from <= tail ? try stream.entries(from: from, limit: 1_000) : ([], from - 1)
                 return (tail, read)
             }
-            guard from <= tail, read.through >= from else { return appended }  // at the end, or a replica behind
+            guard from <= tail, read.through >= from else { return nil }  // at the end, or a replica behind
             var next = follower  // applied on a copy (an actor's property cannot be borrowed across an
             appended += try await next.apply(read.entries, to: log)  // await); `serial` keeps anyone else out meanwhile
             follower = next
             // Past what was read that is not an entry (another program's message, a purged start).
             follower.advance(through: read.through, epoch: follower.epoch)
+            if read.through >= tail { return nil }
         }
+        return appended
     }
 
     /// The stream's reads and writes block on the network: they run on these threads, not on

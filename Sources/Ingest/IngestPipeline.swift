@@ -71,8 +71,9 @@ public final class IngestPipeline: Sendable {
         guard routing.withLock({ $0?.owns(partition) }) == true else {
             return .failure(LogError(.unavailable, "this node does not own partition \(partition)"))
         }
-        begin()
-        defer { end() }
+        // Not counted for `drain()`: other nodes forward without pause, and the listeners'
+        // shutdown would wait for a quiet moment that may not come. The cluster node waits for
+        // its handlers itself, before the log closes.
         return await partitions[partition].submit(readings, detailed: detailed)
     }
 

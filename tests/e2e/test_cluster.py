@@ -8,7 +8,7 @@ aggregates equal a reference fold of the distinct readings, and a fresh empty no
 the streams alone and rebuilds the same aggregates from offset zero.
 
 The seed comes from SENSORLOG_CLUSTER_SEED (else two fixed ones) and is printed."""
-import calendar, os, random, signal, socket, subprocess, time
+import calendar, json, os, random, signal, socket, subprocess, time
 import pytest
 from conftest import BIN, dump_all
 from cluster import NATSCluster, node, status, wait_owned
@@ -25,15 +25,20 @@ class Producer:
 
     def __init__(self, nodes, rnd):
         self.nodes, self.rnd = nodes, rnd
-        self.acked, self.sent = set(), []
+        self.acked, self.sent, self.checked = set(), [], 0
 
     def live(self):
         return [n for n in self.nodes if n.proc and n.proc.poll() is None and not getattr(n, "stopped", False)]
 
     def send(self, rows, resend_fraction=0.2):
         extra = self.rnd.sample(self.sent, min(len(self.sent), int(len(rows) * resend_fraction))) if self.sent else []
+        # Half the resends are of readings the cluster acknowledged, as JSON, whose answer says
+        # reading by reading whether it was stored again: an acknowledged reading lost (and so
+        # stored again by the resend) fails here instead of being healed unseen.
+        acked = [r for r in extra if (r[0], r[4]) in self.acked]
+        self.check_acked(acked[:len(acked) // 2])
         self.sent += rows
-        batch = rows + extra
+        batch = rows + [r for r in extra if r not in acked[:len(acked) // 2]]
         for i in range(0, len(batch), 200):
             chunk = batch[i:i + 200]
             target = self.rnd.choice(self.live())
@@ -61,6 +66,26 @@ class Producer:
             return True
         assert code == 503, (code, body)  # the owner is changing: retried later
         return False
+
+    def check_acked(self, rows):
+        for i in range(0, len(rows), 200):
+            chunk = rows[i:i + 200]
+            doc = [{"sensor_id": r[0], "type": r[1], "value": r[2], "location": r[3], "timestamp": iso(r[4])} for r in chunk]
+            while True:
+                target = self.rnd.choice(self.live())
+                try:
+                    code, body, _ = target.request("POST", "/sensor/data", json.dumps(doc).encode(),
+                                                   {"Content-Type": "application/json"}, timeout=30)
+                except OSError:
+                    continue
+                if code == 503:
+                    time.sleep(0.2)
+                    continue
+                assert code in (200, 201), (code, body)
+                answer = json.loads(body)
+                assert answer["accepted"] == 0, f"acknowledged readings stored again (lost before?): {answer}"
+                self.checked += len(chunk)
+                break
 
     def settle(self, deadline_seconds=120):
         """Until every reading sent has been acknowledged once over HTTP."""
@@ -97,6 +122,10 @@ def settled(nodes, distinct, timeout=120):
             assert time.time() < deadline, f"{n.data_dir} did not catch up: {parts}"
             time.sleep(0.1)
         wait_settled(n, distinct, timeout=max(1, deadline - time.time()))
+
+
+def iso(ns):
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10**9)) + f".{ns % 10**9:09d}Z"
 
 
 def nanoseconds(iso):
@@ -176,13 +205,19 @@ def test_faults_then_every_node_holds_every_reading_once(seed, tmp_path):
 
         producer.settle()
         phase("settled")
+        assert producer.checked > 200, producer.checked  # acknowledged readings resent and found stored once
         distinct = len({(r[0], r[4]) for r in rows})
         assert producer.acked == {(r[0], r[4]) for r in rows}
         settled(nodes, distinct)
         phase("caught up")
-        view = status(nodes[0])
-        assert {n["node"] for n in view["nodes"]} == {"s0", "s1", "s2"}
-        assert all(p.get("skipped_stale", 0) >= 0 for p in view["partitions"])
+        # Every node's own report (a second old at most) comes to lag 0 on every partition.
+        deadline = time.time() + 15
+        while True:
+            view = status(nodes[0])
+            if {n["node"] for n in view["nodes"]} == {"s0", "s1", "s2"} and all(max(n["lag"]) == 0 for n in view["nodes"]):
+                break
+            assert time.time() < deadline, view["nodes"]
+            time.sleep(0.2)
         for n in nodes:
             assert n.stop() == 0
         ref = reference(rows)
