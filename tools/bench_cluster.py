@@ -112,12 +112,13 @@ def main():
     ap.add_argument("--posts", type=int, default=2000)
     ap.add_argument("--takeovers", type=int, default=3)
     ap.add_argument("--readings", type=int, default=1_000_000, help="line-protocol readings per node")
+    ap.add_argument("--takeover-only", action="store_true", help="only the takeover rounds")
     args = ap.parse_args()
     results = {}
     work = tempfile.mkdtemp(prefix="sensorlog-bench-cluster-")
     # POST under --fsync always; line protocol under the default (interval): in a cluster the
     # stream is the synced copy (every server fsyncs each message), the local log a second one.
-    for fsync in ("always", "interval"):
+    for fsync in () if args.takeover_only else ("always", "interval"):
         single = Server(os.path.join(work, f"single-{fsync}"), extra=["--fsync", fsync]).start()
         try:
             if fsync == "always":
@@ -134,28 +135,31 @@ def main():
         for n in nodes:
             n.start()
         wait_owned(nodes)
-        ms = []
-        for k, n in enumerate(nodes):
-            ms += latencies(n, args.posts // 3, f"c{k}")
-        results["cluster_post_always"] = summary(ms)
-        print("cluster POST:", results["cluster_post_always"], file=sys.stderr, flush=True)
+        if not args.takeover_only:
+            ms = []
+            for k, n in enumerate(nodes):
+                ms += latencies(n, args.posts // 3, f"c{k}")
+            results["cluster_post_always"] = summary(ms)
+            print("cluster POST:", results["cluster_post_always"], file=sys.stderr, flush=True)
         for n in nodes:
             n.stop()
             n.extra[n.extra.index("--fsync") + 1] = "interval"
             n.start()
         wait_owned(nodes)
-        results["cluster_tcp"] = tcp_throughput(nodes, args.readings)
-        print("cluster TCP:", results["cluster_tcp"]["readings_per_second"], file=sys.stderr, flush=True)
+        if not args.takeover_only:
+            results["cluster_tcp"] = tcp_throughput(nodes, args.readings)
+            print("cluster TCP:", results["cluster_tcp"]["readings_per_second"], file=sys.stderr, flush=True)
         results["takeover_seconds"] = takeover(nodes, args.takeovers)
     finally:
         for n in nodes:
             n.stop(signal.SIGKILL)
         nats.stop()
     os.makedirs(os.path.join(ROOT, "Benchmarks", "results"), exist_ok=True)
-    with open(os.path.join(ROOT, "Benchmarks", "results", "cluster.json"), "w") as f:
+    with open(os.path.join(ROOT, "Benchmarks", "results", "cluster-takeover.json" if args.takeover_only else "cluster.json"), "w") as f:
         json.dump(results, f, indent=2)
     print(json.dumps({k: v for k, v in results.items() if k not in ("single_tcp", "cluster_tcp")}, indent=2))
-    print("TCP readings/s: single", results["single_tcp"]["readings_per_second"], "cluster", results["cluster_tcp"]["readings_per_second"])
+    if not args.takeover_only:
+        print("TCP readings/s: single", results["single_tcp"]["readings_per_second"], "cluster", results["cluster_tcp"]["readings_per_second"])
 
 
 if __name__ == "__main__":
