@@ -253,7 +253,12 @@ public final class ClusterNode: PartitionRouting, @unchecked Sendable {
                 }
             }
         }
-        // No more forwarded submissions, then the ones under way answered, then the leases given up.
+        // Out of the cancelled task: its sleeps would return at once (a spin, not a wait).
+        await Task.detached { [self] in await shutDown() }.value
+    }
+
+    /// No more forwarded submissions, then the ones under way answered, then the leases given up.
+    private func shutDown() async {
         for p in owners.indices { markLost(p) }
         await drainHandlers()
         for p in owners.indices where await owners[p].epoch != nil { await owners[p].resign() }
