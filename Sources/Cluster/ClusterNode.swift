@@ -481,12 +481,19 @@ extension ClusterNode {
     /// This node's view of the cluster now (reads each lease and stream: a few milliseconds).
     public func status() async -> ClusterStatus {
         let live = state.withLock { $0.live }
+        let (owners, leases) = (owners, leases)
+        // One hop off the cooperative pool for every NATS read the answer needs.
+        let read = (try? await NATSConnection.offPool(PartitionOwner.reads) { () throws(NATSError) in
+            let tails = try owners.map { owner throws(NATSError) in (try owner.lease.currentHolder(), try owner.stream.lastSequence()) }
+            var reports: [(String, [UInt8])] = []
+            for key in try leases.keys() where key.hasPrefix("progress.") {
+                if let (value, _) = try leases.get(key) { reports.append((String(key.dropFirst("progress.".count)), value)) }
+            }
+            return (tails, reports)
+        })
         var partitions: [ClusterStatus.Partition] = []
         for (p, owner) in owners.enumerated() {
-            let stream = owner.stream
-            let (holder, last) = await (try? NATSConnection.offPool(PartitionOwner.reads) { () throws(NATSError) in
-                (try owner.lease.currentHolder(), try stream.lastSequence())
-            }).map { ($0.0, Optional($0.1)) } ?? (nil, nil)
+            let (holder, last) = read.map { ($0.0[p].0, Optional($0.0[p].1)) } ?? (nil, nil)
             let follower = await owner.follower
             let applied = follower.nextSequence - 1
             partitions.append(ClusterStatus.Partition(
@@ -494,15 +501,7 @@ extension ClusterNode {
                 appliedSequence: applied, lag: last.map { $0 > applied ? $0 - applied : 0 }, localEnd: log.partitions[p].endOffset,
                 skippedStale: follower.skipped))
         }
-        let leases = leases
-        let reports = (try? await NATSConnection.offPool(PartitionOwner.reads) { () throws(NATSError) -> [(String, [UInt8])] in
-            var out: [(String, [UInt8])] = []
-            for key in try leases.keys() where key.hasPrefix("progress.") {
-                if let (value, _) = try leases.get(key) { out.append((String(key.dropFirst("progress.".count)), value)) }
-            }
-            return out
-        }) ?? []
-        let nodes = reports.sorted { $0.0 < $1.0 }.map { name, value in
+        let nodes = (read?.1 ?? []).sorted { $0.0 < $1.0 }.map { name, value in
             let applied = String(decoding: value, as: UTF8.self).split(separator: ",").map { UInt64($0) ?? 0 }
             let lag = applied.indices.map { p in
                 p < partitions.count ? partitions[p].streamLastSequence.map { $0 > applied[p] ? $0 - applied[p] : 0 } : nil

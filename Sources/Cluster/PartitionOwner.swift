@@ -40,15 +40,14 @@ public actor PartitionOwner {
     public func catchUp() async throws -> Bool {
         await serial.acquire()
         defer { serial.release() }
-        return try await followToEnd(rounds: 1) == nil
+        return try await followToEnd(rounds: 1)
     }
 
     /// Reads and applies the stream, `rounds` reads at most (nil: to its end).
-    /// - Returns: nil when at the stream's end (or a replica is behind), else the batches appended
-    ///   so far.
+    /// - Returns: whether the log reached the stream's end (or a replica is behind, which ends
+    ///   this read too).
     @discardableResult
-    private func followToEnd(rounds: Int? = nil) async throws -> Int? {
-        var appended = 0
+    private func followToEnd(rounds: Int? = nil) async throws -> Bool {
         let stream = stream
         var round = 0
         while rounds.map({ round < $0 }) ?? true {
@@ -59,15 +58,15 @@ public actor PartitionOwner {
                 let read: (entries: [StreamEntry], through: UInt64) = from <= tail ? try stream.entries(from: from, limit: 1_000) : ([], from - 1)
                 return (tail, read)
             }
-            guard from <= tail, read.through >= from else { return nil }  // at the end, or a replica behind
+            guard from <= tail, read.through >= from else { return true }  // at the end, or a replica behind
             var next = follower  // applied on a copy (an actor's property cannot be borrowed across an
-            appended += try await next.apply(read.entries, to: log)  // await); `serial` keeps anyone else out meanwhile
+            _ = try await next.apply(read.entries, to: log)  // await); `serial` keeps anyone else out meanwhile
             follower = next
             // Past what was read that is not an entry (another program's message, a purged start).
             follower.advance(through: read.through, epoch: follower.epoch)
-            if read.through >= tail { return nil }
+            if read.through >= tail { return true }
         }
-        return appended
+        return false
     }
 
     /// The stream's reads and writes block on the network: they run on these threads, not on

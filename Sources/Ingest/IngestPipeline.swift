@@ -23,6 +23,8 @@ public final class IngestPipeline: Sendable {
     private let routing = Mutex<(any PartitionRouting)?>(nil)
     /// The next timestamp for a line that carries none (see `serverTimestamp()`).
     private let lastServerTimestamp = Atomic<Int64>(0)
+    /// The validator's types, for checking forwarded submissions (`submitAsOwner`).
+    private let acceptedTypes: Set<String>
 
     /// Opens the pipeline over `log`, rebuilding the per-sensor state from what the log holds.
     /// - Complexity: reads and decodes the whole log once.
@@ -36,6 +38,7 @@ public final class IngestPipeline: Sendable {
         self.validator = validator
         self.metrics = metrics
         let typeNames = validator.typeNames
+        acceptedTypes = Set(typeNames)
         let floors = try Retention.floors(dataDirectory: log.dataDirectory, partitions: log.partitions.count)
         var partitions: [PartitionIngest] = []
         let budget = SensorBudget(limit: log.configuration.limits.maxSensors)
@@ -64,8 +67,7 @@ public final class IngestPipeline: Sendable {
         guard partition >= 0, partition < partitions.count, readings.allSatisfy({ log.partition(for: $0.sensorID) == partition }) else {
             return .failure(LogError(.invalidArgument, "a forwarded submission holds readings of another partition"))
         }
-        let types = Set(validator.typeNames)
-        guard readings.allSatisfy({ types.contains($0.type) }) else {
+        guard readings.allSatisfy({ acceptedTypes.contains($0.type) }) else {
             return .failure(LogError(.invalidArgument, "a forwarded submission holds a type this node does not accept; every node needs the same --sensor-type flags"))
         }
         guard routing.withLock({ $0?.owns(partition) }) == true else {

@@ -39,17 +39,25 @@ public enum ForwardCodec {
     }
 
     public static func decodeSubmission(_ bytes: [UInt8]) -> (readings: [Reading], detailed: Bool)? {
-        var reader = Reader(bytes: bytes)
-        guard reader.byte() == version, let detailed = reader.byte(), let count = reader.u32(), count <= bytes.count / 20 else { return nil }
+        bytes.withUnsafeBytes { raw in try? decodeSubmission(raw) }
+    }
+
+    private static func decodeSubmission(_ raw: UnsafeRawBufferPointer) throws(DecodeError) -> (readings: [Reading], detailed: Bool) {
+        var reader = ByteReader(raw)
+        guard try reader.readByte() == version else { throw DecodeError("unknown version") }
+        let detailed = try reader.readByte() == 1
+        // A reading takes at least 28 bytes: a larger count is a lie, not an allocation.
+        let count = try reader.readCount32(max: reader.remaining / 28)
         var readings: [Reading] = []
-        readings.reserveCapacity(Int(count))
+        readings.reserveCapacity(count)
         for _ in 0..<count {
-            guard let id = reader.string(), let type = reader.string(), let location = reader.string(),
-                  let ts = reader.u64(), let value = reader.u64() else { return nil }
+            let id = try reader.readString32(), type = try reader.readString32(), location = try reader.readString32()
+            let ts = try reader.readLittleEndian(UInt64.self), value = try reader.readLittleEndian(UInt64.self)
             readings.append(Reading(sensorID: id, type: type, value: Double(bitPattern: value), location: location,
                                     timestamp: Int64(bitPattern: ts)))
         }
-        return reader.atEnd ? (readings, detailed == 1) : nil
+        try reader.expectEnd()
+        return (readings, detailed)
     }
 
     /// A result, or the failure the owner met (its code and message).
@@ -72,26 +80,31 @@ public enum ForwardCodec {
     }
 
     public static func decodeResult(_ bytes: [UInt8]) -> Result<SubmissionResult, LogError>? {
-        var reader = Reader(bytes: bytes)
-        guard reader.byte() == version, let tag = reader.byte() else { return nil }
-        if tag == 1 {
-            guard let code = reader.string(), let message = reader.string() else { return nil }
+        bytes.withUnsafeBytes { raw in try? decodeResult(raw) }
+    }
+
+    private static func decodeResult(_ raw: UnsafeRawBufferPointer) throws(DecodeError) -> Result<SubmissionResult, LogError> {
+        var reader = ByteReader(raw)
+        guard try reader.readByte() == version else { throw DecodeError("unknown version") }
+        if try reader.readByte() == 1 {
+            let code = try reader.readString32(), message = try reader.readString32()
+            try reader.expectEnd()
             return .failure(LogError(LogError.Code(rawValue: code), message))
         }
         var r = SubmissionResult()
-        guard let a = reader.u32(), let d = reader.u32(), let m = reader.u32(), let t = reader.u32(), let x = reader.u32(),
-              let s = reader.u32(), let first = reader.indexed(), let problem = reader.indexed(), let n = reader.u32() else { return nil }
-        (r.appended, r.duplicates, r.mismatches, r.tooOld, r.deleted, r.tooManySensors) = (Int(a), Int(d), Int(m), Int(t), Int(x), Int(s))
-        (r.firstRefused, r.firstProblem) = (first, problem)
+        var counts: [Int] = []
+        for _ in 0..<6 { counts.append(Int(try reader.readLittleEndian(UInt32.self))) }
+        (r.appended, r.duplicates, r.mismatches, r.tooOld, r.deleted, r.tooManySensors) = (counts[0], counts[1], counts[2], counts[3], counts[4], counts[5])
+        r.firstRefused = try reader.readIndexed()
+        r.firstProblem = try reader.readIndexed()
+        let n = try reader.readCount32(max: reader.remaining + 1)
         if n > 0 {
             var outcomes: [IngestOutcome] = []
-            for _ in 1..<n {
-                guard let o = reader.outcome() else { return nil }
-                outcomes.append(o)
-            }
+            for _ in 1..<n { outcomes.append(try reader.readOutcome()) }
             r.outcomes = outcomes
         }
-        return reader.atEnd ? .success(r) : nil
+        try reader.expectEnd()
+        return .success(r)
     }
 
     private static func put(_ v: UInt32, _ out: inout [UInt8]) { withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) } }
@@ -122,54 +135,44 @@ public enum ForwardCodec {
         case .tooManySensors: out.append(5)
         }
     }
+}
 
-    private struct Reader {
-        let bytes: [UInt8]
-        var at = 0
-        var atEnd: Bool { at == bytes.count }
+/// The forward codec's fields, read over untrusted bytes (another node's reply is checked too).
+extension ByteReader {
+    fileprivate mutating func readCount32(max limit: Int) throws(DecodeError) -> Int {
+        let n = try readLittleEndian(UInt32.self)
+        guard n <= limit else { throw DecodeError("count \(n) exceeds \(limit)") }
+        return Int(n)
+    }
 
-        mutating func byte() -> UInt8? {
-            guard at < bytes.count else { return nil }
-            defer { at += 1 }
-            return bytes[at]
-        }
+    fileprivate mutating func readString32() throws(DecodeError) -> String {
+        let n = try readCount32(max: remaining)
+        guard let s = String(validating: try readBytes(n), as: UTF8.self) else { throw DecodeError("a string is not valid UTF-8") }
+        return s
+    }
 
-        mutating func u32() -> UInt32? { fixed(UInt32.self) }
-        mutating func u64() -> UInt64? { fixed(UInt64.self) }
+    fileprivate func expectEnd() throws(DecodeError) {
+        guard remaining == 0 else { throw DecodeError("\(remaining) bytes after the end") }
+    }
 
-        private mutating func fixed<T: FixedWidthInteger>(_: T.Type) -> T? {
-            let size = MemoryLayout<T>.size
-            guard bytes.count - at >= size else { return nil }
-            defer { at += size }
-            return bytes.withUnsafeBytes { T(littleEndian: $0.loadUnaligned(fromByteOffset: at, as: T.self)) }
-        }
+    /// A `(index, outcome)`, or nil for its absence (`UInt32.max`).
+    fileprivate mutating func readIndexed() throws(DecodeError) -> (index: Int, outcome: IngestOutcome)? {
+        let i = try readLittleEndian(UInt32.self)
+        if i == UInt32.max { return nil }
+        return (Int(i), try readOutcome())
+    }
 
-        mutating func string() -> String? {
-            guard let n = u32(), bytes.count - at >= Int(n) else { return nil }
-            defer { at += Int(n) }
-            return String(decoding: bytes[at..<at + Int(n)], as: UTF8.self)
-        }
-
-        /// A `(index, outcome)` or its absence (`.some(nil)`); nil when the bytes end early.
-        mutating func indexed() -> (index: Int, outcome: IngestOutcome)?? {
-            guard let i = u32() else { return nil }
-            if i == UInt32.max { return .some(nil) }
-            guard let o = outcome() else { return nil }
-            return .some((Int(i), o))
-        }
-
-        mutating func outcome() -> IngestOutcome? {
-            switch byte() {
-            case 0:
-                guard let p = u32(), let offset = u64() else { return nil }
-                return .appended(partition: Int(p), offset: Int64(bitPattern: offset))
-            case 1: return .duplicate
-            case 2: return string().map { .typeMismatch(expected: $0) }
-            case 3: return .tooOld
-            case 4: return .deleted
-            case 5: return .tooManySensors
-            default: return nil
-            }
+    fileprivate mutating func readOutcome() throws(DecodeError) -> IngestOutcome {
+        switch try readByte() {
+        case 0:
+            let p = try readLittleEndian(UInt32.self), offset = try readLittleEndian(UInt64.self)
+            return .appended(partition: Int(p), offset: Int64(bitPattern: offset))
+        case 1: return .duplicate
+        case 2: return .typeMismatch(expected: try readString32())
+        case 3: return .tooOld
+        case 4: return .deleted
+        case 5: return .tooManySensors
+        default: throw DecodeError("unknown outcome")
         }
     }
 }

@@ -94,16 +94,16 @@ package struct DecodeError: Error {
 }
 
 /// A bounds-checked reader over untrusted bytes: every read either succeeds or throws, never traps.
-struct ByteReader {
-    let bytes: UnsafeRawBufferPointer
-    var position = 0
+package struct ByteReader {
+    package let bytes: UnsafeRawBufferPointer
+    package var position = 0
 
-    init(_ bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
+    package init(_ bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
 
-    var remaining: Int { bytes.count - position }
+    package var remaining: Int { bytes.count - position }
 
     @inline(__always)
-    mutating func readByte() throws(DecodeError) -> UInt8 {
+    package mutating func readByte() throws(DecodeError) -> UInt8 {
         guard position < bytes.count else { throw DecodeError("payload ends early") }
         let b = bytes[position]
         position += 1
@@ -111,7 +111,7 @@ struct ByteReader {
     }
 
     @inline(__always)
-    mutating func readVarint() throws(DecodeError) -> UInt64 {
+    package mutating func readVarint() throws(DecodeError) -> UInt64 {
         var result: UInt64 = 0
         var shift: UInt64 = 0
         while true {
@@ -128,20 +128,20 @@ struct ByteReader {
 
     /// A varint that must fit `limit`, as an `Int`.
     @inline(__always)
-    mutating func readCount(max limit: Int) throws(DecodeError) -> Int {
+    package mutating func readCount(max limit: Int) throws(DecodeError) -> Int {
         let v = try readVarint()
         guard limit >= 0, v <= UInt64(limit) else { throw DecodeError("count \(v) exceeds \(limit)") }
         return Int(v)
     }
 
     @inline(__always)
-    mutating func readZigZag() throws(DecodeError) -> Int64 {
+    package mutating func readZigZag() throws(DecodeError) -> Int64 {
         let v = try readVarint()
         return Int64(bitPattern: v >> 1) ^ -Int64(bitPattern: v & 1)
     }
 
     /// Moves past `n` varints without decoding them (each ends at its first byte below 0x80).
-    mutating func skipVarints(_ n: Int) throws(DecodeError) {
+    package mutating func skipVarints(_ n: Int) throws(DecodeError) {
         var left = n
         var p = position
         let end = bytes.count
@@ -153,7 +153,7 @@ struct ByteReader {
         position = p
     }
 
-    mutating func readLittleEndian<T: FixedWidthInteger>(_: T.Type) throws(DecodeError) -> T {
+    package mutating func readLittleEndian<T: FixedWidthInteger>(_: T.Type) throws(DecodeError) -> T {
         let size = MemoryLayout<T>.size
         guard remaining >= size else { throw DecodeError("payload ends early") }
         let v = bytes.loadUnaligned(fromByteOffset: position, as: T.self)
@@ -161,7 +161,7 @@ struct ByteReader {
         return T(littleEndian: v)
     }
 
-    mutating func readBytes(_ n: Int) throws(DecodeError) -> UnsafeRawBufferPointer {
+    package mutating func readBytes(_ n: Int) throws(DecodeError) -> UnsafeRawBufferPointer {
         guard n >= 0, remaining >= n else { throw DecodeError("payload ends early") }
         let slice = UnsafeRawBufferPointer(rebasing: bytes[position..<(position + n)])
         position += n
