@@ -166,6 +166,9 @@ struct SensorLogDaemon: AsyncParsableCommand {
     @Option(help: "Seconds a partition's lease lasts without renewal (default 6): how long a dead owner's partitions wait before another node takes them over. At least 2.")
     var clusterLeaseSeconds: Int?
 
+    @Option(help: "Seconds in which JetStream drops a repeated message id (default 120): only the guard of an owner's own retried write, never the dedupe of readings (that is the owner's, over the whole log). Set when the streams are created; an existing stream keeps its own.")
+    var clusterDuplicateWindowSeconds: Int?
+
     @Option(help: "NATS credentials file (.creds) for --cluster.")
     var natsCreds: String?
 
@@ -216,6 +219,10 @@ struct SensorLogDaemon: AsyncParsableCommand {
             guard (2...300).contains(lease) else { throw ValidationError("--cluster-lease-seconds must be 2 to 300") }
             c.leaseTTL = .seconds(lease)
             c.renewInterval = min(.seconds(1), c.leaseTTL / 4)
+        }
+        if let window = try e.value(clusterDuplicateWindowSeconds, "CLUSTER_DUPLICATE_WINDOW_SECONDS") {
+            guard (1...86_400).contains(window) else { throw ValidationError("--cluster-duplicate-window-seconds must be 1 to 86400") }
+            c.duplicateWindow = .seconds(window)
         }
         return c
     }

@@ -1,44 +1,84 @@
 """Cluster mode end to end (issue 21): three real nats-servers (`sync_interval: always`) and three
-sensorlogd nodes on loopback; producers over TCP and HTTP (`/write`) to random nodes, a fifth of
-the readings resent; faults at scripted points: kill -9 of an owning node, an owner stopped past
-its lease (the zombie) and woken, kill -9 of a nats-server, a nats-server stopped and woken.
+sensorlogd nodes on loopback; producers over TCP and HTTP (`/write`) to random nodes and over MQTT
+through a real mosquitto (the nodes share one subscription), a fifth of the readings resent, half
+of those after the streams' duplicate window (2 s here); faults at scripted points: kill -9 of an
+owning node, an owner stopped past its lease (the zombie) and woken, kill -9 of a nats-server, a
+nats-server stopped and woken.
 
 At the end, every node holds every reading exactly once, the nodes' logs are equal, every node's
 aggregates equal a reference fold of the distinct readings, and a fresh empty node catches up from
 the streams alone and rebuilds the same aggregates from offset zero.
 
 The seed comes from SENSORLOG_CLUSTER_SEED (else two fixed ones) and is printed."""
-import calendar, json, os, random, signal, socket, subprocess, time
+import calendar, json, os, random, signal, socket, subprocess, threading, time
 import pytest
 from conftest import BIN, dump_all
 from cluster import NATSCluster, node, status, wait_owned
 from test_exactly_once import workload, line, reference, stored, check, wait_settled
+from test_mqtt import Broker, publisher
 
 SEEDS = [int(os.environ["SENSORLOG_CLUSTER_SEED"])] if os.environ.get("SENSORLOG_CLUSTER_SEED") else [21, 22]
 LEASE_SECONDS = 3  # --cluster-lease-seconds: shorter than the default 6, to keep the test short
+DUP_WINDOW = 2  # --cluster-duplicate-window-seconds: short, so that resends come after it
+MQTT_TOPIC = "$share/sensorlog/sensors/#"  # one shared subscription: the broker spreads messages over the nodes
+
+
+def key(r):
+    return (r[0], r[4])
+
+
+def by_mqtt(r):
+    """A fifth of the sensors publish over MQTT only (their resends too), so that a reading the
+    broker took and no node stored cannot be healed by a resend through another door."""
+    return sum(r[0].encode()) % 5 == 0
 
 
 class Producer:
     """Sends readings to random live nodes and remembers which the cluster acknowledged: a
     `/write` answered 204. TCP has no acknowledgement: what went that way is sent again over HTTP
-    until acknowledged, as a careful producer does."""
+    until acknowledged, as a careful producer does. The MQTT sensors' readings are acknowledged
+    by the broker (QoS 1) and must reach the log from there alone."""
 
-    def __init__(self, nodes, rnd):
+    def __init__(self, nodes, rnd, broker):
         self.nodes, self.rnd = nodes, rnd
         self.acked, self.sent, self.checked = set(), [], 0
+        self.sent_at, self.late_resends, self.early_resends = {}, 0, 0
+        self.mqtt_sent, self.published = [], 0
+        self.mqtt = publisher(broker.port, client_id="cluster-test-devices")
 
     def live(self):
         return [n for n in self.nodes if n.proc and n.proc.poll() is None and not getattr(n, "stopped", False)]
 
+    def resends(self, pool, rows, n):
+        """`n` readings to send again: half sent more than the duplicate window ago, half from
+        `rows` (sent moments before, well within it)."""
+        now = time.time()
+        old = [r for r in pool if now - self.sent_at[key(r)] > DUP_WINDOW + 1]
+        late = self.rnd.sample(old, min(len(old), n // 2))
+        early = self.rnd.sample(rows, min(len(rows), n - len(late)))
+        self.late_resends += len(late)
+        self.early_resends += len(early)
+        return late, early
+
+    def record(self, rows):
+        """Readings sent outside `send` (to be acknowledged by `settle`)."""
+        self.sent += rows
+        self.sent_at.update((key(r), time.time()) for r in rows)
+
     def send(self, rows, resend_fraction=0.2):
-        extra = self.rnd.sample(self.sent, min(len(self.sent), int(len(rows) * resend_fraction))) if self.sent else []
-        # Half the resends are of readings the cluster acknowledged, as JSON, whose answer says
+        over_mqtt = [r for r in rows if by_mqtt(r)]
+        rows = [r for r in rows if not by_mqtt(r)]
+        self.publish(over_mqtt, resend_fraction)
+        late, early = self.resends(self.sent, rows, int(len(rows) * resend_fraction))
+        # Half the late resends of readings the cluster acknowledged go as JSON, whose answer says
         # reading by reading whether it was stored again: an acknowledged reading lost (and so
         # stored again by the resend) fails here instead of being healed unseen.
-        acked = [r for r in extra if (r[0], r[4]) in self.acked]
-        self.check_acked(acked[:len(acked) // 2])
-        self.sent += rows
-        batch = rows + [r for r in extra if r not in acked[:len(acked) // 2]]
+        acked = [r for r in late if key(r) in self.acked]
+        as_json = acked[:len(acked) // 2]
+        self.check_acked(as_json)
+        skip = {key(r) for r in as_json}
+        self.record(rows)
+        batch = rows + early + [r for r in late if key(r) not in skip]
         for i in range(0, len(batch), 200):
             chunk = batch[i:i + 200]
             target = self.rnd.choice(self.live())
@@ -51,6 +91,18 @@ class Producer:
                     pass
             else:
                 self.write(target, chunk)
+
+    def publish(self, rows, resend_fraction):
+        """Over MQTT, QoS 1, 50 readings a message; resends are published again the same way."""
+        late, early = self.resends(self.mqtt_sent, rows, int(len(rows) * resend_fraction))
+        self.mqtt_sent += rows
+        self.sent_at.update((key(r), time.time()) for r in rows)
+        batch = rows + early + late
+        for i in range(0, len(batch), 50):
+            info = self.mqtt.publish(f"sensors/cluster/{i}", b"".join(line(r) for r in batch[i:i + 50]), qos=1)
+            info.wait_for_publish(timeout=30)
+            assert info.is_published(), "mosquitto did not acknowledge a publish"
+            self.published += 1
 
     def write(self, target, chunk):
         started = time.time()
@@ -90,13 +142,23 @@ class Producer:
     def settle(self, deadline_seconds=120):
         """Until every reading sent has been acknowledged once over HTTP."""
         deadline = time.time() + deadline_seconds
-        pending = [r for r in self.sent if (r[0], r[4]) not in self.acked]
+        pending = [r for r in self.sent if key(r) not in self.acked]
         while pending:
             assert time.time() < deadline, f"{len(pending)} readings never acknowledged"
             chunk, pending = pending[:500], pending[500:]
             if not self.write(self.rnd.choice(self.live()), chunk):
                 pending += chunk
                 time.sleep(0.2)
+
+
+def paced(connection, rows):
+    """Sends `rows` ten at a time with a pause between, until done or the connection fails."""
+    try:
+        for i in range(0, len(rows), 10):
+            connection.sendall(b"".join(line(r) for r in rows[i:i + 10]))
+            time.sleep(0.002)
+    except OSError:
+        pass
 
 
 def name(server):
@@ -147,8 +209,11 @@ def test_faults_then_every_node_holds_every_reading_once(seed, tmp_path):
         print(f"  {time.time() - t0:6.1f} s  {name}", flush=True)
     rnd = random.Random(seed)
     nats = NATSCluster(root=str(tmp_path / "nats"))
-    lease = ["--cluster-lease-seconds", str(LEASE_SECONDS)]
-    nodes = [node(nats, f"s{i}", data_dir=str(tmp_path / f"s{i}"), extra=lease) for i in range(3)]
+    broker = Broker()
+    lease = ["--cluster-lease-seconds", str(LEASE_SECONDS), "--cluster-duplicate-window-seconds", str(DUP_WINDOW)]
+    mqtt = lambda i: ["--mqtt-url", f"mqtt://127.0.0.1:{broker.port}", "--mqtt-topic", MQTT_TOPIC, "--mqtt-client-id", f"sensorlogd-s{i}"]
+    nodes = [node(nats, f"s{i}", data_dir=str(tmp_path / f"s{i}"), extra=lease + mqtt(i)) for i in range(3)]
+    producer = None
     try:
         for n in nodes:
             n.start()
@@ -164,7 +229,7 @@ def test_faults_then_every_node_holds_every_reading_once(seed, tmp_path):
         rows = list({(r[0], r[4]): r for r in reversed(workload(9_000, sensors=300, seed=seed))}.values())[::-1]
         k = len(rows) // 3
         thirds = [rows[:k], rows[k:2 * k], rows[2 * k:]]
-        producer = Producer(nodes, rnd)
+        producer = Producer(nodes, rnd, broker)
         producer.send(thirds[0][:k // 2])
 
         # kill -9 an owning node: its partitions are taken over once its leases expire.
@@ -176,17 +241,27 @@ def test_faults_then_every_node_holds_every_reading_once(seed, tmp_path):
         phase("victim restarted")
 
         # The zombie: an owner stopped past its lease while its appends are in flight, then woken.
+        # Its readings are paced over TCP, and the stop comes once its log is seen growing: the
+        # node is stopped in the middle of a stream of appends, not before the first.
         zombie = owner_of(nodes, rnd.randrange(8))
+        first = thirds[1][:k // 3]
+        producer.record([r for r in first if not by_mqtt(r)])
         c = socket.create_connection(("127.0.0.1", zombie.tcp))
-        c.sendall(b"".join(line(r) for r in thirds[1][:k // 3]))
+        before = sum(p["local_end"] for p in status(zombie)["partitions"])
+        pacer = threading.Thread(target=paced, args=(c, [r for r in first if not by_mqtt(r)]))
+        pacer.start()
+        deadline = time.time() + 30
+        while sum(p["local_end"] for p in status(zombie)["partitions"]) < before + 50:
+            assert time.time() < deadline, "the zombie's log did not grow"
         zombie.proc.send_signal(signal.SIGSTOP)
         zombie.stopped = True
-        producer.sent += thirds[1][:k // 3]
+        producer.publish([r for r in first if by_mqtt(r)], 0.2)
         producer.send(thirds[1][k // 3:2 * k // 3])
         time.sleep(max(0, LEASE_SECONDS + 2 - 0))  # past its lease on the servers' clocks
         zombie.proc.send_signal(signal.SIGCONT)
         phase("zombie woken")
         zombie.stopped = False
+        pacer.join()
         c.close()
 
         # kill -9 a nats-server, and stop another for a while.
@@ -205,9 +280,13 @@ def test_faults_then_every_node_holds_every_reading_once(seed, tmp_path):
 
         producer.settle()
         phase("settled")
-        assert producer.checked > 200, producer.checked  # acknowledged readings resent and found stored once
-        distinct = len({(r[0], r[4]) for r in rows})
-        assert producer.acked == {(r[0], r[4]) for r in rows}
+        assert producer.checked > 50, producer.checked  # acknowledged readings resent and found stored once
+        assert producer.late_resends > 300 and producer.early_resends > 300, (producer.late_resends, producer.early_resends)
+        assert producer.published > 20 and len(producer.mqtt_sent) > 1000, (producer.published, len(producer.mqtt_sent))
+        print(f"  resends: {producer.late_resends} after the duplicate window, {producer.early_resends} within it; "
+              f"{len(producer.mqtt_sent)} readings in {producer.published} MQTT messages", flush=True)
+        distinct = len({key(r) for r in rows})
+        assert producer.acked == {key(r) for r in rows if not by_mqtt(r)}
         settled(nodes, distinct)
         phase("caught up")
         # Every node's own report (a second old at most) comes to lag 0 on every partition.
@@ -218,6 +297,9 @@ def test_faults_then_every_node_holds_every_reading_once(seed, tmp_path):
                 break
             assert time.time() < deadline, view["nodes"]
             time.sleep(0.2)
+        # The broker spread the shared subscription's messages: more than one node ingested some.
+        over_mqtt = [n.metric("sensorlog_readings_ingested_total", transport="mqtt") or 0 for n in nodes]
+        assert sum(1 for m in over_mqtt if m > 0) >= 2, over_mqtt
         for n in nodes:
             assert n.stop() == 0
         ref = reference(rows)
@@ -249,3 +331,7 @@ def test_faults_then_every_node_holds_every_reading_once(seed, tmp_path):
                 n.proc.send_signal(signal.SIGCONT)
                 n.stop(signal.SIGKILL)
         nats.stop()
+        if producer:
+            producer.mqtt.loop_stop()
+            producer.mqtt.disconnect()
+        broker.stop()
