@@ -27,6 +27,8 @@ public struct ClusterConfiguration: Sendable {
     /// Readings per forwarded message and per batch in a stream: NATS's default payload limit is
     /// 1 MiB, and 2 048 of the largest readings (about 350 bytes each) stay under it.
     public var forwardChunkReadings = 2_048
+    /// How often (in lease rounds) an owner purges its streams below its log's start.
+    public var purgeEveryRounds = 10
 
     public init(nats: NATSConfiguration, nodeID: String) {
         self.nats = nats
@@ -62,6 +64,8 @@ public final class ClusterNode: PartitionRouting, @unchecked Sendable {
         var ownedSince: [ContinuousClock.Instant] = []
         /// Forwarded submissions being answered.
         var handlers = 0
+        /// Rounds of the lease loop so far.
+        var rounds = 0
     }
 
     /// Connects, checks that the cluster's partition count is this log's, opens every stream and
@@ -78,7 +82,7 @@ public final class ClusterNode: PartitionRouting, @unchecked Sendable {
         let deadline = ContinuousClock.now + joinTimeout
         while true {
             do {
-                (leases, owners) = try Self.open(configuration, connection: connection, log: log)
+                (leases, owners) = try Self.open(configuration, connection: connection, log: log, pipeline: pipeline)
                 break
             } catch let error as ClusterConfigurationError {
                 connection.close()
@@ -100,25 +104,30 @@ public final class ClusterNode: PartitionRouting, @unchecked Sendable {
         await pipeline.route(through: self)
     }
 
-    private static func open(_ c: ClusterConfiguration, connection: NATSConnection, log: Log) throws -> (KeyValueBucket, [PartitionOwner]) {
+    private static func open(_ c: ClusterConfiguration, connection: NATSConnection, log: Log, pipeline: IngestPipeline) throws -> (KeyValueBucket, [PartitionOwner]) {
         let leases = try KeyValueBucket(connection, name: "SLOG_LEASES", replicas: c.replicas, ttl: c.leaseTTL)
-        try checkPartitions(log.partitions.count, connection: connection, replicas: c.replicas)
+        let config = try KeyValueBucket(connection, name: "SLOG_CONFIG", replicas: c.replicas)
+        try checkPartitions(log.partitions.count, config: config)
         var owners: [PartitionOwner] = []
         for p in 0..<log.partitions.count {
             let stream = PartitionStream(connection, partition: p, replicas: c.replicas, duplicateWindow: c.duplicateWindow)
             if try stream.open() == 0, log.partitions[p].endOffset > 0 {
                 throw ClusterConfigurationError("partition \(p) has \(log.partitions[p].endOffset) records in this node's log and none in the cluster's stream: a node's data directory must be empty when it first joins (not a single node's, nor another cluster's)")
             }
+            let floors = [Int64?](repeating: nil, count: log.partitions.count)
             owners.append(PartitionOwner(partition: p, stream: stream, lease: Lease(bucket: leases, key: "p\(p)", holder: c.nodeID),
-                                         log: log, writeWait: c.writeWait))
+                                         log: log, writeWait: c.writeWait, floors: config) { timestamp in
+                var raised = floors
+                raised[p] = timestamp
+                await pipeline.raiseFloors(raised)
+            })
         }
         return (leases, owners)
     }
 
     /// The partition count is the cluster's, fixed by the first node (a key of its own bucket,
     /// without TTL): a node whose log has another count would number streams differently.
-    private static func checkPartitions(_ count: Int, connection: NATSConnection, replicas: Int) throws {
-        let config = try KeyValueBucket(connection, name: "SLOG_CONFIG", replicas: replicas)
+    private static func checkPartitions(_ count: Int, config: KeyValueBucket) throws {
         let mine = Array(String(count).utf8)
         for _ in 0..<2 {
             if let (value, _) = try config.get("partitions") {
@@ -300,6 +309,11 @@ public final class ClusterNode: PartitionRouting, @unchecked Sendable {
     private func manageLeases() async {
         let live = await liveNodes()
         await publishProgress()
+        let round = state.withLock { s -> Int in
+            s.rounds += 1
+            return s.rounds
+        }
+        if round % configuration.purgeEveryRounds == 0 { await purgeStreams() }
         for p in owners.indices {
             let held = await owners[p].epoch != nil
             if held && owns(p) {
@@ -313,6 +327,43 @@ public final class ClusterNode: PartitionRouting, @unchecked Sendable {
                 await tryToTake(p, live: live)
             }
         }
+    }
+
+    /// Retention on the streams: for each partition this node owns whose local log retention has
+    /// cut, the stream loses what lies wholly before the log's start, but nothing a live node
+    /// (one whose progress report has not expired) has yet to apply.
+    private func purgeStreams() async {
+        let cut = owners.indices.filter { owns($0) && log.partitions[$0].startOffset > 0 }
+        guard !cut.isEmpty, let applied = await appliedByAll() else { return }
+        let retentionFloors = (try? Retention.floors(dataDirectory: log.dataDirectory, partitions: owners.count)) ?? []
+        for p in cut where p < applied.count {
+            let start = log.partitions[p].startOffset
+            do {
+                guard let first = try await owners[p].purge(localStart: start, retentionFloor: p < retentionFloors.count ? retentionFloors[p] : nil,
+                                                            appliedByAll: applied[p]) else { continue }
+                logger.info("purged the stream below the log's start", metadata: [
+                    "partition": "\(p)", "log_start_offset": "\(start)", "stream_first_sequence": "\(first)"])
+            } catch {
+                logger.warning("cannot purge the stream", metadata: ["partition": "\(p)", "error": "\(error)"])
+            }
+        }
+    }
+
+    /// Per partition, the least sequence the nodes report having applied (their progress keys).
+    private func appliedByAll() async -> [UInt64]? {
+        let (leases, n) = (leases, owners.count)
+        return try? await NATSConnection.offPool(PartitionOwner.control) { () throws(NATSError) -> [UInt64]? in
+            var least = [UInt64](repeating: .max, count: n)
+            var any = false
+            for key in try leases.keys() where key.hasPrefix("progress.") {
+                guard let (value, _) = try leases.get(key) else { continue }
+                let applied = String(decoding: value, as: UTF8.self).split(separator: ",").map { UInt64($0) ?? 0 }
+                guard applied.count == n else { return nil }  // unreadable: purge nothing
+                any = true
+                for p in 0..<n { least[p] = min(least[p], applied[p]) }
+            }
+            return any ? least : nil
+        } ?? nil
     }
 
     /// How far this node has applied each stream, for every node's `status()`: a key of the lease
@@ -441,6 +492,8 @@ public struct ClusterStatus: Encodable, Sendable {
         /// The latest fence's epoch this node has read (its own, when it owns the partition).
         public var epoch: UInt64
         public var streamLastSequence: UInt64?
+        /// The stream's first sequence: above 1 once retention purged it (`last + 1` when empty).
+        public var streamFirstSequence: UInt64?
         /// The stream sequence this node's log holds up to.
         public var appliedSequence: UInt64
         /// Stream messages not in this node's log yet (nil when the stream cannot be read).
@@ -453,6 +506,7 @@ public struct ClusterStatus: Encodable, Sendable {
         enum CodingKeys: String, CodingKey {
             case partition, owner, epoch, lag
             case ownedHere = "owned_here", streamLastSequence = "stream_last_sequence", appliedSequence = "applied_sequence"
+            case streamFirstSequence = "stream_first_sequence"
             case localEnd = "local_end", skippedStale = "skipped_stale"
         }
     }
@@ -484,7 +538,7 @@ extension ClusterNode {
         let (owners, leases) = (owners, leases)
         // One hop off the cooperative pool for every NATS read the answer needs.
         let read = (try? await NATSConnection.offPool(PartitionOwner.reads) { () throws(NATSError) in
-            let tails = try owners.map { owner throws(NATSError) in (try owner.lease.currentHolder(), try owner.stream.lastSequence()) }
+            let tails = try owners.map { owner throws(NATSError) in (try owner.lease.currentHolder(), try owner.stream.bounds()) }
             var reports: [(String, [UInt8])] = []
             for key in try leases.keys() where key.hasPrefix("progress.") {
                 if let (value, _) = try leases.get(key) { reports.append((String(key.dropFirst("progress.".count)), value)) }
@@ -493,11 +547,12 @@ extension ClusterNode {
         })
         var partitions: [ClusterStatus.Partition] = []
         for (p, owner) in owners.enumerated() {
-            let (holder, last) = read.map { ($0.0[p].0, Optional($0.0[p].1)) } ?? (nil, nil)
+            let (holder, bounds) = read.map { ($0.0[p].0, Optional($0.0[p].1)) } ?? (nil, nil)
+            let last = bounds?.last
             let follower = await owner.follower
             let applied = follower.nextSequence - 1
             partitions.append(ClusterStatus.Partition(
-                partition: p, owner: holder, ownedHere: owns(p), epoch: follower.epoch, streamLastSequence: last,
+                partition: p, owner: holder, ownedHere: owns(p), epoch: follower.epoch, streamLastSequence: last, streamFirstSequence: bounds?.first,
                 appliedSequence: applied, lag: last.map { $0 > applied ? $0 - applied : 0 }, localEnd: log.partitions[p].endOffset,
                 skippedStale: follower.skipped))
         }

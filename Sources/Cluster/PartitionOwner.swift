@@ -24,13 +24,21 @@ public actor PartitionOwner {
     /// The stream's last sequence, as this owner wrote it.
     public private(set) var lastSequence: UInt64 = 0
     private let serial = AsyncSerial()
+    /// Where the stream's floor is recorded when retention purges it (nil: never purged here).
+    public let floors: KeyValueBucket?
+    /// Told the retention floor (newest timestamp removed) of a purged stream this node starts
+    /// after: the dedupe must refuse a resend of what is gone as too old.
+    private let floorRaised: @Sendable (Int64) async -> Void
 
-    public init(partition: Int, stream: PartitionStream, lease: Lease, log: Log, writeWait: Duration = .seconds(5)) {
+    public init(partition: Int, stream: PartitionStream, lease: Lease, log: Log, writeWait: Duration = .seconds(5),
+                floors: KeyValueBucket? = nil, floorRaised: @escaping @Sendable (Int64) async -> Void = { _ in }) {
         self.partition = partition
         self.stream = stream
         self.lease = lease
         self.log = log
         self.writeWait = writeWait
+        self.floors = floors
+        self.floorRaised = floorRaised
         follower = StreamFollower(partition: partition)
     }
 
@@ -52,11 +60,23 @@ public actor PartitionOwner {
         var round = 0
         while rounds.map({ round < $0 }) ?? true {
             round += 1
-            let from = follower.nextSequence
-            let (tail, read) = try await NATSConnection.offPool(Self.reads) { () throws(NATSError) in
-                let tail = try stream.lastSequence()
-                let read: (entries: [StreamEntry], through: UInt64) = from <= tail ? try stream.entries(from: from, limit: 1_000) : ([], from - 1)
-                return (tail, read)
+            let (from, floors, key) = (follower.nextSequence, floors, StreamFloor.key(partition))
+            typealias Read = (entries: [StreamEntry], through: UInt64)
+            let (tail, read, purged) = try await NATSConnection.offPool(Self.reads) { () throws(NATSError) -> (UInt64, Read, StreamFloor??) in
+                let (first, tail) = try stream.bounds()
+                // Purged past this follower: where the stream now starts (nil while the purge
+                // that recorded it is under way), and under which epoch.
+                if from < first, from <= tail, let floors {
+                    let floor = try floors.get(key).flatMap { StreamFloor($0.value) }
+                    return (tail, ([], from - 1), .some(floor?.sequence == first ? floor : nil))
+                }
+                let read: Read = from <= tail ? try stream.entries(from: from, limit: 1_000) : ([], from - 1)
+                return (tail, read, .none)
+            }
+            if case .some(let floor) = purged {
+                guard let floor else { return true }  // next round
+                try await start(at: floor)
+                continue
             }
             guard from <= tail, read.through >= from else { return true }  // at the end, or a replica behind
             var next = follower  // applied on a copy (an actor's property cannot be borrowed across an
@@ -67,6 +87,54 @@ public actor PartitionOwner {
             if read.through >= tail { return true }
         }
         return false
+    }
+
+    /// Starts following a stream purged below `floor` (its first sequence now): a log that ends
+    /// before the floor's first batch starts there when it is empty (a node joining late); one
+    /// that holds records before it cannot go on.
+    /// - Throws: `.invalidLog` when this node's copy ends before what the stream still holds.
+    private func start(at floor: StreamFloor) async throws {
+        let p = log.partitions[partition]
+        if p.endOffset < floor.offset {
+            guard p.startOffset == p.endOffset else {
+                throw LogError(.invalidLog, "partition \(partition): this node's copy ends at offset \(p.endOffset), and retention purged the cluster's stream up to offset \(floor.offset): restore this node from a backup of a member, or start it with an empty data directory")
+            }
+            try log.startEmptyPartition(partition, at: floor.offset)
+            if let timestamp = floor.timestamp {
+                try log.raiseRetentionFloor(partition, to: timestamp)
+                await floorRaised(timestamp)
+            }
+        }
+        follower.advance(through: floor.sequence - 1, epoch: floor.epoch)
+    }
+
+    /// As the owner, after retention moved the local log's start to `localStart`: removes from
+    /// the stream the batches that lie wholly before it, never one that a live node has yet to
+    /// apply (`appliedByAll`: the least applied sequence of the nodes' reports). The floor is
+    /// recorded first, so a follower that finds the stream purged knows where it starts.
+    /// - Returns: the stream's new first sequence, or nil when nothing was purged.
+    public func purge(localStart: Int64, retentionFloor: Int64?, appliedByAll: UInt64) async throws -> UInt64? {
+        await serial.acquire()
+        defer { serial.release() }
+        guard let epoch, let floors else { return nil }
+        let (stream, p, last, end) = (stream, partition, lastSequence, log.partitions[partition].endOffset)
+        return try await NATSConnection.offPool(Self.control) { () throws(NATSError) -> UInt64? in
+            let (first, _) = try stream.bounds()
+            let limit = min(last + 1, appliedByAll + 1)  // the lowest first sequence allowed
+            guard first < limit else { return nil }
+            let kept = try stream.firstBatch(endingAfter: localStart, in: first...(limit - 1))
+            let sequence = kept?.sequence ?? limit
+            guard sequence > first else { return nil }
+            // Where the stream starts after the purge, and under which epoch: every batch carries
+            // the epoch in force at it (a former owner's write cannot follow a fence: the
+            // expected-sequence check refuses it). Past the last batch: this owner's end and epoch.
+            var next = kept.map { ($0.epoch, $0.base) }
+            if next == nil, sequence <= last { next = try stream.firstBatch(endingAfter: -1, in: sequence...last).map { ($0.epoch, $0.base) } }
+            let floor = StreamFloor(sequence: sequence, epoch: next?.0 ?? epoch, offset: next?.1 ?? end, timestamp: retentionFloor)
+            _ = try floors.put(StreamFloor.key(p), floor.encoded)
+            try stream.purge(below: sequence)
+            return sequence
+        }
     }
 
     /// The stream's reads and writes block on the network: they run on these threads, not on

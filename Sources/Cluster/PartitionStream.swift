@@ -15,6 +15,31 @@ public struct StreamEntry: Sendable, Equatable {
     public var batch: [UInt8]
 }
 
+/// Where a partition's stream starts after retention purged it: its first sequence, the epoch a
+/// follower starting there reads it under (the fences before it are gone), the log offset of its
+/// first batch, and the retention floor (the newest timestamp removed) the owner had. Written to
+/// the cluster's configuration bucket before the purge, so every follower finds it replicated.
+public struct StreamFloor: Sendable, Equatable {
+    public var sequence: UInt64
+    public var epoch: UInt64
+    public var offset: Int64
+    public var timestamp: Int64?
+
+    public init(sequence: UInt64, epoch: UInt64, offset: Int64, timestamp: Int64?) {
+        (self.sequence, self.epoch, self.offset, self.timestamp) = (sequence, epoch, offset, timestamp)
+    }
+
+    public static func key(_ partition: Int) -> String { "floor.p\(partition)" }
+
+    public var encoded: [UInt8] { Array("\(sequence),\(epoch),\(offset),\(timestamp.map(String.init) ?? "")".utf8) }
+
+    public init?(_ bytes: [UInt8]) {
+        let f = String(decoding: bytes, as: UTF8.self).split(separator: ",", omittingEmptySubsequences: false)
+        guard f.count == 4, let s = UInt64(f[0]), let e = UInt64(f[1]), let o = Int64(f[2]), o >= 0, f[3].isEmpty || Int64(f[3]) != nil else { return nil }
+        self.init(sequence: s, epoch: e, offset: o, timestamp: Int64(f[3]))
+    }
+}
+
 /// A partition's JetStream stream, as its owner writes it and every node reads it
 /// (docs/cluster-design.md). Every write expects the stream's last sequence, so a former owner's
 /// write after a new owner's fence is refused; every message id carries the epoch, so a former
@@ -40,6 +65,50 @@ public final class PartitionStream: @unchecked Sendable {
 
     /// The stream's last sequence now (0 when empty).
     public func lastSequence() throws(NATSError) -> UInt64 { try connection.streamState(spec.name).lastSequence }
+
+    /// The stream's first and last sequences now (first is last + 1 when it is empty).
+    public func bounds() throws(NATSError) -> (first: UInt64, last: UInt64) {
+        let state = try connection.streamState(spec.name)
+        return (state.firstSequence, state.lastSequence)
+    }
+
+    /// The first batch in `range` that ends past `offset` (holds an offset at or after it): a
+    /// binary search, since the batches' offsets grow with their sequence. Fences, and messages
+    /// that are not sensorlog's, are stepped over.
+    /// - Returns: its sequence, epoch and base offset; nil when none in `range` does.
+    public func firstBatch(endingAfter offset: Int64, in range: ClosedRange<UInt64>) throws(NATSError) -> (sequence: UInt64, epoch: UInt64, base: Int64)? {
+        var (lo, hi) = (range.lowerBound, range.upperBound + 1)  // the answer is in lo...hi (hi: none)
+        var found: (sequence: UInt64, epoch: UInt64, base: Int64)?
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2
+            guard let batch = try batch(atOrAfter: mid, through: hi - 1) else {
+                hi = mid  // only fences from mid on: the answer, if any, is below
+                continue
+            }
+            if batch.next > offset {
+                found = (batch.sequence, batch.epoch, batch.base)
+                hi = mid
+            } else {
+                lo = batch.sequence + 1
+            }
+        }
+        return found
+    }
+
+    private func batch(atOrAfter sequence: UInt64, through last: UInt64) throws(NATSError) -> (sequence: UInt64, epoch: UInt64, base: Int64, next: Int64)? {
+        var s = sequence
+        while s <= last {
+            if let m = try connection.message(spec.name, sequence: s), m.headers[Self.kindHeader] == StreamEntry.Kind.batch.rawValue,
+               let epoch = m.headers[Self.epochHeader].flatMap(UInt64.init), let (base, next) = StreamFollower.offsets(of: m.data) {
+                return (s, epoch, base, next)
+            }
+            s += 1
+        }
+        return nil
+    }
+
+    /// Removes every message below `sequence`.
+    public func purge(below sequence: UInt64) throws(NATSError) { try connection.purge(spec.name, below: sequence) }
 
     /// What a write's outcome was, once resolved.
     public enum WriteOutcome: Sendable, Equatable {

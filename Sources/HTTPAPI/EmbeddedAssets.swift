@@ -867,7 +867,7 @@ document.addEventListener("DOMContentLoaded", start);
 </html>
 
 """#####),
-        "openapi.json": Asset(contentType: "application/json; charset=utf-8", etag: "\"2671f1faa141ca9ec453\"", text: #####"""
+        "openapi.json": Asset(contentType: "application/json; charset=utf-8", etag: "\"24e6f183e14f3fe99d11\"", text: #####"""
 {
  "openapi": "3.1.0",
  "info": {
@@ -1786,6 +1786,7 @@ document.addEventListener("DOMContentLoaded", start);
            "owned_here": false,
            "epoch": 41,
            "stream_last_sequence": 120,
+           "stream_first_sequence": 1,
            "applied_sequence": 120,
            "lag": 0,
            "local_end": 5100,
@@ -5397,6 +5398,11 @@ document.addEventListener("DOMContentLoaded", start);
         "stream_last_sequence": {
          "type": "integer",
          "minimum": 0
+        },
+        "stream_first_sequence": {
+         "type": "integer",
+         "minimum": 1,
+         "description": "Above 1 once retention purged the stream (last + 1 when it is empty)."
         },
         "applied_sequence": {
          "type": "integer",

@@ -61,6 +61,16 @@ extension Log {
         return result
     }
 
+    /// Raises `partition`'s retention floor to `timestamp`, durably, as if retention had removed
+    /// the readings up to it: a cluster node starting its copy after a purged stream's start
+    /// must refuse a resend of what is gone as too old, as the owner that purged it does.
+    public func raiseRetentionFloor(_ partition: Int, to timestamp: Int64) throws(LogError) {
+        var floors = try Retention.floors(dataDirectory: dataDirectory, partitions: partitions.count)
+        guard (floors[partition] ?? .min) < timestamp else { return }
+        floors[partition] = timestamp
+        try Retention.writeFloors(floors, dataDirectory: dataDirectory, configuration.fileOperations)
+    }
+
     /// Decides what goes (rolling an all-old active segment), and makes the raised floors durable.
     private func planRetention(_ policy: RetentionPolicy, now: Int64, foldedUpTo: [Int64])
         throws(LogError) -> ([Int: [ClosedSegment]], [Int64?], [Int: String]) {

@@ -335,6 +335,12 @@ public final class Log: Sendable {
         for p in partitions where only?.contains(p.id) ?? true { try p.rollNow() }
     }
 
+    /// Starts an empty partition at `offset` instead of 0 (`Partition.start(at:)`): a cluster
+    /// node joining after its stream was purged holds nothing below the stream's first batch.
+    public func startEmptyPartition(_ partition: Int, at offset: Int64) throws(LogError) {
+        try partitions[partition].start(at: offset)
+    }
+
     /// A reader of `partition` from `offset`.
     public func reader(partition: Int, from offset: Int64) -> PartitionReader {
         partitions[partition].reader(from: offset)

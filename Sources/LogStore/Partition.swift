@@ -268,6 +268,27 @@ public final class Partition: PartitionView, CommittedPartition, @unchecked Send
         succeed(ledger.rolled())
     }
 
+    /// Moves the start of a partition that holds nothing to `base`: a cluster node that joins
+    /// after the stream was purged below `base` starts its copy there. The empty segment file is
+    /// removed before the new one is made, so a crash between leaves no segment (the partition
+    /// reopens empty, at 0) rather than a gap.
+    /// - Throws: `.invalidArgument` when the partition holds records, or `base` is below its end.
+    func start(at base: Int64) throws(LogError) {
+        condition.lock()
+        defer { condition.unlock() }
+        guard !isClosed else { throw LogError(.closed, "the log is closed") }
+        guard closedSegments.isEmpty, active.size == 0, !ledger.hasUnsynced, base >= active.nextOffset else {
+            throw LogError(.invalidArgument, "partition \(id) holds records (or ends past \(base)): only an empty partition can start later")
+        }
+        guard base > active.nextOffset else { return }
+        try segmentPaths(active.baseOffset).removeAll(fileOperations)
+        let next = try Segment.create(SegmentPaths(directory: directory, displayDirectory: displayDirectory, base: base),
+                                      maxBatchBytes: limits.maxBatchBytes)
+        try fileOperations.syncDirectory(directory, display: displayDirectory)
+        active = ActiveSegment(segment: next, size: 0, nextOffset: base, index: SegmentIndex(), firstAppendTime: nil)
+        ledger = DurabilityLedger(durableUpTo: base, position: 0)
+    }
+
     /// Blocks until `waiter` completes.
     func wait(_ waiter: DurabilityWaiter) throws(LogError) {
         condition.lock()

@@ -61,6 +61,30 @@ import Testing
         try log.close()
     }
 
+    /// A cluster node joining after its stream was purged starts an empty partition later: the
+    /// offsets go on from there, across a reopen, under every fsync policy (the commit journal
+    /// replays at the new offsets); a partition holding records refuses.
+    @Test(arguments: FsyncPolicy.allCases)
+    func anEmptyPartitionStartsAtAnOffset(policy: FsyncPolicy) throws {
+        let dir = TemporaryDirectory()
+        defer { dir.cleanup() }
+        let config = LogConfiguration(limits: limits(segmentBytes: 64 << 10, partitions: 1), fsync: policy)
+        var log = try Log.open(dataDirectory: dir.path, configuration: config)
+        try log.startEmptyPartition(0, at: 1_000)
+        #expect(log.partitions[0].startOffset == 1_000 && log.partitions[0].endOffset == 1_000)
+        let readings = noisyReadings(5_000)
+        let first = try log.appendBlocking(Array(readings[..<2_500]), toPartition: 0)
+        #expect(first.baseOffset == 1_000)
+        #expect(throws: LogError.self) { try log.startEmptyPartition(0, at: 9_000) }
+        try log.close()
+        log = try Log.open(dataDirectory: dir.path, configuration: config)
+        defer { try? log.close() }
+        _ = try log.appendBlocking(Array(readings[2_500...]), toPartition: 0)
+        let back = try readAll(log.reader(partition: 0, from: 0))
+        #expect(back.first?.offset == 1_000 && back.count == 5_000 && log.partitions[0].endOffset == 6_000)
+        #expect(back.map(\.reading).elementsEqual(readings) { $0.isIdentical(to: $1) })
+    }
+
     @Test func seekByTimeThroughTheTimeIndex() throws {
         let dir = TemporaryDirectory()
         defer { dir.cleanup() }

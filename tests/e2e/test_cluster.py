@@ -12,7 +12,7 @@ the streams alone and rebuilds the same aggregates from offset zero.
 The seed comes from SENSORLOG_CLUSTER_SEED (else two fixed ones) and is printed."""
 import calendar, json, os, random, signal, socket, subprocess, threading, time
 import pytest
-from conftest import BIN, dump_all
+from conftest import BIN, dump_all, stats
 from cluster import NATSCluster, node, status, wait_owned
 from test_exactly_once import workload, line, reference, stored, check, wait_settled
 from test_mqtt import Broker, publisher
@@ -100,7 +100,10 @@ class Producer:
         batch = rows + early + late
         for i in range(0, len(batch), 50):
             info = self.mqtt.publish(f"sensors/cluster/{i}", b"".join(line(r) for r in batch[i:i + 50]), qos=1)
+            started = time.time()
             info.wait_for_publish(timeout=30)
+            if time.time() - started > 2:
+                print(f"    slow MQTT publish: {time.time() - started:.1f} s", flush=True)
             assert info.is_published(), "mosquitto did not acknowledge a publish"
             self.published += 1
 
@@ -125,10 +128,12 @@ class Producer:
             doc = [{"sensor_id": r[0], "type": r[1], "value": r[2], "location": r[3], "timestamp": iso(r[4])} for r in chunk]
             while True:
                 target = self.rnd.choice(self.live())
+                started = time.time()
                 try:
                     code, body, _ = target.request("POST", "/sensor/data", json.dumps(doc).encode(),
                                                    {"Content-Type": "application/json"}, timeout=30)
-                except OSError:
+                except OSError as e:
+                    print(f"    resend as JSON to {name(target)} failed after {time.time() - started:.1f} s: {e}", flush=True)
                     continue
                 if code == 503:
                     time.sleep(0.2)
@@ -335,3 +340,79 @@ def test_faults_then_every_node_holds_every_reading_once(seed, tmp_path):
             producer.mqtt.loop_stop()
             producer.mqtt.disconnect()
         broker.stop()
+
+
+def test_retention_purges_the_streams_and_a_late_node_starts_at_their_floor(tmp_path):
+    """Retention acts on the streams too: readings older than --retention-time leave every node's
+    log, and each partition's owner purges its stream below its log's start. A node that joins
+    afterwards starts its copy at the stream's floor, holds what the others hold at the same
+    offsets, and refuses a resend of a purged reading as too old wherever it owns the partition;
+    a node killed and restarted (which reads its streams from their start again) goes on too."""
+    nats = NATSCluster(root=str(tmp_path / "nats"))
+    extra = ["--cluster-lease-seconds", str(LEASE_SECONDS), "--partitions", "4", "--retention-time", "1h",
+             "--maintenance-interval-seconds", "1", "--segment-bytes", "65536"]
+    nodes = [node(nats, f"r{i}", data_dir=str(tmp_path / f"r{i}"), extra=extra) for i in range(2)]
+    now = time.time_ns()
+    old = [(f"ret-{i % 40}", "temperature", float(i % 50), "yard", now - 3 * 3600 * 10**9 + i * 10**6) for i in range(6_000)]
+    recent = [(f"ret-{i % 40}", "temperature", float(i % 50), "yard", now - 60 * 10**9 + i * 10**6) for i in range(3_000)]
+
+    def write(rows):
+        for i in range(0, len(rows), 500):
+            while True:
+                code, body, _ = nodes[i // 500 % 2].request("POST", "/write?precision=ns", b"".join(line(r) for r in rows[i:i + 500]), timeout=30)
+                if code == 204:
+                    break
+                assert code == 503, (code, body)
+                time.sleep(0.2)
+
+    def purged_to_end(server):
+        parts = status(server)["partitions"]
+        return all(p["stream_first_sequence"] > 1 and p["stream_first_sequence"] == p["stream_last_sequence"] + 1 for p in parts)
+
+    late = None
+    try:
+        for n in nodes:
+            n.start()
+        wait_owned(nodes)
+        write(old)
+        deadline = time.time() + 90
+        while not purged_to_end(nodes[0]):  # every old reading gone from the logs, then from the streams
+            assert time.time() < deadline, status(nodes[0])["partitions"]
+            time.sleep(0.2)
+        write(recent)
+        late = node(nats, "r2", data_dir=str(tmp_path / "r2"), extra=extra).start()
+        nodes.append(late)
+        wait_owned(nodes)
+        distinct = len(recent)
+        settled(nodes, 0)
+        ends = [[p["local_end"] for p in status(n)["partitions"]] for n in nodes]
+        assert ends[0] == ends[1] == ends[2], ends
+        # The purged readings, resent: too old on every owner, the late node's partitions included.
+        owned_late = [p["partition"] for p in status(late)["partitions"] if p["owned_here"]]
+        assert owned_late, status(late)
+        for i in range(0, 1_000, 200):
+            doc = [{"sensor_id": r[0], "type": r[1], "value": r[2], "location": r[3], "timestamp": iso(r[4])} for r in old[i:i + 200]]
+            code, body, _ = late.request("POST", "/sensor/data", json.dumps(doc).encode(), {"Content-Type": "application/json"}, timeout=30)
+            assert code in (200, 201), (code, body)
+            assert json.loads(body)["accepted"] == 0, body
+        # A node killed and restarted reads its streams from their start, which is the floor now.
+        nodes[1].stop(signal.SIGKILL)
+        nodes[1].start()
+        write(recent[:500])  # resends: duplicates
+        settled(nodes, 0)
+        for n in nodes:
+            assert n.stop() == 0
+        expected = sorted((r[0], r[4], r[2]) for r in recent)
+        for n in nodes:
+            assert readings(n.data_dir) == expected, n.data_dir
+        assert distinct == len(expected)
+        # The late node's copy starts where the streams do, with the owners' retention floors.
+        starts = [p["start_offset"] for p in stats(late.data_dir)["partitions"]]
+        assert all(s > 0 for s in starts) and starts == [p["start_offset"] for p in stats(nodes[0].data_dir)["partitions"]], starts
+        with open(os.path.join(late.data_dir, "retention.json")) as f:
+            assert all(t is not None for t in json.load(f)["floors"])
+    finally:
+        for n in nodes:
+            if n.proc and n.proc.poll() is None:
+                n.stop(signal.SIGKILL)
+        nats.stop()
