@@ -494,6 +494,8 @@ public struct ClusterStatus: Encodable, Sendable {
         public var streamLastSequence: UInt64?
         /// The stream's first sequence: above 1 once retention purged it (`last + 1` when empty).
         public var streamFirstSequence: UInt64?
+        /// The NATS server (its `server_name`) leading the stream's replicas.
+        public var streamLeader: String?
         /// The stream sequence this node's log holds up to.
         public var appliedSequence: UInt64
         /// Stream messages not in this node's log yet (nil when the stream cannot be read).
@@ -506,7 +508,7 @@ public struct ClusterStatus: Encodable, Sendable {
         enum CodingKeys: String, CodingKey {
             case partition, owner, epoch, lag
             case ownedHere = "owned_here", streamLastSequence = "stream_last_sequence", appliedSequence = "applied_sequence"
-            case streamFirstSequence = "stream_first_sequence"
+            case streamFirstSequence = "stream_first_sequence", streamLeader = "stream_leader"
             case localEnd = "local_end", skippedStale = "skipped_stale"
         }
     }
@@ -538,7 +540,7 @@ extension ClusterNode {
         let (owners, leases) = (owners, leases)
         // One hop off the cooperative pool for every NATS read the answer needs.
         let read = (try? await NATSConnection.offPool(PartitionOwner.reads) { () throws(NATSError) in
-            let tails = try owners.map { owner throws(NATSError) in (try owner.lease.currentHolder(), try owner.stream.bounds()) }
+            let tails = try owners.map { owner throws(NATSError) in (try owner.lease.currentHolder(), try owner.stream.state()) }
             var reports: [(String, [UInt8])] = []
             for key in try leases.keys() where key.hasPrefix("progress.") {
                 if let (value, _) = try leases.get(key) { reports.append((String(key.dropFirst("progress.".count)), value)) }
@@ -547,12 +549,13 @@ extension ClusterNode {
         })
         var partitions: [ClusterStatus.Partition] = []
         for (p, owner) in owners.enumerated() {
-            let (holder, bounds) = read.map { ($0.0[p].0, Optional($0.0[p].1)) } ?? (nil, nil)
-            let last = bounds?.last
+            let (holder, stream) = read.map { ($0.0[p].0, Optional($0.0[p].1)) } ?? (nil, nil)
+            let last = stream?.lastSequence
             let follower = await owner.follower
             let applied = follower.nextSequence - 1
             partitions.append(ClusterStatus.Partition(
-                partition: p, owner: holder, ownedHere: owns(p), epoch: follower.epoch, streamLastSequence: last, streamFirstSequence: bounds?.first,
+                partition: p, owner: holder, ownedHere: owns(p), epoch: follower.epoch, streamLastSequence: last, streamFirstSequence: stream?.firstSequence,
+                streamLeader: stream?.leader,
                 appliedSequence: applied, lag: last.map { $0 > applied ? $0 - applied : 0 }, localEnd: log.partitions[p].endOffset,
                 skippedStale: follower.skipped))
         }

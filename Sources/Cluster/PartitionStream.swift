@@ -68,9 +68,12 @@ public final class PartitionStream: @unchecked Sendable {
 
     /// The stream's first and last sequences now (first is last + 1 when it is empty).
     public func bounds() throws(NATSError) -> (first: UInt64, last: UInt64) {
-        let state = try connection.streamState(spec.name)
+        let state = try state()
         return (state.firstSequence, state.lastSequence)
     }
+
+    /// The stream's state as its leader reports it (bounds, leader, replicas).
+    public func state() throws(NATSError) -> StreamState { try connection.streamState(spec.name) }
 
     /// The first batch in `range` that ends past `offset` (holds an offset at or after it): a
     /// binary search, since the batches' offsets grow with their sequence. Fences, and messages

@@ -867,7 +867,7 @@ document.addEventListener("DOMContentLoaded", start);
 </html>
 
 """#####),
-        "openapi.json": Asset(contentType: "application/json; charset=utf-8", etag: "\"24e6f183e14f3fe99d11\"", text: #####"""
+        "openapi.json": Asset(contentType: "application/json; charset=utf-8", etag: "\"9f6de978684a92a4d5dc\"", text: #####"""
 {
  "openapi": "3.1.0",
  "info": {
@@ -1787,6 +1787,7 @@ document.addEventListener("DOMContentLoaded", start);
            "epoch": 41,
            "stream_last_sequence": 120,
            "stream_first_sequence": 1,
+           "stream_leader": "n2",
            "applied_sequence": 120,
            "lag": 0,
            "local_end": 5100,
@@ -5403,6 +5404,10 @@ document.addEventListener("DOMContentLoaded", start);
          "type": "integer",
          "minimum": 1,
          "description": "Above 1 once retention purged the stream (last + 1 when it is empty)."
+        },
+        "stream_leader": {
+         "type": "string",
+         "description": "The NATS server (its server_name) leading the stream."
         },
         "applied_sequence": {
          "type": "integer",

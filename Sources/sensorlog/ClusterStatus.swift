@@ -69,11 +69,12 @@ struct ClusterCommand: ParsableCommand {
         static func table(_ s: [String: Any]) -> String {
             let members = (s["members"] as? [String] ?? []).joined(separator: ", ")
             var lines = ["node \(s["node"] as? String ?? "?") (NATS \(s["nats"] as? String ?? "not connected")); members: \(members)", ""]
-            lines.append("partition  owner         epoch  stream start  stream end")
+            lines.append("partition  owner         epoch  stream start  stream end  leader")
             for p in s["partitions"] as? [[String: Any]] ?? [] {
-                lines.append(String(format: "%9d  %-12@  %5lld  %12lld  %10lld", p["partition"] as? Int ?? 0,
+                lines.append(String(format: "%9d  %-12@  %5lld  %12lld  %10lld  %@", p["partition"] as? Int ?? 0,
                                     (p["owner"] as? String ?? "(none)") as NSString, Int64(p["epoch"] as? Int ?? 0),
-                                    Int64(p["stream_first_sequence"] as? Int ?? 0), Int64(p["stream_last_sequence"] as? Int ?? 0)))
+                                    Int64(p["stream_first_sequence"] as? Int ?? 0), Int64(p["stream_last_sequence"] as? Int ?? 0),
+                                    (p["stream_leader"] as? String ?? "?") as NSString))
             }
             lines.append("")
             lines.append("node          member  lag per partition")

@@ -2,8 +2,9 @@
 sensorlogd nodes on loopback; producers over TCP and HTTP (`/write`) to random nodes and over MQTT
 through a real mosquitto (the nodes share one subscription), a fifth of the readings resent, half
 of those after the streams' duplicate window (2 s here); faults at scripted points: kill -9 of an
-owning node, an owner stopped past its lease (the zombie) and woken, kill -9 of a nats-server, a
-nats-server stopped and woken.
+owning node, an owner stopped past its lease (the zombie) and woken, kill -9 of a stream's
+leader (a nats-server), another nats-server stopped and woken. Separately: retention on the
+streams, with a node that joins after the purge.
 
 At the end, every node holds every reading exactly once, the nodes' logs are equal, every node's
 aggregates equal a reference fold of the distinct readings, and a fresh empty node catches up from
@@ -269,8 +270,9 @@ def test_faults_then_every_node_holds_every_reading_once(seed, tmp_path):
         pacer.join()
         c.close()
 
-        # kill -9 a nats-server, and stop another for a while.
-        dead = rnd.randrange(3)
+        # kill -9 the leader of a partition's stream, and stop another nats-server for a while.
+        leader = status(nodes[0])["partitions"][rnd.randrange(8)]["stream_leader"]
+        dead = int(leader.lstrip("n")) - 1  # server_name n1..n3
         nats.signal(dead, signal.SIGKILL)
         producer.send(thirds[1][2 * k // 3:])
         nats.start(dead)
