@@ -93,10 +93,13 @@ def loadgen(server, readings, base):
 
 def tcp_throughput(servers, readings_each):
     procs = []
+    # Every loadgen generates its lines first, then all send from the same moment: none generates
+    # while another's clock runs.
+    start_at = time.time() + 5
     for k, s in enumerate(servers):
         procs.append(subprocess.Popen([os.path.join(BIN, "sensorlog-loadgen"), "--tcp-port", str(s.tcp), "--http-port", str(s.http),
                                        "--readings", str(readings_each), "--connections", "2", "--sensors", "10000", "--sensor-prefix", f"n{k}-",
-                                       "--base-seconds", str(1_700_000_000 + k * 10_000_000), "--json"],
+                                       "--base-seconds", str(1_700_000_000 + k * 10_000_000), "--start-at", str(start_at), "--json"],
                                       stdout=subprocess.PIPE, text=True))
     results = [json.loads(p.communicate()[0]) for p in procs]
     assert all(p.returncode == 0 for p in procs)
