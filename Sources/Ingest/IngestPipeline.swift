@@ -55,7 +55,6 @@ public final class IngestPipeline: Sendable {
     public func route(through routing: any PartitionRouting) async {
         self.routing.withLock { $0 = routing }
         for p in partitions { await p.route(through: routing) }
-        metrics.preregister(reasons: [Self.refusedByOwner], via: .tcp)
     }
 
     /// Takes into the dedupe what a cluster's follower copied into `partition` (see
@@ -200,8 +199,6 @@ public final class IngestPipeline: Sendable {
         /// Per partition, the first reading refused for a reason other than a duplicate: its
         /// index in that partition's group.
         public var problems: [(partition: Int, index: Int, outcome: IngestOutcome)] = []
-        /// A partition's owner refused its readings whole (counted as `refusedByOwner`).
-        public var ownerRefusal: LogError?
     }
 
     /// The line protocol's form of `submit`: the same checks and append, counted, with no
@@ -211,24 +208,20 @@ public final class IngestPipeline: Sendable {
     public func submitCounting(_ groups: [[Reading]], via transport: Transport) async throws(LogError) -> Counted {
         precondition(groups.count == partitions.count)
         var counted = Counted()
-        try await run(groups, detailed: false, via: transport, { p, result in
+        try await run(groups, detailed: false, via: transport) { p, result in
             counted.appended += result.appended
             for (reason, n) in result.refusals where n > 0 { counted.refused[reason, default: 0] += n }
             if counted.example == nil, let first = result.firstRefused { counted.example = (groups[p][first.index], first.outcome) }
             if let problem = result.firstProblem { counted.problems.append((p, problem.index, problem.outcome)) }
-        }, refusal: { p, error in
-            counted.refused[Self.refusedByOwner, default: 0] += groups[p].count
-            counted.ownerRefusal = counted.ownerRefusal ?? error
-        })
+        }
         return counted
     }
 
     private func run(_ groups: [[Reading]], detailed: Bool, via transport: Transport,
-                     _ collect: (Int, SubmissionResult) -> Void, refusal: (Int, LogError) -> Void = { _, _ in }) async throws(LogError) {
+                     _ collect: (Int, SubmissionResult) -> Void) async throws(LogError) {
         begin()
         defer { end() }
         var failure: LogError?
-        var refusalOnly: LogError?
         var appended = 0
         var refused: [String: Int] = [:]
         let results: [(Int, Result<SubmissionResult, LogError>)]
@@ -246,17 +239,6 @@ public final class IngestPipeline: Sendable {
                 appended += result.appended
                 for (reason, n) in result.refusals { refused[reason, default: 0] += n }
                 collect(p, result)
-            case .failure(let error) where error.code == .invalidArgument:
-                // Refused for what the readings are (in a cluster: the owner does not accept their
-                // type), not for the log's state: no append failure, and the line protocol and MQTT
-                // count them refused rather than retry them for ever (each retry is refused again).
-                if transport == .tcp || transport == .mqtt {
-                    refused[Self.refusedByOwner, default: 0] += group.count
-                    refusal(p, error)
-                } else {
-                    refusalOnly = refusalOnly ?? error
-                    metrics.rejected(group.count, via: transport, reason: error.code.rawValue)
-                }
             case .failure(let error):
                 failure = failure ?? error
                 // The line protocol keeps what it read and retries it, and MQTT leaves it with the
@@ -270,20 +252,7 @@ public final class IngestPipeline: Sendable {
         // Only an append clears a failure: a submission of duplicates alone wrote nothing, and
         // says nothing about whether the log can take writes again.
         if failure != nil || appended > 0 { appendFailure.withLock { $0 = failure } }
-        if let failure = failure ?? refusalOnly { throw failure }
-    }
-
-    /// The reason the line protocol and MQTT count readings under when a partition's owner
-    /// refused them (`invalid_argument`: nodes with different `--sensor-type` flags).
-    public static let refusedByOwner = "refused_by_owner"
-
-    /// Logs (as an error: the nodes' flags differ) readings `submitCounting` counted as refused
-    /// by their owner, if any.
-    public func logOwnerRefusal(_ counted: Counted, _ logger: Logger) {
-        guard let refusal = counted.ownerRefusal else { return }
-        logRejection(logger, "readings refused by their partition's owner", metadata: [
-            "error": "\(refusal)", "reason": "\(Self.refusedByOwner)", "readings": "\(counted.refused[Self.refusedByOwner] ?? 0)"],
-            level: .error)
+        if let failure { throw failure }
     }
 
     /// Cluster mode: every partition's group at once, each to this node's pipeline or forwarded

@@ -328,7 +328,6 @@ final class LineProtocolHandler: ChannelInboundHandler {
     /// Readings that parsed but were refused (duplicates, type mismatches, too old) are known
     /// only after the append, a batch at a time: one line a batch, with the counts and the first.
     static func logRefused(_ counted: IngestPipeline.Counted, pipeline: IngestPipeline, logger: Logger) {
-        pipeline.logOwnerRefusal(counted, logger)
         guard let (reading, outcome) = counted.example, let reason = outcome.reason else { return }
         var metadata: Logger.Metadata = ["sensor_id": "\(reading.sensorID)", "timestamp": "\(reading.timestamp)", "reason": "\(reason)"]
         for (reason, n) in counted.refused { metadata[reason] = "\(n)" }

@@ -184,7 +184,7 @@ final class MQTTSession: ChannelInboundHandler, RemovableChannelHandler {
         Task {
             var failure: LogError?
             do throws(LogError) {
-                if groups.contains(where: { !$0.isEmpty }) { pipeline.logOwnerRefusal(try await pipeline.submitCounting(groups, via: .mqtt), logger) }
+                if groups.contains(where: { !$0.isEmpty }) { try await pipeline.submitCounting(groups, via: .mqtt) }
             } catch {
                 failure = error
             }
