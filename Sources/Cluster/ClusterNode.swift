@@ -27,8 +27,8 @@ public struct ClusterConfiguration: Sendable {
     /// Readings per forwarded message and per batch in a stream: NATS's default payload limit is
     /// 1 MiB, and 2 048 of the largest readings (about 350 bytes each) stay under it.
     public var forwardChunkReadings = 2_048
-    /// How often (in lease rounds) an owner purges its streams below its log's start.
-    public var purgeEveryRounds = 10
+    /// How often an owner purges its streams below its log's start (retention on the streams).
+    public var purgeInterval: Duration = .seconds(10)
 
     public init(nats: NATSConfiguration, nodeID: String) {
         self.nats = nats
@@ -64,8 +64,6 @@ public final class ClusterNode: PartitionRouting, @unchecked Sendable {
         var ownedSince: [ContinuousClock.Instant] = []
         /// Forwarded submissions being answered.
         var handlers = 0
-        /// Rounds of the lease loop so far.
-        var rounds = 0
     }
 
     /// Connects, checks that the cluster's partition count is this log's, opens every stream and
@@ -248,7 +246,14 @@ public final class ClusterNode: PartitionRouting, @unchecked Sendable {
     /// it owns (so others take it over without waiting out the TTL) and disconnects. Leases and
     /// streams have a task each: a long catch-up must not hold up the renewals.
     public func run() async {
+        await publishProgress()  // at 0 before following: no purge passes this node meanwhile
         await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: self.configuration.purgeInterval)
+                    await self.purgeStreams()
+                }
+            }
             group.addTask {
                 while !Task.isCancelled {
                     await self.manageLeases()
@@ -309,11 +314,7 @@ public final class ClusterNode: PartitionRouting, @unchecked Sendable {
     private func manageLeases() async {
         let live = await liveNodes()
         await publishProgress()
-        let round = state.withLock { s -> Int in
-            s.rounds += 1
-            return s.rounds
-        }
-        if round % configuration.purgeEveryRounds == 0 { await purgeStreams() }
+
         for p in owners.indices {
             let held = await owners[p].epoch != nil
             if held && owns(p) {
@@ -329,18 +330,23 @@ public final class ClusterNode: PartitionRouting, @unchecked Sendable {
         }
     }
 
-    /// Retention on the streams: for each partition this node owns whose local log retention has
-    /// cut, the stream loses what lies wholly before the log's start, but nothing a live node
-    /// (one whose progress report has not expired) has yet to apply.
+    /// Retention on the streams, every `purgeInterval` on a task of its own: for each partition
+    /// this node owns whose local log retention has cut, the stream loses what lies wholly before
+    /// the log's start, but nothing a live node (one whose progress report has not expired) has
+    /// yet to apply.
     private func purgeStreams() async {
         let cut = owners.indices.filter { owns($0) && log.partitions[$0].startOffset > 0 }
         guard !cut.isEmpty, let applied = await appliedByAll() else { return }
-        let retentionFloors = (try? Retention.floors(dataDirectory: log.dataDirectory, partitions: owners.count)) ?? []
         for p in cut where p < applied.count {
+            // The start first, then the floors: retention writes a floor before it drops the
+            // segments, so floors read after the start cover everything before it.
             let start = log.partitions[p].startOffset
+            guard let floors = try? Retention.floors(dataDirectory: log.dataDirectory, partitions: owners.count) else {
+                logger.warning("cannot purge the streams: the retention floors are unreadable", metadata: ["partition": "\(p)"])
+                return
+            }
             do {
-                guard let first = try await owners[p].purge(localStart: start, retentionFloor: p < retentionFloors.count ? retentionFloors[p] : nil,
-                                                            appliedByAll: applied[p]) else { continue }
+                guard let first = try await owners[p].purge(localStart: start, retentionFloor: floors[p], appliedByAll: applied[p]) else { continue }
                 logger.info("purged the stream below the log's start", metadata: [
                     "partition": "\(p)", "log_start_offset": "\(start)", "stream_first_sequence": "\(first)"])
             } catch {

@@ -64,17 +64,18 @@ public actor PartitionOwner {
             typealias Read = (entries: [StreamEntry], through: UInt64)
             let (tail, read, purged) = try await NATSConnection.offPool(Self.reads) { () throws(NATSError) -> (UInt64, Read, StreamFloor??) in
                 let (first, tail) = try stream.bounds()
-                // Purged past this follower: where the stream now starts (nil while the purge
-                // that recorded it is under way), and under which epoch.
+                // Purged past this follower: where the stream starts (the floor recorded before the
+                // purge; one at or past the first sequence describes a start that is all purgeable),
+                // and under which epoch. None usable yet: the owner heals the record.
                 if from < first, from <= tail, let floors {
                     let floor = try floors.get(key).flatMap { StreamFloor($0.value) }
-                    return (tail, ([], from - 1), .some(floor?.sequence == first ? floor : nil))
+                    return (tail, ([], from - 1), .some(floor.flatMap { $0.sequence >= first ? $0 : nil }))
                 }
                 let read: Read = from <= tail ? try stream.entries(from: from, limit: 1_000) : ([], from - 1)
                 return (tail, read, .none)
             }
             if case .some(let floor) = purged {
-                guard let floor else { return true }  // next round
+                guard let floor else { return false }  // not caught up: the next round asks again
                 try await start(at: floor)
                 continue
             }
@@ -89,21 +90,20 @@ public actor PartitionOwner {
         return false
     }
 
-    /// Starts following a stream purged below `floor` (its first sequence now): a log that ends
-    /// before the floor's first batch starts there when it is empty (a node joining late); one
-    /// that holds records before it cannot go on.
-    /// - Throws: `.invalidLog` when this node's copy ends before what the stream still holds.
+    /// Starts following a stream purged below `floor`: an empty copy starts at the floor's offset,
+    /// taking its retention floor first (so a crash between leaves the floor raised, and a
+    /// restart raises it again); a copy that ends before the floor with records in it cannot go on.
+    /// - Throws: `.invalidLog` for such a copy.
     private func start(at floor: StreamFloor) async throws {
         let p = log.partitions[partition]
-        if p.endOffset < floor.offset {
-            guard p.startOffset == p.endOffset else {
-                throw LogError(.invalidLog, "partition \(partition): this node's copy ends at offset \(p.endOffset), and retention purged the cluster's stream up to offset \(floor.offset): restore this node from a backup of a member, or start it with an empty data directory")
-            }
-            try log.startEmptyPartition(partition, at: floor.offset)
+        if p.startOffset == p.endOffset, p.endOffset <= floor.offset {
             if let timestamp = floor.timestamp {
                 try log.raiseRetentionFloor(partition, to: timestamp)
                 await floorRaised(timestamp)
             }
+            if p.endOffset < floor.offset { try log.startEmptyPartition(partition, at: floor.offset) }
+        } else if p.endOffset < floor.offset {
+            throw LogError(.invalidLog, "partition \(partition): this node's copy ends at offset \(p.endOffset), and retention purged the cluster's stream up to offset \(floor.offset): restore this node from a backup of a member, or start it with an empty data directory")
         }
         follower.advance(through: floor.sequence - 1, epoch: floor.epoch)
     }
@@ -111,28 +111,33 @@ public actor PartitionOwner {
     /// As the owner, after retention moved the local log's start to `localStart`: removes from
     /// the stream the batches that lie wholly before it, never one that a live node has yet to
     /// apply (`appliedByAll`: the least applied sequence of the nodes' reports). The floor is
-    /// recorded first, so a follower that finds the stream purged knows where it starts.
-    /// - Returns: the stream's new first sequence, or nil when nothing was purged.
+    /// recorded first, so a follower that finds the stream purged knows where it starts; a record
+    /// left ahead of the stream (a purge that failed after it) is finished, and one behind it (a
+    /// former owner's, written late) rewritten. Appends go on meanwhile: the purge is far behind
+    /// the stream's end. - Returns: the stream's new first sequence, or nil when nothing changed.
     public func purge(localStart: Int64, retentionFloor: Int64?, appliedByAll: UInt64) async throws -> UInt64? {
-        await serial.acquire()
-        defer { serial.release() }
         guard let epoch, let floors else { return nil }
-        let (stream, p, last, end) = (stream, partition, lastSequence, log.partitions[partition].endOffset)
+        let (stream, key, last, end) = (stream, StreamFloor.key(partition), lastSequence, log.partitions[partition].endOffset)
         return try await NATSConnection.offPool(Self.control) { () throws(NATSError) -> UInt64? in
             let (first, _) = try stream.bounds()
-            let limit = min(last + 1, appliedByAll + 1)  // the lowest first sequence allowed
-            guard first < limit else { return nil }
-            let kept = try stream.firstBatch(endingAfter: localStart, in: first...(limit - 1))
-            let sequence = kept?.sequence ?? limit
-            guard sequence > first else { return nil }
-            // Where the stream starts after the purge, and under which epoch: every batch carries
-            // the epoch in force at it (a former owner's write cannot follow a fence: the
-            // expected-sequence check refuses it). Past the last batch: this owner's end and epoch.
-            var next = kept.map { ($0.epoch, $0.base) }
-            if next == nil, sequence <= last { next = try stream.firstBatch(endingAfter: -1, in: sequence...last).map { ($0.epoch, $0.base) } }
-            let floor = StreamFloor(sequence: sequence, epoch: next?.0 ?? epoch, offset: next?.1 ?? end, timestamp: retentionFloor)
-            _ = try floors.put(StreamFloor.key(p), floor.encoded)
-            try stream.purge(below: sequence)
+            let recorded = try floors.get(key).flatMap { StreamFloor($0.value) }
+            if let recorded, recorded.sequence > first, recorded.sequence <= last + 1 {
+                try stream.purge(below: recorded.sequence)
+                return recorded.sequence
+            }
+            let limit = min(last + 1, appliedByAll + 1)  // the highest first sequence allowed
+            var sequence = first
+            if first < limit, try stream.firstBatch(endingAfter: localStart, in: first...first) == nil {  // the head is kept: done
+                sequence = try stream.firstBatch(endingAfter: localStart, in: first...(limit - 1))?.sequence ?? limit
+            }
+            guard sequence > first || (first > 1 && (recorded?.sequence ?? 0) < first) else { return nil }
+            // Where the stream starts then, and under which epoch: every batch carries the epoch in
+            // force at it (a former owner's write cannot follow a fence: the expected-sequence
+            // check refuses it). Past the last batch: this owner's end and epoch.
+            let next = sequence <= last ? try stream.firstBatch(endingAfter: -1, in: sequence...last) : nil
+            let floor = StreamFloor(sequence: sequence, epoch: next?.epoch ?? epoch, offset: next?.base ?? end, timestamp: retentionFloor)
+            _ = try floors.put(key, floor.encoded)
+            if sequence > first { try stream.purge(below: sequence) }
             return sequence
         }
     }

@@ -173,14 +173,18 @@ public final class PartitionStream: @unchecked Sendable {
     }
 
     /// The entries from `sequence` on, at most `limit`, in order: what a follower applies, and
-    /// the sequence it has read through (past messages that are not sensorlog's, and purged ones).
+    /// the sequence it has read through (past messages that are not sensorlog's). Nothing when
+    /// `sequence` was purged: the caller starts at the stream's floor instead.
     /// Stops early at a message that cannot be read: reads may be served by a replica that is
     /// behind the leader, whose "not found" is no purge. Nothing is ever deleted from a stream but
     /// by a purge of its start, so only a sequence below the first is gone for good.
     public func entries(from sequence: UInt64, limit: Int) throws(NATSError) -> (entries: [StreamEntry], through: UInt64) {
         let state = try connection.streamState(spec.name)
+        // Purged past `sequence` since the caller looked: nothing read, so that it learns where
+        // the stream starts now (its floor) instead of skipping to it.
+        guard sequence >= state.firstSequence else { return ([], sequence - 1) }
         var out: [StreamEntry] = []
-        var next = max(sequence, state.firstSequence)
+        var next = sequence
         while next <= state.lastSequence, out.count < limit {
             guard let message = try connection.message(spec.name, sequence: next) else { break }  // not on this replica yet
             next += 1

@@ -18,6 +18,7 @@ public final class IngestPipeline: Sendable {
     private let rejectLogBudget = Mutex<(second: Int64, lines: Int)>((0, 0))
     private let appendFailure = Mutex<LogError?>(nil)
     private let draining = Atomic<Bool>(false)
+    private let drainStarted = Mutex<ContinuousClock.Instant?>(nil)
     private let lost = Atomic<Int>(0)
     /// Cluster mode: who appends each partition (see `route(through:)`); nil on one node.
     private let routing = Mutex<(any PartitionRouting)?>(nil)
@@ -285,6 +286,7 @@ public final class IngestPipeline: Sendable {
 
     /// Waits until every submission under way has finished (shutdown: after the listeners stop).
     public func drain() async {
+        drainStarted.withLock { $0 = $0 ?? .now }
         draining.store(true, ordering: .relaxed)
         await withCheckedContinuation { continuation in
             let ready = outstanding.withLock { state -> Bool in
@@ -304,6 +306,14 @@ public final class IngestPipeline: Sendable {
 
     /// Whether a shutdown is waiting for the submissions under way: a failed one is not retried.
     public var isDraining: Bool { draining.load(ordering: .relaxed) }
+
+    /// Whether readings refused with `error` during the drain are still worth a retry: only a
+    /// cluster's `unavailable` (no owner answered; one takes over within seconds), and only within
+    /// `Limits.shutdownRetryWindow` of the drain's start.
+    public func retriesWhileDraining(_ error: LogError) -> Bool {
+        guard error.code == .unavailable, let started = drainStarted.withLock({ $0 }) else { return false }
+        return ContinuousClock.now - started < log.configuration.limits.shutdownRetryWindow
+    }
 
     /// The receive time for a reading that carries no timestamp: the wall clock, but strictly
     /// after the last one handed out, so that two such readings of one sensor (same socket

@@ -352,9 +352,10 @@ final class LineProtocolHandler: ChannelInboundHandler {
 
     /// The log refused a batch (disk full, I/O error). TCP has no acks, so the producer believes
     /// those readings delivered: keep them, stop reading, retry every second. Exact dedupe makes
-    /// the retry safe when part of the batch did land. At shutdown they cannot be kept: said loudly.
+    /// the retry safe when part of the batch did land. At shutdown they cannot be kept: said loudly
+    /// (after a short while of retries, when a cluster's partition had no owner to answer).
     private func submissionFailed(_ batch: [[Reading]], count: Int, _ error: LogError, _ context: ChannelHandlerContext) {
-        if pipeline.isDraining {
+        if pipeline.isDraining && !pipeline.retriesWhileDraining(error) {
             logger.error("readings lost at shutdown: the log cannot accept writes",
                          metadata: ["error": "\(error)", "readings": "\(count + pendingCount)"])
             pipeline.recordLost(count + pendingCount, via: .tcp)

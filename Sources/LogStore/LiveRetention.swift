@@ -1,5 +1,6 @@
 import Foundation
 import SensorLogCore
+import Synchronization
 
 /// What the running server keeps: readings younger than `maxAge`, and at most `maxBytes` per
 /// partition (as Kafka's `retention.ms` and `retention.bytes`). Both nil: retention is off.
@@ -65,10 +66,12 @@ extension Log {
     /// the readings up to it: a cluster node starting its copy after a purged stream's start
     /// must refuse a resend of what is gone as too old, as the owner that purged it does.
     public func raiseRetentionFloor(_ partition: Int, to timestamp: Int64) throws(LogError) {
-        var floors = try Retention.floors(dataDirectory: dataDirectory, partitions: partitions.count)
-        guard (floors[partition] ?? .min) < timestamp else { return }
-        floors[partition] = timestamp
-        try Retention.writeFloors(floors, dataDirectory: dataDirectory, configuration.fileOperations)
+        try retentionFloorsLock.withLock { _ throws(LogError) in
+            var floors = try Retention.floors(dataDirectory: dataDirectory, partitions: partitions.count)
+            guard (floors[partition] ?? .min) < timestamp else { return }
+            floors[partition] = timestamp
+            try Retention.writeFloors(floors, dataDirectory: dataDirectory, configuration.fileOperations)
+        }
     }
 
     /// Decides what goes (rolling an all-old active segment), and makes the raised floors durable.
@@ -87,11 +90,14 @@ extension Log {
             if let why { blocked[partition.id] = why }
         }
         guard !cuts.isEmpty else { return (cuts, [], blocked) }
-        var floors = try Retention.floors(dataDirectory: dataDirectory, partitions: partitions.count)
-        // Capped at `now`: one reading stamped far in the future must not become a floor that
-        // refuses every reading from then on (such a reading, deleted, could be sent again).
-        for (p, segments) in cuts { floors[p] = max(floors[p] ?? .min, min(now, segments.map(\.maxTimestamp).max()!)) }
-        try Retention.writeFloors(floors, dataDirectory: dataDirectory, configuration.fileOperations)
+        let floors = try retentionFloorsLock.withLock { _ throws(LogError) -> [Int64?] in
+            var floors = try Retention.floors(dataDirectory: dataDirectory, partitions: partitions.count)
+            // Capped at `now`: one reading stamped far in the future must not become a floor that
+            // refuses every reading from then on (such a reading, deleted, could be sent again).
+            for (p, segments) in cuts { floors[p] = max(floors[p] ?? .min, min(now, segments.map(\.maxTimestamp).max()!)) }
+            try Retention.writeFloors(floors, dataDirectory: dataDirectory, configuration.fileOperations)
+            return floors
+        }
         return (cuts, floors, blocked)
     }
 

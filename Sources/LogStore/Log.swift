@@ -170,6 +170,9 @@ public final class Log: Sendable {
     /// maintenance (finishing an interrupted repair's rebuild) passes as proof.
     public let lock: DirectoryLock
     let encoders = EncoderPool()
+    /// Serialises the read-modify-writes of `retention.json` (the retention pass, and a cluster
+    /// follower starting a partition at a purged stream's floor).
+    let retentionFloorsLock = Mutex(())
     /// Holds what was acknowledged under `always` and not yet in a segment (replayed on opening
     /// under any policy).
     private let journal: CommitJournal

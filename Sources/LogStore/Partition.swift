@@ -282,6 +282,7 @@ public final class Partition: PartitionView, CommittedPartition, @unchecked Send
         }
         guard base > active.nextOffset else { return }
         try segmentPaths(active.baseOffset).removeAll(fileOperations)
+        try fileOperations.syncDirectory(directory, display: displayDirectory)  // gone before the next exists
         let next = try Segment.create(SegmentPaths(directory: directory, displayDirectory: displayDirectory, base: base),
                                       maxBatchBytes: limits.maxBatchBytes)
         try fileOperations.syncDirectory(directory, display: displayDirectory)

@@ -108,6 +108,10 @@ public struct Limits: Sendable, Equatable {
     public var rejectionLogLinesPerSecond = 20
     /// A line-protocol connection whose append failed retries after this, its socket paused.
     public var appendRetryDelay: Duration = .seconds(1)
+    /// At shutdown, how long a line-protocol connection still retries readings refused as
+    /// `unavailable` (in a cluster, their partition's owner did not answer) before they count as
+    /// lost: a partition changes hands within a few seconds.
+    public var shutdownRetryWindow: Duration = .seconds(15)
     /// The `Retry-After` of a 503 (the log cannot write) and of an unhealthy `/health`, in seconds.
     public var retryAfterSeconds = 5
     /// Page size of `/aggregates` and `/sensors/{id}/readings` when none is asked, and the most.

@@ -234,9 +234,16 @@ def test_console_end_to_end(console):
     assert json.loads(browser.find_element(By.ID, "confirm-body").text) == {}
     browser.find_element(By.ID, "confirm-run").click()
     wait(browser, EC.text_to_be_present_in_element((By.ID, "operation-message"), "started job"))
-    job = wait(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#jobs tr[data-state='succeeded']"))[0]
-    bar = job.find_element(By.TAG_NAME, "progress")
-    assert int(bar.get_attribute("max")) > 0 and bar.get_attribute("value") == bar.get_attribute("max")
+    # The jobs table is redrawn as it refreshes: a row found may be gone the next moment.
+    def finished(b):
+        try:
+            rows = b.find_elements(By.CSS_SELECTOR, "#jobs tr[data-state='succeeded']")
+            bar = rows[0].find_element(By.TAG_NAME, "progress") if rows else None
+            return bar and (bar.get_attribute("max"), bar.get_attribute("value"))
+        except StaleElementReferenceException:
+            return False
+    top, value = wait(browser, finished)
+    assert int(top) > 0 and value == top
     jobs = api(server, "/admin/jobs", key=ADMIN)["jobs"]
     assert [j["operation"] for j in jobs] == ["verify"] and jobs[0]["state"] == "succeeded"
     shot(browser, "operations")
