@@ -79,7 +79,8 @@ public actor PartitionOwner {
                 try await start(at: floor)
                 continue
             }
-            guard from <= tail, read.through >= from else { return true }  // at the end, or a replica behind
+            guard from <= tail else { return true }  // at the end
+            guard read.through >= from else { return false }  // a replica behind, or purged meanwhile: next round
             var next = follower  // applied on a copy (an actor's property cannot be borrowed across an
             _ = try await next.apply(read.entries, to: log)  // await); `serial` keeps anyone else out meanwhile
             follower = next
@@ -116,16 +117,27 @@ public actor PartitionOwner {
     /// former owner's, written late) rewritten. Appends go on meanwhile: the purge is far behind
     /// the stream's end. - Returns: the stream's new first sequence, or nil when nothing changed.
     public func purge(localStart: Int64, retentionFloor: Int64?, appliedByAll: UInt64) async throws -> UInt64? {
-        guard let epoch, let floors else { return nil }
-        let (stream, key, last, end) = (stream, StreamFloor.key(partition), lastSequence, log.partitions[partition].endOffset)
+        // The last sequence and the log's end, read together: an append holds `serial` from its
+        // write to the stream to its write to the log.
+        await serial.acquire()
+        let (held, last, end) = (epoch, lastSequence, log.partitions[partition].endOffset)
+        serial.release()
+        guard let epoch = held, let floors else { return nil }
+        let (stream, key, lease) = (stream, StreamFloor.key(partition), lease)
         return try await NATSConnection.offPool(Self.control) { () throws(NATSError) -> UInt64? in
+            // A former owner woken from a pause (its lease another's now) purges nothing.
+            guard try lease.currentHolder() == lease.holder else { return nil }
             let (first, _) = try stream.bounds()
-            let recorded = try floors.get(key).flatMap { StreamFloor($0.value) }
-            if let recorded, recorded.sequence > first, recorded.sequence <= last + 1 {
+            let entry = try floors.get(key)
+            let recorded = entry.flatMap { StreamFloor($0.value) }
+            let limit = min(last + 1, appliedByAll + 1)  // the highest first sequence allowed
+            if let recorded, recorded.sequence > first {
+                // Recorded, not purged (the purge failed after the record): finish it once no live
+                // node still needs what it removes.
+                guard recorded.sequence <= limit else { return nil }
                 try stream.purge(below: recorded.sequence)
                 return recorded.sequence
             }
-            let limit = min(last + 1, appliedByAll + 1)  // the highest first sequence allowed
             var sequence = first
             if first < limit, try stream.firstBatch(endingAfter: localStart, in: first...first) == nil {  // the head is kept: done
                 sequence = try stream.firstBatch(endingAfter: localStart, in: first...(limit - 1))?.sequence ?? limit
@@ -133,10 +145,16 @@ public actor PartitionOwner {
             guard sequence > first || (first > 1 && (recorded?.sequence ?? 0) < first) else { return nil }
             // Where the stream starts then, and under which epoch: every batch carries the epoch in
             // force at it (a former owner's write cannot follow a fence: the expected-sequence
-            // check refuses it). Past the last batch: this owner's end and epoch.
+            // check refuses it). Past the last batch: this owner's end and epoch, read together.
             let next = sequence <= last ? try stream.firstBatch(endingAfter: -1, in: sequence...last) : nil
             let floor = StreamFloor(sequence: sequence, epoch: next?.epoch ?? epoch, offset: next?.base ?? end, timestamp: retentionFloor)
-            _ = try floors.put(key, floor.encoded)
+            // By compare-and-set: of two writers (a former owner's late pass), one loses and
+            // looks again on its next pass.
+            do throws(NATSError) {
+                if let entry { _ = try floors.update(key, floor.encoded, revision: entry.revision) } else { _ = try floors.create(key, floor.encoded) }
+            } catch where error.kind == .wrongLastSequence {
+                return nil
+            }
             if sequence > first { try stream.purge(below: sequence) }
             return sequence
         }

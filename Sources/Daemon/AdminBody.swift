@@ -37,7 +37,8 @@ struct AdminBody {
     private var read: Set<String> = []
 
     init(_ bytes: [UInt8]) throws(AdminRefusal) {
-        guard !bytes.allSatisfy({ $0 == 0x20 || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 }) else {
+        // No body at all is no parameters; whitespace alone is not JSON (as the API document says).
+        guard !bytes.isEmpty else {
             fields = [:]
             return
         }

@@ -166,7 +166,7 @@ struct SensorLogDaemon: AsyncParsableCommand {
     @Option(help: "Seconds a partition's lease lasts without renewal (default 6): how long a dead owner's partitions wait before another node takes them over. At least 2.")
     var clusterLeaseSeconds: Int?
 
-    @Option(help: "Seconds in which JetStream drops a repeated message id (default 120): only the guard of an owner's own retried write, never the dedupe of readings (that is the owner's, over the whole log). Set when the streams are created; an existing stream keeps its own.")
+    @Option(help: ArgumentHelp("Seconds in which JetStream drops a repeated message id (default 120): only the guard of an owner's own retried write, never the dedupe of readings (that is the owner's, over the whole log). Set when the streams are created; an existing stream keeps its own.", valueName: "seconds"))
     var clusterDuplicateWindowSeconds: Int?
 
     @Option(help: "NATS credentials file (.creds) for --cluster.")
