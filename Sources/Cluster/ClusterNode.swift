@@ -64,6 +64,8 @@ public final class ClusterNode: PartitionRouting, @unchecked Sendable {
         var ownedSince: [ContinuousClock.Instant] = []
         /// Forwarded submissions being answered.
         var handlers = 0
+        /// Per partition, the follower's last failure (logged once until it changes or clears).
+        var followError: [Int: String] = [:]
     }
 
     /// Connects, checks that the cluster's partition count is this log's, opens every stream and
@@ -112,10 +114,10 @@ public final class ClusterNode: PartitionRouting, @unchecked Sendable {
             if try stream.open() == 0, log.partitions[p].endOffset > 0 {
                 throw ClusterConfigurationError("partition \(p) has \(log.partitions[p].endOffset) records in this node's log and none in the cluster's stream: a node's data directory must be empty when it first joins (not a single node's, nor another cluster's)")
             }
-            let floors = [Int64?](repeating: nil, count: log.partitions.count)
+            let unchanged = [Int64?](repeating: nil, count: log.partitions.count)
             owners.append(PartitionOwner(partition: p, stream: stream, lease: Lease(bucket: leases, key: "p\(p)", holder: c.nodeID),
                                          log: log, writeWait: c.writeWait, floors: config) { timestamp in
-                var raised = floors
+                var raised = unchanged
                 raised[p] = timestamp
                 await pipeline.raiseFloors(raised)
             })
@@ -299,9 +301,18 @@ public final class ClusterNode: PartitionRouting, @unchecked Sendable {
         for p in owners.indices where !owns(p) {
             do {
                 let atEnd = try await owners[p].catchUp()
-                if atEnd { state.withLock { $0.followedOnce[p] = true } }
+                state.withLock { s in
+                    if atEnd { s.followedOnce[p] = true }
+                    s.followError[p] = nil
+                }
             } catch {
-                logger.error("cannot follow the stream", metadata: ["partition": "\(p)", "error": "\(error)"])
+                // Once per distinct failure: a copy that cannot go on fails every 100 ms.
+                let text = "\(error)"
+                let new = state.withLock { s in
+                    defer { s.followError[p] = text }
+                    return s.followError[p] != text
+                }
+                if new { logger.error("cannot follow the stream", metadata: ["partition": "\(p)", "error": "\(text)"]) }
             }
             // Whatever reached the log, even before a failure: the dedupe must know it.
             do { try await pipeline.absorb(partition: p) } catch {
@@ -314,7 +325,6 @@ public final class ClusterNode: PartitionRouting, @unchecked Sendable {
     private func manageLeases() async {
         let live = await liveNodes()
         await publishProgress()
-
         for p in owners.indices {
             let held = await owners[p].epoch != nil
             if held && owns(p) {
