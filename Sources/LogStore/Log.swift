@@ -73,6 +73,28 @@ public struct LogMetadata: Codable, Sendable, Equatable {
 }
 
 
+/// Creates `directory` and any missing parents, then syncs the parent of each one it created:
+/// without that, a power cut can take a new data directory's name, and everything acknowledged
+/// in it, with it.
+/// - Throws: `LogError` `.io` when a directory cannot be created or synced.
+private func createDurably(_ directory: String, _ ops: FileOperations) throws(LogError) {
+    var missing: [String] = []
+    var path = directory
+    while !path.isEmpty, path != "/", !FileManager.default.fileExists(atPath: path) {
+        missing.append(path)
+        path = (path as NSString).deletingLastPathComponent
+    }
+    guard !missing.isEmpty else { return }
+    do {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    } catch {
+        throw LogError(.io, "cannot create data directory \(directory)")
+    }
+    for created in missing {
+        try ops.syncDirectory((created as NSString).deletingLastPathComponent, display: created)
+    }
+}
+
 /// The exclusive lock on a data directory: `flock` on `LOCK`, which holds the owner's pid.
 ///
 /// Operations that change the log's files with the server stopped (compaction, retention,
@@ -197,11 +219,7 @@ public final class Log: Sendable {
     public static func open(dataDirectory: String, configuration: LogConfiguration = LogConfiguration()) throws(LogError) -> Log {
         do { try configuration.limits.validate() } catch { throw LogError(.invalidArgument, error.description) }
         let directory = URL(fileURLWithPath: dataDirectory).standardizedFileURL.path
-        do {
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        } catch {
-            throw LogError(.io, "cannot create data directory \(directory)")
-        }
+        try createDurably(directory, configuration.fileOperations)
         let lock = try DirectoryLock(dataDirectory: directory)
         var partitions: [Partition] = []
         do {

@@ -281,4 +281,32 @@ import Testing
         #expect(identical(paged.map(\.reading), all.filter { $0.sensorID == "s1" }))
         try log.close()
     }
+
+    /// A data directory the log creates is named durably in its parent, and so are the parents
+    /// it created on the way.
+    @Test func aNewDataDirectoryIsSyncedIntoItsParent() throws {
+        let dir = TemporaryDirectory()
+        defer { dir.cleanup() }
+        let seen = Recorded()
+        let ops = FileOperations(
+            syncDirectory: { path in seen.add("syncdir \(path)"); return FileOperations.systemSyncDirectory(path) })
+        let data = dir.path + "/a/b/data"
+        let log = try Log.open(dataDirectory: data, configuration: LogConfiguration(limits: limits(partitions: 1), fileOperations: ops))
+        try log.close()
+        let calls = seen.all
+        for parent in [dir.path + "/a/b", dir.path + "/a", dir.path] {
+            #expect(calls.contains("syncdir \(parent)"), "\(parent) must be synced: \(calls)")
+        }
+        // An existing directory's parent is left alone.
+        let before = seen.all.count
+        try Log.open(dataDirectory: data, configuration: LogConfiguration(limits: limits(partitions: 1), fileOperations: ops)).close()
+        #expect(!seen.all[before...].contains("syncdir \(dir.path + "/a/b")"))
+    }
+}
+
+private final class Recorded: @unchecked Sendable {
+    private let lock = NSLock()
+    private var calls: [String] = []
+    func add(_ call: String) { lock.withLock { calls.append(call) } }
+    var all: [String] { lock.withLock { calls } }
 }
