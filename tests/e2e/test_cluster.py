@@ -449,3 +449,78 @@ def test_retention_purges_the_streams_and_a_late_node_starts_at_their_floor(tmp_
             if n.proc and n.proc.poll() is None:
                 n.stop(signal.SIGKILL)
         nats.stop()
+
+
+def test_a_stopped_node_hands_its_partitions_over_at_once_and_a_new_one_joins(tmp_path):
+    """operations.md, "Adding and removing a node": a node stopped with SIGTERM releases its
+    leases, so writes to its partitions through another node are accepted within seconds, not
+    after its lease (30 s here) runs out; a node that joins with an empty data directory copies
+    every stream, takes its share of the partitions, and holds what the others hold."""
+    from soak import fnv1a64
+    nats = NATSCluster(root=str(tmp_path / "nats"))
+    extra = ["--cluster-lease-seconds", "30"]
+    # Names rendezvous hashing gives a share of the 8 partitions each, with "d" in place of "c"
+    # too (with m0, m1, m2, m2 is preferred for none).
+    nodes = [node(nats, n, data_dir=str(tmp_path / n), extra=extra) for n in "abc"]
+
+    def spread(members, timeout=90):
+        """Until every member owns a partition (the hand-overs rendezvous hashing asks for)."""
+        deadline = time.time() + timeout
+        while True:
+            views = wait_owned(members)
+            owners = {p["owner"] for p in views[0]["partitions"]}
+            if owners == {name(m) for m in members}:
+                return {p["partition"]: p["owner"] for p in views[0]["partitions"]}
+            assert time.time() < deadline, views[0]["partitions"]
+            time.sleep(0.2)
+
+    def post(server, sensor, value, ns):
+        try:
+            return server.post({"sensor_id": sensor, "type": "temperature", "location": "hall", "value": value, "timestamp": iso(ns)})[0]
+        except OSError:  # a forward waiting for an owner outlasted the client's 10 s
+            return None
+
+    try:
+        for n in nodes:
+            n.start()
+        owners = spread(nodes)
+        now = time.time_ns()
+        rows = [(f"move-{i % 300}", "temperature", float(i % 70), "hall", now - 10**9 * 600 + i * 10**6) for i in range(6_000)]
+        for i in range(0, len(rows), 1_000):
+            code, body, _ = nodes[0].request("POST", "/write?precision=ns", b"".join(line(r) for r in rows[i:i + 1_000]), timeout=30)
+            assert code == 204, (code, body)
+        leaving = nodes[2]
+        partitions = len(owners)
+        mine = sorted(p for p, o in owners.items() if o == name(leaving))
+        probes = {}
+        for i in range(10_000):
+            p = fnv1a64(f"probe-{i}") % partitions
+            if p in mine and p not in probes:
+                probes[p] = f"probe-{i}"
+        assert sorted(probes) == mine
+        assert leaving.stop() == 0
+        started, accepted = time.time(), {}
+        while len(accepted) < len(probes):
+            for p, sensor in probes.items():
+                if p not in accepted and post(nodes[0], sensor, 1.0, now) in (200, 201):
+                    accepted[p] = time.time() - started
+            assert time.time() - started < 15, f"only {accepted} of {mine} took writes again: {status(nodes[0])['partitions']}"
+            time.sleep(0.05)
+        print(f"partitions of the stopped node writable again after {accepted} s")
+        joining = node(nats, "d", data_dir=str(tmp_path / "d"), extra=extra).start()
+        members = [nodes[0], nodes[1], joining]
+        spread(members)
+        for p, sensor in probes.items():  # resends through the new node: duplicates
+            assert post(joining, sensor, 1.0, now) == 409
+        distinct = len(rows) + len(probes)
+        settled(members, distinct)
+        for n in members:
+            assert n.stop() == 0
+        held = [readings(n.data_dir) for n in members]
+        assert held[0] == held[1] == held[2]
+        assert len(held[0]) == distinct and len(set((r[0], r[1]) for r in held[0])) == distinct
+    finally:
+        for n in nodes + ([joining] if "joining" in locals() else []):
+            if n.proc and n.proc.poll() is None:
+                n.stop(signal.SIGKILL)
+        nats.stop()
