@@ -324,18 +324,19 @@ public final class ClusterNode: PartitionRouting, @unchecked Sendable {
 
     private func manageLeases() async {
         let live = await liveNodes()
+        let plan = Self.assignment(owners.count, among: live)
         await publishProgress()
         for p in owners.indices {
             let held = await owners[p].epoch != nil
             if held && owns(p) {
-                await keep(p, live: live)
+                await keep(p, live: live, preferred: plan[p])
             } else if held {
                 // Held but not serving: a takeover that did not finish, or a failed append's
                 // step-down that came after a new takeover. Give it up; the next round takes it.
                 await owners[p].resign()
             } else {
                 if owns(p) { markLost(p) }  // stepped down during an append
-                await tryToTake(p, live: live)
+                await tryToTake(p, preferred: plan[p])
             }
         }
     }
@@ -412,7 +413,7 @@ public final class ClusterNode: PartitionRouting, @unchecked Sendable {
         }
     }
 
-    private func keep(_ p: Int, live: [String]) async {
+    private func keep(_ p: Int, live: [String], preferred: String?) async {
         do {
             guard try await owners[p].renew() else {
                 markLost(p)
@@ -424,7 +425,7 @@ public final class ClusterNode: PartitionRouting, @unchecked Sendable {
             // after taking it: two nodes whose member lists differ for a moment would otherwise
             // pass the partition back and forth.
             let since = state.withLock { $0.ownedSince[p] }
-            if live.contains(configuration.nodeID), let preferred = Self.preferred(p, among: live), preferred != configuration.nodeID,
+            if live.contains(configuration.nodeID), let preferred, preferred != configuration.nodeID,
                ContinuousClock.now - since > configuration.renewInterval * 5 {
                 markLost(p)
                 await owners[p].resign()
@@ -443,7 +444,7 @@ public final class ClusterNode: PartitionRouting, @unchecked Sendable {
 
     /// Takes a free partition: at once when this node is the one preferred for it, after a few
     /// rounds otherwise (the preferred one is gone, or slow).
-    private func tryToTake(_ p: Int, live: [String]) async {
+    private func tryToTake(_ p: Int, preferred: String?) async {
         do {
             let lease = owners[p].lease
             let holder = try await NATSConnection.offPool(PartitionOwner.control) { () throws(NATSError) in try lease.currentHolder() }
@@ -452,7 +453,7 @@ public final class ClusterNode: PartitionRouting, @unchecked Sendable {
                 return s.freeRounds[p]
             }
             guard holder == nil || holder == configuration.nodeID else { return }
-            guard holder == configuration.nodeID || Self.preferred(p, among: live) == configuration.nodeID || rounds >= 3 else { return }
+            guard holder == configuration.nodeID || preferred == configuration.nodeID || rounds >= 3 else { return }
             let started = ContinuousClock.now
             guard try await owners[p].takeOver() else { return }
             try await pipeline.absorb(partition: p)
@@ -473,10 +474,30 @@ public final class ClusterNode: PartitionRouting, @unchecked Sendable {
         }
     }
 
-    /// The member a partition belongs to (rendezvous hashing: a member joining or leaving moves
-    /// only the partitions it gains or had). FNV-1a, the same in every process.
-    static func preferred(_ partition: Int, among nodes: [String]) -> String? {
-        nodes.max { score($0, partition) < score($1, partition) }
+    /// The member each partition belongs to: rendezvous hashing (FNV-1a, the same in every
+    /// process) with bounded loads. Pairs of member and partition are taken from the highest
+    /// score down, and a member stops taking once it holds its share (⌊partitions / members⌋,
+    /// one more for the first partitions % members to reach it). Plain rendezvous hashing gave
+    /// `node-1, node-2, node-3` 1, 3 and 4 of 8 partitions, and `m2` of `m0, m1, m2` none; with
+    /// the bound a member joining or leaving still moves few partitions besides its own.
+    static func assignment(_ partitions: Int, among nodes: [String]) -> [String?] {
+        var owners = [String?](repeating: nil, count: partitions)
+        let members = Set(nodes)
+        guard !members.isEmpty else { return owners }
+        let (share, extra) = partitions.quotientAndRemainder(dividingBy: members.count)
+        var pairs: [(score: UInt64, node: String, partition: Int)] = []
+        for node in members { for p in 0..<partitions { pairs.append((score(node, p), node, p)) } }
+        pairs.sort { ($0.score, $0.node, $0.partition) > ($1.score, $1.node, $1.partition) }
+        var held: [String: Int] = [:]
+        var full = 0  // members holding share + 1
+        for pair in pairs where owners[pair.partition] == nil {
+            let n = held[pair.node, default: 0]
+            guard n < share || (n == share && full < extra) else { continue }
+            if n == share { full += 1 }
+            owners[pair.partition] = pair.node
+            held[pair.node] = n + 1
+        }
+        return owners
     }
 
     static func score(_ node: String, _ partition: Int) -> UInt64 {

@@ -80,11 +80,15 @@ public struct LogMetadata: Codable, Sendable, Equatable {
 private func createDurably(_ directory: String, _ ops: FileOperations) throws(LogError) {
     var missing: [String] = []
     var path = directory
-    while !path.isEmpty, path != "/", !FileManager.default.fileExists(atPath: path) {
+    var isDirectory: ObjCBool = false
+    while !path.isEmpty, path != "/", !FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) {
         missing.append(path)
         path = (path as NSString).deletingLastPathComponent
     }
-    guard !missing.isEmpty else { return }
+    if missing.isEmpty {
+        guard isDirectory.boolValue else { throw LogError(.io, "data directory \(directory) is a file, not a directory") }
+        return
+    }
     do {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
     } catch {

@@ -1,17 +1,37 @@
 @testable import Cluster
 import Testing
 
-/// Who a partition belongs to among the members (rendezvous hashing): the same answer in every
-/// process, a share for each member, and a member leaving moves only the partitions it had.
+/// Who a partition belongs to among the members (rendezvous hashing with bounded loads): the
+/// same answer in every process, an even share for each member whatever their names, and a
+/// member leaving or joining moves few partitions besides its own.
 @Suite struct PreferenceTests {
-    @Test func everyMemberGetsAShareAndALeavingOneMovesOnlyItsOwn() {
-        let three = ["a", "b", "c"]
-        let before = (0..<64).map { ClusterNode.preferred($0, among: three)! }
-        #expect(before == (0..<64).map { ClusterNode.preferred($0, among: three.reversed())! }, "order of the member list matters not")
-        for node in three { #expect(before.count { $0 == node } >= 10, "\(node) gets a share of 64") }
-        let after = (0..<64).map { ClusterNode.preferred($0, among: ["a", "c"])! }
-        for p in 0..<64 where before[p] != "b" { #expect(after[p] == before[p], "partition \(p) moved though its node stayed") }
-        #expect(ClusterNode.preferred(0, among: []) == nil)
+    static let names = [["a", "b", "c"], ["m0", "m1", "m2"], ["node-1", "node-2", "node-3"], ["h1", "h2", "h3", "h4", "h5"], ["solo"]]
+
+    @Test(arguments: [1, 2, 3, 8, 16, 64, 256])
+    func everyMemberGetsAnEvenShareWhateverItsName(partitions: Int) {
+        for members in Self.names {
+            let plan = ClusterNode.assignment(partitions, among: members)
+            #expect(plan == ClusterNode.assignment(partitions, among: members.reversed()), "order of the member list matters not")
+            #expect(plan.allSatisfy { $0.map(members.contains) == true }, "every partition has a member")
+            let counts = members.map { m in plan.count { $0 == m } }
+            #expect(counts.max()! - counts.min()! <= 1, "\(members) over \(partitions): \(counts)")
+        }
+        #expect(ClusterNode.assignment(partitions, among: []).allSatisfy { $0 == nil })
+        #expect(ClusterNode.assignment(partitions, among: ["a", "a", "b"]) == ClusterNode.assignment(partitions, among: ["a", "b"]))
+    }
+
+    @Test func aMemberLeavingOrJoiningMovesFewOthers() {
+        for members in Self.names where members.count > 1 {
+            let before = ClusterNode.assignment(64, among: members)
+            for gone in members {
+                let after = ClusterNode.assignment(64, among: members.filter { $0 != gone })
+                let moved = (0..<64).count { before[$0] != gone && after[$0] != before[$0] }
+                #expect(moved <= 8, "\(gone) leaving \(members) moved \(moved) of the others' partitions")
+            }
+            let joined = ClusterNode.assignment(64, among: members + ["new"])
+            let moved = (0..<64).count { joined[$0] != "new" && joined[$0] != before[$0] }
+            #expect(moved <= 8, "a member joining \(members) moved \(moved) partitions between the others")
+        }
         // Fixed across processes and releases: FNV-1a, not Swift's per-process seeded Hasher.
         #expect(ClusterNode.score("a", 0) == ClusterNode.score("a", 0) && ClusterNode.score("a", 0) != ClusterNode.score("a", 1))
     }

@@ -301,6 +301,10 @@ import Testing
         let before = seen.all.count
         try Log.open(dataDirectory: data, configuration: LogConfiguration(limits: limits(partitions: 1), fileOperations: ops)).close()
         #expect(!seen.all[before...].contains("syncdir \(dir.path + "/a/b")"))
+        // A file where the directory should be is named as such.
+        let file = dir.path + "/plain"
+        FileManager.default.createFile(atPath: file, contents: Data())
+        #expect { try Log.open(dataDirectory: file) } throws: { ($0 as? LogError)?.message.contains("is a file, not a directory") == true }
     }
 }
 

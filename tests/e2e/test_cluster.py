@@ -459,8 +459,6 @@ def test_a_stopped_node_hands_its_partitions_over_at_once_and_a_new_one_joins(tm
     from soak import fnv1a64
     nats = NATSCluster(root=str(tmp_path / "nats"))
     extra = ["--cluster-lease-seconds", "30"]
-    # Names rendezvous hashing gives a share of the 8 partitions each, with "d" in place of "c"
-    # too (with m0, m1, m2, m2 is preferred for none).
     nodes = [node(nats, n, data_dir=str(tmp_path / n), extra=extra) for n in "abc"]
 
     def spread(members, timeout=90):
