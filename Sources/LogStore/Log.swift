@@ -73,29 +73,32 @@ public struct LogMetadata: Codable, Sendable, Equatable {
 }
 
 
-/// Creates `directory` and any missing parents, then syncs the parent of each one it created:
-/// without that, a power cut can take a new data directory's name, and everything acknowledged
-/// in it, with it.
-/// - Throws: `LogError` `.io` when a directory cannot be created or synced.
+/// Creates `directory` and any missing parents, and syncs the parent of each directory it
+/// created, the data directory's own parent every time: a power cut can otherwise take a new
+/// data directory's name, and everything acknowledged in it, with it (also when the open that
+/// created it died before its sync).
+/// - Throws: `LogError` `.io` when a directory cannot be created or synced, or is a file.
 private func createDurably(_ directory: String, _ ops: FileOperations) throws(LogError) {
-    var missing: [String] = []
-    var path = directory
     var isDirectory: ObjCBool = false
-    while !path.isEmpty, path != "/", !FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) {
-        missing.append(path)
+    if FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), !isDirectory.boolValue {
+        throw LogError(.io, "data directory \(directory) is a file, not a directory")
+    }
+    var created: [String] = []
+    var path = directory
+    while path.count > 1, !FileManager.default.fileExists(atPath: path) {
+        created.append(path)
         path = (path as NSString).deletingLastPathComponent
     }
-    if missing.isEmpty {
-        guard isDirectory.boolValue else { throw LogError(.io, "data directory \(directory) is a file, not a directory") }
-        return
+    if !created.isEmpty {
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        } catch {
+            throw LogError(.io, "cannot create data directory \(directory): \(error.localizedDescription)")
+        }
     }
-    do {
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-    } catch {
-        throw LogError(.io, "cannot create data directory \(directory)")
-    }
-    for created in missing {
-        try ops.syncDirectory((created as NSString).deletingLastPathComponent, display: created)
+    for entry in created.isEmpty ? [directory] : created {  // deepest first
+        let parent = (entry as NSString).deletingLastPathComponent
+        try ops.syncDirectory(parent, display: parent)
     }
 }
 
