@@ -79,27 +79,27 @@ public struct LogMetadata: Codable, Sendable, Equatable {
 /// created it died before its sync).
 /// - Throws: `LogError` `.io` when a directory cannot be created or synced, or is a file.
 private func createDurably(_ directory: String, _ ops: FileOperations) throws(LogError) {
-    var isDirectory: ObjCBool = false
-    if FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), !isDirectory.boolValue {
-        throw LogError(.io, "data directory \(directory) is a file, not a directory")
-    }
-    var created: [String] = []
-    var path = directory
-    while path.count > 1, !FileManager.default.fileExists(atPath: path) {
-        created.append(path)
-        path = (path as NSString).deletingLastPathComponent
-    }
-    if !created.isEmpty {
-        do {
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        } catch {
-            throw LogError(.io, "cannot create data directory \(directory): \(error.localizedDescription)")
-        }
-    }
-    for entry in created.isEmpty ? [directory] : created {  // deepest first
+    func syncParent(_ entry: String) throws(LogError) {
         let parent = (entry as NSString).deletingLastPathComponent
         try ops.syncDirectory(parent, display: parent)
     }
+    var isDirectory: ObjCBool = false
+    if FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory) {
+        guard isDirectory.boolValue else { throw LogError(.io, "data directory \(directory) is a file, not a directory") }
+        return try syncParent(directory)
+    }
+    var created = [directory]
+    var parent = (directory as NSString).deletingLastPathComponent
+    while parent.count > 1, !FileManager.default.fileExists(atPath: parent) {
+        created.append(parent)
+        parent = (parent as NSString).deletingLastPathComponent
+    }
+    do {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    } catch {
+        throw LogError(.io, "cannot create data directory \(directory): \(error.localizedDescription)")
+    }
+    for entry in created { try syncParent(entry) }  // deepest first
 }
 
 /// The exclusive lock on a data directory: `flock` on `LOCK`, which holds the owner's pid.

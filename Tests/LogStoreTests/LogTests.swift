@@ -1,5 +1,6 @@
 import Foundation
 import SensorLogCore
+import Synchronization
 import TestSupport
 import Testing
 
@@ -287,32 +288,25 @@ import Testing
     @Test func aNewDataDirectoryIsSyncedIntoItsParent() throws {
         let dir = TemporaryDirectory()
         defer { dir.cleanup() }
-        let seen = Recorded()
+        let seen = Mutex<[String]>([])
         let ops = FileOperations(
-            syncDirectory: { path in seen.add("syncdir \(path)"); return FileOperations.systemSyncDirectory(path) })
+            syncDirectory: { path in seen.withLock { $0.append("syncdir \(path)") }; return FileOperations.systemSyncDirectory(path) })
         let data = dir.path + "/a/b/data"
         let log = try Log.open(dataDirectory: data, configuration: LogConfiguration(limits: limits(partitions: 1), fileOperations: ops))
         try log.close()
-        let calls = seen.all
+        let calls = seen.withLock { $0 }
         for parent in [dir.path + "/a/b", dir.path + "/a", dir.path] {
             #expect(calls.contains("syncdir \(parent)"), "\(parent) must be synced: \(calls)")
         }
         // Reopened, the data directory's parent is synced again (the open that created it may
         // have died before its sync); the parents above it are not.
-        let before = seen.all.count
         try Log.open(dataDirectory: data, configuration: LogConfiguration(limits: limits(partitions: 1), fileOperations: ops)).close()
-        #expect(seen.all[before...].contains("syncdir \(dir.path + "/a/b")"))
-        #expect(!seen.all[before...].contains("syncdir \(dir.path + "/a")"))
+        let reopened = seen.withLock { $0[calls.count...] }
+        #expect(reopened.contains("syncdir \(dir.path + "/a/b")"))
+        #expect(!reopened.contains("syncdir \(dir.path + "/a")"))
         // A file where the directory should be is named as such.
         let file = dir.path + "/plain"
-        FileManager.default.createFile(atPath: file, contents: Data())
+        #expect(FileManager.default.createFile(atPath: file, contents: Data()))
         #expect { try Log.open(dataDirectory: file) } throws: { ($0 as? LogError)?.message.contains("is a file, not a directory") == true }
     }
-}
-
-private final class Recorded: @unchecked Sendable {
-    private let lock = NSLock()
-    private var calls: [String] = []
-    func add(_ call: String) { lock.withLock { calls.append(call) } }
-    var all: [String] { lock.withLock { calls } }
 }
